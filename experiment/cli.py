@@ -1,0 +1,125 @@
+"""The `cuedpain` command line: argument parsing, dispatch, exit codes.
+
+Each subcommand lives in the module named for its job and exposes
+`command(args: argparse.Namespace) -> int`. This module only parses, dispatches, and
+turns `CuedpainError`s into one clear message and their documented exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from experiment import __version__
+from experiment.errors import EXIT_INPUT, CuedpainError
+
+# subcommand -> module that implements command(args)
+COMMANDS = {
+    "validate": "experiment.planning",
+    "plan": "experiment.planning",
+    "run": "experiment.session",
+    "simulate-cuff": "experiment.cuff.simserver",
+    "rig-check": "experiment.rigcheck",
+    "report": "experiment.outputs.report",
+    "rebuild": "experiment.outputs.rebuild",
+    "calibrate": "experiment.calibrate",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with our documented input-error code (2) and no traceback."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"cuedpain: error: {message}\n")
+        sys.exit(EXIT_INPUT)
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rig", metavar="FILE", help="rig file (site hardware: ports, trigger source, screen)")
+    p.add_argument("--cuff", metavar="SPEC",
+                   help="cuff device: sim | line:PORT | cpar:PORT (PORT: device path, COM name or pyserial URL)")
+    p.add_argument("--scanner", metavar="SPEC",
+                   help="trigger source: sim | keyboard[:KEY] | serial:PORT[:PRESET]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cuedpain", description=__doc__.splitlines()[0],
+                     epilog="Exit codes: 0 done, 2 invalid input, 3 run aborted, 4 hardware unavailable or faulty at start.")
+    parser.add_argument("--version", action="version", version=f"cuedpain {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("validate", help="check a protocol file and print a one-screen summary")
+    p.add_argument("protocol", metavar="PROTOCOL")
+
+    p = sub.add_parser("plan", help="write the run's timeline (TSV and PNG) and its design efficiency")
+    p.add_argument("protocol", metavar="PROTOCOL")
+    p.add_argument("--seed", type=int, default=None, help="randomisation seed (default: the protocol's)")
+    p.add_argument("--participant", metavar="ID", default=None, help="participant label (cue counterbalancing)")
+    p.add_argument("--out", metavar="DIR", required=True, help="output directory")
+
+    p = sub.add_parser("run", help="run a session (use --dry-run to rehearse with simulated devices)")
+    p.add_argument("protocol", metavar="PROTOCOL")
+    p.add_argument("--participant", metavar="ID", required=True)
+    p.add_argument("--session", metavar="S", default=None)
+    p.add_argument("--run", metavar="N", default="1", help="run number, or 'next' for the next free one")
+    _device_args(p)
+    p.add_argument("--dry-run", action="store_true", help="simulated cuff (on a pseudo-terminal) and simulated scanner")
+    p.add_argument("--headless", action="store_true", help="no window, virtual clock, as fast as possible (dry runs only)")
+    p.add_argument("--data", metavar="DIR", default="data", help="BIDS dataset root (default: data)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--pressure-override", metavar="KPA", type=float, default=None,
+                   help="override a calibrated pressure (requires --override-reason)")
+    p.add_argument("--override-reason", metavar="TEXT", default=None)
+
+    p = sub.add_parser("simulate-cuff", help="serve a simulated cuff on a pseudo-terminal until SIGINT/SIGTERM")
+    p.add_argument("--protocol", choices=["line", "cpar"], default="line", help="wire protocol (default: line = CUFF/1)")
+    p.add_argument("--hard-limit", metavar="KPA", type=float, default=None, help="simulated firmware limit")
+    p.add_argument("--leak", metavar="KPA_S", type=float, default=0.0, help="simulated leak rate")
+
+    p = sub.add_parser("rig-check", help="check the cuff and the trigger line before the participant is in")
+    _device_args(p)
+    p.add_argument("--pings", type=int, default=200, help="round trips to time (at least 100)")
+    p.add_argument("--test-pressure", metavar="KPA", type=float, default=None,
+                   help="give a short low test pulse and verify inflation and deflation")
+    p.add_argument("--listen", metavar="SECONDS", type=float, default=10.0, help="how long to count pulses")
+
+    p = sub.add_parser("report", help="write a one-page HTML QC report for a run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+
+    p = sub.add_parser("rebuild", help="derive every output of a run again from its event log")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+
+    p = sub.add_parser("calibrate", help="find the participant's pressure for the target pain rating")
+    p.add_argument("--participant", metavar="ID", required=True)
+    p.add_argument("--session", metavar="S", default=None)
+    _device_args(p)
+    p.add_argument("--method", choices=["ramp", "staircase"], default="staircase")
+    p.add_argument("--target-rating", metavar="R", type=float, default=50.0)
+    p.add_argument("--ceiling", metavar="KPA", type=float, default=None, help="maximum pressure for calibration")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--headless", action="store_true")
+    p.add_argument("--data", metavar="DIR", default="data")
+    p.add_argument("--seed", type=int, default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        module = importlib.import_module(COMMANDS[args.command])
+        return int(module.command(args))
+    except CuedpainError as exc:
+        sys.stderr.write(f"cuedpain {args.command}: {exc.message}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write(f"cuedpain {args.command}: interrupted\n")
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Scanner triggers: keyboard, serial and simulated sources, and pulse checks."""
