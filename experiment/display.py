@@ -1,0 +1,310 @@
+"""The participant display: a PsychoPy window with frame-locked flips, or a simulated
+display on a virtual clock for headless runs.
+
+Both give the runner the same three things: `show(cue)` to choose what the next flip
+shows, `predict_next_flip()` to decide which flip a change belongs to, and `flip()`
+which returns the flip's time on the run's clock.
+
+Under Xvfb (and on any display without vertical sync) `win.flip()` returns at once.
+The window then paces its flips in software on a fixed grid at the rig's refresh rate
+and says so in the log (`vsync: false`): onsets stay frame-quantised as on a real
+monitor, and the log never pretends there was a vertical blank.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from experiment.clock import Clock, VirtualClock
+from experiment.errors import HardwareError, InputError
+from experiment.rating import RatingState
+
+
+@dataclass
+class FrameStats:
+    """Frame intervals measured from flip times: bounded, O(1) per frame."""
+
+    frame_s: float
+    n: int = 0
+    dropped: int = 0
+    max_interval_s: float = 0.0
+    _last_t: float | None = None
+    _hist: list[int] = field(default_factory=lambda: [0] * 400)  # 0.25 ms bins up to 100 ms
+    drops: list[tuple[float, float]] = field(default_factory=list)  # since last take_drops()
+
+    def add(self, t_flip: float) -> None:
+        if self._last_t is not None:
+            dt = t_flip - self._last_t
+            self.n += 1
+            self.max_interval_s = max(self.max_interval_s, dt)
+            self._hist[min(len(self._hist) - 1, int(dt / 0.00025))] += 1
+            if dt > 1.5 * self.frame_s:
+                self.dropped += 1
+                self.drops.append((t_flip, dt))
+        self._last_t = t_flip
+
+    def restart_interval(self) -> None:
+        """Forget the last flip (after a deliberate pause) so no false drop is counted."""
+        self._last_t = None
+
+    def percentile_s(self, q: float) -> float:
+        if self.n == 0:
+            return math.nan
+        target = q / 100.0 * self.n
+        acc = 0
+        for i, c in enumerate(self._hist):
+            acc += c
+            if acc >= target:
+                return (i + 1) * 0.00025
+        return self.max_interval_s
+
+    def take_drops(self) -> list[tuple[float, float]]:
+        d, self.drops = self.drops, []
+        return d
+
+    def summary(self, t: float) -> dict[str, Any]:
+        return {"t": t, "n": self.n, "dropped": self.dropped, "max_interval_s": round(self.max_interval_s, 6),
+                "p99_interval_s": round(self.percentile_s(99), 6)}
+
+
+class SimulatedDisplay:
+    """A display on a virtual clock: flips land on an exact frame grid.
+
+    Used by headless runs; it draws nothing but remembers what each flip showed so
+    tests can check that the log says what was on screen.
+    """
+
+    simulated = True
+
+    def __init__(self, clock: VirtualClock, *, refresh_hz: float = 60.0, dry_run_mark: bool = True) -> None:
+        self._clock = clock
+        self.frame_s = 1.0 / refresh_hz
+        self.refresh_hz = refresh_hz
+        self._next = clock.now()
+        self._pending: str | None = None
+        self.on_screen: str | None = None
+        self.shown: list[tuple[float, str | None]] = []  # (flip time, cue) at every change
+        self.stats = FrameStats(self.frame_s)
+        self.rating: RatingState | None = None
+
+    def info(self) -> dict[str, Any]:
+        return {"refresh_hz": self.refresh_hz, "frame_s": self.frame_s, "resolution": None,
+                "fullscreen": False, "vsync": False, "simulated": True}
+
+    def show(self, cue: str | None) -> None:
+        self._pending = cue
+
+    def show_rating(self, state: RatingState | None) -> None:
+        self.rating = state
+
+    def show_message(self, text: str | None) -> None:
+        pass
+
+    def predict_next_flip(self) -> float:
+        now = self._clock.now()
+        while self._next < now - 1e-12:
+            self._next += self.frame_s
+        return self._next
+
+    def flip(self) -> float:
+        t = self.predict_next_flip()
+        self._clock.sleep_until(t)
+        self._next = t + self.frame_s
+        if self._pending != self.on_screen:
+            self.shown.append((t, self._pending))
+        self.on_screen = self._pending
+        self.stats.add(t)
+        return t
+
+    def poll_keys(self) -> list[tuple[str, float]]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class WindowDisplay:
+    """A PsychoPy window showing the protocol's cues, the rating scale and messages.
+
+    Cue stimuli are built once at start (so a missing or corrupt image fails before
+    the participant sees anything). `flip()` returns the flip time on the run's clock.
+    """
+
+    simulated = False
+
+    def __init__(self, *, clock: Clock, cues: Mapping[str, Any], stimuli_dir: Path,
+                 fullscreen: bool = True, size: tuple[int, int] = (1024, 768), screen: int = 0,
+                 units: str = "height", refresh_hz: float = 60.0, dry_run: bool = False,
+                 title: str = "cuedpain participant", background: str = "black") -> None:
+        try:
+            from psychopy import logging as pplogging
+            from psychopy import visual
+        except Exception as exc:  # pragma: no cover - install problem
+            raise HardwareError(f"PsychoPy cannot be imported: {exc}") from exc
+        self._clock = clock
+        self._visual = visual
+        try:
+            self.win = visual.Window(size=list(size), fullscr=fullscreen, screen=screen, units=units,
+                                     color=background, waitBlanking=True, allowGUI=not fullscreen,
+                                     title=title, checkTiming=False)
+        except Exception as exc:
+            raise HardwareError(f"cannot open the participant window: {exc}") from exc
+        self.win.mouseVisible = False
+        self._ppclock = pplogging.defaultClock
+        self._stims = {name: self._make_stim(name, spec, stimuli_dir) for name, spec in cues.items()}
+        self._dry_mark = (visual.TextStim(self.win, text="DRY RUN", color="orange", height=0.04,
+                                          units="height", pos=(0.0, 0.45)) if dry_run else None)
+        self._message = visual.TextStim(self.win, text="", color="white", height=0.04, units="height",
+                                        pos=(0.0, -0.4), wrapWidth=1.2)
+        self._show_message = False
+        self._rating: RatingState | None = None
+        self._rating_stims = self._make_rating_stims()
+        self._cue: str | None = None
+        self.refresh_hz = refresh_hz
+        self.frame_s = 1.0 / refresh_hz
+        self.vsync = self._detect_vsync()
+        self.stats = FrameStats(self.frame_s)
+        self.win.recordFrameIntervals = True
+        self._next_grid: float | None = None
+        self._last_flip: float | None = None
+
+    # -- construction helpers --
+    def _make_stim(self, name: str, spec: Any, stimuli_dir: Path) -> Any:
+        v = self._visual
+        get = (lambda k, d=None: spec.get(k, d)) if isinstance(spec, Mapping) else (lambda k, d=None: getattr(spec, k, d))
+        kind = get("kind")
+        units = get("units") or "height"
+        color = get("color") or "white"
+        size = get("size") or 0.1
+        pos = tuple(get("pos") or (0.0, 0.0))
+        try:
+            if kind == "image":
+                path = Path(stimuli_dir) / str(get("image"))
+                if not path.is_file():
+                    raise InputError(f"cue {name!r}: image file {path} does not exist")
+                stim = v.ImageStim(self.win, image=str(path), units=units, pos=pos,
+                                   size=size if isinstance(size, (list, tuple)) else (size, size))
+            elif kind == "text":
+                stim = v.TextStim(self.win, text=str(get("text")), units=units, pos=pos, color=color,
+                                  height=size if not isinstance(size, (list, tuple)) else size[1])
+            elif kind == "shape":
+                shape = get("shape")
+                w, h = (size, size) if not isinstance(size, (list, tuple)) else size
+                if shape == "circle":
+                    stim = v.Circle(self.win, radius=w / 2, units=units, pos=pos, fillColor=color, lineColor=color, edges=64)
+                elif shape == "triangle":
+                    stim = v.Polygon(self.win, edges=3, radius=w / 2, units=units, pos=pos, fillColor=color, lineColor=color)
+                elif shape in ("square", "rect"):
+                    stim = v.Rect(self.win, width=w, height=h, units=units, pos=pos, fillColor=color, lineColor=color)
+                elif shape == "cross":
+                    stim = v.ShapeStim(self.win, vertices="cross", size=(w, h), units=units, pos=pos,
+                                       fillColor=color, lineColor=color)
+                else:
+                    raise InputError(f"cue {name!r}: unknown shape {shape!r}")
+            else:
+                raise InputError(f"cue {name!r}: unknown kind {kind!r}")
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(f"cue {name!r} cannot be loaded: {exc}") from exc
+        return stim
+
+    def _make_rating_stims(self) -> dict[str, Any]:
+        v = self._visual
+        return {
+            "line": v.Line(self.win, start=(-0.4, -0.05), end=(0.4, -0.05), units="height", lineColor="white", lineWidth=3),
+            "marker": v.Rect(self.win, width=0.012, height=0.08, units="height", pos=(0, -0.05), fillColor="orange", lineColor="orange"),
+            "question": v.TextStim(self.win, text="", units="height", height=0.045, pos=(0, 0.12), color="white"),
+            "low": v.TextStim(self.win, text="", units="height", height=0.03, pos=(-0.4, -0.13), color="white"),
+            "high": v.TextStim(self.win, text="", units="height", height=0.03, pos=(0.4, -0.13), color="white"),
+        }
+
+    def _abs(self, t_flip: float) -> float:
+        """PsychoPy's flip time is on logging.defaultClock; return it on the run's clock."""
+        return t_flip + self._ppclock.getLastResetTime()
+
+    def _detect_vsync(self) -> bool:
+        """Time 12 flips: with vertical sync they take about a frame each."""
+        ts = [self._abs(self.win.flip()) for _ in range(12)]
+        intervals = sorted(b - a for a, b in zip(ts, ts[1:]))
+        median = intervals[len(intervals) // 2]
+        return median > 0.5 * self.frame_s
+
+    # -- what the next flip shows --
+    def info(self) -> dict[str, Any]:
+        return {"refresh_hz": self.refresh_hz, "frame_s": self.frame_s, "resolution": list(self.win.size),
+                "fullscreen": bool(self.win._isFullScr), "vsync": self.vsync, "simulated": False}
+
+    def show(self, cue: str | None) -> None:
+        if cue is not None and cue not in self._stims:
+            raise InputError(f"cue {cue!r} is not defined")
+        self._cue = cue
+
+    def show_rating(self, state: RatingState | None) -> None:
+        self._rating = state
+
+    def show_message(self, text: str | None) -> None:
+        self._show_message = bool(text)
+        if text:
+            self._message.text = text
+
+    def _draw(self) -> None:
+        if self._cue is not None:
+            self._stims[self._cue].draw()
+        if self._rating is not None:
+            r, s = self._rating, self._rating_stims
+            sc = r.scale
+            frac = (r.value - sc.low) / (sc.high - sc.low)
+            s["marker"].pos = (-0.4 + 0.8 * frac, -0.05)
+            s["marker"].fillColor = s["marker"].lineColor = "limegreen" if r.confirmed else "orange"
+            s["question"].text, s["low"].text, s["high"].text = sc.question, sc.low_label, sc.high_label
+            for stim in s.values():
+                stim.draw()
+        if self._show_message:
+            self._message.draw()
+        if self._dry_mark is not None:
+            self._dry_mark.draw()
+
+    # -- timing --
+    def predict_next_flip(self) -> float:
+        now = self._clock.now()
+        if self.vsync:
+            if self._last_flip is None:
+                return now
+            t = self._last_flip + self.frame_s
+            while t < now:
+                t += self.frame_s
+            return t
+        if self._next_grid is None:
+            self._next_grid = now
+        while self._next_grid < now:
+            self._next_grid += self.frame_s
+        return self._next_grid
+
+    def flip(self, *, on_flip: Callable[[], None] | None = None) -> float:
+        """Draw, flip, return the flip time on the run's clock."""
+        self._draw()
+        if not self.vsync:
+            self._clock.sleep_until(self.predict_next_flip())
+        t = self._abs(self.win.flip())
+        if not self.vsync:
+            self._next_grid = (self._next_grid or t) + self.frame_s
+        self._last_flip = t
+        self.stats.add(t)
+        if on_flip is not None:
+            on_flip()
+        return t
+
+    def grab_back_buffer(self):
+        """The frame drawn for the next flip, read back (tests check what is on screen)."""
+        self._draw()
+        return self.win.getMovieFrame(buffer="back")
+
+    def close(self) -> None:
+        try:
+            self.win.close()
+        except Exception:  # pragma: no cover - closing a broken window
+            pass
