@@ -33,8 +33,13 @@ def xdisplay():
     if shutil.which("Xvfb") is None:
         pytest.fail("Xvfb is not installed; run `make test` (it installs xvfb as root)")
     n = _free_display()
+    # Xvfb must outlive this process: PsychoPy/pyglet keep their X connection until the
+    # interpreter exits, and a server that goes away first makes Xlib exit(1) ("XIO
+    # fatal IO error"). A small watcher stops Xvfb once the test process has gone.
     proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    subprocess.Popen(["sh", "-c", f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; kill {proc.pid}"],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 10
     while not Path(f"/tmp/.X11-unix/X{n}").exists():
         if time.monotonic() > deadline or proc.poll() is not None:
@@ -42,12 +47,7 @@ def xdisplay():
             pytest.fail("Xvfb did not start")
         time.sleep(0.05)
     os.environ["DISPLAY"] = f":{n}"
-    try:
-        yield f":{n}"
-    finally:
-        os.environ.pop("DISPLAY", None)
-        proc.terminate()
-        proc.wait(5)
+    yield f":{n}"
 
 
 @pytest.fixture

@@ -1,0 +1,96 @@
+"""The participant window under Xvfb: what the log says is on screen is on screen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiment.clock import VirtualClock, psychopy_clock
+from experiment.display import SimulatedDisplay, WindowDisplay
+from experiment.errors import InputError
+
+DATA = Path(__file__).parent / "data"
+
+CUES = {
+    "fixation": {"kind": "shape", "shape": "cross", "color": "white", "size": 0.1, "units": "height"},
+    "pain": {"kind": "shape", "shape": "circle", "color": [1, -1, -1], "size": 0.5, "units": "height"},
+    "relief": {"kind": "image", "image": "blue.png", "size": 0.5, "units": "height"},
+}
+
+
+@pytest.fixture
+def window(xdisplay):
+    disp = WindowDisplay(clock=psychopy_clock(), cues=CUES, stimuli_dir=DATA, fullscreen=False,
+                         size=(320, 240), units="height", refresh_hz=60.0, dry_run=True, title="cuedpain-test-display")
+    yield disp
+    disp.close()
+
+
+def _center_rgb(frame) -> np.ndarray:
+    a = np.asarray(frame.convert("RGB"))
+    h, w, _ = a.shape
+    return a[h // 2 - 3:h // 2 + 3, w // 2 - 3:w // 2 + 3].reshape(-1, 3).mean(axis=0)
+
+
+@pytest.mark.display
+def test_each_cue_is_drawn_for_the_flip(window: WindowDisplay) -> None:
+    window.show("pain")
+    rgb = _center_rgb(window.grab_back_buffer())
+    assert rgb[0] > 200 and rgb[1] < 50 and rgb[2] < 50  # red disc
+    window.flip()
+    window.show("relief")
+    rgb = _center_rgb(window.grab_back_buffer())
+    assert rgb[2] > 200 and rgb[0] < 50  # blue image
+    window.flip()
+    window.show(None)
+    rgb = _center_rgb(window.grab_back_buffer())
+    assert rgb.max() < 30  # blank
+    corner = np.asarray(window.grab_back_buffer().convert("RGB"))[:40, :].reshape(-1, 3)
+    assert (corner[:, 0] > 150).any()  # the orange DRY RUN mark is there
+
+
+@pytest.mark.display
+def test_flips_are_paced_on_a_frame_grid_without_vsync(window: WindowDisplay) -> None:
+    assert window.vsync is False  # Xvfb has no vertical blank: software pacing
+    clock = psychopy_clock()
+    ts = []
+    for _ in range(30):
+        predicted = window.predict_next_flip()
+        t = window.flip()
+        ts.append(t)
+        assert t >= predicted - 1e-4
+        assert abs(clock.now() - t) < 0.05  # flip times are on the run's clock
+    intervals = np.diff(ts)
+    assert np.median(intervals) == pytest.approx(1 / 60, abs=0.002)
+
+
+@pytest.mark.display
+def test_missing_image_is_an_input_error(xdisplay, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="cue 'relief': image file .*nothere.png does not exist"):
+        WindowDisplay(clock=psychopy_clock(), cues={"relief": {"kind": "image", "image": "nothere.png", "units": "height"}},
+                      stimuli_dir=tmp_path, fullscreen=False, size=(200, 200))
+
+
+@pytest.mark.display
+def test_corrupt_image_is_an_input_error(xdisplay, tmp_path: Path) -> None:
+    (tmp_path / "bad.png").write_bytes(b"not a png at all")
+    with pytest.raises(InputError, match="cue 'relief' cannot be loaded"):
+        WindowDisplay(clock=psychopy_clock(), cues={"relief": {"kind": "image", "image": "bad.png", "units": "height"}},
+                      stimuli_dir=tmp_path, fullscreen=False, size=(200, 200))
+
+
+def test_simulated_display_flips_on_an_exact_grid() -> None:
+    clock = VirtualClock(start=10.0)
+    disp = SimulatedDisplay(clock, refresh_hz=60.0)
+    disp.show("pain")
+    t1 = disp.flip()
+    clock.sleep(0.005)
+    t2 = disp.flip()
+    assert t1 == 10.0 and t2 == pytest.approx(10.0 + 1 / 60)
+    assert disp.shown == [(10.0, "pain")]
+    clock.sleep(0.1)  # a stall: the next flip is the next grid point, counted as a drop
+    t3 = disp.flip()
+    assert t3 == pytest.approx(10.0 + 7 / 60)
+    assert disp.stats.dropped == 1
