@@ -68,13 +68,15 @@ class StartGate:
 def wait_for_t0(source: TriggerSource, gate: StartGate, *, clock: Clock, timeout_s: float,
                 should_abort: Callable[[], bool], on_status: Callable[[str], None],
                 on_pulse: Callable[[Pulse, int | None], None] | None = None,
-                pump: Callable[[], None] | None = None, poll_s: float = 0.001) -> float:
+                pump: Callable[[], None] | None = None, poll_s: float = 0.005) -> float:
     """Poll `source` until `gate` fixes t0; returns t0 (clock time of that pulse).
 
     Every pulse polled goes to `on_pulse(pulse, volume)` in order, including the ones
     after t0 that arrived in the same poll, so none is lost between waiting and the
     run. `pump` (e.g. a frame flip that keeps the window alive) paces the loop when
-    given; otherwise the loop sleeps `poll_s`. `timeout_s` is the longest wait for
+    given; otherwise the loop sleeps `poll_s` (pulse times come from the source, so the
+    poll interval only delays noticing t0; keep it above RealClock's 2 ms spin, which
+    holds the GIL and delays reader threads' timestamps). `timeout_s` is the longest wait for
     the first pulse and for each next one while discarding. Raises AbortError
     (exit 3) on timeout and when `should_abort()` (Escape) is true.
     """

@@ -1,0 +1,87 @@
+"""`--scanner SPEC` -> an opened trigger source.
+
+Forms (docs/scanner.md):
+    keyboard[:KEY][:BACKEND]   KEY default 5; BACKEND ptb (default) or event
+    serial:PORT[:PRESET]       PRESET: syncbox | forp | forp-bitwise | NAME@BAUD | custom:BYTE@BAUD
+    sim[:DRIVER]               dry runs only. DRIVER: virtual (default with a virtual clock),
+                               serial (default with a real clock: a pseudo-terminal),
+                               keyboard (xdotool key events), syncgen (PsychoPy's SyncGenerator)
+A simulated scanner is never a fallback: `sim` outside a dry run is an input error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from experiment.clock import Clock
+from experiment.errors import InputError
+from experiment.scanner.base import TriggerSource
+from experiment.scanner.sim_scanner import ScannerPlan
+
+FORMS = ("keyboard[:KEY][:ptb|event]", "serial:PORT[:PRESET]", "sim[:virtual|serial|keyboard|syncgen] (dry runs only)")
+SIM_DRIVERS = ("virtual", "serial", "keyboard", "syncgen")
+
+
+def _unknown(spec: str, why: str) -> InputError:
+    return InputError(f"scanner {spec!r}: {why}; allowed: {' | '.join(FORMS)}")
+
+
+def make_trigger_source(spec: str, *, clock: Clock, win: Any = None, dry_run: bool,
+                        plan: ScannerPlan | None = None) -> TriggerSource:
+    """Build (not open) the trigger source named by `spec`."""
+    kind, _, rest = (spec or "").strip().partition(":")
+    if kind == "keyboard":
+        from experiment.scanner.keyboard_source import BACKENDS, KeyboardSource
+
+        parts = rest.split(":") if rest else []
+        if len(parts) > 2 or any(p == "" for p in parts):
+            raise _unknown(spec, "a keyboard spec is keyboard, keyboard:KEY or keyboard:KEY:BACKEND")
+        key = parts[0] if parts else "5"
+        backend = parts[1] if len(parts) == 2 else "ptb"
+        if backend not in BACKENDS:
+            raise _unknown(spec, f"keyboard backend {backend!r} is not one of {', '.join(BACKENDS)}")
+        return KeyboardSource(win, clock=clock, trigger_keys=(key,), backend=backend)
+    if kind == "serial":
+        from experiment.scanner.serial_source import SerialSource, parse_serial_spec
+
+        port, preset = parse_serial_spec(rest)
+        return SerialSource(port, clock=clock, preset=preset)
+    if kind == "sim":
+        if not dry_run:
+            raise InputError(f"scanner {spec!r}: the simulated scanner is only allowed in a dry run (--dry-run); "
+                             f"a real run needs keyboard[:KEY] or serial:PORT[:PRESET]")
+        if plan is None:
+            raise InputError(f"scanner {spec!r}: the simulated scanner needs the protocol's TR and volume count")
+        driver = rest or ("virtual" if clock.virtual else "serial")
+        if driver not in SIM_DRIVERS:
+            raise _unknown(spec, f"simulated scanner driver {driver!r} is not one of {', '.join(SIM_DRIVERS)}")
+        if clock.virtual != (driver == "virtual"):
+            raise InputError(f"scanner {spec!r}: the '{driver}' simulated scanner "
+                             f"{'needs' if driver == 'virtual' else 'cannot run on'} a virtual clock (--headless)")
+        if driver == "virtual":
+            from experiment.scanner.sim_scanner import VirtualScanner
+
+            return VirtualScanner(plan, clock=clock)  # type: ignore[arg-type]
+        if driver == "serial":
+            from experiment.scanner.sim_scanner import pty_sim_source
+
+            return pty_sim_source(plan, clock=clock)
+        if win is None:
+            raise InputError(f"scanner {spec!r}: the '{driver}' simulated scanner types into the participant window, "
+                             f"which this command does not open")
+        if driver == "keyboard":
+            from experiment.scanner.sim_scanner import xdotool_sim_source
+
+            return xdotool_sim_source(plan, clock=clock, win=win)
+        from experiment.scanner.syncgen_source import SyncGenSource
+
+        return SyncGenSource(win, clock=clock, plan=plan)
+    raise _unknown(spec, "unknown trigger source" if kind else "no trigger source given")
+
+
+def open_trigger_source(spec: str, *, clock: Clock, win: Any = None, dry_run: bool,
+                        plan: ScannerPlan | None = None) -> TriggerSource:
+    """Build and open the trigger source named by `spec`; the caller closes it."""
+    source = make_trigger_source(spec, clock=clock, win=win, dry_run=dry_run, plan=plan)
+    source.open()
+    return source

@@ -1,0 +1,221 @@
+"""Scanner pulses from a serial trigger box: presets, a pure decoder, a reader thread.
+
+A dedicated thread blocks on the port and stamps each read with `clock.now()` as it
+returns, so the pulse time does not depend on how often the runner polls. Bytes read
+together share one stamp (a trigger is one byte; see docs/scanner.md for the FTDI
+latency timer, which delays and batches bytes before they reach the host).
+
+Preset syntax (the part after `serial:PORT:`), see docs/scanner.md:
+    syncbox              NordicNeuroLab SyncBox: 's' at 57600 baud
+    forp                 Current Designs fORP, ASCII mode: '5' at 19200 baud
+    forp-bitwise         fORP bit-coded bytes at 19200: rising edge of bit 0x10
+    NAME@BAUD            any preset at another baud rate, e.g. forp@115200
+    custom:BYTE@BAUD     BYTE as 0xNN or one character, e.g. custom:0x54@9600, custom:t@9600
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, replace
+from typing import Any
+
+from experiment.clock import Clock
+from experiment.errors import DeviceFault, HardwareError, InputError
+from experiment.scanner.base import Pulse, PulseBuffer
+
+STANDARD_BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+
+
+@dataclass(frozen=True)
+class SerialPreset:
+    """How one kind of box signals a pulse: one byte value, or a bit's rising edge."""
+
+    name: str
+    baud: int
+    trigger_byte: int | None = None   # ASCII boxes: this byte is a pulse
+    trigger_mask: int | None = None   # bit-coded boxes: a byte with this bit set after one without it
+
+    def describe(self) -> str:
+        what = (f"byte 0x{self.trigger_byte:02x}" if self.trigger_byte is not None
+                else f"rising edge of bit 0x{self.trigger_mask:02x}")
+        return f"{self.name} ({what} at {self.baud} baud)"
+
+
+PRESETS: dict[str, SerialPreset] = {
+    "syncbox": SerialPreset("syncbox", 57600, trigger_byte=ord("s")),
+    "forp": SerialPreset("forp", 19200, trigger_byte=ord("5")),
+    "forp-bitwise": SerialPreset("forp-bitwise", 19200, trigger_mask=0x10),
+}
+DEFAULT_PRESET = "forp"
+PRESET_FORMS = "syncbox | forp | forp-bitwise | NAME@BAUD | custom:BYTE@BAUD (BYTE: 0xNN or one character)"
+
+_NAMED = re.compile(r"^(?P<name>[a-z][a-z-]*)(?:@(?P<baud>\d+))?$")
+_CUSTOM = re.compile(r"^custom:(?P<byte>0x[0-9a-fA-F]{1,2}|[^\s:@])@(?P<baud>\d+)$")
+
+
+def _baud(text: str, where: str) -> int:
+    baud = int(text)
+    if baud not in STANDARD_BAUDS:
+        raise InputError(f"{where}: baud rate {baud} is not a standard rate; use one of "
+                         f"{', '.join(map(str, STANDARD_BAUDS))}")
+    return baud
+
+
+def parse_preset(text: str) -> SerialPreset:
+    """`syncbox`, `forp@115200`, `custom:0x54@9600` ... -> SerialPreset (InputError otherwise)."""
+    where = f"trigger preset {text!r}"
+    m = _CUSTOM.match(text)
+    if m:
+        raw = m["byte"]
+        value = int(raw, 16) if raw.lower().startswith("0x") else ord(raw)
+        if value > 0xFF:
+            raise InputError(f"{where}: the trigger byte must be one byte (0x00-0xff)")
+        return SerialPreset("custom", _baud(m["baud"], where), trigger_byte=value)
+    m = _NAMED.match(text)
+    if m and m["name"] in PRESETS:
+        preset = PRESETS[m["name"]]
+        return replace(preset, baud=_baud(m["baud"], where)) if m["baud"] else preset
+    raise InputError(f"unknown {where}; allowed: {PRESET_FORMS}")
+
+
+def parse_serial_spec(rest: str) -> tuple[str, SerialPreset]:
+    """`PORT[:PRESET]` (the part after `serial:`) -> (port, preset).
+
+    The preset is recognised from the right, so a port may contain ':' (pyserial URLs
+    such as socket://host:port). Without a preset the default is `forp`.
+    """
+    if not rest:
+        raise InputError(f"serial trigger source needs a port: serial:PORT[:PRESET], PRESET = {PRESET_FORMS}")
+    m = re.match(r"^(?P<port>.+?):(?P<preset>custom:[^:]+)$", rest)
+    if m:
+        return m["port"], parse_preset(m["preset"])
+    port, sep, last = rest.rpartition(":")
+    if sep and _NAMED.match(last) and not last.startswith("custom"):
+        head = last.split("@")[0]
+        if head in PRESETS:
+            return port, parse_preset(last)
+        if "//" not in port + ":" + last:  # a word after the port that is no preset: a typo
+            raise InputError(f"unknown trigger preset {last!r} in 'serial:{rest}'; allowed: {PRESET_FORMS}")
+    return rest, PRESETS[DEFAULT_PRESET]
+
+
+class TriggerDecoder:
+    """Bytes -> number of pulses (pure). Keeps the last byte for edge detection."""
+
+    def __init__(self, preset: SerialPreset) -> None:
+        self.preset = preset
+        self._bit_was_set = False  # bitwise: the first byte with the bit set is an edge
+        self.other_bytes = 0
+
+    def feed(self, data: bytes) -> int:
+        pulses = 0
+        p = self.preset
+        for b in data:
+            if p.trigger_mask is not None:
+                now_set = bool(b & p.trigger_mask)
+                if now_set and not self._bit_was_set:
+                    pulses += 1
+                elif not now_set:
+                    self.other_bytes += 1
+                self._bit_was_set = now_set
+            elif b == p.trigger_byte:
+                pulses += 1
+            else:
+                self.other_bytes += 1
+        return pulses
+
+
+class SerialSource:
+    """A trigger box on a serial port, read by its own thread.
+
+    `poll()` raises DeviceFault when the port was lost (after handing out the pulses
+    read before the loss) or when pulses were dropped from a full queue.
+    """
+
+    simulated = False
+
+    def __init__(self, port: str, *, clock: Clock, preset: SerialPreset, capacity: int = 100_000,
+                 name: str = "serial", read_timeout_s: float = 0.2) -> None:
+        self.port = port
+        self.preset = preset
+        self.name = name
+        self._clock = clock
+        self._decoder = TriggerDecoder(preset)
+        self._buffer = PulseBuffer(capacity, what=f"trigger port {port}")
+        self._read_timeout_s = read_timeout_s
+        self._serial: Any = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._count = 0
+        self.lost: BaseException | None = None
+        self.low_latency: bool | None = None  # True when the driver accepted low-latency mode
+
+    def open(self) -> None:
+        import serial  # local import: only serial sources need pyserial loaded
+
+        try:
+            self._serial = serial.serial_for_url(self.port, baudrate=self.preset.baud, timeout=self._read_timeout_s,
+                                                 exclusive=True)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise HardwareError(f"cannot open trigger port {self.port!r} ({self.preset.describe()}): {exc}") from exc
+        try:
+            self._serial.set_low_latency_mode(True)
+            self.low_latency = True
+        except (AttributeError, NotImplementedError, OSError, ValueError):
+            self.low_latency = False  # ptys and non-FTDI drivers refuse; recorded, not fatal
+        self._serial.reset_input_buffer()  # bytes from before the run are not pulses of this run
+        self._thread = threading.Thread(target=self._read_loop, name=f"trigger-{self.port}", daemon=True)
+        self._thread.start()
+
+    def _read_loop(self) -> None:
+        ser = self._serial
+        try:
+            while not self._stop.is_set():
+                data = ser.read(ser.in_waiting or 1)
+                t = self._clock.now()
+                if not data:
+                    continue
+                for _ in range(self._decoder.feed(data)):
+                    self._buffer.push(Pulse(self._count, t, self.name))
+                    self._count += 1
+        except Exception as exc:  # noqa: BLE001 - any end of the port is reported by poll()
+            if not self._stop.is_set():
+                self.lost = exc
+
+    @property
+    def dropped(self) -> int:
+        """Pulses refused by a full queue (poll() raises once this is non-zero)."""
+        return self._buffer.dropped
+
+    @property
+    def other_bytes(self) -> int:
+        """Bytes that were not pulses (button presses, noise, a wrong baud rate)."""
+        return self._decoder.other_bytes
+
+    def poll(self) -> list[Pulse]:
+        pulses = self._buffer.drain()
+        if not pulses and self.lost is not None:
+            raise DeviceFault(f"trigger port {self.port!r} lost during the run: {self.lost}")
+        return pulses
+
+    def describe(self) -> dict[str, Any]:
+        """For the log header: what was opened and how."""
+        return {"port": self.port, "preset": self.preset.name, "baud": self.preset.baud,
+                "trigger": self.preset.describe(), "low_latency": self.low_latency}
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._serial is not None:
+            try:
+                self._serial.cancel_read()
+            except Exception:  # noqa: BLE001 - not every port type can cancel
+                pass
+        if self._thread is not None:
+            self._thread.join(2.0)
+        if self._serial is not None:
+            try:
+                self._serial.close()
+            except Exception:  # noqa: BLE001 - closing a lost port
+                pass
+        self._serial = None

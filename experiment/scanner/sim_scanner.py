@@ -1,0 +1,318 @@
+"""A simulated scanner: a pure pulse plan, and drivers that deliver it through real paths.
+
+`ScannerPlan` says when a scanner would send pulses (TR, stored volumes, preparation
+scans without pulses, pulses the user discards, jitter, dropped pulses, per-slice
+pulses). The drivers deliver it:
+
+* `PtyScanner` writes bytes into a pseudo-terminal master at the planned times, so
+  `SerialSource` reads them through a real tty;
+* `XdotoolScanner` types real X key events (XTEST) with one persistent
+  `xdotool -` process, so `KeyboardSource` reads them like a trigger box's keys;
+* `VirtualScanner` is itself a trigger source for headless runs: pulses fire on a
+  `VirtualClock` through `call_at`, one timer at a time.
+
+`PtySimSource` and `XdotoolSimSource` pair a driver with the real source it feeds;
+the factory's `sim` spec uses them in dry runs with a real clock.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from experiment.clock import Clock, VirtualClock
+from experiment.errors import HardwareError, InputError
+from experiment.scanner.base import Pulse, PulseBuffer
+
+
+@dataclass(frozen=True)
+class ScannerPlan:
+    """When a scanner sends its pulses (pure).
+
+    Volumes are acquired every `tr_s` from the scan start: first
+    `prep_scans_no_pulse` volumes without a pulse (discarded by the scanner), then
+    `discard_pulses` volumes with a pulse that the user discards, then `n_volumes`
+    stored volumes. Each volume's start moves by a seeded normal jitter (SD
+    `jitter_s`, clipped to a quarter TR). With `slices_per_volume` > 1 the box sends
+    one pulse per slice, evenly spread over the TR. `dropped` lists indices (into
+    the pulses the scanner sends) that never arrive. `start_delay_s` is the time from
+    the driver's start to the first acquired volume.
+    """
+
+    tr_s: float
+    n_volumes: int
+    prep_scans_no_pulse: int = 0
+    discard_pulses: int = 0
+    jitter_s: float = 0.0
+    dropped: tuple[int, ...] = ()
+    slices_per_volume: int = 1
+    seed: int = 0
+    start_delay_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.tr_s > 0:
+            raise InputError(f"simulated scanner: TR must be > 0 s, got {self.tr_s}")
+        for name in ("n_volumes", "prep_scans_no_pulse", "discard_pulses", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InputError(f"simulated scanner: {name} must be a whole number >= 0, got {value!r}")
+        if self.slices_per_volume < 1:
+            raise InputError(f"simulated scanner: slices_per_volume must be >= 1, got {self.slices_per_volume}")
+        if self.jitter_s < 0 or self.start_delay_s < 0:
+            raise InputError("simulated scanner: jitter_s and start_delay_s must be >= 0")
+        object.__setattr__(self, "dropped", tuple(sorted(set(self.dropped))))
+
+    @property
+    def n_pulsed_volumes(self) -> int:
+        return self.discard_pulses + self.n_volumes
+
+    def volume_starts_s(self) -> np.ndarray:
+        """Start of every acquired volume (prep scans included), from the scan start."""
+        n = self.prep_scans_no_pulse + self.n_pulsed_volumes
+        starts = np.arange(n, dtype=np.float64) * self.tr_s
+        if self.jitter_s > 0:
+            rng = np.random.default_rng(self.seed)
+            starts += np.clip(rng.normal(0.0, self.jitter_s, n), -self.tr_s / 4, self.tr_s / 4)
+        return starts
+
+    def sent_pulse_times_s(self) -> np.ndarray:
+        """Every pulse the scanner sends, dropped ones included, from the scan start."""
+        starts = self.volume_starts_s()[self.prep_scans_no_pulse:]
+        slice_offsets = np.arange(self.slices_per_volume) * (self.tr_s / self.slices_per_volume)
+        return (starts[:, None] + slice_offsets[None, :]).ravel()
+
+    def pulse_times_s(self) -> np.ndarray:
+        """The pulses that arrive (dropped ones removed), from the scan start."""
+        times = self.sent_pulse_times_s()
+        if not self.dropped:
+            return times
+        keep = np.ones(len(times), dtype=bool)
+        keep[[i for i in self.dropped if i < len(times)]] = False
+        return times[keep]
+
+    def first_stored_volume_s(self) -> float:
+        """When the first stored volume starts (its pulse is t0), from the scan start."""
+        return float(self.volume_starts_s()[self.prep_scans_no_pulse + self.discard_pulses])
+
+
+class _TimedDriver:
+    """A thread that calls `emit()` at each planned time on a real clock."""
+
+    def __init__(self, plan: ScannerPlan, *, clock: Clock, name: str) -> None:
+        if clock.virtual:
+            raise InputError(f"{name} needs a real clock; use VirtualScanner with a virtual clock")
+        self.plan = plan
+        self._clock = clock
+        self._name = name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.start_t: float | None = None
+        self.sent: list[float] = []      # clock time just before each pulse was handed to the OS
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def start(self) -> None:
+        self.start_t = self._clock.now() + self.plan.start_delay_s
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        assert self.start_t is not None
+        try:
+            for offset in self.plan.pulse_times_s():
+                self._clock.sleep_until(self.start_t + float(offset))
+                if self._stop.is_set():
+                    return
+                self.sent.append(self._clock.now())
+                self.emit()
+        except BaseException as exc:  # noqa: BLE001 - reported through .error
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def emit(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.plan.tr_s + 2.0)
+
+
+class PtyScanner(_TimedDriver):
+    """Writes `payload` into a pseudo-terminal master at each planned pulse."""
+
+    def __init__(self, plan: ScannerPlan, master_fd: int, *, clock: Clock, payload: bytes = b"5") -> None:
+        super().__init__(plan, clock=clock, name="sim-scanner-pty")
+        self._fd = master_fd
+        self.payload = payload
+
+    def emit(self) -> None:
+        os.write(self._fd, self.payload)
+
+
+class XdotoolScanner(_TimedDriver):
+    """Types `key` as a real X key event at each planned pulse.
+
+    One `xdotool -` process reads commands from its stdin, so a pulse costs a pipe
+    write (about 0.3 ms to the X server here) instead of a process start (about 2.5 ms).
+    `window` (an X window id) is focused first, for readers that need focus.
+    """
+
+    def __init__(self, plan: ScannerPlan, *, clock: Clock, key: str = "5", window: str | None = None) -> None:
+        super().__init__(plan, clock=clock, name="sim-scanner-xdotool")
+        if shutil.which("xdotool") is None:
+            raise HardwareError("the simulated keyboard scanner needs xdotool (apt-get install xdotool)")
+        self.key = key
+        self.window = window
+        self._proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(["xdotool", "-"], stdin=subprocess.PIPE, text=True, bufsize=1)
+        if self.window is not None:
+            self._command(f"windowfocus --sync {self.window}")
+        super().start()
+
+    def _command(self, line: str) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        self._proc.stdin.write(line + "\n")
+        self._proc.stdin.flush()
+
+    def emit(self) -> None:
+        self._command(f"key {self.key}")
+
+    def stop(self) -> None:
+        super().stop()
+        if self._proc is not None:
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+            self._proc = None
+
+
+class VirtualScanner:
+    """A trigger source on a VirtualClock: each planned pulse fires as a timer."""
+
+    simulated = True
+
+    def __init__(self, plan: ScannerPlan, *, clock: VirtualClock, name: str = "sim", capacity: int = 100_000) -> None:
+        if not clock.virtual:
+            raise InputError("VirtualScanner needs a VirtualClock; with a real clock use PtySimSource")
+        self.plan = plan
+        self.name = name
+        self._clock = clock
+        self._buffer = PulseBuffer(capacity, what="simulated scanner")
+        self._times: Iterator[float] = iter(())
+        self._handle: int | None = None
+        self._count = 0
+        self.start_t: float | None = None
+
+    def open(self) -> None:
+        self.start_t = self._clock.now() + self.plan.start_delay_s
+        self._times = (self.start_t + float(x) for x in self.plan.pulse_times_s())
+        self._schedule_next()
+
+    def _schedule_next(self) -> None:
+        t = next(self._times, None)
+        self._handle = None if t is None else self._clock.call_at(t, self._fire)
+
+    def _fire(self) -> None:
+        self._buffer.push(Pulse(self._count, self._clock.now(), self.name))
+        self._count += 1
+        self._schedule_next()
+
+    def poll(self) -> list[Pulse]:
+        return self._buffer.drain()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._clock.cancel(self._handle)
+            self._handle = None
+
+
+@dataclass
+class DrivenSource:
+    """A real trigger source fed by a simulated scanner driver; pulses say `sim`.
+
+    `make_source` builds the reader and `make_driver` the driver, at `open()`, in
+    that order, so the reader is listening before the first pulse is sent.
+    """
+
+    make_source: Callable[[], Any]
+    make_driver: Callable[[], _TimedDriver]
+    cleanup: Callable[[], None] = lambda: None
+    name: str = "sim"
+    simulated: bool = True
+    source: Any = field(default=None, init=False)
+    driver: _TimedDriver | None = field(default=None, init=False)
+
+    def open(self) -> None:
+        self.source = self.make_source()
+        self.source.open()
+        self.driver = self.make_driver()
+        self.driver.start()
+
+    def poll(self) -> list[Pulse]:
+        if self.driver is not None and self.driver.error is not None:
+            raise HardwareError(f"simulated scanner failed: {self.driver.error}")
+        return [replace(p, source=self.name) for p in self.source.poll()]
+
+    def poll_keys(self) -> list[tuple[str, float]]:
+        return self.source.poll_keys() if hasattr(self.source, "poll_keys") else []
+
+    def close(self) -> None:
+        if self.driver is not None:
+            self.driver.stop()
+        if self.source is not None:
+            self.source.close()
+        self.cleanup()
+
+
+def pty_sim_source(plan: ScannerPlan, *, clock: Clock) -> DrivenSource:
+    """The simulated scanner through a real pseudo-terminal and SerialSource (POSIX)."""
+    from experiment.scanner.serial_source import PRESETS, SerialSource
+
+    if not hasattr(os, "openpty"):
+        raise InputError("the simulated serial scanner needs a POSIX pseudo-terminal; use --headless or sim:syncgen")
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+
+    def cleanup() -> None:
+        for fd in (master, slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    return DrivenSource(make_source=lambda: SerialSource(path, clock=clock, preset=PRESETS["forp"], name="sim"),
+                        make_driver=lambda: PtyScanner(plan, master, clock=clock, payload=b"5"),
+                        cleanup=cleanup)
+
+
+def xdotool_sim_source(plan: ScannerPlan, *, clock: Clock, win: Any = None, key: str = "5",
+                       backend: str = "ptb", window: str | None = None) -> DrivenSource:
+    """The simulated scanner as real X key events read by KeyboardSource (Linux/X11).
+
+    The participant window is focused first (its X id taken from the PsychoPy window
+    when `window` is not given), so the keys never land in the operator's terminal.
+    """
+    from experiment.scanner.keyboard_source import KeyboardSource
+
+    if window is None and win is not None:
+        xid = getattr(getattr(win, "winHandle", None), "_window", None)  # pyglet's X window id
+        window = None if xid is None else str(int(xid))
+    if window is None:
+        raise InputError("the simulated keyboard scanner needs the participant window to type into")
+
+    return DrivenSource(make_source=lambda: KeyboardSource(win, clock=clock, trigger_keys=(key,), backend=backend),
+                        make_driver=lambda: XdotoolScanner(plan, clock=clock, key=key, window=window))
