@@ -14,7 +14,8 @@ Two backends (docs/scanner.md says what each timestamp means):
   the base of `psychopy.clock.getTime`), taken when the event reached the queue,
   however late the runner polls. Listens to all keyboards whatever window has focus.
 * `event`: `psychopy.event`'s pyglet key buffer. A key is stamped with
-  `psychopy.clock.getTime()` when pyglet dispatches the window's events (every
+  `psychopy.core.getTime()` (monotonicClock; converted here to `psychopy.clock.getTime`'s
+  base) when pyglet dispatches the window's events (every
   flip and every poll), so the stamp is late by up to one poll interval. Needs the
   window to have focus. It is also where PsychoPy's SyncGenerator injects its keys,
   stamped at injection.
@@ -80,17 +81,21 @@ class PtbKeyReader:
 
 
 class EventKeyReader:
-    """Keys from psychopy.event's pyglet buffer, stamped on psychopy.clock.getTime."""
+    """Keys from psychopy.event's pyglet buffer, stamped at dispatch (or injection)."""
 
     def __init__(self) -> None:
+        from psychopy import clock as ppclock
         from psychopy import event
 
         self._event = event
+        self._monotonic = ppclock.monotonicClock
         event.clearEvents("keyboard")
 
     def __call__(self) -> list[tuple[str, float]]:
-        # timeStamped=True: [name, time] with time from psychopy.core.getTime (absolute)
-        return [(str(k[0]), float(k[-1])) for k in self._event.getKeys(timeStamped=True)]
+        # timeStamped=True: [name, time] with time from psychopy.core.getTime(), which is
+        # monotonicClock time (zero at PsychoPy's import); add its zero to get getTime's base
+        offset = self._monotonic.getLastResetTime()
+        return [(str(k[0]), float(k[-1]) + offset) for k in self._event.getKeys(timeStamped=True)]
 
 
 def _discard_pyglet_keys() -> None:

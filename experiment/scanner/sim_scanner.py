@@ -185,7 +185,7 @@ class XdotoolScanner(_TimedDriver):
         self._proc.stdin.flush()
 
     def emit(self) -> None:
-        self._command(f"key {self.key}")
+        self._command(f"key --delay 0 {self.key}")
 
     def stop(self) -> None:
         super().stop()
