@@ -1,0 +1,104 @@
+"""Design efficiency of a timeline: can the GLM tell anticipation from pain?
+
+Public API:
+    design_efficiency(timeline, *, regressors=KEY_REGRESSORS) -> Efficiency
+    Efficiency.report() -> str
+    R_LIMIT = 0.7, VIF_LIMIT = 5.0
+
+The events of each `bids_trial_type` become a boxcar convolved with the Glover HRF by
+nilearn's `make_first_level_design_matrix` (cosine drift, 128 s high-pass, frame times
+0, TR, ..., (n_volumes - 1) x TR); nilearn is the established implementation. Reported:
+the Pearson correlations between the task regressors and each regressor's variance
+inflation factor VIF = 1 / (1 - R^2), where R^2 comes from regressing it on every other
+column of the design (other task regressors, drifts, constant).
+
+Warning thresholds (documented in docs/protocol-format.md): |r| > 0.7 between two of
+pain anticipation, pain and relief anticipation, or a VIF > 5 for one of them. A common
+rule of thumb; above it the estimates of the two periods are hard to separate and the
+jitter should be wider.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from experiment.schedule import Timeline
+
+KEY_REGRESSORS = ("pain_anticipation", "pain", "relief_anticipation")
+R_LIMIT = 0.7
+VIF_LIMIT = 5.0
+HIGH_PASS_HZ = 1 / 128
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    regressors: tuple[str, ...]                 # every task regressor in the design
+    correlations: dict[tuple[str, str], float]  # pairs of task regressors (a < b in design order)
+    vifs: dict[str, float]
+    key: tuple[str, ...]                        # the regressors warned about
+    warnings: tuple[str, ...]
+
+    def report(self) -> str:
+        lines = ["design efficiency (Glover HRF, cosine drift 1/128 Hz):"]
+        lines.append("  VIF: " + ", ".join(f"{r} {self.vifs[r]:.2f}" for r in self.regressors))
+        for (a, b), r in self.correlations.items():
+            if a in self.key and b in self.key:
+                lines.append(f"  r({a}, {b}) = {r:+.2f}")
+        if self.warnings:
+            lines += [f"  WARNING: {w}" for w in self.warnings]
+        else:
+            lines.append(f"  ok: every |r| <= {R_LIMIT:g} and VIF <= {VIF_LIMIT:g} for {', '.join(self.key)}")
+        return "\n".join(lines)
+
+
+def _design(timeline: Timeline):
+    import pandas as pd
+    from nilearn.glm.first_level import make_first_level_design_matrix  # local: nilearn is slow to import
+
+    rows = [(e.onset_s, e.duration_s, e.bids_trial_type) for e in timeline.events if e.bids_trial_type]
+    events = pd.DataFrame(rows, columns=["onset", "duration", "trial_type"])
+    frame_times = np.arange(timeline.n_volumes) * timeline.tr_s
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nilearn warns about things that do not apply here
+        return make_first_level_design_matrix(frame_times, events, hrf_model="glover", drift_model="cosine",
+                                              high_pass=HIGH_PASS_HZ)
+
+
+def _vif(x: np.ndarray, j: int) -> float:
+    others = np.delete(x, j, axis=1)
+    y = x[:, j]
+    beta, *_ = np.linalg.lstsq(others, y, rcond=None)
+    resid = y - others @ beta
+    total = np.sum((y - y.mean()) ** 2)
+    if total == 0:
+        return float("inf")
+    r2 = 1 - np.sum(resid ** 2) / total
+    return float("inf") if r2 >= 1 else float(1 / (1 - r2))
+
+
+def design_efficiency(timeline: Timeline, *, regressors: tuple[str, ...] = KEY_REGRESSORS) -> Efficiency:
+    """Correlations and VIFs of the HRF-convolved task regressors of one timeline."""
+    dm = _design(timeline)
+    task = [e for e in dict.fromkeys(ev.bids_trial_type for ev in timeline.events) if e]
+    x = dm.to_numpy()
+    cols = list(dm.columns)
+    vifs = {name: _vif(x, cols.index(name)) for name in task}
+    corr = np.corrcoef(x[:, [cols.index(n) for n in task]], rowvar=False) if len(task) > 1 else np.ones((1, 1))
+    correlations = {(a, b): float(corr[i, j]) for i, a in enumerate(task) for j, b in enumerate(task) if i < j}
+    key = tuple(r for r in regressors if r in task)
+    notes = []
+    for (a, b), r in correlations.items():
+        if a in key and b in key and abs(r) > R_LIMIT:
+            notes.append(f"{a} and {b} correlate (r = {r:+.2f}, limit |r| <= {R_LIMIT:g}): widen the jitter "
+                         f"of the phases between them")
+    for name in key:
+        if vifs[name] > VIF_LIMIT:
+            notes.append(f"{name} has VIF {vifs[name]:.1f} (limit {VIF_LIMIT:g}): its estimate is confounded "
+                         f"with the other regressors; widen the jitter")
+    missing = [r for r in regressors if r not in task]
+    if missing:
+        notes.append(f"no events of {', '.join(missing)} in this timeline, so it cannot be estimated")
+    return Efficiency(regressors=tuple(task), correlations=correlations, vifs=vifs, key=key, warnings=tuple(notes))

@@ -1,0 +1,220 @@
+"""The `validate` and `plan` commands: check a protocol, show its run, write its timeline.
+
+Public API:
+    command(args) -> int                        dispatched by experiment.cli for validate and plan
+    summary(protocol, timeline, worst) -> str   the one-screen summary (pure)
+    write_plan(protocol, timeline, out_dir) -> PlanFiles     timeline.tsv + timeline.png
+    render_png(protocol, timeline, path)        the run at a glance (matplotlib, Agg)
+
+`validate PROTOCOL` exits 0 when the protocol is valid and its schedule passes the
+pre-flight checks (with the protocol's seed), 2 otherwise. `plan` writes DIR/timeline.tsv
+and DIR/timeline.png and prints the design efficiency. An existing timeline.tsv is never
+overwritten with a different timeline (exit 2: choose another --out); when it is identical
+it is left as it is and the picture is drawn again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from experiment.errors import InputError
+from experiment.protocol import Protocol, load_protocol
+from experiment.schedule import Timeline, WorstCase, build_schedule, worst_case
+from experiment.units import kpa_to_mmhg
+
+DEFLATE_DRAW_S = 0.5   # the picture draws a deflation as a 0.5 s fall (not a prediction)
+
+
+def _pressure(kpa: float) -> str:
+    return f"{round(kpa, 2):g} kPa ({kpa_to_mmhg(kpa):.0f} mmHg)"
+
+
+def summary(protocol: Protocol, timeline: Timeline, worst: WorstCase) -> str:
+    """One screen: trials, run length, volumes, pressures, cuff exposure, cue mapping."""
+    p, s, scan = protocol, protocol.safety, protocol.scan
+    counts = ", ".join(f"{n} {c}" + (" [catch]" if p.trial_types[n].catch else "") for n, c in p.trials.counts.items())
+    limit = p.trials.max_run_length
+    runs = f"at most {limit} of a type in a row" if limit else "no limit on trials of a type in a row"
+    if p.stimulation.calibrated:
+        target = (f"calibrated at run time (x {p.stimulation.calibrated_fraction:g}), planned with the ceiling "
+                  f"for timing")
+        prange = f"0 to at most {_pressure(s.max_pressure_kpa)}"
+    else:
+        target = _pressure(p.stimulation.target_kpa)
+        prange = f"0 to {_pressure(p.stimulation.target_kpa)}"
+    inflated = timeline.inflated_s
+    lines = [
+        f"{p.metadata.name} (task {p.metadata.task}, version pin {p.version_pin})",
+        f"trials per run: {p.trials.n_trials} ({counts}); order seed {timeline.seed}, {runs}",
+        f"run length: {timeline.run_length_s:g} s with seed {timeline.seed}; worst case {worst.run_length_s:g} s",
+        f"volumes: {timeline.n_volumes_needed} needed (worst case "
+        f"{_ceil_div(worst.run_length_s, scan.tr_s)}), {scan.n_volumes} declared x TR {scan.tr_s:g} s = "
+        f"{scan.duration_s:g} s; {scan.discard_pulses} pulses discarded before t0",
+        f"pressure: {prange}; target {target}; ramp {p.stimulation.rate_kpa_s:g} kPa/s "
+        f"({worst.ramp_s:g} s); ceiling {_pressure(s.max_pressure_kpa)}",
+        f"cuff inflated: {inflated:g} s = {100 * inflated / timeline.run_length_s:.1f}% of the run "
+        f"(worst case {worst.inflation_per_run_s:g} s, limit {s.max_cumulative_inflation_per_run_s:g} s); "
+        f"per stimulus at most {worst.inflation_per_stimulus_s:g} s (limit {s.max_inflation_per_stimulus_s:g} s)",
+    ]
+    if worst.deflated_between_s is not None:
+        lines.append(f"deflated between stimuli: at least {worst.deflated_between_s:g} s "
+                     f"(minimum {s.min_deflated_between_s:g} s)")
+    if p.cue_mapping is not None:
+        chosen = ", ".join(f"{r} = {c}" for r, c in timeline.cue_mapping.items())
+        who = f"participant {timeline.participant}" if timeline.participant else "no participant given"
+        lines.append(f"cue mapping: {len(p.cue_mapping.mappings)} mappings by {p.cue_mapping.select}; "
+                     f"{who}: mapping {timeline.cue_mapping_index} ({chosen})")
+    if any(p.trial_types[n].catch and c > 0 for n, c in p.trials.counts.items()):
+        lines.append("note: catch trials are on; they depart from the verified design")
+    return "\n".join(lines)
+
+
+def _ceil_div(a: float, b: float) -> int:
+    return math.ceil(round(a / b, 6))
+
+
+# ---------------------------------------------------------------- the picture
+
+
+def _cue_rgb(protocol: Protocol, name: str | None) -> tuple[float, float, float]:
+    """A colour standing for a cue: its fill colour, or an image's mean opaque colour."""
+    from matplotlib.colors import to_rgb
+
+    if name is None:
+        return (0.0, 0.0, 0.0)
+    cue = protocol.cues[name]
+    if cue.color:
+        return to_rgb(cue.color)
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(cue.image_path) as im:
+        rgba = np.asarray(im.convert("RGBA"), dtype=float) / 255
+    opaque = rgba[..., 3] > 0.5
+    return tuple(rgba[opaque][:, :3].mean(axis=0)) if opaque.any() else (0.5, 0.5, 0.5)
+
+
+def render_png(protocol: Protocol, timeline: Timeline, path: Path) -> None:
+    """Cues as coloured spans, the planned pressure, the scan's volumes, on one time axis."""
+    from matplotlib.figure import Figure  # the Agg canvas, no pyplot state
+    from matplotlib.patches import Patch
+
+    end = max(timeline.run_length_s, timeline.n_volumes * timeline.tr_s)
+    fig = Figure(figsize=(14, 4.6), dpi=100, layout="constrained")
+    ax_cue, ax_p, ax_vol = fig.subplots(3, 1, sharex=True, height_ratios=[1.1, 2.2, 0.35])
+    ax_cue.set_facecolor("#3a3a3a")
+    roles = {cue: role for role, cue in timeline.cue_mapping.items()}
+    seen: dict[str, tuple] = {}
+    for e in timeline.events:
+        label = f"{e.cue} ({roles[e.cue]})" if e.cue in roles else (e.cue or "blank")
+        rgb = seen.setdefault(label, _cue_rgb(protocol, e.cue))
+        ax_cue.broken_barh([(e.onset_s, e.duration_s)], (0.1, 0.8), facecolors=[rgb], edgecolors="#202020",
+                           linewidth=0.4)
+    for trial_start in (e.onset_s for e in timeline.events if e.trial and e.index and
+                        timeline.events[e.index - 1].trial != e.trial):
+        ax_cue.axvline(trial_start, color="#bbbbbb", linewidth=0.6)
+    ax_cue.set_yticks([])
+    ax_cue.set_ylabel("cue", rotation=0, ha="right", va="center")
+    ax_cue.legend(handles=[Patch(facecolor=c, edgecolor="#202020", label=n) for n, c in seen.items()],
+                  loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    title = (f"{protocol.metadata.name} - seed {timeline.seed}"
+             + (f", participant {timeline.participant}" if timeline.participant else "")
+             + f" - {timeline.run_length_s:g} s, {len(timeline.trial_order)} trials")
+    ax_cue.set_title(title, fontsize=10, loc="left")
+
+    target = timeline.target_kpa
+    drawn = protocol.safety.max_pressure_kpa if target is None else target
+    t, pkpa = [0.0], [0.0]
+    for e in timeline.events:
+        if e.cuff == "inflate":
+            t += [e.onset_s, e.onset_s + e.ramp_s]
+            pkpa += [0.0, drawn]
+        elif e.cuff == "deflate":
+            t += [e.onset_s, e.onset_s + DEFLATE_DRAW_S]
+            pkpa += [drawn, 0.0]
+    t.append(timeline.run_length_s)
+    pkpa.append(0.0)
+    ax_p.plot(t, pkpa, color="#c0392b", linewidth=1.4,
+              label="planned pressure" + (" (calibrated: ceiling drawn)" if target is None else ""))
+    ax_p.axhline(protocol.safety.max_pressure_kpa, color="black", linestyle="--", linewidth=0.8,
+                 label=f"ceiling {protocol.safety.max_pressure_kpa:g} kPa")
+    ax_p.set_ylim(0, protocol.safety.max_pressure_kpa * 1.15)
+    ax_p.set_ylabel("kPa")
+    ax_p.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+
+    vols = [i * timeline.tr_s for i in range(timeline.n_volumes)]
+    ax_vol.vlines(vols, 0, 1, color="#2c3e50", linewidth=0.5)
+    if timeline.run_length_s < end:
+        ax_vol.axvspan(timeline.run_length_s, end, color="#dddddd")
+    ax_vol.set_yticks([])
+    ax_vol.set_ylabel("volumes", rotation=0, ha="right", va="center")
+    ax_vol.set_xlim(0, end)
+    ax_vol.set_xlabel(f"time from t0 (s); {timeline.n_volumes} volumes x TR {timeline.tr_s:g} s")
+    fig.savefig(path)
+
+
+# ---------------------------------------------------------------- files and commands
+
+
+@dataclass(frozen=True)
+class PlanFiles:
+    tsv: Path
+    png: Path
+    tsv_unchanged: bool
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_plan(protocol: Protocol, timeline: Timeline, out_dir: Path) -> PlanFiles:
+    """Write timeline.tsv (never replacing a different one) and timeline.png."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{out_dir}: cannot create the output directory ({exc.strerror or exc})") from None
+    if not out_dir.is_dir():
+        raise InputError(f"{out_dir}: not a directory")
+    tsv, png = out_dir / "timeline.tsv", out_dir / "timeline.png"
+    text = timeline.to_tsv()
+    unchanged = False
+    if tsv.exists():
+        try:
+            unchanged = tsv.read_text(encoding="utf-8") == text
+        except (OSError, UnicodeDecodeError):
+            unchanged = False
+        if not unchanged:
+            raise InputError(f"{tsv} exists and holds a different timeline; refusing to overwrite it "
+                             f"(choose another --out directory, or delete the file)")
+    try:
+        if not unchanged:
+            _write_atomic(tsv, text)
+        render_png(protocol, timeline, png)
+    except OSError as exc:
+        raise InputError(f"{out_dir}: cannot write the plan ({exc.strerror or exc})") from None
+    return PlanFiles(tsv=tsv, png=png, tsv_unchanged=unchanged)
+
+
+def command(args: argparse.Namespace) -> int:
+    """`cuedpain validate PROTOCOL` and `cuedpain plan PROTOCOL [--seed N] [--participant ID] --out DIR`."""
+    protocol = load_protocol(args.protocol)
+    if args.command == "validate":
+        timeline = build_schedule(protocol)
+        print(f"{args.protocol}: valid")
+        print(summary(protocol, timeline, worst_case(protocol)))
+        return 0
+    timeline = build_schedule(protocol, seed=args.seed, participant=args.participant)
+    files = write_plan(protocol, timeline, Path(args.out))
+    from experiment.design import design_efficiency  # local: nilearn takes seconds to import
+
+    print(summary(protocol, timeline, worst_case(protocol)))
+    print(f"kept {files.tsv} (it already holds this timeline)" if files.tsv_unchanged else f"wrote {files.tsv}")
+    print(f"wrote {files.png}")
+    print(design_efficiency(timeline).report())
+    return 0

@@ -1,0 +1,802 @@
+"""Protocol file (YAML) -> a validated, frozen `Protocol`.
+
+Public API:
+    load_protocol(path) -> Protocol                 read, validate, check image files (the shell)
+    parse_protocol(text, *, file, base_dir) -> Protocol   pure: validate text
+    PROTOCOL_SPEC                                   the format, field by field (experiment.schema)
+    protocol_json_schema() -> str                   the JSON Schema committed as
+                                                    protocols/cuedpain-protocol.schema.json
+    Protocol and its parts: Metadata, Cue, CueMapping, Phase, TrialType, TrialList, Rating,
+    Stimulation, Safety, Scan, Keys; durations FixedDuration, UniformDuration,
+    ChoiceDuration, TruncExpDuration (each with `min_s`, `max_s`).
+
+A protocol describes the science; site hardware lives in a rig file (experiment.rig).
+Every problem is one InputError: `FILE:LINE:COL: field.path: what is wrong and what is
+allowed`. Pressures are kPa inside (converted from the unit the file states); durations
+are quantised to whole milliseconds. Timing limits that depend on the jitter (worst-case
+run length, inflation time) are checked by `experiment.schedule`, which needs these
+values first. See docs/protocol-format.md for the format with an annotated example.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping, Union
+
+from experiment import __version__
+from experiment.errors import InputError
+from experiment.schema import (AnyOf, Boolean, Choice, Field, KeyName, ListOf, MapOf, Nullable, Number, Object,
+                               Tagged, Text, json_schema_document, suggest)
+from experiment.units import to_kpa
+from experiment.yamlload import FieldPath, Located, Where, decode_text, parse_yaml
+
+HARD_MAX_KPA = 100.0          # no supported cuff goes above 100 kPa (CPAR driver limit, paradigm.md §3)
+MAX_PHASE_S = 600.0
+FIXATION = "fixation"         # the cue shown in the lead-in, the tail and wherever a phase says so
+SCHEMA_ID = "https://github.com/cuedpain/cuedpain/protocols/cuedpain-protocol.schema.json"
+
+# ---------------------------------------------------------------- the format (single source of truth)
+
+
+
+def _name(description: str = "") -> Text:
+    return Text(description, pattern=r"[a-z][a-z0-9_]{0,39}",
+                pattern_doc="a name of lowercase letters, digits and '_', starting with a letter (at most 40)")
+
+
+NAME = _name()
+
+
+def _seconds(description: str, *, minimum: float = 0.0, exclusive: bool = True,
+             maximum: float = MAX_PHASE_S) -> Number:
+    return Number(description, unit="seconds", minimum=minimum, exclusive_minimum=exclusive, maximum=maximum)
+
+
+def _kpa(description: str, *, maximum: float) -> Number:
+    return Number(description, unit="kPa", minimum=0.0, exclusive_minimum=True, maximum=maximum)
+
+
+PRESSURE = Object({
+    "value": Field(Number("the pressure in `unit`", minimum=0.0, exclusive_minimum=True), required=True),
+    "unit": Field(Choice(["kPa", "mmHg"], "pressure unit, always explicit"), required=True),
+}, "a pressure with its unit, e.g. {value: 40, unit: kPa}")
+
+_STEP = Number("grid step of the drawn values (s)", unit="seconds", minimum=0.001, maximum=MAX_PHASE_S)
+
+DURATION = AnyOf(
+    _seconds("fixed duration in seconds"),
+    Tagged("dist", {
+        "uniform": Object({
+            "min": Field(_seconds("smallest value (s)"), required=True),
+            "max": Field(_seconds("largest value (s)"), required=True),
+            "step": Field(_STEP, default=0.001),
+        }, "uniform over min, min+step, ..., max (max - min must be a whole number of steps)"),
+        "choice": Object({
+            "values": Field(ListOf(_seconds("one value (s)"), "the values", min_items=1, max_items=1000),
+                            required=True),
+        }, "the values dealt out as a shuffled deck: each value once per pass through the list, "
+           "so over a multiple of the list length every value occurs equally often"),
+        "truncexp": Object({
+            "mean": Field(_seconds("mean of the drawn values (s); min < mean < (min + max) / 2"), required=True),
+            "min": Field(_seconds("smallest value (s)"), required=True),
+            "max": Field(_seconds("largest value (s)"), required=True),
+            "step": Field(_STEP, default=0.001),
+        }, "exponential from min, truncated at max, scaled so the truncated mean is `mean`; "
+           "values rounded to the step grid from min"),
+    }),
+    description="a phase duration: seconds, or a distribution drawn once per trial")
+
+_COLOR = Text("fill colour: a CSS colour name or '#rrggbb'", pattern=r"#[0-9a-fA-F]{6}|[a-z]{3,30}",
+              pattern_doc="a CSS colour name (e.g. 'orange') or '#rrggbb'")
+_UNITS = Choice(["pix", "norm", "height", "deg", "cm"],
+                "PsychoPy units of size and pos (deg and cm need the monitor in the rig file)")
+_SIZE = AnyOf(Number("one number: width = height (shapes, images) or the letter height (text)",
+                     minimum=0.0, exclusive_minimum=True, maximum=10000.0),
+              ListOf(Number(minimum=0.0, exclusive_minimum=True, maximum=10000.0), min_items=2, max_items=2),
+              description="size in `units`: one number or [width, height]")
+_POS = ListOf(Number(minimum=-10000.0, maximum=10000.0), "centre [x, y] in `units`", min_items=2, max_items=2)
+
+
+def _cue_fields(**specific: Field) -> dict[str, Field]:
+    return {**specific,
+            "size": Field(_SIZE, required=True),
+            "pos": Field(_POS, default=[0, 0]),
+            "units": Field(_UNITS, required=True)}
+
+
+CUE = Tagged("kind", {
+    "shape": Object(_cue_fields(
+        shape=Field(Choice(["circle", "triangle", "square", "cross", "rect"], "the shape drawn"), required=True),
+        color=Field(_COLOR, default="white")), "a drawn shape"),
+    "text": Object(_cue_fields(
+        text=Field(Text("the text shown", max_length=500), required=True),
+        color=Field(_COLOR, default="white")), "a line of text"),
+    "image": Object(_cue_fields(
+        image=Field(Text("image file, relative to the stimuli directory, '/' separators",
+                         pattern=r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*",
+                         pattern_doc="a relative path of letters, digits, '_', '-', '.' and '/'"), required=True)),
+        "an image file from the stimuli directory"),
+}, "a visual cue")
+
+CUE_MAPPING = Object({
+    "select": Field(Choice(["participant_hash", "participant_number"],
+                           "how a participant gets a mapping: SHA-256 of the label, or the label's "
+                           "trailing number (P01 -> first mapping, P02 -> second, ...)"), default="participant_hash"),
+    "mappings": Field(ListOf(MapOf(NAME, _name("a cue name"), "role -> cue name", min_items=1, key_label="role"),
+                             "the mappings; every one maps the same roles", min_items=1, max_items=24),
+                      required=True),
+}, "cue-mapping counterbalancing: phases name a role; each participant gets one mapping of roles to cues")
+
+PHASE = Object({
+    "name": Field(_name("phase name, unique within the trial type"), required=True),
+    "kind": Field(Choice(["cue", "rating"], "cue: show `cue`; rating: the rating scale, then `cue`"),
+                  default="cue"),
+    "cue": Field(Nullable(_name("cue or role shown during the phase (null: blank screen)")), required=True),
+    "duration": Field(DURATION, required=True),
+    "cuff": Field(Choice(["none", "inflate", "hold", "deflate"],
+                         "cuff command at phase start: inflate (deflated -> target), hold (stays inflated), "
+                         "deflate (inflated -> vented), none (stays deflated)"), default="none"),
+    "timed_from": Field(Choice(["onset", "target_reached"],
+                               "target_reached (inflate phases only): the duration counts from the moment the "
+                               "target pressure is reached; the predicted ramp is added to the plan"),
+                        default="onset"),
+    "bids_trial_type": Field(Nullable(Text("trial_type of this phase in events.tsv (null: not an event)",
+                                           pattern=r"[A-Za-z][A-Za-z0-9_]{0,63}",
+                                           pattern_doc="letters, digits and '_', starting with a letter")),
+                             default=None),
+}, "one phase of a trial")
+
+TRIAL_TYPE = Object({
+    "description": Field(Text("what this trial type is", min_length=0, max_length=2000), default=""),
+    "catch": Field(Boolean("a catch trial type (departs from the verified design; give it count 0 to "
+                           "leave it off)"), default=False),
+    "phases": Field(ListOf(PHASE, "the phases in order", min_items=1, max_items=20), required=True),
+}, "a trial type: ordered phases")
+
+TRIALS = Object({
+    "counts": Field(MapOf(NAME, Number("trials of this type per run", integer=True, minimum=0, maximum=500),
+                          "trials per run of every trial type (0 allowed)", key_label="trial type"),
+                    required=True),
+    "max_run_length": Field(Nullable(Number("most trials of one type in a row (null: no limit)", integer=True,
+                                            minimum=1, maximum=500)), default=None),
+    "seed": Field(Number("default randomisation seed (trial order, jitter); `--seed` overrides", integer=True,
+                         minimum=0, maximum=2**63 - 1), default=0),
+}, "the trial list of one run")
+
+RATING = Object({
+    "question": Field(Text("question shown above the scale", max_length=300),
+                      default="How painful was the pressure?"),
+    "low_anchor": Field(Text("label at the low end", max_length=100), default="no pain"),
+    "high_anchor": Field(Text("label at the high end", max_length=100), default="most intense pain imaginable"),
+    "min": Field(Number("lowest rating", integer=True, minimum=0, maximum=1000), default=0),
+    "max": Field(Number("highest rating", integer=True, minimum=1, maximum=1000), default=100),
+    "start": Field(Nullable(Number("where the marker starts (null: the middle)", integer=True, minimum=0,
+                                   maximum=1000)), default=None),
+    "step": Field(Number("rating change per left/right key press", integer=True, minimum=1, maximum=100),
+                  default=5),
+    "timeout_s": Field(_seconds("time to confirm; no confirmation = timed out (at most the rating phase's "
+                                "shortest duration)", maximum=60.0), required=True),
+}, "the rating scale shown in phases of kind rating")
+
+STIMULATION = Object({
+    "target": Field(AnyOf(Choice(["calibrated"], "taken from the participant's calibration at run time"),
+                          PRESSURE, description="target pressure: explicit {value, unit}, or calibrated"),
+                    required=True),
+    "calibrated_fraction": Field(Nullable(Number("target = fraction x calibrated pressure (only with target: "
+                                                 "calibrated; null: 1)", minimum=0.0, exclusive_minimum=True,
+                                                 maximum=1.0)), default=None),
+    "rate_kpa_s": Field(Number("inflation ramp rate", unit="kPa per second", minimum=0.0, exclusive_minimum=True,
+                               maximum=200.0), required=True),
+}, "the pain stimulus")
+
+SAFETY = Object({
+    "max_pressure": Field(Object(PRESSURE.fields, f"pressure ceiling, required, no default (at most "
+                                                  f"{HARD_MAX_KPA:g} kPa); the cuff is armed with it"),
+                          required=True),
+    "max_inflation_per_stimulus_s": Field(_seconds("longest inflation of one stimulus, ramp included "
+                                                   "(worst case over the jitter)"), default=30.0),
+    "max_cumulative_inflation_per_run_s": Field(_seconds("longest total inflation in one run (worst case)",
+                                                         maximum=3600.0), default=360.0),
+    "min_deflated_between_s": Field(_seconds("shortest deflated time between two stimuli (worst case)",
+                                             exclusive=False), default=10.0),
+    "release_threshold_kpa": Field(_kpa("a deflation is complete below this pressure", maximum=20.0),
+                                   default=2.0),
+    "release_deadline_s": Field(_seconds("a deflation must be complete within this time", maximum=30.0),
+                                default=2.0),
+    "compliance_margin_kpa": Field(_kpa("largest allowed deviation of measured from target pressure while "
+                                        "inflated", maximum=20.0), default=2.0),
+    "on_participant_stop": Field(Choice(["end", "continue_without_stimulation"],
+                                        "after the participant's stop key (the cuff is vented at once either way)"),
+                                 default="end"),
+}, "safety ceilings and limits (checked before the run and enforced during it)")
+
+SCAN = Object({
+    "tr_s": Field(_seconds("repetition time", maximum=10.0), required=True),
+    "n_volumes": Field(Number("volumes the scan will record (stored volumes)", integer=True, minimum=1,
+                              maximum=100000), required=True),
+    "discard_pulses": Field(Number("pulses the scanner sends for volumes you discard; the runner skips them "
+                                   "before t0 (a rig file may override)", integer=True, minimum=0, maximum=100),
+                            required=True),
+    "scanner_discarded": Field(Number("volumes the scanner discards without sending pulses (recorded only)",
+                                      integer=True, minimum=0, maximum=100), default=0),
+    "lead_in_s": Field(_seconds("fixation from t0 to the first trial", exclusive=False), required=True),
+    "tail_s": Field(_seconds("fixation after the last trial", exclusive=False), required=True),
+    "first_trigger_timeout_s": Field(_seconds("give up waiting for the first pulse after this", maximum=3600.0),
+                                     default=120.0),
+    "on_scanner_stop": Field(Choice(["end", "continue"], "when pulses stop arriving during the run"),
+                             default="end"),
+    "scanner_stop_trs": Field(Number("pulses are 'stopped' after this many TRs without one", minimum=1.0,
+                                     maximum=100.0), default=3.0),
+}, "the scan")
+
+KEYS_DEFAULT = {"trigger": "5", "stop": "4", "escape": "escape", "left": "1", "right": "2", "confirm": "3"}
+KEYS = Object({
+    "trigger": Field(KeyName("scanner trigger key (keyboard trigger sources)"), default=KEYS_DEFAULT["trigger"]),
+    "stop": Field(KeyName("participant stop key: vents the cuff at once"), default=KEYS_DEFAULT["stop"]),
+    "escape": Field(KeyName("operator abort key"), default=KEYS_DEFAULT["escape"]),
+    "left": Field(KeyName("rating: move left"), default=KEYS_DEFAULT["left"]),
+    "right": Field(KeyName("rating: move right"), default=KEYS_DEFAULT["right"]),
+    "confirm": Field(KeyName("rating: confirm"), default=KEYS_DEFAULT["confirm"]),
+}, "keys (a rig file may override them for its button box); all different")
+
+PROTOCOL_SPEC = Object({
+    "cuedpain_version": Field(Text("the cuedpain version this protocol was checked with, or 'dev'",
+                                   max_length=40), required=True),
+    "metadata": Field(Object({
+        "name": Field(Text("human-readable name", max_length=200), required=True),
+        "task": Field(Text("BIDS task label (task-<label> in file names)", pattern=r"[A-Za-z0-9]{1,64}",
+                           pattern_doc="letters and digits only (a BIDS label), e.g. 'loggia2014'"), required=True),
+        "description": Field(Text("what the protocol does", min_length=0, max_length=5000), default=""),
+        "references": Field(ListOf(Text(max_length=1000), "literature the protocol follows"), default=[]),
+    }, "what the protocol is"), required=True),
+    "stimuli_dir": Field(Text("directory of image cues, relative to this file", max_length=500),
+                         default="../stimuli"),
+    "cues": Field(MapOf(NAME, CUE, "the visual cues; must include 'fixation'", min_items=1, key_label="cue"),
+                  required=True),
+    "cue_mapping": Field(Nullable(CUE_MAPPING), default=None),
+    "trial_types": Field(MapOf(NAME, TRIAL_TYPE, "the trial types", min_items=1, max_items=20,
+                               key_label="trial type"), required=True),
+    "trials": Field(TRIALS, required=True),
+    "rating": Field(Nullable(RATING), default=None),
+    "stimulation": Field(STIMULATION, required=True),
+    "safety": Field(SAFETY, required=True),
+    "scan": Field(SCAN, required=True),
+    "keys": Field(KEYS, default=KEYS_DEFAULT),
+}, "a cuedpain protocol")
+
+
+def protocol_json_schema() -> str:
+    """The protocol format's JSON Schema, as committed in protocols/cuedpain-protocol.schema.json."""
+    return json_schema_document(PROTOCOL_SPEC, title="cuedpain protocol", schema_id=SCHEMA_ID)
+
+# ---------------------------------------------------------------- the validated values
+
+
+@dataclass(frozen=True)
+class FixedDuration:
+    value_s: float
+
+    @property
+    def min_s(self) -> float:
+        return self.value_s
+
+    @property
+    def max_s(self) -> float:
+        return self.value_s
+
+
+@dataclass(frozen=True)
+class UniformDuration:
+    min_s: float
+    max_s: float
+    step_s: float
+
+
+@dataclass(frozen=True)
+class ChoiceDuration:
+    values_s: tuple[float, ...]
+
+    @property
+    def min_s(self) -> float:
+        return min(self.values_s)
+
+    @property
+    def max_s(self) -> float:
+        return max(self.values_s)
+
+
+@dataclass(frozen=True)
+class TruncExpDuration:
+    mean_s: float
+    min_s: float
+    max_s: float
+    step_s: float
+
+
+Duration = Union[FixedDuration, UniformDuration, ChoiceDuration, TruncExpDuration]
+
+
+@dataclass(frozen=True)
+class Metadata:
+    name: str
+    task: str
+    description: str
+    references: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Cue:
+    """A visual cue; the runner draws it with PsychoPy in `units`."""
+
+    name: str
+    kind: str                       # shape | text | image
+    size: tuple[float, float]       # (width, height); text: (h, h), the letter height
+    pos: tuple[float, float]
+    units: str                      # pix | norm | height | deg | cm
+    color: str | None = None        # '#rrggbb' (shape, text)
+    shape: str | None = None        # circle | triangle | square | cross | rect
+    text: str | None = None
+    image: str | None = None        # as written, relative to the stimuli directory
+    image_path: Path | None = None  # resolved (stimuli_dir / image)
+
+
+@dataclass(frozen=True)
+class CueMapping:
+    select: str                               # participant_hash | participant_number
+    mappings: tuple[dict[str, str], ...]      # role -> cue name, same roles in each
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return tuple(self.mappings[0])
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    kind: str                   # cue | rating
+    cue: str | None             # cue name or cue-mapping role; None = blank screen
+    duration: Duration
+    cuff: str                   # none | inflate | hold | deflate
+    timed_from: str             # onset | target_reached
+    bids_trial_type: str | None
+
+
+@dataclass(frozen=True)
+class TrialType:
+    name: str
+    description: str
+    catch: bool
+    phases: tuple[Phase, ...]
+
+    @property
+    def inflates(self) -> bool:
+        return any(p.cuff == "inflate" for p in self.phases)
+
+
+@dataclass(frozen=True)
+class TrialList:
+    counts: dict[str, int]             # every trial type, in trial_types order
+    max_run_length: int | None
+    seed: int
+
+    @property
+    def n_trials(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class Rating:
+    question: str
+    low_anchor: str
+    high_anchor: str
+    min: int
+    max: int
+    start: int
+    step: int
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class Stimulation:
+    target_kpa: float | None        # None: calibrated (from the participant's calibration at run time)
+    target_as_written: str          # e.g. "300 mmHg" or "calibrated"
+    calibrated_fraction: float      # 1.0 unless calibrated with a fraction
+    rate_kpa_s: float
+
+    @property
+    def calibrated(self) -> bool:
+        return self.target_kpa is None
+
+
+@dataclass(frozen=True)
+class Safety:
+    max_pressure_kpa: float
+    max_inflation_per_stimulus_s: float
+    max_cumulative_inflation_per_run_s: float
+    min_deflated_between_s: float
+    release_threshold_kpa: float
+    release_deadline_s: float
+    compliance_margin_kpa: float
+    on_participant_stop: str        # end | continue_without_stimulation
+
+
+@dataclass(frozen=True)
+class Scan:
+    tr_s: float
+    n_volumes: int
+    discard_pulses: int
+    scanner_discarded: int
+    lead_in_s: float
+    tail_s: float
+    first_trigger_timeout_s: float
+    on_scanner_stop: str            # end | continue
+    scanner_stop_trs: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_volumes * self.tr_s
+
+
+@dataclass(frozen=True)
+class Keys:
+    trigger: str
+    stop: str
+    escape: str
+    left: str
+    right: str
+    confirm: str
+
+
+@dataclass(frozen=True)
+class Protocol:
+    version_pin: str
+    metadata: Metadata
+    stimuli_dir: Path
+    cues: dict[str, Cue]
+    cue_mapping: CueMapping | None
+    trial_types: dict[str, TrialType]
+    trials: TrialList
+    rating: Rating | None
+    stimulation: Stimulation
+    safety: Safety
+    scan: Scan
+    keys: Keys
+    path: Path | None = None
+    sha256: str = ""
+    where: Where = field(default_factory=lambda: Where("<protocol>"), compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def task(self) -> str:
+        return self.metadata.task
+
+    @property
+    def seed(self) -> int:
+        """The protocol's default seed (trials.seed)."""
+        return self.trials.seed
+
+    @property
+    def fixation_cue(self) -> Cue:
+        return self.cues[FIXATION]
+
+# ---------------------------------------------------------------- building and cross-field checks
+
+
+def _ms(x: float) -> int:
+    return int(math.floor(x * 1000.0 + 0.5))
+
+
+def _build_duration(d: Any, path: FieldPath, where: Where) -> Duration:
+    if isinstance(d, float):
+        if _ms(d) < 1:
+            raise where.error(path, f"must be at least 0.001 s (durations are whole milliseconds), got {d!r}")
+        return FixedDuration(_ms(d) / 1000)
+    kind = d["dist"]
+    if kind == "choice":
+        return ChoiceDuration(tuple(_build_duration(v, path + ("values", i), where).value_s
+                                    for i, v in enumerate(d["values"])))
+    lo, hi, step = _ms(d["min"]), _ms(d["max"]), _ms(d["step"])
+    if lo < 1:
+        raise where.error(path + ("min",), f"must be at least 0.001 s, got {d['min']!r}")
+    if lo > hi:
+        raise where.error(path + ("max",), f"must be >= min ({lo / 1000:g} s), got {d['max']!r}")
+    if (hi - lo) % step:
+        raise where.error(path + ("step",), f"max - min ({(hi - lo) / 1000:g} s) must be a whole number of "
+                                            f"steps; step {step / 1000:g} s does not divide it")
+    if kind == "uniform":
+        return UniformDuration(lo / 1000, hi / 1000, step / 1000)
+    mean = _ms(d["mean"])
+    if not lo < mean < (lo + hi) / 2:
+        raise where.error(path + ("mean",), f"must be more than min ({lo / 1000:g} s) and less than "
+                                            f"(min + max) / 2 ({(lo + hi) / 2000:g} s) for a truncated "
+                                            f"exponential, got {d['mean']!r}")
+    return TruncExpDuration(mean / 1000, lo / 1000, hi / 1000, step / 1000)
+
+
+def _check_version(pin: str, where: Where) -> None:
+    if pin not in (__version__, "dev"):
+        raise where.error(("cuedpain_version",),
+                          f"this protocol is pinned to cuedpain {pin!r} but this is cuedpain {__version__}; "
+                          f"check the protocol with this version and set it to {__version__!r} "
+                          f"(or 'dev' while developing)")
+
+
+def _color_hex(value: str, path: FieldPath, where: Where) -> str:
+    if value.startswith("#"):
+        return value.lower()
+    from matplotlib.colors import CSS4_COLORS  # local: only needed for colour names
+
+    if value not in CSS4_COLORS:
+        raise where.error(path, f"unknown colour name {value!r}{suggest(value, sorted(CSS4_COLORS))}; "
+                                f"use a CSS colour name or '#rrggbb'")
+    return CSS4_COLORS[value].lower()
+
+
+def _build_cue(name: str, c: dict, stimuli_dir: Path, path: FieldPath, where: Where) -> Cue:
+    size = c["size"]
+    if isinstance(size, float):
+        size = (size, size)
+    elif c["kind"] == "text":
+        raise where.error(path + ("size",), "a text cue's size is its letter height: one number, "
+                                            f"got [{size[0]:g}, {size[1]:g}]")
+    image_path = None
+    if c["kind"] == "image":
+        parts = PurePosixPath(c["image"]).parts
+        if ".." in parts or "." in parts:
+            raise where.error(path + ("image",), f"must stay inside the stimuli directory (no '.' or '..' "
+                                                 f"parts), got {c['image']!r}")
+        image_path = stimuli_dir.joinpath(*parts)
+    color = _color_hex(c["color"], path + ("color",), where) if "color" in c else None
+    return Cue(name=name, kind=c["kind"], size=tuple(size), pos=tuple(c["pos"]), units=c["units"], color=color,
+               shape=c.get("shape"), text=c.get("text"), image=c.get("image"), image_path=image_path)
+
+
+def _build_cue_mapping(m: dict | None, cues: Mapping[str, Cue], where: Where) -> CueMapping | None:
+    if m is None:
+        return None
+    path = ("cue_mapping", "mappings")
+    roles = list(m["mappings"][0])
+    for i, mapping in enumerate(m["mappings"]):
+        if set(mapping) != set(roles):
+            raise where.error(path + (i,), f"must map the same roles as mappings[0] ({', '.join(roles)}), "
+                                           f"got {', '.join(mapping)}")
+        for role, cue in mapping.items():
+            if role in cues:
+                raise where.error(path + (i, role), f"role {role!r} is also a cue name; give roles their own "
+                                                    f"names (e.g. 'pain_cue') so phases are unambiguous")
+            if cue not in cues:
+                raise where.error(path + (i, role), f"no cue named {cue!r}{suggest(cue, list(cues))}; "
+                                                    f"cues: {', '.join(cues)}")
+        if len(set(mapping.values())) != len(mapping):
+            raise where.error(path + (i,), "maps two roles to the same cue; each role needs its own cue")
+    return CueMapping(select=m["select"], mappings=tuple(dict(x) for x in m["mappings"]))
+
+
+_CUFF_NEXT = {  # (state before, action) -> state after; missing pairs are refused
+    ("deflated", "none"): "deflated", ("deflated", "inflate"): "inflated",
+    ("inflated", "hold"): "inflated", ("inflated", "deflate"): "deflated",
+}
+_CUFF_HINT = {
+    ("deflated", "hold"): "the cuff is deflated here; 'hold' keeps an inflated cuff inflated (use 'none' or 'inflate')",
+    ("deflated", "deflate"): "the cuff is already deflated here (use 'none')",
+    ("inflated", "none"): "the cuff is inflated here; say 'hold' to keep it inflated or 'deflate' to release it",
+    ("inflated", "inflate"): "the cuff is already inflated here (use 'hold', or 'deflate' first)",
+}
+
+
+def _build_trial_type(name: str, t: dict, names: set[str], rating: Rating | None, where: Where) -> TrialType:
+    base = ("trial_types", name)
+    phases = []
+    state = "deflated"
+    seen: set[str] = set()
+    for i, p in enumerate(t["phases"]):
+        path = base + ("phases", i)
+        if p["name"] in seen:
+            raise where.error(path + ("name",), f"phase name {p['name']!r} is used twice in this trial type")
+        seen.add(p["name"])
+        if p["cue"] is not None and p["cue"] not in names:
+            raise where.error(path + ("cue",), f"no cue or cue-mapping role named {p['cue']!r}"
+                                               f"{suggest(p['cue'], sorted(names))}; known: {', '.join(sorted(names))}")
+        after = _CUFF_NEXT.get((state, p["cuff"]))
+        if after is None:
+            raise where.error(path + ("cuff",), _CUFF_HINT[(state, p["cuff"])])
+        state = after
+        if p["timed_from"] == "target_reached" and p["cuff"] != "inflate":
+            raise where.error(path + ("timed_from",), "'target_reached' is only for the phase that inflates "
+                                                      "the cuff (cuff: inflate); use 'onset'")
+        duration = _build_duration(p["duration"], path + ("duration",), where)
+        if p["kind"] == "rating":
+            if rating is None:
+                raise where.error(path + ("kind",), "a rating phase needs a top-level 'rating' section")
+            if duration.min_s < rating.timeout_s:
+                raise where.error(path + ("duration",), f"a rating phase must last at least rating.timeout_s "
+                                                        f"({rating.timeout_s:g} s); its shortest duration is "
+                                                        f"{duration.min_s:g} s")
+        phases.append(Phase(name=p["name"], kind=p["kind"], cue=p["cue"], duration=duration, cuff=p["cuff"],
+                            timed_from=p["timed_from"], bids_trial_type=p["bids_trial_type"]))
+    if state == "inflated":
+        raise where.error(base + ("phases",), "the trial ends with the cuff inflated; add a phase with "
+                                              "cuff: deflate")
+    return TrialType(name=name, description=t["description"], catch=t["catch"], phases=tuple(phases))
+
+
+def _check_cued(tt: TrialType, mapping: CueMapping | None, where: Where) -> None:
+    """A trial type that inflates must announce pain onset and offset with distinct cues."""
+    if not tt.inflates:
+        return
+    idx = {p.cuff: i for i, p in reversed(list(enumerate(tt.phases)))}  # first phase of each action
+    base = ("trial_types", tt.name, "phases")
+    i_inf, i_def = idx["inflate"], idx["deflate"]
+    if i_inf == 0:
+        raise where.error(base + (0, "cuff"), "the cuff inflates in the first phase, so nothing announces pain "
+                                              "onset; put a pain-anticipation phase with a cue before it")
+    for resolve in (mapping.mappings if mapping else ({},)):
+        pain = resolve.get(tt.phases[i_inf - 1].cue, tt.phases[i_inf - 1].cue)
+        relief = resolve.get(tt.phases[i_def - 1].cue, tt.phases[i_def - 1].cue)
+        if pain in (None, FIXATION):
+            raise where.error(base + (i_inf - 1, "cue"), "the phase before inflation must show the pain-onset "
+                                                         "cue (not fixation or a blank screen)")
+        if relief in (None, FIXATION) or relief == pain:
+            raise where.error(base + (i_def - 1, "cue"), "the phase before deflation must show the relief cue, "
+                                                         "different from the pain-onset cue and from fixation")
+
+
+def _build_trials(t: dict, types: Mapping[str, TrialType], where: Where) -> TrialList:
+    counts = t["counts"]
+    for name in counts:
+        if name not in types:
+            raise where.error(("trials", "counts", name), f"no trial type named {name!r}"
+                                                          f"{suggest(name, list(types))}; trial types: "
+                                                          f"{', '.join(types)}")
+    for name in types:
+        if name not in counts:
+            raise where.error(("trials", "counts", name), f"missing: give a count for every trial type "
+                                                          f"(0 leaves {name!r} out)")
+    ordered = {name: counts[name] for name in types}
+    total = sum(ordered.values())
+    if total < 1:
+        raise where.error(("trials", "counts"), "the run has no trials; give at least one trial type a count > 0")
+    if total > 500:
+        raise where.error(("trials", "counts"), f"{total} trials in one run; at most 500")
+    limit = t["max_run_length"]
+    if limit is not None:
+        name, most = max(ordered.items(), key=lambda kv: kv[1])
+        others = total - most
+        if most > limit * (others + 1):
+            raise where.error(("trials", "max_run_length"),
+                              f"{most} {name!r} trials cannot be ordered with at most {limit} in a row among "
+                              f"{others} other trials (at most {limit * (others + 1)} fit)")
+    return TrialList(counts=ordered, max_run_length=limit, seed=t["seed"])
+
+
+def _build_rating(r: dict | None, where: Where) -> Rating | None:
+    if r is None:
+        return None
+    if r["min"] >= r["max"]:
+        raise where.error(("rating", "max"), f"must be more than rating.min ({r['min']}), got {r['max']}")
+    start = (r["min"] + r["max"]) // 2 if r["start"] is None else r["start"]
+    if not r["min"] <= start <= r["max"]:
+        raise where.error(("rating", "start"), f"must be from {r['min']} to {r['max']}, got {start}")
+    return Rating(question=r["question"], low_anchor=r["low_anchor"], high_anchor=r["high_anchor"], min=r["min"],
+                  max=r["max"], start=start, step=r["step"], timeout_s=_ms(r["timeout_s"]) / 1000)
+
+
+def _pressure_kpa(p: dict) -> float:
+    return to_kpa(p["value"], p["unit"])
+
+
+def _build_stimulation_safety(s: dict, f: dict, where: Where) -> tuple[Stimulation, Safety]:
+    max_kpa = _pressure_kpa(f["max_pressure"])
+    if max_kpa > HARD_MAX_KPA:
+        raise where.error(("safety", "max_pressure"), f"{max_kpa:.1f} kPa is above {HARD_MAX_KPA:g} kPa, the "
+                                                      f"highest any supported cuff allows")
+    target = s["target"]
+    fraction = s["calibrated_fraction"]
+    if target == "calibrated":
+        target_kpa, written = None, "calibrated"
+    else:
+        if fraction is not None:
+            raise where.error(("stimulation", "calibrated_fraction"), "only applies to target: calibrated; "
+                                                                      "remove it or make the target calibrated")
+        target_kpa, written = _pressure_kpa(target), f"{target['value']:g} {target['unit']}"
+        if target_kpa > max_kpa:
+            raise where.error(("stimulation", "target"), f"{target_kpa:.1f} kPa is above safety.max_pressure "
+                                                         f"({max_kpa:.1f} kPa)")
+    if f["release_threshold_kpa"] >= max_kpa:
+        raise where.error(("safety", "release_threshold_kpa"), "must be below safety.max_pressure")
+    stim = Stimulation(target_kpa=target_kpa, target_as_written=written,
+                       calibrated_fraction=1.0 if fraction is None else fraction, rate_kpa_s=s["rate_kpa_s"])
+    safety = Safety(max_pressure_kpa=max_kpa, **{k: f[k] for k in SAFETY.fields if k != "max_pressure"})
+    return stim, safety
+
+
+def _build_keys(k: dict, where: Where) -> Keys:
+    seen: dict[str, str] = {}
+    for role, key in k.items():
+        if key in seen:
+            raise where.error(("keys", role), f"key {key!r} is already the {seen[key]} key; every key needs "
+                                              f"its own role (a trigger key that is also a response key would "
+                                              f"count responses as pulses)")
+        seen[key] = role
+    return Keys(**k)
+
+
+def build_protocol(doc: Located, *, base_dir: Path) -> Protocol:
+    """Validate parsed YAML (with positions) into a Protocol. Pure."""
+    where = doc.where
+    if not isinstance(doc.data, dict):
+        raise where.error((), f"a protocol must be a mapping of sections (cuedpain_version, metadata, cues, "
+                              f"...); got {'an empty file' if doc.data is None else type(doc.data).__name__}")
+    d = PROTOCOL_SPEC.check(doc.data, (), where)
+    _check_version(d["cuedpain_version"], where)
+    stimuli_dir = Path(os.path.normpath(base_dir / d["stimuli_dir"]))
+    cues = {n: _build_cue(n, c, stimuli_dir, ("cues", n), where) for n, c in d["cues"].items()}
+    if FIXATION not in cues:
+        raise where.error(("cues",), f"must include a cue named {FIXATION!r} (shown in the lead-in, the tail and "
+                                     f"between events)")
+    mapping = _build_cue_mapping(d["cue_mapping"], cues, where)
+    rating = _build_rating(d["rating"], where)
+    names = set(cues) | set(mapping.roles if mapping else ())
+    types = {n: _build_trial_type(n, t, names, rating, where) for n, t in d["trial_types"].items()}
+    for tt in types.values():
+        _check_cued(tt, mapping, where)
+    if not any(tt.inflates for tt in types.values()):
+        raise where.error(("trial_types",), "no trial type inflates the cuff; a cued pain protocol needs at "
+                                            "least one phase with cuff: inflate")
+    trials = _build_trials(d["trials"], types, where)
+    stim, safety = _build_stimulation_safety(d["stimulation"], d["safety"], where)
+    scan = Scan(**{k: d["scan"][k] for k in SCAN.fields})
+    return Protocol(version_pin=d["cuedpain_version"],
+                    metadata=Metadata(name=d["metadata"]["name"], task=d["metadata"]["task"],
+                                      description=d["metadata"]["description"],
+                                      references=tuple(d["metadata"]["references"])),
+                    stimuli_dir=stimuli_dir, cues=cues, cue_mapping=mapping, trial_types=types, trials=trials,
+                    rating=rating, stimulation=stim, safety=safety, scan=scan, keys=_build_keys(d["keys"], where),
+                    where=where)
+
+
+def parse_protocol(text: str, *, file: str = "<protocol>", base_dir: Path | str = ".") -> Protocol:
+    """Validate protocol text. Pure: image files are resolved against `base_dir`, not opened."""
+    return build_protocol(parse_yaml(text, file=file), base_dir=Path(base_dir))
+
+
+def check_cue_files(protocol: Protocol) -> None:
+    """Every image cue's file exists and is a readable image (I/O)."""
+    from PIL import Image, UnidentifiedImageError  # local: Pillow comes with PsychoPy
+
+    for name, cue in protocol.cues.items():
+        if cue.image_path is None:
+            continue
+        path = ("cues", name, "image")
+        if not cue.image_path.is_file():
+            raise protocol.where.error(path, f"image file not found: {cue.image_path} "
+                                             f"(images are looked up in stimuli_dir: {protocol.stimuli_dir})")
+        try:
+            with Image.open(cue.image_path) as im:
+                im.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise protocol.where.error(path, f"{cue.image_path} is not a readable image ({exc})") from None
+
+
+def load_protocol(path: str | Path) -> Protocol:
+    """Read and validate a protocol file; raises InputError with file, line, column and field."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{p}: protocol file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{p}: is a directory, expected a protocol file (.yaml)") from None
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    doc = parse_yaml(decode_text(raw, file=str(p)), file=str(p))
+    protocol = build_protocol(doc, base_dir=p.resolve().parent)
+    check_cue_files(protocol)
+    return replace(protocol, path=p, sha256=hashlib.sha256(raw).hexdigest())

@@ -1,0 +1,269 @@
+"""Rig file (YAML, site hardware) -> a validated, frozen `Rig`; rig and protocol together.
+
+Public API:
+    load_rig(path | None) -> Rig                  None: the defaults (no devices configured)
+    parse_rig(text, *, file) -> Rig               pure
+    parse_cuff_spec(text, *, what) -> CuffSpec    'sim' | 'line:PORT' | 'cpar:PORT'
+    parse_scanner_spec(text, *, what) -> ScannerSpec   'sim' | 'keyboard[:KEY]' | 'serial:PORT[:PRESET]'
+    effective_keys(protocol, rig) -> Keys         protocol keys with the rig's overrides; all distinct
+    check_rig_for_protocol(protocol, rig)         the screen can show the protocol's cue units
+    rig_json_schema() -> str                      protocols/cuedpain-rig.schema.json
+    RIG_SPEC
+
+A rig file keeps a protocol portable between labs: ports, trigger source, button box and
+screen live here. A missing `cuff` or `scanner` is None, meaning "not configured": the
+runner then needs --cuff/--scanner or --dry-run, and never falls back to a simulator on
+its own. PORT is a device path, a COM name or a pyserial URL (it may contain ':').
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from experiment.errors import InputError
+from experiment.protocol import Keys, Protocol
+from experiment.schema import Boolean, Choice, Field, KeyName, ListOf, Nullable, Number, Object, Text, \
+    json_schema_document
+from experiment.yamlload import Located, Where, parse_yaml, read_yaml
+
+SCHEMA_ID = "https://github.com/cuedpain/cuedpain/protocols/cuedpain-rig.schema.json"
+CUFF_KINDS = ("sim", "line", "cpar")
+SCANNER_KINDS = ("sim", "keyboard", "serial")
+_PRESET = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+SCREEN = Object({
+    "fullscreen": Field(Boolean("full-screen window"), default=True),
+    "index": Field(Number("which screen (0: the first)", integer=True, minimum=0, maximum=15), default=0),
+    "size": Field(Nullable(ListOf(Number(integer=True, minimum=1, maximum=20000), "[width, height] in pixels "
+                                         "(null: the screen's own)", min_items=2, max_items=2)), default=None),
+    "units": Field(Choice(["pix", "norm", "height", "deg", "cm"], "the window's default units"), default="height"),
+    "refresh_hz": Field(Nullable(Number("expected refresh rate; the runner measures it and warns when it "
+                                        "differs (null: just measure)", minimum=1.0, maximum=1000.0)),
+                        default=None),
+    "width_cm": Field(Nullable(Number("visible width of the screen (needed for deg and cm units)", minimum=0.0,
+                                      exclusive_minimum=True, maximum=2000.0)), default=None),
+    "distance_cm": Field(Nullable(Number("eye to screen distance (needed for deg units)", minimum=0.0,
+                                         exclusive_minimum=True, maximum=5000.0)), default=None),
+}, "the participant's screen")
+SCREEN_DEFAULT = {"fullscreen": True, "index": 0, "size": None, "units": "height", "refresh_hz": None,
+                  "width_cm": None, "distance_cm": None}
+
+_KEY_ROLES = ("trigger", "stop", "left", "right", "confirm")
+RIG_KEYS = Object({role: Field(Nullable(KeyName(f"overrides the protocol's keys.{role}")), default=None)
+                   for role in _KEY_ROLES}, "button box keys; null keeps the protocol's")
+
+RIG_SPEC = Object({
+    "cuff": Field(Nullable(Text("cuff device: sim | line:PORT | cpar:PORT (null: not configured)",
+                                max_length=300)), default=None),
+    "scanner": Field(Nullable(Text("trigger source: sim | keyboard[:KEY] | serial:PORT[:PRESET] "
+                                   "(null: not configured)", max_length=300)), default=None),
+    "discard_pulses": Field(Nullable(Number("overrides the protocol's scan.discard_pulses for this scanner",
+                                            integer=True, minimum=0, maximum=100)), default=None),
+    "screen": Field(SCREEN, default=SCREEN_DEFAULT),
+    "keys": Field(RIG_KEYS, default={role: None for role in _KEY_ROLES}),
+    "serial_latency_ms": Field(Nullable(Number("USB-serial latency timer setting, recorded in the log (FTDI "
+                                               "default 16 ms; set 1 ms)", minimum=0.0, maximum=100.0)),
+                               default=None),
+    "notes": Field(Text("free text about this rig (adapters, latency checks, contacts)", min_length=0,
+                        max_length=5000), default=""),
+}, "a cuedpain rig file (site hardware)")
+
+
+def rig_json_schema() -> str:
+    """The rig format's JSON Schema, as committed in protocols/cuedpain-rig.schema.json."""
+    return json_schema_document(RIG_SPEC, title="cuedpain rig", schema_id=SCHEMA_ID)
+
+
+@dataclass(frozen=True)
+class CuffSpec:
+    kind: str            # sim | line | cpar
+    port: str | None     # None for sim
+
+
+@dataclass(frozen=True)
+class ScannerSpec:
+    kind: str            # sim | keyboard | serial
+    port: str | None     # serial only
+    key: str | None      # keyboard only (None: the protocol's keys.trigger)
+    preset: str | None   # serial only, optional
+
+
+def _split(text: str, kinds: tuple[str, ...], grammar: str) -> tuple[str, str | None]:
+    kind, sep, rest = text.partition(":")
+    if kind not in kinds:
+        raise ValueError(f"unknown device kind {kind!r} in {text!r}; allowed: {grammar}")
+    return kind, (rest if sep else None)
+
+
+def _cuff_spec(text: str) -> CuffSpec:
+    grammar = "sim | line:PORT | cpar:PORT"
+    kind, rest = _split(text, CUFF_KINDS, grammar)
+    if kind == "sim":
+        if rest is not None:
+            raise ValueError(f"'sim' takes no port, got {text!r}; allowed: {grammar}")
+        return CuffSpec("sim", None)
+    if not rest or rest != rest.strip():
+        raise ValueError(f"{kind!r} needs a port without spaces around it, e.g. '{kind}:/dev/ttyUSB0' or "
+                         f"'{kind}:COM3'; got {text!r}")
+    return CuffSpec(kind, rest)
+
+
+def _scanner_spec(text: str) -> ScannerSpec:
+    grammar = "sim | keyboard[:KEY] | serial:PORT[:PRESET]"
+    kind, rest = _split(text, SCANNER_KINDS, grammar)
+    if kind == "sim":
+        if rest is not None:
+            raise ValueError(f"'sim' takes no argument, got {text!r}; allowed: {grammar}")
+        return ScannerSpec("sim", None, None, None)
+    if kind == "keyboard":
+        if rest is None:
+            return ScannerSpec("keyboard", None, None, None)
+        if not re.fullmatch(r"[a-z0-9_]{1,20}", rest):
+            raise ValueError(f"keyboard trigger key {rest!r} is not a PsychoPy key name (lowercase letters, "
+                             f"digits, '_'), e.g. 'keyboard:5'")
+        return ScannerSpec("keyboard", None, rest, None)
+    if not rest or rest != rest.strip():
+        raise ValueError(f"'serial' needs a port, e.g. 'serial:/dev/ttyACM0' or 'serial:COM4:PRESET'; got {text!r}")
+    port, sep, preset = rest.rpartition(":")
+    if sep and port and _PRESET.fullmatch(preset) and not port.endswith("/"):
+        return ScannerSpec("serial", port, None, preset)
+    return ScannerSpec("serial", rest, None, None)
+
+
+def parse_cuff_spec(text: str, *, what: str = "--cuff") -> CuffSpec:
+    """Parse a cuff device spec; an InputError names `what` (the option or the rig field)."""
+    try:
+        return _cuff_spec(text)
+    except ValueError as exc:
+        raise InputError(f"{what}: {exc}") from None
+
+
+def parse_scanner_spec(text: str, *, what: str = "--scanner") -> ScannerSpec:
+    """Parse a trigger source spec. In serial:PORT:PRESET the part after the last ':' is a preset
+    only when it is a plain name (so 'serial:socket://host:7000' keeps its port number)."""
+    try:
+        return _scanner_spec(text)
+    except ValueError as exc:
+        raise InputError(f"{what}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Screen:
+    fullscreen: bool
+    index: int
+    size: tuple[int, int] | None
+    units: str
+    refresh_hz: float | None
+    width_cm: float | None
+    distance_cm: float | None
+
+
+@dataclass(frozen=True)
+class RigKeys:
+    """Overrides of the protocol's keys; None keeps the protocol's key."""
+
+    trigger: str | None = None
+    stop: str | None = None
+    left: str | None = None
+    right: str | None = None
+    confirm: str | None = None
+
+
+@dataclass(frozen=True)
+class Rig:
+    cuff: str | None                    # spec text; None = not configured
+    scanner: str | None                 # spec text; None = not configured
+    discard_pulses: int | None          # None: the protocol's scan.discard_pulses
+    screen: Screen
+    keys: RigKeys
+    serial_latency_ms: float | None
+    notes: str
+    path: Path | None = None
+    where: Where = field(default_factory=lambda: Where("<default rig>"), compare=False, repr=False)
+
+    @property
+    def cuff_spec(self) -> CuffSpec | None:
+        return None if self.cuff is None else _cuff_spec(self.cuff)
+
+    @property
+    def scanner_spec(self) -> ScannerSpec | None:
+        return None if self.scanner is None else _scanner_spec(self.scanner)
+
+
+def build_rig(doc: Located) -> Rig:
+    """Validate parsed YAML (with positions) into a Rig. Pure."""
+    where = doc.where
+    data = {} if doc.data is None else doc.data
+    if not isinstance(data, dict):
+        raise where.error((), f"a rig file must be a mapping (cuff, scanner, screen, keys, ...); "
+                              f"got {type(data).__name__}")
+    d = RIG_SPEC.check(data, (), where)
+    for name, parse in (("cuff", _cuff_spec), ("scanner", _scanner_spec)):
+        if d[name] is not None:
+            try:
+                parse(d[name])
+            except ValueError as exc:
+                raise where.error((name,), str(exc)) from None
+    keys = {k: v for k, v in d["keys"].items() if v is not None}
+    seen: dict[str, str] = {}
+    for role, key in keys.items():
+        if key in seen:
+            raise where.error(("keys", role), f"key {key!r} is already the {seen[key]} key; every key needs its "
+                                              f"own role")
+        seen[key] = role
+    s = d["screen"]
+    screen = Screen(fullscreen=s["fullscreen"], index=s["index"], size=tuple(s["size"]) if s["size"] else None,
+                    units=s["units"], refresh_hz=s["refresh_hz"], width_cm=s["width_cm"],
+                    distance_cm=s["distance_cm"])
+    return Rig(cuff=d["cuff"], scanner=d["scanner"], discard_pulses=d["discard_pulses"], screen=screen,
+               keys=RigKeys(**keys), serial_latency_ms=d["serial_latency_ms"], notes=d["notes"], where=where)
+
+
+def parse_rig(text: str, *, file: str = "<rig>") -> Rig:
+    """Validate rig text (an empty document is the defaults)."""
+    return build_rig(parse_yaml(text, file=file))
+
+
+def load_rig(path: str | Path | None) -> Rig:
+    """Read and validate a rig file; None gives the defaults (no cuff or scanner configured)."""
+    if path is None:
+        return build_rig(Located({}, Where("<default rig>")))
+    p = Path(path)
+    return replace(build_rig(read_yaml(p)), path=p)
+
+
+def effective_keys(protocol: Protocol, rig: Rig) -> Keys:
+    """The protocol's keys with the rig's overrides (and a keyboard:KEY trigger); all distinct."""
+    merged = {role: getattr(protocol.keys, role) for role in ("trigger", "stop", "escape", "left", "right",
+                                                                "confirm")}
+    source = {role: "protocol" for role in merged}
+    for role in _KEY_ROLES:
+        value = getattr(rig.keys, role)
+        if value is not None:
+            merged[role], source[role] = value, "rig"
+    spec = rig.scanner_spec
+    if spec is not None and spec.key is not None:
+        merged["trigger"], source["trigger"] = spec.key, "rig scanner"
+    seen: dict[str, str] = {}
+    for role, key in merged.items():
+        if key in seen:
+            other = seen[key]
+            raise InputError(f"key {key!r} is both the {other} key ({source[other]}) and the {role} key "
+                             f"({source[role]}); with {rig.path or 'the default rig'} and "
+                             f"{protocol.path or protocol.where.file}, every key needs its own role")
+        seen[key] = role
+    return Keys(**merged)
+
+
+def check_rig_for_protocol(protocol: Protocol, rig: Rig) -> None:
+    """Cues in deg need the screen's width and distance; in cm, its width."""
+    rig_name = rig.path or "the rig file (none given)"
+    for name, cue in protocol.cues.items():
+        need = {"deg": ("width_cm", "distance_cm"), "cm": ("width_cm",)}.get(cue.units, ())
+        missing = [n for n in need if getattr(rig.screen, n) is None]
+        if missing:
+            raise protocol.where.error(("cues", name, "units"),
+                                       f"units {cue.units!r} need screen.{' and screen.'.join(missing)} in "
+                                       f"{rig_name}")

@@ -1,0 +1,479 @@
+"""Protocol + seed + participant -> the run's timeline, and the checks that refuse it. Pure.
+
+Public API:
+    build_schedule(protocol, *, seed=None, participant=None, pressure_kpa=None) -> Timeline
+    worst_case(protocol, *, pressure_kpa=None) -> WorstCase    limits over every possible jitter draw
+    check_timeline(timeline, protocol) -> None                 pre-flight checks of one timeline
+    choose_cue_mapping(protocol, participant) -> (index, mapping)
+    phase_of(protocol, event) -> Phase | None                  the protocol phase an event came from
+    Timeline, PlannedEvent (fields as in docs/architecture.md "The timeline", plus `kind`), WorstCase
+
+Determinism: the same protocol, seed, participant and pressure give the same Timeline and
+byte-identical `to_tsv()`. Randomness comes only from `random.Random(...).random()` (its
+sequence is guaranteed stable across Python versions); shuffles and draws are built on it
+here. Each stream is seeded from SHA-256 of (seed, purpose), so trial order and every
+phase's jitter are independent; the participant label only chooses the cue mapping.
+All times are whole milliseconds inside; seconds at the edges.
+
+Pre-flight: `build_schedule` first checks the protocol's worst case (every duration at its
+longest or shortest, whichever is worse for the check: run length vs the declared scan,
+inflation per stimulus and per run, deflated time between stimuli), then checks the
+timeline it built. Either refusal is an InputError naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import re
+from dataclasses import dataclass, fields
+from typing import Iterable
+
+from experiment.errors import InputError
+from experiment.identifiers import check_label
+from experiment.protocol import (FIXATION, ChoiceDuration, Duration, FixedDuration, Phase, Protocol,
+                                 TrialType, TruncExpDuration, UniformDuration)
+
+COLUMNS = ("index", "trial", "trial_type", "phase", "onset_s", "duration_s", "cue", "cuff", "target_kpa",
+           "rate_kpa_s", "timed_from", "ramp_s", "bids_trial_type", "kind")
+
+
+def _ms(x: float) -> int:
+    return int(math.floor(x * 1000.0 + 0.5))
+
+
+@dataclass(frozen=True)
+class PlannedEvent:
+    """One phase of one trial (or the lead-in / tail), planned relative to t0."""
+
+    index: int                    # 0-based position in the timeline
+    trial: int                    # 1-based; 0 for lead_in and tail
+    trial_type: str | None        # None for lead_in and tail
+    phase: str
+    onset_s: float
+    duration_s: float             # ramp_s included when timed_from == target_reached
+    cue: str | None               # the cue drawn (after cue mapping); None = blank screen
+    cuff: str                     # none | inflate | hold | deflate (command at phase start)
+    target_kpa: float | None      # inflate/hold: the target (None: calibrated, not yet known); else 0.0
+    rate_kpa_s: float | None      # inflate phases only
+    timed_from: str               # onset | target_reached
+    ramp_s: float                 # inflate phases: predicted ramp time target / rate; else 0.0
+    bids_trial_type: str | None
+    kind: str = "cue"             # cue | rating (the phase's kind; lead_in and tail: cue)
+
+    @property
+    def end_s(self) -> float:
+        return round(self.onset_s + self.duration_s, 3)
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """The run at a glance: every event, and what the schedule was built from."""
+
+    events: tuple[PlannedEvent, ...]
+    run_length_s: float
+    n_volumes_needed: int
+    n_volumes: int                    # declared in the protocol
+    tr_s: float
+    seed: int
+    participant: str | None
+    cue_mapping: dict[str, str]       # role -> cue name ({} without counterbalancing)
+    cue_mapping_index: int | None     # which of protocol.cue_mapping.mappings (None without one)
+    trial_order: tuple[str, ...]
+    target_kpa: float | None          # None: calibrated and not given
+
+    def to_tsv(self) -> str:
+        """Tab-separated, one row per event, 'n/a' for empty cells; a calibrated target not yet
+        known shows as 'calibrated'."""
+        lines = ["\t".join(COLUMNS)]
+        for e in self.events:
+            row = []
+            for name in COLUMNS:
+                v = getattr(e, name)
+                if v is None:
+                    v = "calibrated" if name == "target_kpa" and e.cuff in ("inflate", "hold") else "n/a"
+                elif isinstance(v, float):
+                    v = f"{v:.3f}"
+                row.append(str(v))
+            lines.append("\t".join(row))
+        return "\n".join(lines) + "\n"
+
+    def inflation_intervals(self) -> list[tuple[float, float]]:
+        """(inflate onset, deflate onset) of every stimulus, in seconds from t0."""
+        out, start = [], None
+        for e in self.events:
+            if e.cuff == "inflate":
+                start = e.onset_s
+            elif e.cuff == "deflate" and start is not None:
+                out.append((start, e.onset_s))
+                start = None
+        return out
+
+    @property
+    def inflated_s(self) -> float:
+        return round(sum(b - a for a, b in self.inflation_intervals()), 3)
+
+
+@dataclass(frozen=True)
+class WorstCase:
+    """Limits of a protocol over every possible draw of its jitter."""
+
+    run_length_s: float               # every duration at its longest
+    inflation_per_stimulus_s: float   # longest single inflation (ramp included)
+    inflation_per_run_s: float        # longest total inflation in one run
+    deflated_between_s: float | None  # shortest deflated time between two stimuli (None: one stimulus)
+    ramp_s: float                     # predicted ramp used (target or, if calibrated, the ceiling)
+
+
+# ---------------------------------------------------------------- randomness
+
+
+def _rng(seed: int, purpose: str) -> random.Random:
+    digest = hashlib.sha256(f"cuedpain/{seed}/{purpose}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def _index(rng: random.Random, n: int) -> int:
+    return min(int(rng.random() * n), n - 1)
+
+
+def _shuffled(rng: random.Random, items: list) -> list:
+    out = list(items)
+    for i in range(len(out) - 1, 0, -1):
+        j = _index(rng, i + 1)
+        out[i], out[j] = out[j], out[i]
+    return out
+
+
+def _truncexp_scale(width: float, mean: float) -> float:
+    """Scale s of an exponential truncated to [0, width] whose mean is `mean` (0 < mean < width/2)."""
+    def truncated_mean(s: float) -> float:
+        ratio = width / s
+        return s if ratio > 700 else s - width / math.expm1(ratio)
+
+    lo, hi = width * 1e-6, width * 1e6
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        if truncated_mean(mid) < mean:
+            lo = mid
+        else:
+            hi = mid
+    return math.sqrt(lo * hi)
+
+
+def _draws_ms(d: Duration, n: int, rng: random.Random) -> list[int]:
+    """n durations (ms) from one phase's distribution, in trial order."""
+    if isinstance(d, FixedDuration):
+        return [_ms(d.value_s)] * n
+    if isinstance(d, ChoiceDuration):
+        deck: list[int] = []
+        while len(deck) < n:
+            deck += _shuffled(rng, [_ms(v) for v in d.values_s])
+        return deck[:n]
+    lo, hi, step = _ms(d.min_s), _ms(d.max_s), _ms(d.step_s)
+    k = (hi - lo) // step
+    if isinstance(d, UniformDuration):
+        return [lo + step * _index(rng, k + 1) for _ in range(n)]
+    assert isinstance(d, TruncExpDuration)
+    width = (hi - lo) / 1000
+    scale = _truncexp_scale(width, d.mean_s - d.min_s)
+    out = []
+    for _ in range(n):
+        e = -scale * math.log1p(-rng.random() * -math.expm1(-width / scale))
+        out.append(lo + step * min(k, int(math.floor(e * 1000 / step + 0.5))))
+    return out
+
+
+def _worst_total_ms(d: Duration, n: int, *, longest: bool) -> int:
+    """The largest (or smallest) possible sum of n draws."""
+    if isinstance(d, ChoiceDuration):
+        values = sorted((_ms(v) for v in d.values_s), reverse=longest)
+        full, rest = divmod(n, len(values))
+        return full * sum(values) + sum(values[:rest])
+    return n * (_ms(d.max_s) if longest else _ms(d.min_s))
+
+
+# ---------------------------------------------------------------- trial order
+
+
+def _can_finish(remaining: dict[str, int], last: str | None, run: int, limit: int) -> bool:
+    """Whether the remaining trials can follow a run of `run` x `last` with at most `limit` in a row."""
+    total = sum(remaining.values())
+    for name, c in remaining.items():
+        others = total - c
+        room = (limit - run) + limit * others if name == last else limit * (others + 1)
+        if c > room:
+            return False
+    return True
+
+
+def _trial_order(counts: dict[str, int], limit: int | None, rng: random.Random) -> list[str]:
+    """A random order of the trials (uniform over orders when there is no limit)."""
+    remaining = dict(counts)
+    order: list[str] = []
+    last, run = None, 0
+    for _ in range(sum(counts.values())):
+        candidates = []
+        for name, c in remaining.items():
+            if c == 0:
+                continue
+            new_run = run + 1 if name == last else 1
+            if limit is not None:
+                after = dict(remaining, **{name: c - 1})
+                if new_run > limit or not _can_finish(after, name, new_run, limit):
+                    continue
+            candidates.append(name)
+        if not candidates:  # pragma: no cover - the feasibility check makes this unreachable
+            raise RuntimeError(f"trial order: dead end after {order}")
+        x = rng.random() * sum(remaining[n] for n in candidates)
+        for name in candidates:
+            x -= remaining[name]
+            if x < 0:
+                break
+        run = run + 1 if name == last else 1
+        last = name
+        remaining[name] -= 1
+        order.append(name)
+    return order
+
+
+# ---------------------------------------------------------------- cue mapping and pressure
+
+
+def choose_cue_mapping(protocol: Protocol, participant: str | None) -> tuple[int | None, dict[str, str]]:
+    """Which cue mapping a participant gets; mapping 0 when no participant is given."""
+    m = protocol.cue_mapping
+    if participant is not None:
+        check_label(participant, "participant")
+    if m is None:
+        return None, {}
+    if participant is None:
+        return 0, dict(m.mappings[0])
+    k = len(m.mappings)
+    if m.select == "participant_hash":
+        index = int.from_bytes(hashlib.sha256(participant.encode()).digest()[:8], "big") % k
+    else:
+        digits = re.search(r"(\d+)$", participant)
+        if digits is None:
+            raise InputError(f"participant {participant!r} does not end in a number, which "
+                             f"cue_mapping.select: participant_number needs (e.g. 'P07')")
+        index = (int(digits.group(1)) - 1) % k
+    return index, dict(m.mappings[index])
+
+
+def _target_kpa(protocol: Protocol, pressure_kpa: float | None) -> float | None:
+    st, where = protocol.stimulation, protocol.where
+    if pressure_kpa is None:
+        return st.target_kpa
+    if not st.calibrated:
+        raise where.error(("stimulation", "target"), f"the protocol gives an explicit target "
+                                                     f"({st.target_as_written}); a calibrated pressure applies "
+                                                     f"only to target: calibrated")
+    if isinstance(pressure_kpa, bool) or not isinstance(pressure_kpa, (int, float)) \
+            or not math.isfinite(pressure_kpa) or pressure_kpa <= 0:
+        raise InputError(f"calibrated pressure must be a number of kPa > 0, got {pressure_kpa!r}")
+    target = round(pressure_kpa, 3)
+    if target > protocol.safety.max_pressure_kpa:
+        raise where.error(("safety", "max_pressure"), f"the participant's target {target:g} kPa is above "
+                                                      f"safety.max_pressure ({protocol.safety.max_pressure_kpa:g} kPa)")
+    return target
+
+
+def _ramp_ms(protocol: Protocol, target_kpa: float | None) -> int:
+    """Predicted ramp time; the ceiling stands in for a calibrated target not yet known."""
+    p = protocol.safety.max_pressure_kpa if target_kpa is None else target_kpa
+    return _ms(p / protocol.stimulation.rate_kpa_s)
+
+
+# ---------------------------------------------------------------- worst case over the jitter
+
+
+def _stimulus_spans(tt: TrialType) -> list[tuple[int, int]]:
+    """(inflate phase index, deflate phase index) of each stimulus in a trial type."""
+    spans, start = [], None
+    for i, p in enumerate(tt.phases):
+        if p.cuff == "inflate":
+            start = i
+        elif p.cuff == "deflate" and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
+
+
+def _phase_bound_ms(p: Phase, ramp_ms: int, *, longest: bool) -> int:
+    base = _ms(p.duration.max_s if longest else p.duration.min_s)
+    return base + (ramp_ms if p.timed_from == "target_reached" else 0)
+
+
+def worst_case(protocol: Protocol, *, pressure_kpa: float | None = None) -> WorstCase:
+    """Run length and cuff exposure at their worst over every possible jitter draw."""
+    ramp = _ramp_ms(protocol, _target_kpa(protocol, pressure_kpa))
+    counts = protocol.trials.counts
+    used = [tt for name, tt in protocol.trial_types.items() if counts[name] > 0]
+    run_ms = _ms(protocol.scan.lead_in_s) + _ms(protocol.scan.tail_s)
+    per_stim, per_run, gaps = 0, 0, []
+    for tt in used:
+        n = counts[tt.name]
+        for p in tt.phases:
+            run_ms += _worst_total_ms(p.duration, n, longest=True) + (n * ramp if p.timed_from == "target_reached" else 0)
+        spans = _stimulus_spans(tt)
+        for a, b in spans:
+            longest = sum(_phase_bound_ms(p, ramp, longest=True) for p in tt.phases[a:b])
+            per_stim = max(per_stim, longest)
+            per_run += n * longest
+        for (_, b), (a2, _) in zip(spans, spans[1:]):
+            gaps.append(sum(_phase_bound_ms(p, ramp, longest=False) for p in tt.phases[b:a2]))
+    heads = {tt.name: sum(_phase_bound_ms(p, ramp, longest=False) for p in tt.phases[:_stimulus_spans(tt)[0][0]])
+             for tt in used if tt.inflates}
+    tails = {tt.name: sum(_phase_bound_ms(p, ramp, longest=False) for p in tt.phases[_stimulus_spans(tt)[-1][1]:])
+             for tt in used if tt.inflates}
+    for a, tail in tails.items():
+        for b, head in heads.items():
+            if a != b or counts[a] > 1:
+                gaps.append(tail + head)
+    return WorstCase(run_length_s=run_ms / 1000, inflation_per_stimulus_s=per_stim / 1000,
+                     inflation_per_run_s=per_run / 1000, deflated_between_s=min(gaps) / 1000 if gaps else None,
+                     ramp_s=ramp / 1000)
+
+
+def _check_worst_case(protocol: Protocol, wc: WorstCase) -> None:
+    s, scan, where = protocol.safety, protocol.scan, protocol.where
+    if _ms(wc.run_length_s) > _ms(scan.duration_s):
+        need = math.ceil(round(wc.run_length_s / scan.tr_s, 6))
+        raise where.error(("scan", "n_volumes"),
+                          f"the run can last up to {wc.run_length_s:g} s (every jittered duration at its longest) "
+                          f"but {scan.n_volumes} volumes x {scan.tr_s:g} s = {scan.duration_s:g} s are declared; "
+                          f"declare at least {need} volumes or shorten the protocol")
+    used = [tt for name, tt in protocol.trial_types.items() if protocol.trials.counts[name] > 0]
+    ramp = _ms(wc.ramp_s)
+    for tt in used:
+        for a, b in _stimulus_spans(tt):
+            longest = sum(_phase_bound_ms(p, ramp, longest=True) for p in tt.phases[a:b]) / 1000
+            if longest > s.max_inflation_per_stimulus_s:
+                raise where.error(("trial_types", tt.name, "phases", a),
+                                  f"the cuff can stay inflated {longest:g} s (phases {tt.phases[a].name} to "
+                                  f"{tt.phases[b - 1].name} at their longest, ramp {wc.ramp_s:g} s included), over "
+                                  f"safety.max_inflation_per_stimulus_s ({s.max_inflation_per_stimulus_s:g} s)")
+    if wc.inflation_per_run_s > s.max_cumulative_inflation_per_run_s:
+        raise where.error(("safety", "max_cumulative_inflation_per_run_s"),
+                          f"the cuff can be inflated {wc.inflation_per_run_s:g} s in one run (every stimulus at its "
+                          f"longest), over this limit ({s.max_cumulative_inflation_per_run_s:g} s); "
+                          f"use fewer or shorter stimuli")
+    if wc.deflated_between_s is not None and wc.deflated_between_s < s.min_deflated_between_s:
+        raise where.error(("safety", "min_deflated_between_s"),
+                          f"two stimuli can come {wc.deflated_between_s:g} s apart (deflate to next inflate, every "
+                          f"duration in between at its shortest), under this minimum "
+                          f"({s.min_deflated_between_s:g} s); lengthen the rest or anticipation phases")
+
+
+# ---------------------------------------------------------------- the timeline and its checks
+
+
+def check_timeline(timeline: Timeline, protocol: Protocol) -> None:
+    """Refuse a timeline that overlaps, has gaps or empty phases, outlasts the scan, or breaks a
+    safety limit. `build_schedule` runs it; a runner that changes a plan can run it again."""
+    s, where = protocol.safety, protocol.where
+    t_ms = 0
+    for e in timeline.events:
+        if _ms(e.duration_s) <= 0:
+            raise InputError(f"{where.file}: timeline event {e.index} ({e.phase}, trial {e.trial}) has "
+                             f"duration {e.duration_s:g} s; every phase must last > 0 s")
+        if _ms(e.onset_s) != t_ms:
+            what = "overlaps the previous one" if _ms(e.onset_s) < t_ms else "leaves a gap after the previous one"
+            raise InputError(f"{where.file}: timeline event {e.index} ({e.phase}, trial {e.trial}) at "
+                             f"{e.onset_s:.3f} s {what} (which ends at {t_ms / 1000:.3f} s)")
+        if e.target_kpa is not None and e.target_kpa > s.max_pressure_kpa:
+            raise where.error(("safety", "max_pressure"), f"timeline event {e.index} targets {e.target_kpa:g} kPa, "
+                                                          f"above {s.max_pressure_kpa:g} kPa")
+        t_ms += _ms(e.duration_s)
+    if t_ms > _ms(protocol.scan.duration_s):
+        raise where.error(("scan", "n_volumes"), f"the run lasts {t_ms / 1000:g} s, longer than the declared scan "
+                                                 f"({protocol.scan.duration_s:g} s)")
+    intervals = timeline.inflation_intervals()
+    for a, b in intervals:
+        if _ms(b - a) > _ms(s.max_inflation_per_stimulus_s):
+            raise where.error(("safety", "max_inflation_per_stimulus_s"),
+                              f"the stimulus at {a:.3f} s keeps the cuff inflated {b - a:.3f} s, over this limit")
+    if _ms(timeline.inflated_s) > _ms(s.max_cumulative_inflation_per_run_s):
+        raise where.error(("safety", "max_cumulative_inflation_per_run_s"),
+                          f"the cuff is inflated {timeline.inflated_s:g} s in this run, over this limit")
+    for (_, end), (start, _) in zip(intervals, intervals[1:]):
+        if _ms(start - end) < _ms(s.min_deflated_between_s):
+            raise where.error(("safety", "min_deflated_between_s"),
+                              f"only {start - end:.3f} s deflated between the stimuli ending at {end:.3f} s and "
+                              f"starting at {start:.3f} s")
+
+
+def _event(index: int, t_ms: int, dur_ms: int, **kw) -> PlannedEvent:
+    return PlannedEvent(index=index, onset_s=t_ms / 1000, duration_s=dur_ms / 1000, **kw)
+
+
+def _fixation_event(index: int, t_ms: int, dur_ms: int, phase: str) -> PlannedEvent:
+    return _event(index, t_ms, dur_ms, trial=0, trial_type=None, phase=phase, cue=FIXATION, cuff="none",
+                  target_kpa=0.0, rate_kpa_s=None, timed_from="onset", ramp_s=0.0, bids_trial_type=None)
+
+
+def build_schedule(protocol: Protocol, *, seed: int | None = None, participant: str | None = None,
+                   pressure_kpa: float | None = None) -> Timeline:
+    """The run's timeline: pure and deterministic in (protocol, seed, participant, pressure_kpa).
+
+    seed: None uses protocol.trials.seed. participant: chooses the cue mapping only.
+    pressure_kpa: the participant's target pressure for target: calibrated, i.e. the calibrated
+    pressure x calibrated_fraction (experiment.calibration resolves it); refused for an
+    explicit target. Raises InputError when a pre-flight check fails.
+    """
+    if seed is None:
+        seed = protocol.trials.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"seed must be a whole number >= 0, got {seed!r}")
+    target = _target_kpa(protocol, pressure_kpa)
+    _check_worst_case(protocol, worst_case(protocol, pressure_kpa=pressure_kpa))
+    mapping_index, mapping = choose_cue_mapping(protocol, participant)
+    order = _trial_order(protocol.trials.counts, protocol.trials.max_run_length, _rng(seed, "order"))
+    draws: dict[tuple[str, int], Iterable[int]] = {}
+    for name, tt in protocol.trial_types.items():
+        n = protocol.trials.counts[name]
+        for j, p in enumerate(tt.phases):
+            draws[(name, j)] = iter(_draws_ms(p.duration, n, _rng(seed, f"duration/{name}/{p.name}")))
+    ramp = _ramp_ms(protocol, target)
+    rate = protocol.stimulation.rate_kpa_s
+    events: list[PlannedEvent] = []
+    t = 0
+    lead_ms, tail_ms = _ms(protocol.scan.lead_in_s), _ms(protocol.scan.tail_s)
+    if lead_ms:
+        events.append(_fixation_event(0, 0, lead_ms, "lead_in"))
+        t = lead_ms
+    for trial, name in enumerate(order, start=1):
+        for j, p in enumerate(protocol.trial_types[name].phases):
+            dur = next(draws[(name, j)])  # type: ignore[call-overload]
+            inflate = p.cuff == "inflate"
+            if p.timed_from == "target_reached":
+                dur += ramp
+            events.append(_event(
+                len(events), t, dur, trial=trial, trial_type=name, phase=p.name,
+                cue=mapping.get(p.cue, p.cue) if p.cue is not None else None, cuff=p.cuff,
+                target_kpa=target if p.cuff in ("inflate", "hold") else 0.0,
+                rate_kpa_s=rate if inflate else None, timed_from=p.timed_from,
+                ramp_s=ramp / 1000 if inflate else 0.0, bids_trial_type=p.bids_trial_type, kind=p.kind))
+            t += dur
+    if tail_ms:
+        events.append(_fixation_event(len(events), t, tail_ms, "tail"))
+        t += tail_ms
+    scan = protocol.scan
+    timeline = Timeline(events=tuple(events), run_length_s=t / 1000,
+                        n_volumes_needed=math.ceil(round(t / 1000 / scan.tr_s, 6)), n_volumes=scan.n_volumes,
+                        tr_s=scan.tr_s, seed=seed, participant=participant, cue_mapping=mapping,
+                        cue_mapping_index=mapping_index, trial_order=tuple(order), target_kpa=target)
+    check_timeline(timeline, protocol)
+    return timeline
+
+
+def phase_of(protocol: Protocol, event: PlannedEvent) -> Phase | None:
+    """The protocol phase an event came from (None for lead_in and tail)."""
+    if event.trial_type is None:
+        return None
+    return next(p for p in protocol.trial_types[event.trial_type].phases if p.name == event.phase)
