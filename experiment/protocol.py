@@ -570,7 +570,8 @@ def _build_cue_mapping(m: dict | None, cues: Mapping[str, Cue], where: Where) ->
         for role, cue in mapping.items():
             if role in cues:
                 raise where.error(path + (i, role), f"role {role!r} is also a cue name; give roles their own "
-                                                    f"names (e.g. 'pain_cue') so phases are unambiguous")
+                                                    f"names (e.g. 'pain_cue') so phases are unambiguous",
+                                  at_key=True)
             if cue not in cues:
                 raise where.error(path + (i, role), f"no cue named {cue!r}{suggest(cue, list(cues))}; "
                                                     f"cues: {', '.join(cues)}")
@@ -654,7 +655,7 @@ def _build_trials(t: dict, types: Mapping[str, TrialType], where: Where) -> Tria
         if name not in types:
             raise where.error(("trials", "counts", name), f"no trial type named {name!r}"
                                                           f"{suggest(name, list(types))}; trial types: "
-                                                          f"{', '.join(types)}")
+                                                          f"{', '.join(types)}", at_key=True)
     for name in types:
         if name not in counts:
             raise where.error(("trials", "counts", name), f"missing: give a count for every trial type "

@@ -319,7 +319,8 @@ class MapOf(Spec):
         out = {}
         for k, v in value.items():
             if self.key._re is not None and not self.key._re.fullmatch(k):
-                raise where.error(path + (k,), f"the {self.key_label} {k!r} is not allowed: use {self.key.allowed()}")
+                raise where.error(path + (k,), f"the {self.key_label} {k!r} is not allowed: use {self.key.allowed()}",
+                                  at_key=True)
             out[k] = self.value.check(v, path + (k,), where)
         return out
 
@@ -361,7 +362,7 @@ class Object(Spec):
         for key in value:
             if key not in self.fields:
                 raise where.error(path + (key,), f"unknown key {key!r}{suggest(key, list(self.fields))}; "
-                                                 f"allowed keys here: {', '.join(self.fields)}")
+                                                 f"allowed keys here: {', '.join(self.fields)}", at_key=True)
         for name, f in self.fields.items():
             if f.required and name not in value:
                 raise where.error(path + (name,), f"required key {name!r} is missing "
@@ -564,8 +565,10 @@ def replace_generated(doc: str, name: str, content: str) -> str:
 
 def main() -> None:
     """Write protocols/*.schema.json and the field tables of docs/protocol-format.md from the specs."""
-    from experiment.protocol import PROTOCOL_SPEC, protocol_json_schema  # here: they import this module
+    # imported by name: under `python -m` this file is __main__, a second copy of the module
+    from experiment.protocol import PROTOCOL_SPEC, protocol_json_schema
     from experiment.rig import RIG_SPEC, rig_json_schema
+    from experiment.schema import reference_markdown, replace_generated
 
     root = Path(__file__).resolve().parents[1]
     (root / "protocols" / "cuedpain-protocol.schema.json").write_text(protocol_json_schema(), encoding="utf-8")

@@ -32,6 +32,9 @@ MAX_DEPTH = 40        # no real protocol nests deeper than ~6 levels
 MAX_BYTES = 1_000_000
 
 
+_PLAIN_TAGS = ("tag:yaml.org,2002:seq", "tag:yaml.org,2002:map")
+
+
 def format_path(path: FieldPath) -> str:
     """Render a field path the way users write it: `a.b[2].c`."""
     out = ""
@@ -49,6 +52,7 @@ class Where:
 
     file: str
     positions: Mapping[FieldPath, tuple[int, int]] = field(default_factory=dict, repr=False)
+    key_positions: Mapping[FieldPath, tuple[int, int]] = field(default_factory=dict, repr=False)
 
     def position(self, path: FieldPath) -> tuple[int, int] | None:
         """Line and column (1-based) of the value at `path`, or of its nearest ancestor."""
@@ -60,9 +64,10 @@ class Where:
                 return None
             path = path[:-1]
 
-    def error(self, path: FieldPath, problem: str) -> InputError:
-        """An InputError reading `FILE:LINE:COL: field.path: problem`."""
-        pos = self.position(path)
+    def error(self, path: FieldPath, problem: str, *, at_key: bool = False) -> InputError:
+        """An InputError reading `FILE:LINE:COL: field.path: problem` (at the key itself with at_key)."""
+        pos = self.key_positions.get(tuple(path)) if at_key else None
+        pos = pos or self.position(path)
         loc = f"{self.file}:{pos[0]}:{pos[1]}" if pos else self.file
         return InputError(f"{loc}: {format_path(tuple(path))}: {problem}")
 
@@ -86,6 +91,7 @@ class _Builder:
         self.loader = loader
         self.file = file
         self.positions: dict[FieldPath, tuple[int, int]] = {}
+        self.key_positions: dict[FieldPath, tuple[int, int]] = {}
         self.count = 0
 
     def fail(self, node: yaml.Node, problem: str) -> InputError:
@@ -107,6 +113,9 @@ class _Builder:
                 raise self.fail(node, f"{format_path(path)}: cannot read this value ({_first_line(exc)})") from None
         # collections: point at the key that introduces them when there is one
         self.positions[path] = key_pos or _mark(node)
+        if node.tag not in _PLAIN_TAGS:
+            raise self.fail(node, f"{format_path(path)}: unsupported YAML tag {node.tag!r}; write plain "
+                                  f"lists and mappings")
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, path + (i,), None) for i, item in enumerate(node.value)]
         if isinstance(node, yaml.MappingNode):
@@ -128,7 +137,8 @@ class _Builder:
                     raise self.fail(key_node, f"{format_path(path + (str(key),))}: key {key!r} must be text{hint}")
                 if key in out:
                     raise self.fail(key_node, f"{format_path(path + (key,))}: duplicate key {key!r} "
-                                              f"(first given on line {self.positions[path + (key,)][0]})")
+                                              f"(first given on line {self.key_positions[path + (key,)][0]})")
+                self.key_positions[path + (key,)] = _mark(key_node)
                 out[key] = self.build(value_node, path + (key,), _mark(key_node))
             return out
         raise self.fail(node, f"{format_path(path)}: unsupported YAML node")  # pragma: no cover
@@ -144,7 +154,12 @@ def parse_yaml(text: str, *, file: str) -> Located:
 
     An empty document gives `None` as data (callers refuse it as "not a mapping").
     """
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow, found up front
+        line = text[: exc.position].count("\n") + 1
+        raise InputError(f"{file}:{line}: YAML syntax error: character U+{exc.character:04X} is not allowed "
+                         f"in YAML text") from None
     try:
         try:
             node = loader.get_single_node()
@@ -165,7 +180,7 @@ def parse_yaml(text: str, *, file: str) -> Located:
             data = builder.build(node, (), None)
         except RecursionError:
             raise InputError(f"{file}: YAML nested too deeply to read") from None
-        return Located(data, Where(file, builder.positions))
+        return Located(data, Where(file, builder.positions, builder.key_positions))
     finally:
         loader.dispose()
 
