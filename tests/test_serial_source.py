@@ -47,6 +47,7 @@ def test_serial_spec_names_port_and_preset(rest, port, name, baud, byte, mask) -
     ("/dev/ttyUSB0:syncbx", r"unknown trigger preset 'syncbx' in 'serial:/dev/ttyUSB0:syncbx'; allowed: syncbox"),
     ("/dev/ttyUSB0:forp@12345", r"baud rate 12345 is not a standard rate"),
     ("/dev/ttyUSB0:custom:0x154@9600", r"unknown trigger preset 'custom:0x154@9600'"),
+    ("/dev/ttyUSB0:custom", r"unknown trigger preset 'custom' in 'serial:/dev/ttyUSB0:custom'"),
     ("", r"serial trigger source needs a port"),
 ])
 def test_bad_serial_specs_say_what_is_allowed(rest, message) -> None:

@@ -16,7 +16,10 @@ from typing import Any
 from experiment.clock import Clock
 from experiment.errors import InputError
 from experiment.scanner.base import TriggerSource
-from experiment.scanner.sim_scanner import ScannerPlan
+from experiment.scanner.keyboard_source import BACKENDS, KeyboardSource
+from experiment.scanner.serial_source import SerialSource, parse_serial_spec
+from experiment.scanner.sim_scanner import ScannerPlan, VirtualScanner, pty_sim_source, xdotool_sim_source
+from experiment.scanner.syncgen_source import SyncGenSource
 
 FORMS = ("keyboard[:KEY][:ptb|event]", "serial:PORT[:PRESET]", "sim[:virtual|serial|keyboard|syncgen] (dry runs only)")
 SIM_DRIVERS = ("virtual", "serial", "keyboard", "syncgen")
@@ -31,8 +34,6 @@ def make_trigger_source(spec: str, *, clock: Clock, win: Any = None, dry_run: bo
     """Build (not open) the trigger source named by `spec`."""
     kind, _, rest = (spec or "").strip().partition(":")
     if kind == "keyboard":
-        from experiment.scanner.keyboard_source import BACKENDS, KeyboardSource
-
         parts = rest.split(":") if rest else []
         if len(parts) > 2 or any(p == "" for p in parts):
             raise _unknown(spec, "a keyboard spec is keyboard, keyboard:KEY or keyboard:KEY:BACKEND")
@@ -42,8 +43,6 @@ def make_trigger_source(spec: str, *, clock: Clock, win: Any = None, dry_run: bo
             raise _unknown(spec, f"keyboard backend {backend!r} is not one of {', '.join(BACKENDS)}")
         return KeyboardSource(win, clock=clock, trigger_keys=(key,), backend=backend)
     if kind == "serial":
-        from experiment.scanner.serial_source import SerialSource, parse_serial_spec
-
         port, preset = parse_serial_spec(rest)
         return SerialSource(port, clock=clock, preset=preset)
     if kind == "sim":
@@ -59,22 +58,14 @@ def make_trigger_source(spec: str, *, clock: Clock, win: Any = None, dry_run: bo
             raise InputError(f"scanner {spec!r}: the '{driver}' simulated scanner "
                              f"{'needs' if driver == 'virtual' else 'cannot run on'} a virtual clock (--headless)")
         if driver == "virtual":
-            from experiment.scanner.sim_scanner import VirtualScanner
-
             return VirtualScanner(plan, clock=clock)  # type: ignore[arg-type]
         if driver == "serial":
-            from experiment.scanner.sim_scanner import pty_sim_source
-
             return pty_sim_source(plan, clock=clock)
         if win is None:
             raise InputError(f"scanner {spec!r}: the '{driver}' simulated scanner types into the participant window, "
                              f"which this command does not open")
         if driver == "keyboard":
-            from experiment.scanner.sim_scanner import xdotool_sim_source
-
             return xdotool_sim_source(plan, clock=clock, win=win)
-        from experiment.scanner.syncgen_source import SyncGenSource
-
         return SyncGenSource(win, clock=clock, plan=plan)
     raise _unknown(spec, "unknown trigger source" if kind else "no trigger source given")
 

@@ -91,12 +91,11 @@ def parse_serial_spec(rest: str) -> tuple[str, SerialPreset]:
     if m:
         return m["port"], parse_preset(m["preset"])
     port, sep, last = rest.rpartition(":")
-    if sep and _NAMED.match(last) and not last.startswith("custom"):
-        head = last.split("@")[0]
-        if head in PRESETS:
-            return port, parse_preset(last)
-        if "//" not in port + ":" + last:  # a word after the port that is no preset: a typo
-            raise InputError(f"unknown trigger preset {last!r} in 'serial:{rest}'; allowed: {PRESET_FORMS}")
+    named = _NAMED.match(last) if sep else None
+    if named and named["name"] in PRESETS:
+        return port, parse_preset(last)
+    if named and "://" not in port:  # a word after a device path that is no preset: a typo
+        raise InputError(f"unknown trigger preset {last!r} in 'serial:{rest}'; allowed: {PRESET_FORMS}")
     return rest, PRESETS[DEFAULT_PRESET]
 
 
