@@ -36,6 +36,9 @@ def test_official_validator_reports_no_errors(tmp_path):
         add_placeholder_bold(run)
     errors, warnings = bids_validate(tmp_path)
     assert errors == [], [(e["code"], e.get("location"), e.get("issueMessage", "")[:200]) for e in errors]
+    headless = json.loads((tmp_path / "sub-01/func/sub-01_task-cuedpain_run-2_events.json").read_text())
+    assert "simulated display" in headless["StimulusPresentation"]["SoftwareName"]
+    assert "SoftwareRRID" not in headless["StimulusPresentation"]   # PsychoPy showed nothing
     codes = {w["code"] for w in warnings}
     # what is left is about metadata only the lab can give (authors, license, scanner fields)
     assert codes <= {"SIDECAR_KEY_RECOMMENDED", "JSON_KEY_RECOMMENDED", "NO_AUTHORS", "TOO_FEW_AUTHORS"}, codes

@@ -190,7 +190,7 @@ def events_sidecar(data: RunData, *, run_uid: str, source_log: str) -> dict[str,
         "cue": {"Description": "Cue on screen during the phase (protocol cue name).",
                 "Levels": {c: f"protocol cue '{c}'" for c in cues}},
         "cuff": {"Description": "What the cuff did in this phase.",
-                 "Levels": {k: v for k, v in CUFF_LEVELS.items()}},
+                 "Levels": dict(CUFF_LEVELS)},
         "planned_onset": {"Description": "Onset the runner aimed at, from t0 (protocol onset, moved later when a "
                                          "pain phase is timed from target pressure reached).", **s},
         "planned_duration": {"Description": "Duration in the protocol's timeline.", **s},

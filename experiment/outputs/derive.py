@@ -333,6 +333,23 @@ def rating_rows(log: LogContents, *, t0: float | None) -> tuple[RatingRow, ...]:
     return tuple(seen.values())
 
 
+def rating_phases(phases: Sequence[PhaseTiming], ratings: Sequence[RatingRow]) -> dict[int, int]:
+    """trial -> plan index of the phase that showed its rating scale.
+
+    The phase of the same trial whose onset is the scale's onset (the runner stamps the
+    scale with that phase's flip); failing that, the trial's phase named or modelled 'rating'.
+    """
+    out: dict[int, int] = {}
+    for r in ratings:
+        mine = [p for p in phases if p.trial == r.trial and p.onset_s is not None]
+        same = [p for p in mine if r.onset_s is not None and abs(p.onset_s - r.onset_s) < 1e-3]
+        named = [p for p in mine if p.phase == "rating" or p.bids_trial_type == "rating"]
+        candidates = same or named
+        if candidates:   # the last: when phases share a flip, the rating phase is the last one due
+            out[r.trial] = candidates[-1].i
+    return out
+
+
 def event_rows(phases: Sequence[PhaseTiming], ratings: Sequence[RatingRow], log: LogContents,
                samples: Sequence[Sample], *, t0: float | None, stopped_at_s: float | None,
                completed_run: bool) -> tuple[EventRow, ...]:
@@ -343,6 +360,7 @@ def event_rows(phases: Sequence[PhaseTiming], ratings: Sequence[RatingRow], log:
     arrays = _SampleArrays.of(samples)
     rating_of = {r.trial: r for r in ratings}
     raw_rating = {int(r.get("trial") or 0): r for r in log.of_kind("rating")}
+    rating_phase = rating_phases(phases, ratings)
     rows: list[EventRow] = []
     rated_trials: set[int] = set()
     for p in phases:
@@ -355,7 +373,7 @@ def event_rows(phases: Sequence[PhaseTiming], ratings: Sequence[RatingRow], log:
         if p.cuff != "none":
             plateau, peak = arrays.plateau_and_peak(t0 + p.onset_s, t0 + p.onset_s + duration)
         rating = response = None
-        if (p.bids_trial_type == "rating" or p.phase == "rating") and p.trial in rating_of:
+        if rating_phase.get(p.trial) == p.i:
             rated_trials.add(p.trial)
             rating = rating_of[p.trial].rating
             t_resp = _num(raw_rating[p.trial].get("t_response"))

@@ -22,7 +22,6 @@ import numpy as np
 from experiment.outputs.atomic import write_text
 from experiment.outputs.derive import RunData, TimingQuality, derive_run, timing_quality
 from experiment.outputs.writer import load_run, owned_paths, run_id_of
-from experiment.outputs.bids import BidsPaths
 
 REPORT_NAME = "report.html"
 COLOURS = {"pain_anticipation": "#e69f00", "pain": "#d55e00", "relief_anticipation": "#0072b2",
@@ -234,8 +233,7 @@ def write_report(run_dir: Path) -> Path:
     log, pressure = load_run(run_dir)
     rid = run_id_of(log.header)
     data = derive_run(log, pressure)
-    owned = owned_paths(run_dir, BidsPaths.of(rid, run_dir))
-    return write_text(run_dir / REPORT_NAME, render_report(data, stem=rid.stem), owned=owned)
+    return write_text(run_dir / REPORT_NAME, render_report(data, stem=rid.stem), owned=owned_paths(run_dir))
 
 
 def command(args: argparse.Namespace) -> int:

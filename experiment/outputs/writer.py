@@ -96,9 +96,9 @@ def data_root_of(run_dir: Path) -> Path:
     raise InputError(f"{run_dir} is not inside a 'sourcedata' directory of a BIDS dataset root")
 
 
-def owned_paths(run_dir: Path, bids: BidsPaths) -> OwnedPaths:
+def owned_paths(run_dir: Path, bids: BidsPaths | None = None) -> OwnedPaths:
     """A run may replace its own BIDS files and derived files in its run directory, nothing else."""
-    return OwnedPaths.of(bids.run_files(), dirs=(Path(run_dir),),
+    return OwnedPaths.of(bids.run_files() if bids else (), dirs=(Path(run_dir),),
                          protected=tuple(Path(run_dir) / n for n in RAW_NAMES))
 
 
