@@ -403,7 +403,11 @@ class Nullable(Spec):
         return f"{self.inner.allowed()}, or null"
 
     def check(self, value: Any, path: FieldPath, where: Where) -> Any:
-        return None if value is None else self.inner.check(value, path, where)
+        if value is None:
+            return None
+        if not self.inner.accepts(value):
+            raise self.wrong(value, path, where)
+        return self.inner.check(value, path, where)
 
     def json_schema(self) -> dict:
         inner = dict(self.inner.json_schema())
