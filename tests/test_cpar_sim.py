@@ -242,6 +242,11 @@ def test_functions_nacks_and_trailing_zero(host):
     assert host.call(Packet(0x11, b"\x09\x00")) == codec.nack(codec.ERR_INVALID_CONTENT)
     host.start(codec.ramp_hold_program(10.0, 10.0, hold_s=5.0))
     assert host.call(codec.start_request(NOC, stop_criterion=1)) == codec.nack(codec.ERR_INVALID_CONTENT)
+    reprogram = codec.waveform_request(NOC, channel=0, repeat=1, instructions=(codec.step(50.0, 1.0),))
+    assert host.call(reprogram) == codec.nack(codec.ERR_INVALID_CONTENT)
+    host.dev.inject_nack(0x42)
+    assert host.fn("KickWatchdog") == codec.nack(0x42)
+    assert host.fn("KickWatchdog").code == NOC.functions["KickWatchdog"]   # one NACK only
 
 
 def test_reboot_resets_the_kick_counter_and_stops(host):

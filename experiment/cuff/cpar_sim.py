@@ -3,7 +3,8 @@
 It is a firmware model, not a copy of the real firmware (which is not public):
 * functions: DeviceIdentification, KickWatchdog, SetWaveformProgram (replies with the
   CRC-8 of the instruction bytes), Start/ForceStart/StopStimulation; NACK 0x01 for an
-  unknown function, 0x02 for bad content or a start in the wrong state;
+  unknown function, 0x02 for bad content, a start or a waveform upload while
+  stimulating, a start in EMERGENCY;
 * a waveform interpreter per outlet at 20 Hz (NOP/INC/DEC/STEP, repeat);
 * pressure follows the waveform target with a first-order lag and drops to 0 at once on
   every stop (the CPAR dumps its cuff; it has no slow deflation);
@@ -88,25 +89,25 @@ class _Outlet:
 class CparSimDevice:
     """Simulated CPAR firmware and pneumatics; implements the ByteDevice interface."""
 
-    def __init__(self, *, firmware: str = "nocitech", start_s: float = 0.0,
+    def __init__(self, *, firmware: str = "nocitech", start_s: float | None = None,
                  watchdog_timeout_s: float = DEFAULT_WATCHDOG_TIMEOUT_S,
                  max_stimulation_s: float = codec.MAX_STIMULATION_S,
                  time_constant_s: float = 0.1, compliance_kpa: float = 10.0,
-                 compliance_s: float = 2.0, status_every_ticks: int = 1) -> None:
+                 compliance_s: float = 2.0) -> None:
         self.fw = codec.firmware_table(firmware)
         self.watchdog_timeout_s = watchdog_timeout_s
         self.max_stimulation_s = max_stimulation_s
         self.time_constant_s = time_constant_s
         self.compliance_kpa = compliance_kpa
         self.compliance_s = compliance_s
-        self.status_every_ticks = max(1, status_every_ticks)
         self.vent_log: list[tuple[float, str]] = []
         self._write: Callable[[bytes], None] | None = None
         self._lock = threading.RLock()
         self._destuffer = codec.Destuffer()
-        self._t0 = float(start_s)
-        self._ticks = 0                       # ticks done since power-up
-        self._power_up(start_s)
+        self._leak_kpa_s = 0.0
+        self._nack_next: int | None = None
+        self._power_up(0.0 if start_s is None else start_s)
+        self._t0: float | None = start_s      # power-up time; None: the first `now` seen
 
     # ------------------------------------------------------------ ByteDevice
 
@@ -129,6 +130,8 @@ class CparSimDevice:
 
     def advance(self, now: float) -> None:
         with self._lock:
+            if self._t0 is None:
+                self._t0 = self._last_kick_s = self._stim_start_s = now
             while self._t0 + (self._ticks + 1) * codec.TICK_S <= now:
                 self._ticks += 1
                 self._tick(self._t0 + self._ticks * codec.TICK_S)
@@ -141,10 +144,6 @@ class CparSimDevice:
     @property
     def state(self) -> str:
         return codec.DEVICE_STATES[self._state]
-
-    @property
-    def watchdog_counter(self) -> int:
-        return self._kicks
 
     @property
     def stop_condition(self) -> str:
@@ -170,13 +169,19 @@ class CparSimDevice:
         with self._lock:
             self._pending.append("emergency_release")
 
+    def inject_nack(self, error: int = codec.ERR_INVALID_CONTENT) -> None:
+        """Answer the next known function with a NACK carrying `error`."""
+        with self._lock:
+            self._nack_next = error
+
     def set_leak(self, leak_kpa_s: float) -> None:
         """A leak on outlet 1: pressure lost per second regardless of the target."""
         with self._lock:
             self._leak_kpa_s = max(0.0, leak_kpa_s)
 
     def reboot(self, now: float) -> None:
-        """Power-cycle: the stimulation stops, programs and the kick counter reset."""
+        """Power-cycle: the stimulation stops, programs and the kick counter reset (a
+        leak, being in the hose, stays)."""
         with self._lock:
             self.advance(now)
             if self._state == 1:
@@ -186,6 +191,7 @@ class CparSimDevice:
     # ------------------------------------------------------------ firmware
 
     def _power_up(self, now: float) -> None:
+        self._t0, self._ticks = now, 0
         self._state = 0
         self._stop_condition = 0
         self._criterion = codec.STOP_ON_BUTTON_PRESSED
@@ -194,7 +200,6 @@ class CparSimDevice:
         self._stim_start_s = now
         self._lag_since_s: float | None = None
         self._button = False
-        self._leak_kpa_s = 0.0
         self._pending: list[str] = []
         self._outlets = [_Outlet(), _Outlet()]
 
@@ -226,6 +231,10 @@ class CparSimDevice:
         if handler is None:
             self._send(codec.nack(codec.ERR_UNKNOWN_FUNCTION))
             return
+        if self._nack_next is not None:
+            self._send(codec.nack(self._nack_next))
+            self._nack_next = None
+            return
         try:
             reply = handler(pkt, now)
         except codec.CparFormatError:
@@ -249,6 +258,8 @@ class CparSimDevice:
 
     def _fn_waveform(self, pkt: codec.Packet, now: float) -> bytes:
         program = codec.decode_waveform_request(self.fw, pkt.data)
+        if self._state == 1:                    # our choice: no reprogramming mid-stimulation
+            raise codec.CparFormatError("waveform refused while stimulating")
         self._outlets[program.channel].program = program
         return bytes((program.crc,))
 
@@ -297,8 +308,7 @@ class CparSimDevice:
         self._physics(codec.TICK_S)
         if self._state == 1:
             self._check_stop_conditions(t)
-        if self._ticks % self.status_every_ticks == 0:
-            self._send(codec.encode_status(self.fw, self._status()))
+        self._send(codec.encode_status(self.fw, self._status()))
 
     def _handle_pending(self, t: float) -> None:
         pending, self._pending = self._pending, []
@@ -364,6 +374,7 @@ class CparSimDevice:
             stop_pressed=self._button)
 
 
-def make_cpar_sim(clock: Clock, **options: object) -> CparSimDevice:
-    """The CPAR simulator for `simulate-cuff --protocol cpar`, started at `clock.now()`."""
-    return CparSimDevice(start_s=clock.now(), **options)  # type: ignore[arg-type]
+def make_cpar_sim(clock: Clock, *, firmware: str = "nocitech") -> CparSimDevice:
+    """The CPAR simulator that `simulate-cuff --protocol cpar` serves, powered up at
+    `clock.now()` with the default (published or assumed) device behaviour."""
+    return CparSimDevice(firmware=firmware, start_s=clock.now())
