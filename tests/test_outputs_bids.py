@@ -28,15 +28,17 @@ def written(tmp_path):
 
 
 def test_official_validator_reports_no_errors(tmp_path):
-    # run 1: a windowed display (PsychoPy); run 2: headless with a simulated display and a session-less path
+    # a windowed display (PsychoPy) with a missed pulse and a timed-out rating; a headless run
+    # (simulated display) in a session with a gap in the pressure samples
     runs = [make_run(tmp_path, run=1, timeout_trials=(3,), missed_volumes=(7,)),
-            make_run(tmp_path, run=2, display_simulated=True, pressure_gap=(20.0, 21.0))]
+            make_run(tmp_path, participant="02", session="A", run=2, display_simulated=True,
+                     pressure_gap=(20.0, 21.0))]
     for run in runs:
         write_run_outputs(run.run_dir, data_root=tmp_path)
         add_placeholder_bold(run)
     errors, warnings = bids_validate(tmp_path)
     assert errors == [], [(e["code"], e.get("location"), e.get("issueMessage", "")[:200]) for e in errors]
-    headless = json.loads((tmp_path / "sub-01/func/sub-01_task-cuedpain_run-2_events.json").read_text())
+    headless = json.loads((tmp_path / "sub-02/ses-A/func/sub-02_ses-A_task-cuedpain_run-2_events.json").read_text())
     assert "simulated display" in headless["StimulusPresentation"]["SoftwareName"]
     assert "SoftwareRRID" not in headless["StimulusPresentation"]   # PsychoPy showed nothing
     codes = {w["code"] for w in warnings}

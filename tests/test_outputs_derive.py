@@ -125,7 +125,7 @@ def test_aborted_run_cuts_the_running_phase_at_the_stop(tmp_path):
     pain = next(e for e in data.events if e.trial_type == "pain")
     assert pain.duration_source == "stopped"
     assert pain.duration_s == pytest.approx(run.end["t"] - run.onset_t[pain.i], abs=1e-9)
-    assert "aborted (escape)" in st.summary() and "trial 1 'pain'" in st.summary()
+    assert "aborted (escape: the operator pressed Escape)" in st.summary() and "trial 1 'pain'" in st.summary()
     assert len(data.safety) == 1 and data.operator[0]["action"] == "escape"
 
 

@@ -152,7 +152,7 @@ def test_report_is_one_self_contained_page(tmp_path, capsys):
     images = re.findall(r"src='data:image/png;base64,([^']+)'", page)
     assert len(images) == 5
     assert all(base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n" for img in images)
-    assert "aborted (escape)" in page and "DRY RUN" in page
+    assert "aborted (escape: the operator pressed Escape)" in page and "DRY RUN" in page
     assert "operator escape" in page and "pulse_jitter" in page       # safety event and warning listed
     assert "1 missed" in page
 
@@ -163,3 +163,15 @@ def test_report_of_a_real_run_has_no_dry_run_banner(tmp_path):
     run = make_run(tmp_path, dry_run=False)
     page = write_report(run.run_dir).read_text()
     assert "DRY RUN" not in page and "Run completed" in page
+
+
+def test_rebuild_of_a_run_killed_before_t0_writes_no_events(tmp_path, capsys):
+    run = make_run(tmp_path, kill_at_s=-3.0)     # waiting for the scanner when killed
+    assert main(["rebuild", str(run.run_dir)]) == 0
+    assert "never reached t0" in capsys.readouterr().out
+    assert not run.rid.func_dir(tmp_path).exists()
+    prov = json.loads((run.run_dir / "provenance.json").read_text())
+    assert prov["exit_status"] == "incomplete" and prov["stopped"]["last_phase_started"] is None
+    assert prov["timing"]["volumes_received"] == 0
+    trials = (run.run_dir / "trials.csv").read_text().split("\n")[1:-1]
+    assert [row.split(",")[2] for row in trials] == ["not started"] * 3

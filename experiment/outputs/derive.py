@@ -127,13 +127,15 @@ class RunStatus:
     last_completed_trial: int | None
     n_trials_planned: int
     problems: tuple[str, ...] = ()
+    message: str | None = None     # the end record's message (e.g. completed without stimulation)
 
     def summary(self) -> str:
         """One sentence for files and the console."""
         if self.status == "completed":
-            text = "completed"
+            text = f"completed ({self.message})" if self.message else "completed"
         elif self.status == "aborted":
-            text = f"aborted ({self.reason or 'no reason given'})"
+            why = self.reason or "no reason given"
+            text = f"aborted ({why}: {self.message})" if self.message else f"aborted ({why})"
         else:
             text = "incomplete: the log ends without an end record (the program was killed or crashed)"
         if self.status != "completed":
@@ -258,12 +260,12 @@ def run_status(log: LogContents, phases: Sequence[PhaseTiming], *, t0: float | N
                stop_t: float | None, n_trials: int, problems: Sequence[str] = ()) -> RunStatus:
     """Completed/aborted from the `end` record; `incomplete` when there is none."""
     end = next(iter(log.of_kind("end")), None)
+    message = None
     if end is None:
         status, reason, exit_code = "incomplete", "the log ends without an end record", None
     else:
         status = str(end.get("status") or "aborted")
-        reason = end.get("reason")
-        exit_code = end.get("exit_code")
+        reason, exit_code, message = end.get("reason"), end.get("exit_code"), end.get("message") or None
     shown = [p for p in phases if p.onset_s is not None]
     done = [p for p in shown if p.completed]
     last_started = (shown[-1].trial, shown[-1].phase) if shown else None
@@ -275,7 +277,7 @@ def run_status(log: LogContents, phases: Sequence[PhaseTiming], *, t0: float | N
         stopped_at_s=(stop_t - t0) if (stop_t is not None and t0 is not None) else None,
         last_started=last_started, last_completed_phase=last_completed_phase,
         last_completed_trial=completed_trials[-1] if completed_trials else None,
-        n_trials_planned=n_trials, problems=tuple(problems))
+        n_trials_planned=n_trials, problems=tuple(problems), message=message)
 
 
 def phase_timings(plan: Sequence[Mapping[str, Any]], onsets: Mapping[int, Mapping[str, Any]], *,

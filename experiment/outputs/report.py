@@ -113,7 +113,8 @@ def pulse_figure(data: RunData) -> str:
     _mark_stop(ax, data)
     ax.set_xlabel(f"seconds from t0 (pulses before 0 are discarded); TR {tr} s")
     ax.set_ylabel("interval - TR (ms)")
-    ax.legend(fontsize=7, loc="upper right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper right")
     return _png(fig)
 
 
