@@ -309,7 +309,7 @@ class MapOf(Spec):
         return isinstance(value, dict)
 
     def allowed(self) -> str:
-        return f"a mapping of {self.key_label} -> value ({self.key.allowed()})"
+        return f"a mapping of {self.key_label} -> entry, each {self.key_label} {self.key.allowed()}"
 
     def check(self, value: Any, path: FieldPath, where: Where) -> Any:
         if not isinstance(value, dict):
