@@ -190,3 +190,25 @@ def test_atomic_writes_only_to_owned_paths(tmp_path):
     assert create_once(tmp_path / "shared.json", b"a") is True
     assert create_once(tmp_path / "shared.json", b"b") is False
     assert (tmp_path / "shared.json").read_bytes() == b"a"
+
+
+def test_a_headless_dry_run_of_the_demo_protocol_validates(tmp_path, capsys):
+    """End to end with the real runner: its log, our outputs, the official validator."""
+    from types import SimpleNamespace
+
+    from experiment.cli import main
+    from experiment.rundir import RunId
+
+    root = Path(__file__).resolve().parents[1]
+    assert main(["run", str(root / "protocols" / "demo.yaml"), "--participant", "P01", "--dry-run", "--headless",
+                 "--data", str(tmp_path)]) == 0
+    run_dir = next((tmp_path / "sourcedata" / "sub-P01").iterdir())
+    header = json.loads((run_dir / "log.jsonl").read_text().split("\n")[0])
+    rid = RunId("P01", None, header["task"], 1)
+    onsets = [float(line.split("\t")[3]) for line in (run_dir / "pulses.tsv").read_text().split("\n")[1:-1]]
+    add_placeholder_bold(SimpleNamespace(rid=rid, data_root=tmp_path, tr_s=header["tr_s"], run_dir=run_dir),
+                         sum(o >= 0 for o in onsets))
+    errors, _ = bids_validate(tmp_path)
+    assert errors == [], [(e["code"], e.get("location")) for e in errors]
+    events = (rid.func_dir(tmp_path) / f"{rid.stem}_events.tsv").read_text()
+    assert "pain_anticipation" in events and "NaN" not in events

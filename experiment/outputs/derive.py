@@ -581,7 +581,7 @@ class TimingQuality:
     median_error_ms: float | None
     p95_abs_error_ms: float | None
     max_abs_error_ms: float | None
-    volumes_expected: int | None   # all planned volumes, or those before the stop
+    volumes_expected: int | None   # planned volumes up to the end of the log
     volumes_received: int          # pulses at or after t0
     missed_pulses: int
     dropped_frames: int | None
@@ -603,7 +603,7 @@ def timing_quality(data: RunData) -> TimingQuality:
     errors = np.array([p.onset_error_s for p in data.phases if p.onset_error_s is not None], dtype=float) * 1000
     after_t0 = [p for p in data.pulses if p.onset_s is not None and p.onset_s >= -1e-6]
     expected = data.header.get("n_volumes")
-    if data.status.status != "completed" and data.tr_s and data.status.stopped_at_s is not None:
+    if data.tr_s and data.status.stopped_at_s is not None:   # the log ends when the run ends
         stopped = int(math.floor(data.status.stopped_at_s / data.tr_s)) + 1
         expected = min(int(expected), stopped) if expected is not None else stopped
     dropped = [int(f["dropped"]) for f in data.frames if f.get("dropped") is not None]
