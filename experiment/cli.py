@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 from experiment import __version__
-from experiment.errors import EXIT_INPUT, CuedpainError
+from experiment.errors import EXIT_ABORTED, EXIT_INPUT, CuedpainError
 
 # subcommand -> module that implements command(args)
 COMMANDS = {
@@ -118,7 +118,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write(f"cuedpain {args.command}: interrupted\n")
-        return 3
+        return EXIT_ABORTED
+    except Exception as exc:  # a bug, not bad input: say so, keep the traceback out of the way
+        import tempfile
+        import traceback
+
+        with tempfile.NamedTemporaryFile("w", prefix="cuedpain-crash-", suffix=".txt", delete=False) as fh:
+            traceback.print_exc(file=fh)
+        sys.stderr.write(f"cuedpain {args.command}: internal error: {exc!r}; this is a bug in cuedpain, "
+                         f"please report it with {fh.name}\n")
+        return EXIT_ABORTED
 
 
 if __name__ == "__main__":

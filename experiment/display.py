@@ -154,6 +154,9 @@ class WindowDisplay:
             raise HardwareError(f"cannot open the participant window: {exc}") from exc
         self.win.mouseVisible = False
         self._ppclock = pplogging.defaultClock
+        # PsychoPy's own console chatter (frame-drop warnings) would bury the operator
+        # console; drops are measured and logged by FrameStats instead.
+        pplogging.console.setLevel(pplogging.ERROR)
         self._stims = {name: self._make_stim(name, spec, stimuli_dir) for name, spec in cues.items()}
         self._dry_mark = (visual.TextStim(self.win, text="DRY RUN", color="orange", height=0.04,
                                           units="height", pos=(0.0, 0.45)) if dry_run else None)
@@ -162,6 +165,9 @@ class WindowDisplay:
         self._show_message = False
         self._rating: RatingState | None = None
         self._rating_stims = self._make_rating_stims()
+        for stim in [*self._stims.values(), *self._rating_stims.values()]:
+            stim.draw()  # first draws build textures and glyphs: do it before the run
+        self.win.clearBuffer()
         self._cue: str | None = None
         self.refresh_hz = refresh_hz
         self.frame_s = 1.0 / refresh_hz
@@ -260,7 +266,9 @@ class WindowDisplay:
             frac = (r.value - sc.low) / (sc.high - sc.low)
             s["marker"].pos = (-0.4 + 0.8 * frac, -0.05)
             s["marker"].fillColor = s["marker"].lineColor = "limegreen" if r.confirmed else "orange"
-            s["question"].text, s["low"].text, s["high"].text = sc.question, sc.low_label, sc.high_label
+            for key, text in (("question", sc.question), ("low", sc.low_label), ("high", sc.high_label)):
+                if s[key].text != text:  # re-rendering text every frame costs frames
+                    s[key].text = text
             for stim in s.values():
                 stim.draw()
         if self._show_message:

@@ -30,7 +30,10 @@ class LogWriteError(RuntimeError):
 
 
 def _clean(value: Any) -> Any:
-    """JSON has no NaN/inf: store them as null so every line stays valid JSON."""
+    """JSON has no NaN/inf: store them as null so every line stays valid JSON.
+    numpy scalars (from devices and schedules) become plain numbers."""
+    if hasattr(value, "item") and type(value).__module__ == "numpy":
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):

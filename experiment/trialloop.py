@@ -17,7 +17,7 @@ before the one before it, and cannot start twice; a skipped step raises.
 from __future__ import annotations
 
 import queue
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol, Sequence
 
 from experiment.clock import Clock
@@ -165,7 +165,7 @@ class TrialLoop:
                     rating = None
                     self.display.show_rating(None)
             t_flip_planned = t_next
-            if due and tl[due[-1]].phase == "rating" or (due and getattr(tl[due[-1]], "kind", None) == "rating"):
+            if due and tl[due[-1]].kind == "rating":
                 rating_event = due[-1]
                 rating = start_rating(self.rating_scale, t_flip_planned)
                 rating_logged = False
@@ -190,8 +190,10 @@ class TrialLoop:
                     self.log({"kind": "warning", "t": t_flip, "code": "stimulation_off",
                               "message": f"cuff command for event {i} skipped: stimulation stopped ({self._stim_off})"})
             if rating is not None and rating_event in due:
-                rating = RatingState(**{**rating.__dict__, "t_onset": t_flip})
+                rating = replace(rating, t_onset=t_flip)  # the scale appeared at this flip
                 self.display.show_rating(rating)
+            for t_drop, interval in self.display.stats.take_drops():
+                self.log({"kind": "frame_drop", "t": t_drop, "interval_s": interval})
             cur = tracker.current
             if cur is not None:
                 nxt = planned[cur + 1] - t_flip if cur + 1 < n else end_t - t_flip

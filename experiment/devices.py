@@ -1,0 +1,148 @@
+"""Open the devices of a run from the prepared specs: cuff, display, trigger source.
+
+This is the only place where a run's mode (real, dry run, headless) turns into
+concrete devices, so the rest of the runner never asks which mode it is in:
+    real      the cuff and trigger line named by --cuff/--scanner or the rig file
+    dry run   the simulated CUFF/1 cuff on a pseudo-terminal through the serial driver,
+              the simulated scanner writing pulses into a pseudo-terminal read by the
+              serial trigger source, a real window
+    headless  the same simulated devices on a virtual clock (in-process, no threads),
+              a simulated display, and a simulated participant answering ratings
+Every device is registered on the caller's ExitStack; the cuff's exit vents.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Any, Callable
+
+from experiment.clock import Clock
+from experiment.errors import HardwareError
+from experiment.rating import RatingScale
+
+
+def safety_limits(protocol: Any) -> Any:
+    from experiment.cuff.safety import SafetyLimits
+
+    s = protocol.safety
+    return SafetyLimits(ceiling_kpa=s.max_pressure_kpa, max_stimulus_s=s.max_inflation_per_stimulus_s,
+                        max_run_inflated_s=s.max_cumulative_inflation_per_run_s,
+                        release_threshold_kpa=s.release_threshold_kpa, release_deadline_s=s.release_deadline_s,
+                        overpressure_margin_kpa=s.compliance_margin_kpa)
+
+
+def open_cuff(prep: Any, *, clock: Clock, stack: ExitStack, on_record: Callable[[dict], None],
+              on_sample: Callable[[Any], None]) -> Any:
+    """The cuff behind its supervisor, identified, limits checked, armed. Exit 4 on failure."""
+    from experiment.cuff.factory import open_cuff as open_raw
+    from experiment.cuff.safety import CuffSupervisor
+
+    raw = open_raw(prep.cuff_spec, clock=clock, dry_run=prep.dry_run)
+    supervisor = CuffSupervisor(raw, clock=clock, limits=safety_limits(prep.protocol), on_record=on_record,
+                                on_sample=on_sample)
+    stack.callback(supervisor.close)
+    supervisor.start()
+    return supervisor
+
+
+def make_safe(cuff: Any, reason: str) -> None:
+    """Vent now (the supervisor's close() vents again, disarms and verifies)."""
+    try:
+        cuff.emergency_vent(reason) if cuff.safety_tripped else cuff.vent(reason)
+    except Exception:  # noqa: BLE001 - the vent must be attempted however the run ended
+        cuff.emergency_vent(reason)
+
+
+def open_display(prep: Any, *, clock: Clock, stack: ExitStack) -> Any:
+    from experiment.display import SimulatedDisplay, WindowDisplay
+
+    screen = prep.rig.screen
+    if prep.headless:
+        return SimulatedDisplay(clock, refresh_hz=screen.refresh_hz or 60.0)  # type: ignore[arg-type]
+    fullscreen = screen.fullscreen and not prep.dry_run
+    try:
+        disp = WindowDisplay(clock=clock, cues=prep.protocol.cues, stimuli_dir=prep.stimuli_dir,
+                             fullscreen=fullscreen, size=tuple(screen.size or (1024, 768)), screen=screen.index,
+                             units=screen.units, refresh_hz=screen.refresh_hz or 60.0, dry_run=prep.dry_run)
+    except HardwareError:
+        raise
+    stack.callback(disp.close)
+    return disp
+
+
+def _scanner_plan(prep: Any) -> Any:
+    from experiment.scanner.sim_scanner import ScannerPlan
+
+    scan = prep.protocol.scan
+    discard = getattr(prep.rig, "discard_pulses", None)
+    return ScannerPlan(tr_s=scan.tr_s, n_volumes=scan.n_volumes + 2, prep_scans_no_pulse=scan.scanner_discarded,
+                       discard_pulses=scan.discard_pulses if discard is None else discard,
+                       jitter_s=0.0002, seed=prep.seed, start_delay_s=1.0)
+
+
+def open_trigger_source(prep: Any, *, clock: Clock, stack: ExitStack, display: Any) -> Any:
+    from experiment.scanner.factory import open_trigger_source as open_source
+
+    win = getattr(display, "win", None)
+    source = open_source(prep.scanner_spec, clock=clock, win=win, dry_run=prep.dry_run, plan=_scanner_plan(prep))
+    stack.callback(source.close)
+    return source
+
+
+def key_reader(prep: Any, *, source: Any, display: Any) -> Callable[[], list[tuple[str, float]]]:
+    """Participant and operator keys (not scanner pulses), stamped on the run's clock."""
+    if prep.headless:
+        return lambda: []
+    if hasattr(source, "poll_keys") and getattr(source, "name", "") == "keyboard":
+        return source.poll_keys
+    from experiment.scanner.keyboard_source import KeyboardSource
+
+    keys = KeyboardSource(display.win, clock=display._clock, trigger_keys=(), name="keys")
+    keys.open()
+    return keys.poll_keys
+
+
+def keys(prep: Any) -> Any:
+    """The protocol's keys, with the rig's button-box keys taking precedence."""
+    from dataclasses import replace
+
+    k, rk = prep.protocol.keys, prep.rig.keys
+    return replace(k, **{f: getattr(rk, f) for f in ("trigger", "stop", "left", "right", "confirm")
+                         if getattr(rk, f, None) is not None})
+
+
+def key_roles(prep: Any) -> dict[str, str]:
+    k = keys(prep)
+    return {k.escape: "escape", k.stop: "stop", k.left: "response", k.right: "response", k.confirm: "response"}
+
+
+def rating_scale(prep: Any) -> RatingScale:
+    r, k = prep.protocol.rating, keys(prep)
+    if r is None:
+        return RatingScale(left_key=k.left, right_key=k.right, confirm_key=k.confirm)
+    return RatingScale(low=r.min, high=r.max, start=r.start, step=r.step, timeout_s=r.timeout_s,
+                       left_key=k.left, right_key=k.right, confirm_key=k.confirm,
+                       low_label=r.low_anchor, high_label=r.high_anchor, question=r.question)
+
+
+def scripted_ratings(prep: Any, clock: Clock) -> Callable[[int, RatingScale, float], list[tuple[str, float]]] | None:
+    """Headless dry runs: a simulated participant answers each rating with key presses."""
+    if not prep.headless:
+        return None
+    from experiment.simparticipant import SimulatedParticipant
+
+    participant = SimulatedParticipant(seed=prep.seed)
+    pressure = prep.timeline.target_kpa
+
+    def answer(trial: int, scale: RatingScale, t_onset: float) -> list[tuple[str, float]]:
+        return participant.key_presses(scale, pressure, t_onset)
+
+    return answer
+
+
+def plan_record(ev: Any) -> dict[str, Any]:
+    """A timeline event as a `plan` log record (docs/event-log.md)."""
+    return {"i": ev.index, "trial": ev.trial, "trial_type": ev.trial_type, "phase": ev.phase, "onset_s": ev.onset_s,
+            "duration_s": ev.duration_s, "cue": ev.cue, "cuff": ev.cuff, "target_kpa": ev.target_kpa,
+            "rate_kpa_s": ev.rate_kpa_s, "timed_from": ev.timed_from, "ramp_s": ev.ramp_s,
+            "bids_trial_type": ev.bids_trial_type, "phase_kind": ev.kind}

@@ -1,0 +1,445 @@
+"""The `run` command: pre-flight, devices, the run, every exit path, outputs.
+
+Order matters for safety and for the data:
+1. Input (identifiers, protocol, rig, schedule, stimuli files, calibration) is checked
+   before any device is touched: errors exit 2 with the cuff never opened.
+2. Devices are opened and checked (cuff answers, its limits cover the protocol; the
+   trigger line opens): errors exit 4. Nothing has been shown to the participant.
+3. The run directory is created exclusively and the log starts; everything from
+   here on is on disk as it happens.
+4. The run: wait for t0 with Escape live, then the trial loop.
+5. Whatever happens (completion, Escape, Ctrl-C, SIGTERM, participant stop, device
+   fault, log failure, a bug), the cuff is vented first, then the log gets its `end`
+   record, then the outputs are derived from the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import traceback
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from experiment import __version__
+from experiment.clock import Clock, VirtualClock, psychopy_clock
+from experiment.console import OperatorConsole, Status
+from experiment.errors import (EXIT_ABORTED, EXIT_OK, AbortError, CuedpainError, DeviceFault,
+                               HardwareError, InputError)
+from experiment.eventlog import LogFile, LogWriteError
+from experiment.rating import RatingScale
+from experiment.rundir import RunId, create_source_dir, resolve_run
+from experiment.trialloop import LoopHooks, TrialLoop
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Prepared:
+    """Everything known good before a device is touched."""
+
+    protocol: Any
+    protocol_path: Path
+    rig: Any
+    rig_path: Path | None
+    timeline: Any
+    run_id: RunId
+    data_root: Path
+    dry_run: bool
+    headless: bool
+    seed: int
+    cuff_spec: str
+    scanner_spec: str
+    pressure: dict[str, Any]
+    stimuli_dir: Path
+
+
+def _software_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return None
+
+
+def _package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {}
+    for name in ("psychopy", "psychtoolbox", "numpy", "pandas", "pyserial", "scipy", "nilearn", "PyYAML"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def preflight(args: argparse.Namespace) -> Prepared:
+    """Check all input; touches no device. Raises InputError (exit 2)."""
+    from experiment import calibration, protocol as protocol_mod, rig as rig_mod, schedule
+
+    if args.headless and not args.dry_run:
+        raise InputError("--headless runs on a virtual clock with simulated devices: it needs --dry-run")
+    protocol_path = Path(args.protocol)
+    protocol = protocol_mod.load_protocol(protocol_path)
+    rig_path = Path(args.rig) if args.rig else None
+    rig = rig_mod.load_rig(rig_path)
+    data_root = Path(args.data)
+    _check_writable(data_root)
+    run_id = resolve_run(data_root, participant=args.participant, session=args.session,
+                         task=protocol.task, run=str(args.run))
+    cuff_spec = args.cuff or rig.cuff
+    scanner_spec = args.scanner or rig.scanner
+    if args.dry_run:
+        if args.cuff and args.cuff != "sim":
+            raise InputError(f"--dry-run uses the simulated cuff; remove --cuff {args.cuff} or drop --dry-run")
+        cuff_spec, scanner_spec = "sim", (args.scanner or "sim")
+    else:
+        if not cuff_spec:
+            raise InputError("no cuff given: use --cuff line:PORT or cpar:PORT, a rig file, or --dry-run")
+        if not scanner_spec:
+            raise InputError("no trigger source given: use --scanner keyboard|serial:PORT, a rig file, or --dry-run")
+        for what, spec in (("--cuff", cuff_spec), ("--scanner", scanner_spec)):
+            if spec == "sim" or spec.startswith("sim:"):
+                raise InputError(f"{what} sim is only allowed with --dry-run; a real run never uses simulation")
+    pressure = calibration.resolve_pressure(protocol, data_root=data_root, participant=run_id.participant,
+                                            override_kpa=args.pressure_override,
+                                            override_reason=args.override_reason)
+    seed = args.seed if args.seed is not None else protocol.seed
+    timeline = schedule.build_schedule(protocol, seed=seed, participant=run_id.participant,
+                                       pressure_kpa=pressure["pressure_kpa"])
+    stimuli_dir = protocol.stimuli_dir
+    _check_stimulus_files(protocol, stimuli_dir)
+    return Prepared(protocol=protocol, protocol_path=protocol_path, rig=rig, rig_path=rig_path,
+                    timeline=timeline, run_id=run_id, data_root=data_root, dry_run=args.dry_run,
+                    headless=args.headless, seed=seed, cuff_spec=cuff_spec, scanner_spec=scanner_spec,
+                    pressure=pressure, stimuli_dir=stimuli_dir)
+
+
+def _check_writable(data_root: Path) -> None:
+    """The data directory can be created and written (checked before any device is opened)."""
+    try:
+        data_root.mkdir(parents=True, exist_ok=True)
+        probe = data_root / f".cuedpain-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"the data directory {data_root} is not writable: {exc.strerror or exc}") from None
+
+
+def _check_stimulus_files(protocol: Any, stimuli_dir: Path) -> None:
+    """Every image cue exists and decodes (before any device or window is opened)."""
+    from PIL import Image
+
+    for name, cue in protocol.cues.items():
+        if cue.kind != "image":
+            continue
+        path = Path(stimuli_dir) / cue.image
+        if not path.is_file():
+            raise InputError(f"cue {name!r}: image file {path} does not exist")
+        try:
+            with Image.open(path) as im:
+                im.load()
+        except Exception as exc:
+            raise InputError(f"cue {name!r}: image file {path} cannot be read ({exc})") from None
+
+
+@dataclass
+class RunState:
+    """Mutable facts of a run that the exit path needs."""
+
+    t0: float | None = None
+    abort: AbortError | None = None
+    status: Status = field(default_factory=Status)
+    pulses: int = 0
+    last_pressure_kpa: float | None = None
+
+
+class Session:
+    """One run, from opened devices to derived outputs."""
+
+    def __init__(self, prep: Prepared, *, console: OperatorConsole | None = None) -> None:
+        self.prep = prep
+        self.console = console or OperatorConsole(dry_run=prep.dry_run)
+        self.state = RunState()
+        self.clock: Clock = VirtualClock(start=1000.0) if prep.headless else psychopy_clock()
+        self._signal_lock = threading.Lock()
+        self.log: LogFile | None = None
+        self.pressure_log: LogFile | None = None
+        self._early: list[dict[str, Any]] = []  # records from before the log existed
+
+    # -- logging --
+    def record(self, rec: dict[str, Any]) -> None:
+        if self.log is None:
+            self._early.append(rec)
+        else:
+            self.log.write(rec)
+
+    def _sample(self, sample: Any) -> None:
+        self.state.last_pressure_kpa = sample.pressure_kpa
+        if self.pressure_log is not None:
+            self.pressure_log.write({"kind": "p", "t": sample.t, "dev_ms": sample.device_ms, "p": sample.pressure_kpa,
+                                     "tgt": sample.target_kpa, "st": sample.state})
+
+    # -- the run --
+    def execute(self) -> int:
+        from experiment import devices
+
+        prep = self.prep
+        p = prep.protocol
+        outcome_code = EXIT_OK
+        reason = "completed"
+        message = ""
+        with ExitStack() as stack:
+            self.console.say(f"cuedpain {__version__}: {p.name} - {prep.run_id.stem}"
+                             + (" (DRY RUN: simulated cuff and scanner)" if prep.dry_run else ""))
+            # 2. devices (exit 4 on failure; no run directory is created)
+            cuff = devices.open_cuff(prep, clock=self.clock, stack=stack, on_record=self.record,
+                                     on_sample=self._sample)
+            display = devices.open_display(prep, clock=self.clock, stack=stack)
+            source = devices.open_trigger_source(prep, clock=self.clock, stack=stack, display=display)
+            # 3. the run directory and the log (all later failures still end in the vent below)
+            source_dir = self._start_log(stack, cuff, source, display)
+            try:
+                for ev in prep.timeline.events:
+                    self.log.write({"kind": "plan", **devices.plan_record(ev)})
+                self.log.write({"kind": "display", **display.info()})
+                self.console.say(f"writing to {source_dir}")
+                self._install_signal_handlers(stack, cuff)
+                loop_result = self._run(cuff, display, source)
+                if loop_result.stimulation_stopped:
+                    message = f"completed without stimulation after {loop_result.stimulation_stopped}"
+            except AbortError as exc:
+                outcome_code, reason, message = EXIT_ABORTED, exc.reason, exc.message
+            except DeviceFault as exc:
+                outcome_code, reason, message = EXIT_ABORTED, "device_fault", exc.message
+            except LogWriteError as exc:
+                outcome_code, reason, message = EXIT_ABORTED, "log_write_failed", str(exc)
+            except Exception as exc:  # a bug: vent, keep the data, say where the traceback is
+                outcome_code, reason = EXIT_ABORTED, "internal_error"
+                crash = source_dir / "crash.txt"
+                crash.write_text(traceback.format_exc())
+                message = f"internal error: {exc!r} (traceback in {crash})"
+            finally:
+                vent_reason = "end of run" if outcome_code == EXIT_OK else reason
+                devices.make_safe(cuff, vent_reason)
+                self.console.finish()
+            if self.log is not None and not self.log.failed:
+                self.log.write({"kind": "end", "t": self.clock.now(), "status": "completed" if outcome_code == EXIT_OK else "aborted",
+                                "reason": reason, "message": message, "exit_code": outcome_code,
+                                "end_wall": datetime.now().astimezone().isoformat(timespec="seconds")})
+        # devices and logs are closed here (ExitStack): derive the outputs from the log
+        self._finish(outcome_code, reason, message)
+        return outcome_code
+
+    def _start_log(self, stack: ExitStack, cuff: Any, source: Any, display: Any) -> Path:
+        """Create the run directory (exclusively), copy the inputs, open both logs."""
+        prep = self.prep
+        source_dir = create_source_dir(prep.data_root, prep.run_id)
+        self.source_dir = source_dir
+        shutil.copyfile(prep.protocol_path, source_dir / "protocol.yaml")
+        if prep.rig_path is not None:
+            shutil.copyfile(prep.rig_path, source_dir / "rig.yaml")
+        header = self._header(cuff, source, display)
+        self.log = LogFile(source_dir / "log.jsonl", {**header, "stream": "events"})
+        self.pressure_log = LogFile(source_dir / "pressure.jsonl", {**header, "stream": "pressure"})
+        stack.callback(self._close_logs)
+        for rec in self._early:
+            self.log.write(rec)
+        self._early.clear()
+        return source_dir
+
+    def _close_logs(self) -> None:
+        for lf in (self.log, self.pressure_log):
+            if lf is not None:
+                lf.close()
+
+    def _header(self, cuff: Any, source: Any, display: Any) -> dict[str, Any]:
+        prep, p = self.prep, self.prep.protocol
+        info = cuff.info
+        return {
+            "software": {"name": "cuedpain", "version": __version__, "revision": _software_revision()},
+            "participant": prep.run_id.participant, "session": prep.run_id.session, "run": prep.run_id.run,
+            "task": p.task, "protocol_name": p.name, "seed": prep.seed, "dry_run": prep.dry_run, "headless": prep.headless,
+            "clock": self.clock.name, "protocol_path": str(prep.protocol_path),
+            "protocol_sha256": hashlib.sha256(prep.protocol_path.read_bytes()).hexdigest(),
+            "rig_path": str(prep.rig_path) if prep.rig_path else None,
+            "cuff": {"kind": info.kind, "port": info.port, "simulated": info.simulated, "name": info.name,
+                     "firmware": info.firmware, "hard_limit_kpa": info.hard_limit_kpa},
+            "scanner": {"kind": getattr(source, "name", "?"), "spec": prep.scanner_spec,
+                        "simulated": bool(getattr(source, "simulated", False))},
+            "tr_s": p.scan.tr_s, "n_volumes": p.scan.n_volumes, "discard_pulses": self._discard_pulses(),
+            "scanner_discarded": p.scan.scanner_discarded,
+            "pressure": self.prep.pressure,
+            "start_wall": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "platform": platform.platform(), "python": sys.version.split()[0], "packages": _package_versions(),
+            "run_length_s": prep.timeline.run_length_s,
+        }
+
+    def _discard_pulses(self) -> int:
+        rig_discard = getattr(self.prep.rig, "discard_pulses", None)
+        return rig_discard if rig_discard is not None else self.prep.protocol.scan.discard_pulses
+
+    def _install_signal_handlers(self, stack: ExitStack, cuff: Any) -> None:
+        """Ctrl-C and SIGTERM vent at once (from the handler), then end the run in order."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum: int, _frame: Any) -> None:
+            name = signal.Signals(signum).name.lower()
+            cuff.emergency_vent(name)
+            with self._signal_lock:
+                if self.state.abort is None:
+                    self.state.abort = AbortError(
+                        f"stopped by {'Ctrl-C' if signum == signal.SIGINT else name.upper()} from the operator",
+                        reason=name)
+            self.record({"kind": "operator", "t": self.clock.now(), "action": name})
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old = signal.signal(sig, handler)
+            stack.callback(signal.signal, sig, old)
+
+    def _run(self, cuff: Any, display: Any, source: Any) -> Any:
+        from experiment import devices
+        from experiment.scanner.pulsecheck import PulseMonitor
+        from experiment.scanner.startgate import StartGate, wait_for_t0
+
+        prep, p = self.prep, self.prep.protocol
+        gate = StartGate(self._discard_pulses(), scanner_discarded=p.scan.scanner_discarded)
+        monitor = PulseMonitor(p.scan.tr_s, n_expected=p.scan.n_volumes, stop_after_trs=p.scan.scanner_stop_trs)
+        self.monitor = monitor
+        keys = devices.key_reader(prep, source=source, display=display)
+        roles = devices.key_roles(prep)
+        status = self.state.status
+        status.n_trials = max((ev.trial for ev in prep.timeline.events), default=0)
+        status.pulses_expected = p.scan.n_volumes
+        escape_seen = False
+        warned_codes: set[str] = set()
+
+        def on_pulse(pulse: Any, volume: int | None) -> None:
+            self.state.pulses += 1
+            status.pulses = self.state.pulses
+            self.record({"kind": "pulse", "t": pulse.t, "index": pulse.index, "source": pulse.source, "volume": volume})
+            if volume is not None:
+                for w in monitor.feed(pulse.t):
+                    self.record({"kind": "warning", "t": w.t, "code": w.code, "message": w.message})
+                    self.console.warn(w.message)
+
+        def poll_pulses() -> None:
+            for pulse in source.poll():
+                on_pulse(pulse, gate.feed(pulse))
+
+        def should_abort() -> bool:
+            nonlocal escape_seen
+            for key, t in keys():
+                if roles.get(key) == "escape":
+                    self.record({"kind": "key", "t": t, "key": key, "role": "escape"})
+                    escape_seen = True
+            return escape_seen or self.state.abort is not None
+
+        display.show(p.fixation_cue.name)
+        self.record({"kind": "waiting", "t": self.clock.now(), "what": gate.status()})
+        self.console.say(f"waiting for the scanner: {gate.status()} (Escape aborts; timeout "
+                         f"{p.scan.first_trigger_timeout_s:g} s)")
+        try:
+            t0 = wait_for_t0(source, gate, clock=self.clock, timeout_s=p.scan.first_trigger_timeout_s,
+                             should_abort=should_abort, on_status=lambda s: None, on_pulse=on_pulse,
+                             pump=lambda: display.flip())
+        except AbortError:
+            if escape_seen:
+                raise AbortError("the operator pressed Escape while waiting for the scanner", reason="escape") from None
+            if self.state.abort is not None:
+                raise self.state.abort from None
+            raise
+        self.state.t0 = t0
+        self.record({"kind": "t0", "t": t0, "pulse_index": gate.t0_pulse_index})
+        self.console.say(f"t0 fixed (pulse {gate.t0_pulse_index}); run of {prep.timeline.run_length_s:.1f} s begins")
+
+        def check_safety(now: float) -> None:
+            if self.state.abort is not None:
+                raise self.state.abort
+            self.log.check()
+            tripped = cuff.safety_tripped
+            if tripped is not None:
+                raise AbortError(f"safety interlock: {tripped}", reason="safety")
+            w = monitor.check_silence(now)
+            if w is not None and w.code not in warned_codes:
+                warned_codes.add(w.code)
+                self.record({"kind": "warning", "t": w.t, "code": w.code, "message": w.message})
+                self.console.warn(w.message)
+                if p.scan.on_scanner_stop == "end":
+                    cuff.emergency_vent("scanner stopped")
+                    raise AbortError(f"{w.message}; the cuff was vented and the run ended (on_scanner_stop: end)",
+                                     reason="scanner_stopped")
+
+        def stimulate(i: int, target_kpa: float, rate_kpa_s: float) -> None:
+            cuff.stimulate(target_kpa, rate_kpa_s, tag=i)
+
+        def deflate(i: int) -> None:
+            cuff.deflate(tag=i)
+
+        def on_status(trial: int, phase: str, next_s: float | None) -> None:
+            status.trial, status.phase, status.next_event_in_s = trial, phase, next_s
+            status.pressure_kpa = self.state.last_pressure_kpa
+            status.target_kpa = cuff.target_kpa
+            self.console.update(status, self.clock.now())
+
+        scale = devices.rating_scale(prep)
+        loop = TrialLoop(timeline=prep.timeline.events, t0=t0, run_end_s=prep.timeline.run_length_s,
+                         clock=self.clock, display=display,
+                         hooks=LoopHooks(poll_pulses=poll_pulses, poll_keys=keys, check_safety=check_safety,
+                                         stimulate=stimulate, deflate=deflate, status=on_status,
+                                         scripted_keys=devices.scripted_ratings(prep, self.clock)),
+                         log=self.record, rating_scale=scale, key_roles=roles,
+                         on_participant_stop=p.safety.on_participant_stop)
+        cuff.add_event_listener(loop.device_events.put)
+        result = loop.run()
+        self.record({"kind": "frames", **display.stats.summary(self.clock.now())})
+        return result
+
+    def _finish(self, code: int, reason: str, message: str) -> None:
+        """Derive outputs from the log and tell the operator how it went."""
+        from experiment.outputs.report import write_report
+        from experiment.outputs.writer import write_run_outputs
+
+        prep = self.prep
+        verdict = "completed" if code == EXIT_OK else f"ABORTED ({reason})"
+        self.console.say(f"run {verdict}" + (f": {message}" if message else ""))
+        outputs_ok = True
+        try:
+            paths = write_run_outputs(self.source_dir, data_root=prep.data_root)
+            report = write_report(self.source_dir)
+        except Exception as exc:  # the log is the data; outputs can be rebuilt
+            outputs_ok = False
+            self.console.warn(f"could not derive the outputs ({exc}); the log is safe in {self.source_dir}; "
+                              f"run `cuedpain rebuild {self.source_dir}`")
+        if hasattr(self, "monitor"):
+            s = self.monitor.summary()
+            drift = "n/a" if s.drift_ppm is None else f"{s.drift_ppm:+.1f} ppm"
+            tr = "n/a" if s.tr_mean_s is None else f"{s.tr_mean_s:.4f} s (sd {1000 * (s.tr_sd_s or 0):.2f} ms)"
+            self.console.say(f"pulses: {s.n_pulses} stored-volume pulses of {s.n_expected} expected; "
+                             f"TR {tr}; missed {s.n_missed}, extra {s.n_extra}; clock drift {drift}")
+        if outputs_ok:
+            self.console.say(f"timing: {paths.timing_summary}")
+            self.console.say(f"events: {paths.events_tsv}")
+            self.console.say(f"QC report: {report}")
+        self.console.say(f"raw log: {self.source_dir / 'log.jsonl'}")
+
+
+def command(args: argparse.Namespace) -> int:
+    """`cuedpain run`: exit 0 completed, 2 bad input, 3 aborted, 4 hardware at start."""
+    return Session(preflight(args)).execute()
