@@ -187,7 +187,8 @@ def make_run(data_root: Path, *, participant: str = "01", session: str | None = 
                            "max_interval_s": 0.0334 if ev["trial"] == 2 else 0.0170, "p99_interval_s": 0.0168})
             if ev["trial"] == 2:
                 emit(t + 0.25, {"kind": "frame_drop", "t": t + 0.25, "interval_s": 0.0334})
-    emit(t0 + 5.0, {"kind": "warning", "t": t0 + 5.0, "code": "pulse_jitter", "message": "pulse interval jitter 0.03 ms"})
+    emit(t0 + 5.0, {"kind": "warning", "t": t0 + 5.0, "code": "pulse_jitter",
+                    "message": "pulse interval jitter 0.03 ms"})
 
     end_t = t0 + run_len + 0.05
     end: dict[str, Any] | None = {"kind": "end", "t": end_t, "status": "completed", "reason": "completed",

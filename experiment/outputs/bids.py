@@ -316,7 +316,7 @@ def check_owner(paths: BidsPaths, run_uid: str) -> None:
                          f"({'another run' if owner else 'unknown origin'}); it is never overwritten")
 
 
-def write_bids(data: RunData, rid: RunId, data_root: Path, *, run_uid: str, source_log: str,
+def write_bids(data: RunData, rid: RunId, *, data_root: Path, run_uid: str, source_log: str,
                owned: OwnedPaths) -> tuple[BidsPaths, list[Path], list[str]]:
     """Write the run's BIDS files. Returns the paths, the files written, and notes."""
     paths = BidsPaths.of(rid, data_root)

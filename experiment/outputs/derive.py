@@ -352,8 +352,8 @@ def rating_phases(phases: Sequence[PhaseTiming], ratings: Sequence[RatingRow]) -
     return out
 
 
-def event_rows(phases: Sequence[PhaseTiming], ratings: Sequence[RatingRow], log: LogContents,
-               samples: Sequence[Sample], *, t0: float | None, stopped_at_s: float | None,
+def event_rows(phases: Sequence[PhaseTiming], ratings: Sequence[RatingRow], *, log: LogContents,
+               samples: Sequence[Sample], t0: float | None, stopped_at_s: float | None,
                completed_run: bool) -> tuple[EventRow, ...]:
     """events.tsv rows: modelled phases that reached the screen, plus unmatched ratings."""
     if t0 is None:
@@ -455,8 +455,8 @@ def resample_pressure(samples: Sequence[Sample], *, t0: float, rate_hz: float = 
                          max_gap_s=max_gap_s, n_source_samples=len(samples))
 
 
-def trial_table(phases: Sequence[PhaseTiming], ratings: Sequence[RatingRow], log: LogContents,
-                samples: Sequence[Sample], *, t0: float | None, stop_t: float | None) -> Table:
+def trial_table(phases: Sequence[PhaseTiming], ratings: Sequence[RatingRow], *, log: LogContents,
+                samples: Sequence[Sample], t0: float | None, stop_t: float | None) -> Table:
     """One row per trial: planned vs actual onset per phase, pressures, rating."""
     phase_names: list[str] = []
     for p in phases:
@@ -535,14 +535,14 @@ def derive_run(log: LogContents, pressure: LogContents | None = None, *, rate_hz
     n_trials = len({p.trial for p in phases if p.trial > 0})
     status = run_status(log, phases, t0=t0, stop_t=stop_t, n_trials=n_trials, problems=problems)
     ratings = rating_rows(log, t0=t0)
-    events = event_rows(phases, ratings, log, samples, t0=t0, stopped_at_s=status.stopped_at_s,
+    events = event_rows(phases, ratings, log=log, samples=samples, t0=t0, stopped_at_s=status.stopped_at_s,
                         completed_run=completed_run)
     trace = resample_pressure(samples, t0=t0, rate_hz=rate_hz, max_gap_s=max_gap_s) if t0 is not None else None
     notes = _notes(phases, events, status, t0=t0)
     return RunData(
         header=header, t0=t0, tr_s=tr_s, display=next(iter(log.of_kind("display")), None),
         device=next(iter(log.of_kind("device")), None), phases=phases, events=events, ratings=ratings,
-        trials=trial_table(phases, ratings, log, samples, t0=t0, stop_t=stop_t),
+        trials=trial_table(phases, ratings, log=log, samples=samples, t0=t0, stop_t=stop_t),
         pulses=pulse_rows(log, t0=t0, tr_s=tr_s), pressure=trace, samples=samples, status=status,
         frames=tuple(log.of_kind("frames")), frame_drops=tuple(log.of_kind("frame_drop")),
         warnings=tuple(log.of_kind("warning")), safety=tuple(log.of_kind("safety")),

@@ -32,7 +32,6 @@ MAT_HEADER = b"MATLAB 5.0 MAT-file, written by cuedpain (SPM multiple conditions
 class Pmod:
     name: str
     values: tuple[float, ...]      # one per onset; missing ones filled with the mean
-    n_filled: int
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class Condition:
     pmods: tuple[Pmod, ...] = ()
 
 
-def _pmod(name: str, raw: Sequence[float | None], condition: str, notes: list[str]) -> Pmod | None:
+def _pmod(name: str, raw: Sequence[float | None], *, condition: str, notes: list[str]) -> Pmod | None:
     present = [v for v in raw if v is not None]
     if len(set(present)) < 2:
         notes.append(f"no '{name}' modulator for '{condition}': fewer than two distinct values")
@@ -52,7 +51,7 @@ def _pmod(name: str, raw: Sequence[float | None], condition: str, notes: list[st
     filled = len(raw) - len(present)
     if filled:
         notes.append(f"'{condition}' x {name}: {filled} missing value(s) set to the mean ({mean:.3f})")
-    return Pmod(name=name, values=tuple(mean if v is None else float(v) for v in raw), n_filled=filled)
+    return Pmod(name=name, values=tuple(mean if v is None else float(v) for v in raw))
 
 
 def conditions(data: RunData) -> tuple[tuple[Condition, ...], list[str]]:
@@ -84,8 +83,8 @@ def conditions(data: RunData) -> tuple[tuple[Condition, ...], list[str]]:
             continue
         pmods: list[Pmod] = []
         if any(e.cuff == "inflate" for e, _ in rows):
-            for pm in (_pmod("pressure", [e.target_pressure_kpa for e, _ in rows], name, notes),
-                       _pmod("rating", [ratings.get(e.trial) for e, _ in rows], name, notes)):
+            for pm in (_pmod("pressure", [e.target_pressure_kpa for e, _ in rows], condition=name, notes=notes),
+                       _pmod("rating", [ratings.get(e.trial) for e, _ in rows], condition=name, notes=notes)):
                 if pm is not None:
                     pmods.append(pm)
         out.append(Condition(name=name, onsets_s=tuple(e.onset_s for e, _ in rows),
@@ -192,7 +191,7 @@ def export_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "exports"
 
 
-def write_exports(data: RunData, run_dir: Path, stem: str, *, owned: OwnedPaths) -> tuple[ExportPaths, list[str]]:
+def write_exports(data: RunData, run_dir: Path, *, stem: str, owned: OwnedPaths) -> tuple[ExportPaths, list[str]]:
     """Write every export; remove this run's FSL files for conditions that no longer exist."""
     out = export_dir(run_dir)
     conds, notes = conditions(data)

@@ -175,7 +175,7 @@ def _table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _records(title: str, records: Sequence[Mapping[str, Any]], fields: Sequence[str], t0: float | None) -> str:
+def _records(title: str, records: Sequence[Mapping[str, Any]], *, fields: Sequence[str], t0: float | None) -> str:
     if not records:
         return f"<h2>{html.escape(title)}</h2><p>none</p>"
     rows = [[(float(r["t"]) - t0) if (t0 is not None and r.get("t") is not None) else r.get("t"),
@@ -213,9 +213,9 @@ def render_report(data: RunData, *, stem: str) -> str:
                        ("Cuff pressure against target", pressure_figure(data)),
                        ("Dropped frames", frames_figure(data))):
         parts.append(f"<h2>{esc(title)}</h2><img alt='{esc(title)}' src='{src}'>")
-    parts.append(_records("Warnings", data.warnings, ("code", "message"), data.t0))
-    parts.append(_records("Safety events", data.safety, ("reason", "action"), data.t0))
-    parts.append(_records("Operator actions", data.operator, ("action",), data.t0))
+    parts.append(_records("Warnings", data.warnings, fields=("code", "message"), t0=data.t0))
+    parts.append(_records("Safety events", data.safety, fields=("reason", "action"), t0=data.t0))
+    parts.append(_records("Operator actions", data.operator, fields=("action",), t0=data.t0))
     keep = [c for c in ("trial", "trial_type", "status", "target_pressure_kpa", "plateau_pressure_kpa",
                         "target_reached_latency", "rating", "response_time") if c in data.trials.columns]
     idx = [data.trials.columns.index(c) for c in keep]
