@@ -1,0 +1,135 @@
+"""The run command end to end on a virtual clock, and its refusals before any device."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiment.cli import main
+from experiment.eventlog import read_log
+
+ROOT = Path(__file__).resolve().parents[1]
+LOGGIA = ROOT / "protocols" / "loggia2014.yaml"
+DEMO = ROOT / "protocols" / "demo.yaml"
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "experiment", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=300)
+
+
+def _run_dir(data: Path, stem: str) -> Path:
+    sub = stem.split("_")[0]
+    return data / "sourcedata" / sub / stem
+
+
+def test_full_loggia_protocol_headless_on_plan_without_drift(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    code = main(["run", str(LOGGIA), "--participant", "P01", "--dry-run", "--headless", "--data", str(data)])
+    assert code == 0
+    run_dir = _run_dir(data, "sub-P01_task-loggia2014_run-1")
+    log = read_log(run_dir / "log.jsonl")
+    assert log.header["dry_run"] is True and log.header["cuff"]["simulated"] is True
+    frame_s = next(log.of_kind("display"))["frame_s"]
+    onsets = [r for r in log.of_kind("onset") if r["trial"] > 0]
+    plan = {r["i"]: r for r in log.of_kind("plan")}
+    assert len(onsets) == sum(1 for p in plan.values() if p["trial"] > 0)
+    errors = np.array([r["t"] - r["planned_t"] for r in onsets])
+    times = np.array([r["onset_s"] for r in onsets])
+    # each visual change lands on the first flip at or after its time minus half a frame
+    assert np.all(errors >= -frame_s / 2 - 1e-9) and np.all(errors < frame_s / 2 + 1e-9)
+    # no drift from the first trial to the last: the error does not grow with time
+    slope = np.polyfit(times, errors, 1)[0]
+    assert abs(slope) * times[-1] < frame_s / 2
+    # phases timed from target reached were re-anchored to the measured reach
+    assert sum(1 for _ in log.of_kind("reanchor")) == 8
+    # every stimulus was commanded and acknowledged, and the cuff ended vented
+    sets = [r for r in log.of_kind("cuff_cmd") if r["command"].startswith("SET")]
+    assert len(sets) == 8 and all(r["ok"] and r["t_ack"] >= r["t_write"] for r in sets)
+    end = next(log.of_kind("end"))
+    assert end["status"] == "completed" and end["exit_code"] == 0
+    pressure = read_log(run_dir / "pressure.jsonl")
+    assert pressure.records[-1]["p"] < 1.0
+    # outputs were derived and say it was a dry run
+    events = data / "sub-P01" / "func" / "sub-P01_task-loggia2014_run-1_events.tsv"
+    text = events.read_text()
+    assert "nan" not in text.lower() and "\t\t" not in text
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    assert prov["dry_run"] is True
+
+
+def test_ratings_are_answered_by_the_simulated_participant(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert main(["run", str(DEMO), "--participant", "P02", "--dry-run", "--headless", "--data", str(data)]) == 0
+    log = read_log(_run_dir(data, "sub-P02_task-demo_run-1") / "log.jsonl")
+    ratings = list(log.of_kind("rating"))
+    assert len(ratings) == 2
+    for r in ratings:
+        assert not r["timed_out"] and 0 <= r["rating"] <= 100 and r["response_time_s"] > 0
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    args = ["run", str(DEMO), "--participant", "P03", "--dry-run", "--headless", "--data", str(data)]
+    assert main(args) == 0
+    log_path = _run_dir(data, "sub-P03_task-demo_run-1") / "log.jsonl"
+    before = log_path.read_bytes()
+    proc = _cli(*args)
+    assert proc.returncode == 2
+    assert "already exists" in proc.stderr and "run 2 is free (--run 2)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert log_path.read_bytes() == before
+    assert main([*args, "--run", "next"]) == 0
+    assert _run_dir(data, "sub-P03_task-demo_run-2").is_dir()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--participant", "../x"], "participant '../x' is not a valid BIDS label"),
+    (["--participant", "P1", "--session", "a b"], "session 'a b' is not a valid BIDS label"),
+    (["--participant", "P1", "--headless"], "--headless runs on a virtual clock with simulated devices: it needs --dry-run"),
+    (["--participant", "P1"], "no cuff given"),
+    (["--participant", "P1", "--cuff", "sim", "--scanner", "keyboard"], "--cuff sim is only allowed with --dry-run"),
+    (["--participant", "P1", "--cuff", "line:/dev/ttyUSB0", "--scanner", "sim"], "--scanner sim is only allowed with --dry-run"),
+    (["--participant", "P1", "--dry-run", "--headless", "--run", "0"], "from 1 to 99"),
+])
+def test_bad_input_exits_2_with_a_clear_message(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = _cli("run", str(DEMO), "--data", str(tmp_path / "data"), *args)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "data" / "sourcedata").exists()
+
+
+def test_a_cuff_port_that_does_not_open_is_exit_4_and_never_simulated(tmp_path: Path) -> None:
+    proc = _cli("run", str(DEMO), "--participant", "P1", "--data", str(tmp_path / "data"),
+                "--cuff", "line:/dev/does-not-exist", "--scanner", "serial:/dev/also-missing")
+    assert proc.returncode == 4, proc.stderr
+    assert "/dev/does-not-exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert "sim" not in proc.stdout.lower()
+    assert not (tmp_path / "data" / "sourcedata").exists()
+
+
+def test_a_missing_stimulus_is_refused_before_the_cuff_is_touched(tmp_path: Path) -> None:
+    from experiment.clock import RealClock
+    from experiment.cuff.simdevice import SimCuffDevice
+    from experiment.cuff.simserver import start_sim_server
+
+    protocol = tmp_path / "p.yaml"
+    stimuli = tmp_path / "stimuli"
+    stimuli.mkdir()
+    text = DEMO.read_text().replace("cues:", f"stimuli_dir: {stimuli}\ncues:", 1)
+    protocol.write_text(text)
+    server = start_sim_server(SimCuffDevice, RealClock())
+    try:
+        proc = _cli("run", str(protocol), "--participant", "P1", "--data", str(tmp_path / "data"),
+                    "--cuff", f"line:{server.path}", "--scanner", "serial:/dev/null")
+        assert proc.returncode == 2, proc.stderr
+        assert "orange_triangle.png" in proc.stderr and "Traceback" not in proc.stderr
+        assert server.opens == 0 and server.rx_log == []  # the cuff's port was never opened
+    finally:
+        server.close()
