@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from experiment.outputs.atomic import OwnedPaths, write_bytes, write_text
-from experiment.outputs.derive import RunData
+from experiment.outputs.derive import EventRow, RunData
 from experiment.outputs.tables import tsv_text
 
 MAT_HEADER = b"MATLAB 5.0 MAT-file, written by cuedpain (SPM multiple conditions)"
@@ -40,6 +40,11 @@ class Condition:
     onsets_s: tuple[float, ...]
     durations_s: tuple[float, ...]
     pmods: tuple[Pmod, ...] = ()
+
+
+def model_duration(e: EventRow) -> float | None:
+    """The measured duration, else the planned one; None when there is neither."""
+    return e.duration_s if e.duration_s is not None else e.planned_duration_s
 
 
 def _pmod(name: str, raw: Sequence[float | None], *, condition: str, notes: list[str]) -> Pmod | None:
@@ -72,7 +77,7 @@ def conditions(data: RunData) -> tuple[tuple[Condition, ...], list[str]]:
         for e in data.events:
             if e.trial_type != name:
                 continue
-            duration = e.duration_s if e.duration_s is not None else e.planned_duration_s
+            duration = model_duration(e)
             if duration is None:
                 notes.append(f"'{name}' at {e.onset_s:.3f} s left out: no duration, measured or planned")
                 continue
@@ -150,7 +155,7 @@ def nilearn_events_text(data: RunData) -> tuple[str, list[str]]:
     notes: list[str] = []
     rows = []
     for e in data.events:
-        duration = e.duration_s if e.duration_s is not None else e.planned_duration_s
+        duration = model_duration(e)
         if duration is None:
             notes.append(f"nilearn: '{e.trial_type}' at {e.onset_s:.3f} s dropped (no duration)")
             continue
