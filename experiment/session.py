@@ -399,7 +399,10 @@ class Session:
             self.console.update(status, self.clock.now())
 
         scale = devices.rating_scale(prep)
-        loop = TrialLoop(timeline=prep.timeline.events, t0=t0, run_end_s=prep.timeline.run_length_s,
+        # the run lasts until the scan's last declared volume has been acquired, so every
+        # pulse is logged and the pulse count can be checked against the volumes
+        run_end_s = max(prep.timeline.run_length_s, p.scan.n_volumes * p.scan.tr_s)
+        loop = TrialLoop(timeline=prep.timeline.events, t0=t0, run_end_s=run_end_s,
                          clock=self.clock, display=display,
                          hooks=LoopHooks(poll_pulses=poll_pulses, poll_keys=keys, check_safety=check_safety,
                                          stimulate=stimulate, deflate=deflate, status=on_status,
