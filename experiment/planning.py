@@ -16,14 +16,13 @@ it is left as it is and the picture is drawn again.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from experiment.errors import InputError
 from experiment.protocol import Protocol, load_protocol
-from experiment.schedule import Timeline, WorstCase, build_schedule, worst_case
+from experiment.schedule import Timeline, WorstCase, build_schedule, volumes_for, worst_case
 from experiment.units import kpa_to_mmhg
 
 DEFLATE_DRAW_S = 0.5   # the picture draws a deflation as a 0.5 s fall (not a prediction)
@@ -52,7 +51,7 @@ def summary(protocol: Protocol, timeline: Timeline, worst: WorstCase) -> str:
         f"trials per run: {p.trials.n_trials} ({counts}); order seed {timeline.seed}, {runs}",
         f"run length: {timeline.run_length_s:g} s with seed {timeline.seed}; worst case {worst.run_length_s:g} s",
         f"volumes: {timeline.n_volumes_needed} needed (worst case "
-        f"{_ceil_div(worst.run_length_s, scan.tr_s)}), {scan.n_volumes} declared x TR {scan.tr_s:g} s = "
+        f"{volumes_for(worst.run_length_s, scan.tr_s)}), {scan.n_volumes} declared x TR {scan.tr_s:g} s = "
         f"{scan.duration_s:g} s; {scan.discard_pulses} pulses discarded before t0",
         f"pressure: {prange}; target {target}; ramp {p.stimulation.rate_kpa_s:g} kPa/s "
         f"({worst.ramp_s:g} s); ceiling {_pressure(s.max_pressure_kpa)}",
@@ -71,10 +70,6 @@ def summary(protocol: Protocol, timeline: Timeline, worst: WorstCase) -> str:
     if any(p.trial_types[n].catch and c > 0 for n, c in p.trials.counts.items()):
         lines.append("note: catch trials are on; they depart from the verified design")
     return "\n".join(lines)
-
-
-def _ceil_div(a: float, b: float) -> int:
-    return math.ceil(round(a / b, 6))
 
 
 # ---------------------------------------------------------------- the picture

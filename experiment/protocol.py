@@ -489,20 +489,21 @@ class Protocol:
 # ---------------------------------------------------------------- building and cross-field checks
 
 
-def _ms(x: float) -> int:
-    return int(math.floor(x * 1000.0 + 0.5))
+def to_ms(seconds: float) -> int:
+    """Seconds -> whole milliseconds (half up): every duration in cuedpain is quantised to this."""
+    return int(math.floor(seconds * 1000.0 + 0.5))
 
 
 def _build_duration(d: Any, path: FieldPath, where: Where) -> Duration:
     if isinstance(d, float):
-        if _ms(d) < 1:
+        if to_ms(d) < 1:
             raise where.error(path, f"must be at least 0.001 s (durations are whole milliseconds), got {d!r}")
-        return FixedDuration(_ms(d) / 1000)
+        return FixedDuration(to_ms(d) / 1000)
     kind = d["dist"]
     if kind == "choice":
         return ChoiceDuration(tuple(_build_duration(v, path + ("values", i), where).value_s
                                     for i, v in enumerate(d["values"])))
-    lo, hi, step = _ms(d["min"]), _ms(d["max"]), _ms(d["step"])
+    lo, hi, step = to_ms(d["min"]), to_ms(d["max"]), to_ms(d["step"])
     if lo < 1:
         raise where.error(path + ("min",), f"must be at least 0.001 s, got {d['min']!r}")
     if lo > hi:
@@ -512,7 +513,7 @@ def _build_duration(d: Any, path: FieldPath, where: Where) -> Duration:
                                             f"steps; step {step / 1000:g} s does not divide it")
     if kind == "uniform":
         return UniformDuration(lo / 1000, hi / 1000, step / 1000)
-    mean = _ms(d["mean"])
+    mean = to_ms(d["mean"])
     if not lo < mean < (lo + hi) / 2:
         raise where.error(path + ("mean",), f"must be more than min ({lo / 1000:g} s) and less than "
                                             f"(min + max) / 2 ({(lo + hi) / 2000:g} s) for a truncated "
@@ -549,12 +550,13 @@ def _build_cue(name: str, c: dict, stimuli_dir: Path, path: FieldPath, where: Wh
     image_path = None
     if c["kind"] == "image":
         parts = PurePosixPath(c["image"]).parts
-        if ".." in parts or "." in parts:
-            raise where.error(path + ("image",), f"must stay inside the stimuli directory (no '.' or '..' "
-                                                 f"parts), got {c['image']!r}")
+        if ".." in parts:
+            raise where.error(path + ("image",), f"must stay inside the stimuli directory (no '..'), "
+                                                 f"got {c['image']!r}")
         image_path = stimuli_dir.joinpath(*parts)
     color = _color_hex(c["color"], path + ("color",), where) if "color" in c else None
-    return Cue(name=name, kind=c["kind"], size=tuple(size), pos=tuple(c["pos"]), units=c["units"], color=color,
+    return Cue(name=name, kind=c["kind"], size=tuple(size), pos=(float(c["pos"][0]), float(c["pos"][1])),
+               units=c["units"], color=color,
                shape=c.get("shape"), text=c.get("text"), image=c.get("image"), image_path=image_path)
 
 
@@ -686,7 +688,7 @@ def _build_rating(r: dict | None, where: Where) -> Rating | None:
     if not r["min"] <= start <= r["max"]:
         raise where.error(("rating", "start"), f"must be from {r['min']} to {r['max']}, got {start}")
     return Rating(question=r["question"], low_anchor=r["low_anchor"], high_anchor=r["high_anchor"], min=r["min"],
-                  max=r["max"], start=start, step=r["step"], timeout_s=_ms(r["timeout_s"]) / 1000)
+                  max=r["max"], start=start, step=r["step"], timeout_s=to_ms(r["timeout_s"]) / 1000)
 
 
 def _pressure_kpa(p: dict) -> float:

@@ -32,6 +32,7 @@ SCHEMA_ID = "https://github.com/cuedpain/cuedpain/protocols/cuedpain-rig.schema.
 CUFF_KINDS = ("sim", "line", "cpar")
 SCANNER_KINDS = ("sim", "keyboard", "serial")
 _PRESET = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+_DEFAULT = "<default rig>"
 
 SCREEN = Object({
     "fullscreen": Field(Boolean("full-screen window"), default=True),
@@ -181,7 +182,14 @@ class Rig:
     serial_latency_ms: float | None
     notes: str
     path: Path | None = None
-    where: Where = field(default_factory=lambda: Where("<default rig>"), compare=False, repr=False)
+    where: Where = field(default_factory=lambda: Where(_DEFAULT), compare=False, repr=False)
+
+    @property
+    def label(self) -> str:
+        """How messages name this rig: its file, or that there is none."""
+        if self.path is not None:
+            return str(self.path)
+        return "the default rig (no rig file given)" if self.where.file == _DEFAULT else self.where.file
 
     @property
     def cuff_spec(self) -> CuffSpec | None:
@@ -229,7 +237,7 @@ def parse_rig(text: str, *, file: str = "<rig>") -> Rig:
 def load_rig(path: str | Path | None) -> Rig:
     """Read and validate a rig file; None gives the defaults (no cuff or scanner configured)."""
     if path is None:
-        return build_rig(Located({}, Where("<default rig>")))
+        return build_rig(Located({}, Where(_DEFAULT)))
     p = Path(path)
     return replace(build_rig(read_yaml(p)), path=p)
 
@@ -251,19 +259,18 @@ def effective_keys(protocol: Protocol, rig: Rig) -> Keys:
         if key in seen:
             other = seen[key]
             raise InputError(f"key {key!r} is both the {other} key ({source[other]}) and the {role} key "
-                             f"({source[role]}); with {rig.path or 'the default rig'} and "
-                             f"{protocol.path or protocol.where.file}, every key needs its own role")
+                             f"({source[role]}); with {rig.label} and {protocol.path or protocol.where.file}, "
+                             f"every key needs its own role")
         seen[key] = role
     return Keys(**merged)
 
 
 def check_rig_for_protocol(protocol: Protocol, rig: Rig) -> None:
     """Cues in deg need the screen's width and distance; in cm, its width."""
-    rig_name = rig.path or "the rig file (none given)"
     for name, cue in protocol.cues.items():
         need = {"deg": ("width_cm", "distance_cm"), "cm": ("width_cm",)}.get(cue.units, ())
         missing = [n for n in need if getattr(rig.screen, n) is None]
         if missing:
             raise protocol.where.error(("cues", name, "units"),
                                        f"units {cue.units!r} need screen.{' and screen.'.join(missing)} in "
-                                       f"{rig_name}")
+                                       f"{rig.label}")

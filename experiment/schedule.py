@@ -3,6 +3,7 @@
 Public API:
     build_schedule(protocol, *, seed=None, participant=None, pressure_kpa=None) -> Timeline
     worst_case(protocol, *, pressure_kpa=None) -> WorstCase    limits over every possible jitter draw
+    volumes_for(run_length_s, tr_s) -> int                    volumes that cover a run
     check_timeline(timeline, protocol) -> None                 pre-flight checks of one timeline
     choose_cue_mapping(protocol, participant) -> (index, mapping)
     phase_of(protocol, event) -> Phase | None                  the protocol phase an event came from
@@ -33,14 +34,15 @@ from typing import Iterable
 from experiment.errors import InputError
 from experiment.identifiers import check_label
 from experiment.protocol import (FIXATION, ChoiceDuration, Duration, FixedDuration, Phase, Protocol,
-                                 TrialType, TruncExpDuration, UniformDuration)
+                                 TrialType, TruncExpDuration, UniformDuration, to_ms)
 
 COLUMNS = ("index", "trial", "trial_type", "phase", "onset_s", "duration_s", "cue", "cuff", "target_kpa",
            "rate_kpa_s", "timed_from", "ramp_s", "bids_trial_type", "kind")
 
 
-def _ms(x: float) -> int:
-    return int(math.floor(x * 1000.0 + 0.5))
+def volumes_for(run_length_s: float, tr_s: float) -> int:
+    """Volumes needed to cover a run (a whole number of TRs, at least the run)."""
+    return math.ceil(round(run_length_s / tr_s, 6))
 
 
 @dataclass(frozen=True)
@@ -168,13 +170,13 @@ def _truncexp_scale(width: float, mean: float) -> float:
 def _draws_ms(d: Duration, n: int, rng: random.Random) -> list[int]:
     """n durations (ms) from one phase's distribution, in trial order."""
     if isinstance(d, FixedDuration):
-        return [_ms(d.value_s)] * n
+        return [to_ms(d.value_s)] * n
     if isinstance(d, ChoiceDuration):
         deck: list[int] = []
         while len(deck) < n:
-            deck += _shuffled(rng, [_ms(v) for v in d.values_s])
+            deck += _shuffled(rng, [to_ms(v) for v in d.values_s])
         return deck[:n]
-    lo, hi, step = _ms(d.min_s), _ms(d.max_s), _ms(d.step_s)
+    lo, hi, step = to_ms(d.min_s), to_ms(d.max_s), to_ms(d.step_s)
     k = (hi - lo) // step
     if isinstance(d, UniformDuration):
         return [lo + step * _index(rng, k + 1) for _ in range(n)]
@@ -191,10 +193,10 @@ def _draws_ms(d: Duration, n: int, rng: random.Random) -> list[int]:
 def _worst_total_ms(d: Duration, n: int, *, longest: bool) -> int:
     """The largest (or smallest) possible sum of n draws."""
     if isinstance(d, ChoiceDuration):
-        values = sorted((_ms(v) for v in d.values_s), reverse=longest)
+        values = sorted((to_ms(v) for v in d.values_s), reverse=longest)
         full, rest = divmod(n, len(values))
         return full * sum(values) + sum(values[:rest])
-    return n * (_ms(d.max_s) if longest else _ms(d.min_s))
+    return n * (to_ms(d.max_s) if longest else to_ms(d.min_s))
 
 
 # ---------------------------------------------------------------- trial order
@@ -286,7 +288,7 @@ def _target_kpa(protocol: Protocol, pressure_kpa: float | None) -> float | None:
 def _ramp_ms(protocol: Protocol, target_kpa: float | None) -> int:
     """Predicted ramp time; the ceiling stands in for a calibrated target not yet known."""
     p = protocol.safety.max_pressure_kpa if target_kpa is None else target_kpa
-    return _ms(p / protocol.stimulation.rate_kpa_s)
+    return to_ms(p / protocol.stimulation.rate_kpa_s)
 
 
 # ---------------------------------------------------------------- worst case over the jitter
@@ -305,7 +307,7 @@ def _stimulus_spans(tt: TrialType) -> list[tuple[int, int]]:
 
 
 def _phase_bound_ms(p: Phase, ramp_ms: int, *, longest: bool) -> int:
-    base = _ms(p.duration.max_s if longest else p.duration.min_s)
+    base = to_ms(p.duration.max_s if longest else p.duration.min_s)
     return base + (ramp_ms if p.timed_from == "target_reached" else 0)
 
 
@@ -314,12 +316,13 @@ def worst_case(protocol: Protocol, *, pressure_kpa: float | None = None) -> Wors
     ramp = _ramp_ms(protocol, _target_kpa(protocol, pressure_kpa))
     counts = protocol.trials.counts
     used = [tt for name, tt in protocol.trial_types.items() if counts[name] > 0]
-    run_ms = _ms(protocol.scan.lead_in_s) + _ms(protocol.scan.tail_s)
+    run_ms = to_ms(protocol.scan.lead_in_s) + to_ms(protocol.scan.tail_s)
     per_stim, per_run, gaps = 0, 0, []
     for tt in used:
         n = counts[tt.name]
         for p in tt.phases:
-            run_ms += _worst_total_ms(p.duration, n, longest=True) + (n * ramp if p.timed_from == "target_reached" else 0)
+            run_ms += _worst_total_ms(p.duration, n, longest=True)
+            run_ms += n * ramp if p.timed_from == "target_reached" else 0
         spans = _stimulus_spans(tt)
         for a, b in spans:
             longest = sum(_phase_bound_ms(p, ramp, longest=True) for p in tt.phases[a:b])
@@ -342,14 +345,14 @@ def worst_case(protocol: Protocol, *, pressure_kpa: float | None = None) -> Wors
 
 def _check_worst_case(protocol: Protocol, wc: WorstCase) -> None:
     s, scan, where = protocol.safety, protocol.scan, protocol.where
-    if _ms(wc.run_length_s) > _ms(scan.duration_s):
-        need = math.ceil(round(wc.run_length_s / scan.tr_s, 6))
+    if to_ms(wc.run_length_s) > to_ms(scan.duration_s):
+        need = volumes_for(wc.run_length_s, scan.tr_s)
         raise where.error(("scan", "n_volumes"),
                           f"the run can last up to {wc.run_length_s:g} s (every jittered duration at its longest) "
                           f"but {scan.n_volumes} volumes x {scan.tr_s:g} s = {scan.duration_s:g} s are declared; "
                           f"declare at least {need} volumes or shorten the protocol")
     used = [tt for name, tt in protocol.trial_types.items() if protocol.trials.counts[name] > 0]
-    ramp = _ms(wc.ramp_s)
+    ramp = to_ms(wc.ramp_s)
     for tt in used:
         for a, b in _stimulus_spans(tt):
             longest = sum(_phase_bound_ms(p, ramp, longest=True) for p in tt.phases[a:b]) / 1000
@@ -379,30 +382,30 @@ def check_timeline(timeline: Timeline, protocol: Protocol) -> None:
     s, where = protocol.safety, protocol.where
     t_ms = 0
     for e in timeline.events:
-        if _ms(e.duration_s) <= 0:
+        if to_ms(e.duration_s) <= 0:
             raise InputError(f"{where.file}: timeline event {e.index} ({e.phase}, trial {e.trial}) has "
                              f"duration {e.duration_s:g} s; every phase must last > 0 s")
-        if _ms(e.onset_s) != t_ms:
-            what = "overlaps the previous one" if _ms(e.onset_s) < t_ms else "leaves a gap after the previous one"
+        if to_ms(e.onset_s) != t_ms:
+            what = "overlaps the previous one" if to_ms(e.onset_s) < t_ms else "leaves a gap after the previous one"
             raise InputError(f"{where.file}: timeline event {e.index} ({e.phase}, trial {e.trial}) at "
                              f"{e.onset_s:.3f} s {what} (which ends at {t_ms / 1000:.3f} s)")
         if e.target_kpa is not None and e.target_kpa > s.max_pressure_kpa:
             raise where.error(("safety", "max_pressure"), f"timeline event {e.index} targets {e.target_kpa:g} kPa, "
                                                           f"above {s.max_pressure_kpa:g} kPa")
-        t_ms += _ms(e.duration_s)
-    if t_ms > _ms(protocol.scan.duration_s):
+        t_ms += to_ms(e.duration_s)
+    if t_ms > to_ms(protocol.scan.duration_s):
         raise where.error(("scan", "n_volumes"), f"the run lasts {t_ms / 1000:g} s, longer than the declared scan "
                                                  f"({protocol.scan.duration_s:g} s)")
     intervals = timeline.inflation_intervals()
     for a, b in intervals:
-        if _ms(b - a) > _ms(s.max_inflation_per_stimulus_s):
+        if to_ms(b - a) > to_ms(s.max_inflation_per_stimulus_s):
             raise where.error(("safety", "max_inflation_per_stimulus_s"),
                               f"the stimulus at {a:.3f} s keeps the cuff inflated {b - a:.3f} s, over this limit")
-    if _ms(timeline.inflated_s) > _ms(s.max_cumulative_inflation_per_run_s):
+    if to_ms(timeline.inflated_s) > to_ms(s.max_cumulative_inflation_per_run_s):
         raise where.error(("safety", "max_cumulative_inflation_per_run_s"),
                           f"the cuff is inflated {timeline.inflated_s:g} s in this run, over this limit")
     for (_, end), (start, _) in zip(intervals, intervals[1:]):
-        if _ms(start - end) < _ms(s.min_deflated_between_s):
+        if to_ms(start - end) < to_ms(s.min_deflated_between_s):
             raise where.error(("safety", "min_deflated_between_s"),
                               f"only {start - end:.3f} s deflated between the stimuli ending at {end:.3f} s and "
                               f"starting at {start:.3f} s")
@@ -443,7 +446,7 @@ def build_schedule(protocol: Protocol, *, seed: int | None = None, participant: 
     rate = protocol.stimulation.rate_kpa_s
     events: list[PlannedEvent] = []
     t = 0
-    lead_ms, tail_ms = _ms(protocol.scan.lead_in_s), _ms(protocol.scan.tail_s)
+    lead_ms, tail_ms = to_ms(protocol.scan.lead_in_s), to_ms(protocol.scan.tail_s)
     if lead_ms:
         events.append(_fixation_event(0, 0, lead_ms, "lead_in"))
         t = lead_ms
@@ -465,7 +468,7 @@ def build_schedule(protocol: Protocol, *, seed: int | None = None, participant: 
         t += tail_ms
     scan = protocol.scan
     timeline = Timeline(events=tuple(events), run_length_s=t / 1000,
-                        n_volumes_needed=math.ceil(round(t / 1000 / scan.tr_s, 6)), n_volumes=scan.n_volumes,
+                        n_volumes_needed=volumes_for(t / 1000, scan.tr_s), n_volumes=scan.n_volumes,
                         tr_s=scan.tr_s, seed=seed, participant=participant, cue_mapping=mapping,
                         cue_mapping_index=mapping_index, trial_order=tuple(order), target_kpa=target)
     check_timeline(timeline, protocol)

@@ -29,7 +29,6 @@ from typing import Any, Iterator, Mapping, Sequence
 from experiment.errors import InputError
 from experiment.yamlload import FieldPath, Where
 
-_MISSING = object()
 
 
 def got(value: Any) -> str:

@@ -130,7 +130,8 @@ class _Builder:
                 try:
                     key = self.loader.construct_object(key_node)
                 except (yaml.YAMLError, ValueError, OverflowError) as exc:
-                    raise self.fail(key_node, f"{format_path(path)}: cannot read this key ({_first_line(exc)})") from None
+                    raise self.fail(key_node, f"{format_path(path)}: cannot read this key "
+                                              f"({_first_line(exc)})") from None
                 if not isinstance(key, str):
                     hint = " (YAML reads yes/no/on/off/true/false as booleans: quote the key)" \
                         if isinstance(key, bool) else " (quote it to make it a name)"
@@ -207,7 +208,8 @@ def decode_text(raw: bytes, *, file: str) -> str:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise InputError(f"{file}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as UTF-8") from None
+        raise InputError(f"{file}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
+                         f"save the file as UTF-8") from None
     if "\x00" in text:
         raise InputError(f"{file}: contains NUL bytes; expected a YAML text file")
     return text

@@ -178,9 +178,11 @@ CASES = [
     ("  n_volumes: 60\n", "  n_volumes: many\n",
      r"^p\.yaml:48:14: scan\.n_volumes: must be a whole number from 1 to 100000, got 'many' \(text\)$"),
     ("  n_volumes: 60\n", "  n_volumes: 60.5\n", r"^p\.yaml:48:14: scan\.n_volumes: must be a whole number"),
-    ("  tr_s: 1.0\n", "  tr_s: true\n", r"^p\.yaml:47:9: scan\.tr_s: must be a number of seconds .*, got true \(a boolean\)$"),
+    ("  tr_s: 1.0\n", "  tr_s: true\n",
+     r"^p\.yaml:47:9: scan\.tr_s: must be a number of seconds .*, got true \(a boolean\)$"),
     ("  tr_s: 1.0\n", "  tr_s: .nan\n", r"^p\.yaml:47:9: scan\.tr_s: must be a number of seconds .*, got nan$"),
-    ("  tr_s: 1.0\n", "  tr_s: 0\n", r"^p\.yaml:47:9: scan\.tr_s: must be a number of seconds more than 0 and at most 10, got 0\.0$"),
+    ("  tr_s: 1.0\n", "  tr_s: 0\n",
+     r"^p\.yaml:47:9: scan\.tr_s: must be a number of seconds more than 0 and at most 10, got 0\.0$"),
     ("cuedpain_version: dev", "cuedpain_version: '0.0.1'",
      rf"^p\.yaml:1:19: cuedpain_version: this protocol is pinned to cuedpain '0\.0\.1' but this is cuedpain "
      rf"{re.escape(__version__)};"),
@@ -196,7 +198,8 @@ CASES = [
      r"^p\.yaml:30:9: trial_types\.pain\.phases\[4\]\.cuff: the cuff is inflated here; say 'hold' to keep it "
      r"inflated or 'deflate' to release it$"),
     (BASE[BASE.index("      - name: deflation"):BASE.index("trials:")], "",
-     r"^p\.yaml:11:5: trial_types\.pain\.phases: the trial ends with the cuff inflated; add a phase with cuff: deflate$"),
+     r"^p\.yaml:11:5: trial_types\.pain\.phases: the trial ends with the cuff inflated; add a phase with "
+     r"cuff: deflate$"),
     ("        cuff: inflate\n", "        cuff: hold\n",
      r"^p\.yaml:18:15: trial_types\.pain\.phases\[1\]\.cuff: the cuff is deflated here; 'hold' keeps an inflated "
      r"cuff inflated"),
@@ -222,7 +225,8 @@ CASES = [
     ("color: orange", "color: ornage",
      r"^p\.yaml:7:51: cues\.pain_cue\.color: unknown colour name 'ornage' \(did you mean 'orange'\?\)"),
     ("text: relief soon, size: 0.05,", "text: relief soon, size: [0.05, 0.1],",
-     r"^p\.yaml:8:47: cues\.relief_cue\.size: a text cue's size is its letter height: one number, got \[0\.05, 0\.1\]$"),
+     r"^p\.yaml:8:47: cues\.relief_cue\.size: a text cue's size is its letter height: one number, "
+     r"got \[0\.05, 0\.1\]$"),
     ("  counts: {pain: 2}\n", "  counts: {pian: 2}\n",
      r"^p\.yaml:38:12: trials\.counts\.pian: no trial type named 'pian' \(did you mean 'pain'\?\); trial types: pain$"),
     ("  counts: {pain: 2}\n", "  counts: {pain: 0}\n",
