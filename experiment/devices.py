@@ -63,7 +63,8 @@ def open_display(prep: Any, *, clock: Clock, stack: ExitStack) -> Any:
     try:
         disp = WindowDisplay(clock=clock, cues=prep.protocol.cues, stimuli_dir=prep.stimuli_dir,
                              fullscreen=fullscreen, size=tuple(screen.size or (1024, 768)), screen=screen.index,
-                             units=screen.units, refresh_hz=screen.refresh_hz or 60.0, dry_run=prep.dry_run)
+                             units=screen.units, refresh_hz=screen.refresh_hz or 60.0, dry_run=prep.dry_run,
+                             width_cm=screen.width_cm, distance_cm=screen.distance_cm)
     except HardwareError:
         raise
     stack.callback(disp.close)
@@ -103,12 +104,10 @@ def key_reader(prep: Any, *, source: Any, display: Any) -> Callable[[], list[tup
 
 
 def keys(prep: Any) -> Any:
-    """The protocol's keys, with the rig's button-box keys taking precedence."""
-    from dataclasses import replace
+    """The protocol's keys with the rig's button-box overrides."""
+    from experiment.rig import effective_keys
 
-    k, rk = prep.protocol.keys, prep.rig.keys
-    return replace(k, **{f: getattr(rk, f) for f in ("trigger", "stop", "left", "right", "confirm")
-                         if getattr(rk, f, None) is not None})
+    return effective_keys(prep.protocol, prep.rig)
 
 
 def key_roles(prep: Any) -> dict[str, str]:

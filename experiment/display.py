@@ -138,7 +138,8 @@ class WindowDisplay:
     def __init__(self, *, clock: Clock, cues: Mapping[str, Any], stimuli_dir: Path,
                  fullscreen: bool = True, size: tuple[int, int] = (1024, 768), screen: int = 0,
                  units: str = "height", refresh_hz: float = 60.0, dry_run: bool = False,
-                 title: str = "cuedpain participant", background: str = "black") -> None:
+                 title: str = "cuedpain participant", background: str = "black",
+                 width_cm: float | None = None, distance_cm: float | None = None) -> None:
         try:
             from psychopy import logging as pplogging
             from psychopy import visual
@@ -146,10 +147,16 @@ class WindowDisplay:
             raise HardwareError(f"PsychoPy cannot be imported: {exc}") from exc
         self._clock = clock
         self._visual = visual
+        monitor = None
+        if width_cm is not None:  # needed for cues in deg or cm (the rig file gives them)
+            from psychopy import monitors
+
+            monitor = monitors.Monitor("cuedpain-rig", width=width_cm, distance=distance_cm or 57.0)
+            monitor.setSizePix(list(size))
         try:
             self.win = visual.Window(size=list(size), fullscr=fullscreen, screen=screen, units=units,
                                      color=background, waitBlanking=True, allowGUI=not fullscreen,
-                                     title=title, checkTiming=False)
+                                     title=title, checkTiming=False, monitor=monitor)
         except Exception as exc:
             raise HardwareError(f"cannot open the participant window: {exc}") from exc
         self.win.mouseVisible = False
@@ -233,15 +240,24 @@ class WindowDisplay:
         return t_flip + self._ppclock.getLastResetTime()
 
     def _detect_vsync(self) -> bool:
-        """Time 12 flips: with vertical sync they take about a frame each."""
-        ts = [self._abs(self.win.flip()) for _ in range(12)]
+        """Time 30 flips: with vertical sync they take about a frame each.
+
+        With sync, the measured frame period replaces the rig's nominal one (and
+        `refresh_mismatch` says when they differ by more than 5 %)."""
+        ts = [self._abs(self.win.flip()) for _ in range(30)]
         intervals = sorted(b - a for a, b in zip(ts, ts[1:]))
         median = intervals[len(intervals) // 2]
-        return median > 0.5 * self.frame_s
+        self.measured_refresh_hz = 1.0 / median if median > 0 else float("inf")
+        vsync = median > 0.5 * self.frame_s
+        self.refresh_mismatch = vsync and abs(self.measured_refresh_hz - self.refresh_hz) > 0.05 * self.refresh_hz
+        if vsync:
+            self.frame_s = median
+        return vsync
 
     # -- what the next flip shows --
     def info(self) -> dict[str, Any]:
-        return {"refresh_hz": self.refresh_hz, "frame_s": self.frame_s, "resolution": list(self.win.size),
+        return {"refresh_hz": self.refresh_hz, "measured_refresh_hz": round(self.measured_refresh_hz, 3),
+                "frame_s": self.frame_s, "resolution": list(self.win.size),
                 "fullscreen": bool(self.win._isFullScr), "vsync": self.vsync, "simulated": False}
 
     def show(self, cue: str | None) -> None:

@@ -98,6 +98,7 @@ def preflight(args: argparse.Namespace) -> Prepared:
     protocol = protocol_mod.load_protocol(protocol_path)
     rig_path = Path(args.rig) if args.rig else None
     rig = rig_mod.load_rig(rig_path)
+    rig_mod.check_rig_for_protocol(protocol, rig)
     data_root = Path(args.data)
     _check_writable(data_root)
     run_id = resolve_run(data_root, participant=args.participant, session=args.session,
@@ -218,6 +219,14 @@ class Session:
                 for ev in prep.timeline.events:
                     self.log.write({"kind": "plan", **devices.plan_record(ev)})
                 self.log.write({"kind": "display", **display.info()})
+                if getattr(display, "refresh_mismatch", False):
+                    msg = (f"the display refreshes at {display.measured_refresh_hz:.1f} Hz, not the rig's "
+                           f"{display.refresh_hz:g} Hz; frames are timed at the measured rate")
+                    self.log.write({"kind": "warning", "t": self.clock.now(), "code": "refresh_mismatch", "message": msg})
+                    self.console.warn(msg)
+                if not display.simulated and not display.vsync:
+                    self.console.say("this display has no vertical sync: flips are paced in software "
+                                     f"at {display.refresh_hz:g} Hz (logged as vsync: false)")
                 self.console.say(f"writing to {source_dir}")
                 self._install_signal_handlers(stack, cuff)
                 loop_result = self._run(cuff, display, source)
