@@ -86,7 +86,7 @@ def test_pty_scanner_with_dummies_jitter_and_drops_reaches_t0_and_the_monitor(pt
     assert gate.t0_pulse_index == 3
     assert scanner.start_t is not None
     assert scanner.sent[3] == pytest.approx(scanner.start_t + plan.first_stored_volume_s(), abs=0.01)
-    assert 0 <= t0 - scanner.sent[3] < 0.01
+    assert 0 <= t0 - scanner.sent[3] < 0.05  # stamped on arrival (tens of µs when the GIL is free)
     assert [w.code for w in warnings] == ["missed_pulse"]  # pulse 12 = stored volume 9
     s = monitor.summary()
     assert (s.n_pulses, s.n_missed, s.n_volumes_seen) == (29, 1, 30)
