@@ -1,0 +1,163 @@
+"""The cuff half of `rig-check`: identify, limits and state, round-trip latency, test pulse.
+
+`run_cuff_check` prints a short report through `out` and returns the same facts as a
+dict for the caller (experiment/rigcheck.py) to log or test. The optional test pulse
+runs under a `CuffSupervisor`, so every interlock of a real run guards it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+from experiment.clock import Clock
+from experiment.cuff.base import Cuff
+from experiment.cuff.safety import CuffSupervisor, SafetyLimits
+from experiment.errors import AbortError, DeviceFault, InputError
+
+MIN_PINGS = 100
+MAX_TEST_KPA = 20.0             # "a short low test pulse"
+TEST_RATE_KPA_S = 5.0
+TEST_HOLD_S = 1.0
+SLOW_MEDIAN_MS = 4.0            # above these, suggest lowering the USB-serial latency timer
+SLOW_P99_MS = 10.0
+POLL_S = 0.02
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0-100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def latency_timer_path(port: str) -> Path | None:
+    """Linux sysfs latency timer of a USB-serial adapter (`ttyUSBn`), or None."""
+    name = Path(os.path.realpath(port)).name if port.startswith("/") else port
+    if not name.startswith("ttyUSB"):
+        return None
+    return Path("/sys/bus/usb-serial/devices") / name / "latency_timer"
+
+
+def latency_advice(port: str, median_ms: float, p99_ms: float, *, platform: str = sys.platform) -> str | None:
+    """What to do about a slow round trip, or None when it is fast enough."""
+    if median_ms <= SLOW_MEDIAN_MS and p99_ms <= SLOW_P99_MS:
+        return None
+    head = (f"round trip median {median_ms:.1f} ms, p99 {p99_ms:.1f} ms is slow for a cuff link; "
+            "USB-serial adapters (FTDI) hold data up to their latency timer (16 ms by default).")
+    path = latency_timer_path(port)
+    if path is not None:
+        current = ""
+        try:
+            current = f" (now {path.read_text().strip()} ms)"
+        except OSError:
+            pass
+        return (f"{head} Lower it to 1-2 ms{current}: `echo 1 | sudo tee {path}`; it resets on replug, "
+                "so add a udev rule to make it stick.")
+    if platform.startswith("win") or port.upper().startswith("COM"):
+        return (f"{head} In Device Manager: Ports > {port} > Port Settings > Advanced > Latency Timer: 1 ms.")
+    return f"{head} If the cuff is on a USB-serial adapter, lower its latency timer to 1-2 ms."
+
+
+def run_cuff_check(cuff: Cuff, *, clock: Clock, pings: int = 200, test_pressure_kpa: float | None = None,
+                   out: Callable[[str], None] = print) -> dict[str, Any]:
+    """Check a cuff before the participant is in; returns the facts printed."""
+    if pings < MIN_PINGS:
+        raise InputError(f"rig-check: --pings must be at least {MIN_PINGS}, got {pings}")
+    info = cuff.info or cuff.connect()
+    sim = " (SIMULATED)" if info.simulated else ""
+    out(f"cuff{sim}: {info.name} firmware {info.firmware} on {info.port} ({info.kind}); "
+        f"hard limit {info.hard_limit_kpa:g} kPa")
+    status = cuff.status()
+    out(f"state {status.state}, pressure {status.pressure_kpa:.1f} kPa, armed max {status.armed_max_kpa:g} kPa, "
+        f"error code {status.error_code}")
+    rtt_ms: list[float] = []
+    for _ in range(pings):
+        t_before = clock.now()
+        result = cuff.ping()
+        rtt_ms.append((result.t_ack - t_before) * 1000)
+    median_ms, p99_ms = percentile(rtt_ms, 50), percentile(rtt_ms, 99)
+    out(f"round trip over {pings} pings: median {median_ms:.2f} ms, p99 {p99_ms:.2f} ms, max {max(rtt_ms):.2f} ms")
+    advice = latency_advice(info.port, median_ms, p99_ms)
+    if advice:
+        out(advice)
+    report: dict[str, Any] = {
+        "device": asdict(info), "status": asdict(status),
+        "ping": {"n": pings, "median_ms": median_ms, "p99_ms": p99_ms, "max_ms": max(rtt_ms)},
+        "latency_advice": advice, "test_pulse": None, "ok": True,
+    }
+    if test_pressure_kpa is not None:
+        report["test_pulse"] = _test_pulse(cuff, clock=clock, target_kpa=test_pressure_kpa, out=out)
+        report["ok"] = bool(report["test_pulse"]["ok"])
+    return report
+
+
+def _test_pulse(cuff: Cuff, *, clock: Clock, target_kpa: float, out: Callable[[str], None]) -> dict[str, Any]:
+    """Inflate to a low pressure, hold 1 s, deflate; verify both by read-back."""
+    info = cuff.info
+    assert info is not None
+    if not (0 < target_kpa <= MAX_TEST_KPA):
+        raise InputError(f"rig-check: --test-pressure must be above 0 and at most {MAX_TEST_KPA:g} kPa "
+                         f"(a low test pulse), got {target_kpa:g}")
+    if target_kpa > info.hard_limit_kpa:
+        raise InputError(f"rig-check: --test-pressure {target_kpa:g} kPa is above the cuff's hard limit "
+                         f"{info.hard_limit_kpa:g} kPa")
+    ramp_s = target_kpa / TEST_RATE_KPA_S
+    limits = SafetyLimits(ceiling_kpa=target_kpa, max_stimulus_s=ramp_s + TEST_HOLD_S + 5.0,
+                          max_run_inflated_s=ramp_s + TEST_HOLD_S + 10.0)
+    peak = 0.0
+
+    def on_sample(sample: Any) -> None:
+        nonlocal peak
+        peak = max(peak, sample.pressure_kpa)
+
+    sup = CuffSupervisor(cuff, clock=clock, limits=limits, on_sample=on_sample, close_cuff=False)
+    result: dict[str, Any] = {"target_kpa": target_kpa, "reached": False, "released": False, "ok": False}
+    out(f"test pulse: {target_kpa:g} kPa at {TEST_RATE_KPA_S:g} kPa/s, hold {TEST_HOLD_S:g} s")
+    try:
+        with sup:
+            t0 = clock.now()
+            sup.stimulate(target_kpa, TEST_RATE_KPA_S)
+            reached = _poll(clock, lambda: _reached(sup, target_kpa) or sup.safety_tripped is not None,
+                            ramp_s + limits.compliance_margin_s + 1.0)
+            if reached and sup.safety_tripped is None:
+                result["reached"], result["t_reach_s"] = True, clock.now() - t0
+                clock.sleep(TEST_HOLD_S)
+                sup.check()
+                t1 = clock.now()
+                sup.deflate()
+                released = _poll(clock, lambda: (sup.last_pressure_kpa or 0.0) < limits.release_threshold_kpa
+                                 and clock.now() - t1 > 0.05, ramp_s + limits.release_deadline_s)
+                result["released"], result["t_release_s"] = released, clock.now() - t1
+    except (AbortError, DeviceFault) as exc:
+        result["error"] = exc.message
+    result["peak_kpa"] = peak
+    result["tripped"] = sup.safety_tripped
+    result["ok"] = result["reached"] and result["released"] and sup.safety_tripped is None
+    if result["ok"]:
+        out(f"test pulse OK: reached in {result['t_reach_s']:.2f} s (peak {peak:.1f} kPa), "
+            f"released in {result['t_release_s']:.2f} s")
+    else:
+        why = result.get("error") or sup.trip_message or ("target not reached" if not result["reached"]
+                                                          else "release not verified")
+        out(f"test pulse FAILED: {why}")
+    return result
+
+
+def _reached(sup: CuffSupervisor, target_kpa: float) -> bool:
+    p = sup.last_pressure_kpa
+    return p is not None and abs(p - target_kpa) <= sup.limits.reach_tolerance_kpa
+
+
+def _poll(clock: Clock, predicate: Callable[[], bool], timeout_s: float) -> bool:
+    """Poll a device-driven condition on the run's clock (works on real and virtual clocks)."""
+    deadline = clock.now() + timeout_s
+    while not predicate():
+        if clock.now() >= deadline:
+            return False
+        clock.sleep(POLL_S)
+    return True

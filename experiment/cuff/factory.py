@@ -1,0 +1,98 @@
+"""`open_cuff(spec, ...)`: a connected cuff from `sim`, `line:PORT` or `cpar:PORT`.
+
+PORT is a device path, a COM name or a pyserial URL (`socket://host:port`,
+`hwgrep://regexp`). A port that cannot be opened, or a device that does not identify
+itself, is a HardwareError naming the port and the reason: there is never a quiet
+switch to simulation. `sim` is allowed only for dry runs; it serves the simulated
+CUFF/1 firmware on a pseudo-terminal and drives it through the real serial driver (on a
+virtual clock, where threads and real ports make no sense, through an in-process
+loopback instead). Either way the device names itself `cuedpain-sim`, so
+`info.simulated` is True and every output says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import serial
+
+from experiment.clock import Clock
+from experiment.cuff.base import Cuff
+from experiment.cuff.line_driver import LineCuff
+from experiment.cuff.simdevice import SimCuffDevice
+from experiment.cuff.transport import LoopbackTransport, SerialTransport
+from experiment.errors import HardwareError, InputError
+
+KINDS = ("sim", "line", "cpar")
+
+
+def parse_cuff_spec(spec: str) -> tuple[str, str]:
+    """`'line:/dev/ttyUSB0'` -> `('line', '/dev/ttyUSB0')`; `'sim'` -> `('sim', '')`."""
+    kind, sep, port = (spec or "").strip().partition(":")
+    kind = kind.lower()
+    if kind == "sim":
+        if port:
+            raise InputError(f"cuff spec {spec!r}: 'sim' takes no port")
+        return kind, ""
+    if kind in ("line", "cpar"):
+        if not port:
+            raise InputError(f"cuff spec {spec!r}: give the port, e.g. {kind}:/dev/ttyUSB0, {kind}:COM3 "
+                             f"or {kind}:socket://host:port")
+        return kind, port
+    if kind == "gated":
+        raise InputError(f"cuff spec {spec!r}: the gated cuff driver is not built; use line:PORT or cpar:PORT")
+    raise InputError(f"cuff spec {spec!r}: unknown kind {kind!r}; allowed: sim, line:PORT, cpar:PORT")
+
+
+def open_cuff(spec: str, *, clock: Clock, dry_run: bool, reply_timeout_s: float = 0.5,
+              sim_options: dict[str, Any] | None = None) -> Cuff:
+    """Open, identify and return the cuff `spec` names (see the module docstring).
+
+    `sim_options` go to `SimCuffDevice` (hard_limit_kpa, leak_kpa_s, seed).
+    """
+    kind, port = parse_cuff_spec(spec)
+    if kind == "sim":
+        if not dry_run:
+            raise InputError("--cuff sim is a simulated cuff: it is allowed only with --dry-run")
+        return _open_sim(clock=clock, reply_timeout_s=reply_timeout_s, sim_options=sim_options or {})
+    if kind == "line":
+        cuff: Any = LineCuff(SerialTransport(port, clock=clock), clock=clock, reply_timeout_s=reply_timeout_s)
+    else:
+        from experiment.cuff.cpar_driver import CparCuff  # only when a CPAR is asked for
+        cuff = CparCuff(port, clock=clock, reply_timeout_s=reply_timeout_s)
+    _connect(cuff, port)
+    return cuff
+
+
+def _open_sim(*, clock: Clock, reply_timeout_s: float, sim_options: dict[str, Any]) -> Cuff:
+    device = SimCuffDevice(**sim_options)
+    if getattr(clock, "virtual", False):
+        cuff = LineCuff(LoopbackTransport(device, clock=clock, port="sim:loopback"),  # type: ignore[arg-type]
+                        clock=clock, reply_timeout_s=reply_timeout_s)
+        _connect(cuff, "sim:loopback")
+        return cuff
+    from experiment.cuff.simserver import SimServer  # POSIX only; imported when a pty is wanted
+
+    server = SimServer(device, clock=clock)
+    cuff = LineCuff(SerialTransport(server.path, clock=clock), clock=clock, reply_timeout_s=reply_timeout_s,
+                    on_close=[server.close])
+    _connect(cuff, server.path)
+    return cuff
+
+
+def _connect(cuff: Any, port: str) -> None:
+    try:
+        cuff.connect()
+    except HardwareError:
+        _close_quietly(cuff)
+        raise
+    except (serial.SerialException, OSError, ValueError) as exc:
+        _close_quietly(cuff)
+        raise HardwareError(f"cannot open cuff port {port}: {exc}") from exc
+
+
+def _close_quietly(cuff: Any) -> None:
+    try:
+        cuff.close()
+    except Exception:  # noqa: BLE001 - the open error is the one to report
+        pass
