@@ -61,7 +61,10 @@ class RealClock:
                 return
             if remaining > self._spin_s:
                 time.sleep(remaining - self._spin_s)
-            # spin the last stretch
+            else:
+                # spin the last stretch, but yield the GIL on each turn: a pure-Python
+                # spin would delay the serial reader threads' timestamps by milliseconds
+                time.sleep(0)
 
     def sleep(self, duration_s: float) -> None:
         if duration_s > 0:

@@ -91,13 +91,17 @@ def open_trigger_source(prep: Any, *, clock: Clock, stack: ExitStack, display: A
 
 
 def key_reader(prep: Any, *, source: Any, display: Any) -> Callable[[], list[tuple[str, float]]]:
-    """Participant and operator keys (not scanner pulses), stamped on the run's clock."""
-    if prep.headless:
-        return lambda: []
-    if hasattr(source, "poll_keys") and getattr(source, "name", "") == "keyboard":
-        return source.poll_keys
+    """Participant and operator keys (not scanner pulses), stamped on the run's clock.
+
+    A run has exactly one KeyboardSource (two would steal keys from each other): the
+    trigger source's when the scanner is a keyboard, else one made here for keys only.
+    """
     from experiment.scanner.keyboard_source import KeyboardSource
 
+    if prep.headless:
+        return lambda: []
+    if isinstance(getattr(source, "source", source), KeyboardSource):
+        return source.poll_keys
     keys = KeyboardSource(display.win, clock=display._clock, trigger_keys=(), name="keys")
     keys.open()
     return keys.poll_keys
