@@ -29,7 +29,7 @@ class CommandResult:
     """One command and its reply, with the two times that matter for the log."""
 
     command: str          # the command as sent (text for CUFF/1, a name for CPAR)
-    t_write: float        # clock time right after the bytes were written
+    t_write: float        # clock time the bytes were handed to the OS (just before the write call)
     t_ack: float          # clock time the reply arrived (reader thread timestamp)
     reply: str            # the reply as received (text, or a decoded summary)
     fields: dict[str, str] = field(default_factory=dict)  # key=value pairs of the reply

@@ -153,7 +153,9 @@ class LineCuff:
 
         VENT and ESTOP skip the one-outstanding lock (see the module docstring).
         """
-        name = text.split()[0].upper() if text.split() else ""
+        if not text.split():
+            raise ValueError("a CUFF/1 command cannot be blank")
+        name = text.split()[0].upper()
         if name in URGENT:
             return self._exchange(text, timeout_s)
         with self._cmd_lock:

@@ -14,9 +14,10 @@ test in tests/test_cuff_safety.py):
    dies, the device vents by itself.
 4. Vent on every exit path: `close()` (and the context manager's exit, exception or
    not) vents, disarms and checks the pressure fell. `emergency_vent(reason)` may be
-   called from any thread, including a signal handler: it only queues the reason and
-   sets an Event; the guard thread puts VENT on the wire at once, and the driver lets
-   VENT past a command that is still waiting for its reply (measured: tests).
+   called from any thread, including a signal handler: it takes no lock, it only appends
+   the reason to a deque that the guard thread polls every 5 ms; the guard puts VENT on
+   the wire, and the driver lets VENT past a command that is still waiting for its
+   reply (measured in tests/test_cuff_safety.py: well under the 100 ms required).
 5. A lost port, a missing reply or an error reply trips the supervisor with a message
    that says so; nothing is assumed about the cuff after that, and the last known
    pressure and state are logged.
@@ -50,7 +51,7 @@ from experiment.cuff.base import CommandResult, Cuff, DeviceEvent, DeviceInfo, P
 from experiment.cuff.line_codec import LATCHED_STATES, MAXTIME_MS, RATE_KPA_S, WDT_MS, floor_kpa
 from experiment.errors import AbortError, DeviceFault, HardwareError, InputError
 
-GUARD_PERIOD_S = 0.01
+GUARD_PERIOD_S = 0.005     # guard thread: vent requests and deadline checks
 VENTED_KPA = 1.0           # CUFF/1's "released" level: ARM needs the cuff below it
 Record = Callable[[dict[str, Any]], None]
 
@@ -283,11 +284,15 @@ class CuffSupervisor:
     def emergency_vent(self, reason: str) -> None:
         """Vent now, from any thread or a signal handler; never blocks, never raises.
 
-        Only queues the reason and wakes the guard, which writes VENT at once (the
-        driver lets VENT past an outstanding command). Trips with `reason`.
+        Takes no lock (a signal may interrupt a thread holding any of them): the reason
+        goes into a deque the guard polls every 5 ms; the guard writes VENT, which the
+        driver lets past an outstanding command. Trips with `reason`. Before `start()`
+        and after `close()` there is nothing armed to vent and nothing happens.
         """
-        self._vent_requests.append((self._clock.now(), reason))
-        self._wake_guard()
+        now = self._clock.now()
+        self._vent_requests.append((now, reason))
+        if not self._threaded and not self._closed:
+            self._clock.call_at(now, self._service)  # type: ignore[attr-defined]
 
     def check(self) -> None:
         """Raise AbortError if an interlock tripped (for loops that prefer raising to polling)."""
@@ -417,11 +422,9 @@ class CuffSupervisor:
     def _wake_guard(self) -> None:
         if self._closed:
             return
-        if not self._threaded:
-            if self._started or self._timer is not None:
-                self._clock.call_at(self._clock.now(), self._service)  # type: ignore[attr-defined]
-            return
-        if any(t.is_alive() for t in self._threads):
+        if not self._threaded:   # headless: at once in virtual time, from the clock's own loop
+            self._clock.call_at(self._clock.now(), self._service)  # type: ignore[attr-defined]
+        elif any(t.is_alive() for t in self._threads):
             self._vent_event.set()
         else:  # before start or after the guards stopped: a one-shot thread does it
             threading.Thread(target=self._service, name="cuff-vent", daemon=True).start()
