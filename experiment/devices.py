@@ -46,9 +46,15 @@ def open_cuff(prep: Any, *, clock: Clock, stack: ExitStack, on_record: Callable[
 
 
 def make_safe(cuff: Any, reason: str) -> None:
-    """Vent now (the supervisor's close() vents again, disarms and verifies)."""
+    """Vent now; never raises (the supervisor's close() vents again, disarms and verifies).
+
+    A planned VENT from this thread when the link is healthy; after a trip, or if the
+    planned vent fails, the supervisor's guard thread sends it (`emergency_vent`)."""
+    if cuff.safety_tripped:
+        cuff.emergency_vent(reason)
+        return
     try:
-        cuff.emergency_vent(reason) if cuff.safety_tripped else cuff.vent(reason)
+        cuff.vent(reason)
     except Exception:  # noqa: BLE001 - the vent must be attempted however the run ended
         cuff.emergency_vent(reason)
 

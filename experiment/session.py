@@ -415,6 +415,7 @@ class Session:
                          clock=self.clock, display=display,
                          hooks=LoopHooks(poll_pulses=poll_pulses, poll_keys=keys, check_safety=check_safety,
                                          stimulate=stimulate, deflate=deflate, status=on_status,
+                                         vent=lambda reason: devices.make_safe(cuff, reason),
                                          scripted_keys=devices.scripted_ratings(prep, self.clock)),
                          log=self.record, rating_scale=scale, key_roles=roles,
                          on_participant_stop=p.safety.on_participant_stop)

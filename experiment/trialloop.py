@@ -67,6 +67,7 @@ class LoopHooks:
     stimulate: Callable[[int, float, float], None]  # (event index, target kPa, rate kPa/s)
     deflate: Callable[[int], None]                  # (event index)
     status: Callable[[int, str, float | None], None]  # console: (trial, phase, next event in s)
+    vent: Callable[[str], None]                     # vent now (participant stop key); never raises
     scripted_keys: Callable[[int, RatingScale, float], list[tuple[str, float]]] | None = None
 
 
@@ -157,23 +158,16 @@ class TrialLoop:
                 if tl[i].timed_from == "target_reached" and tl[i].cuff == "inflate" and self._stim_off is None:
                     waiting_reach = i
                 i += 1
-            for i in due:
-                ev = tl[i]
-                self.display.show(ev.cue)
-                if rating is not None and rating_event is not None and i != rating_event:
+            if due:
+                if rating is not None:  # any new phase ends the rating phase
                     finish_rating(now)
                     rating = None
-                    self.display.show_rating(None)
-            t_flip_planned = t_next
-            if due and tl[due[-1]].kind == "rating":
-                rating_event = due[-1]
-                rating = start_rating(self.rating_scale, t_flip_planned)
-                rating_logged = False
-                self.display.show_rating(rating)
-                if self.hooks.scripted_keys is not None:
-                    scripted = self.hooks.scripted_keys(tl[rating_event].trial, self.rating_scale, t_flip_planned)
-            elif rating is not None:
-                self.display.show_rating(rating)
+                self.display.show(tl[due[-1]].cue)
+                if tl[due[-1]].kind == "rating":
+                    rating_event = due[-1]
+                    rating = start_rating(self.rating_scale, t_next)  # t_onset becomes the flip time
+                    rating_logged = False
+            self.display.show_rating(rating)
             t_flip = self.display.flip()
             for i in due:
                 tracker.start(i)
@@ -189,9 +183,12 @@ class TrialLoop:
                 elif ev.cuff in ("inflate", "deflate"):
                     self.log({"kind": "warning", "t": t_flip, "code": "stimulation_off",
                               "message": f"cuff command for event {i} skipped: stimulation stopped ({self._stim_off})"})
-            if rating is not None and rating_event in due:
+            if due and rating is not None and rating_event == due[-1]:
                 rating = replace(rating, t_onset=t_flip)  # the scale appeared at this flip
-                self.display.show_rating(rating)
+                if self.hooks.scripted_keys is not None:
+                    scripted = self.hooks.scripted_keys(tl[rating_event].trial, self.rating_scale, t_flip)
+            if due and tl[due[0]].trial != (tl[due[0] - 1].trial if due[0] > 0 else None):
+                self.log({"kind": "frames", **self.display.stats.summary(t_flip)})  # once per trial
             for t_drop, interval in self.display.stats.take_drops():
                 self.log({"kind": "frame_drop", "t": t_drop, "interval_s": interval})
             cur = tracker.current
@@ -205,9 +202,12 @@ class TrialLoop:
     def participant_stop(self, source: str, t: float) -> None:
         """The participant asked to stop (stop key or the device's button).
 
-        The cuff has already been vented by whoever saw it first; here the protocol's
-        choice is applied: end the run, or go on showing cues without stimulation.
+        The cuff is vented at once (the device's button has already vented it); then
+        the protocol's choice is applied: end the run, or go on showing cues without
+        stimulation.
         """
+        if source == "key":
+            self.hooks.vent("participant stop key")
         if self.on_participant_stop == "end":
             raise AbortError(f"the participant pressed the stop {'key' if source == 'key' else 'button'}",
                              reason=f"participant_stop_{source}")
