@@ -382,9 +382,10 @@ class Session:
             if self.state.abort is not None:
                 raise self.state.abort
             self.log.check()
+            self.pressure_log.check()   # a lost pressure trace is lost data too
             tripped = cuff.safety_tripped
             if tripped is not None:
-                raise AbortError(f"safety interlock: {tripped}", reason="safety")
+                raise AbortError(f"safety interlock ({tripped}): {cuff.trip_message}", reason="safety")
             w = monitor.check_silence(now)
             if w is not None and w.code not in warned_codes:
                 warned_codes.add(w.code)
