@@ -6,10 +6,12 @@ serial driver. One thread moves bytes master <-> device and advances the device 
 few milliseconds on the server's clock.
 
 Port open is seen on the master side: while no process has the slave open, Linux
-reports POLLHUP on the master; when that clears, the device gets `on_port_open` (the
-CUFF/1 simulator announces `!EVT BOOT`, as a board that resets on open would). While
-nobody has the port open the device's output is dropped, like a board talking to an
-unplugged cable.
+reports POLLHUP on the master; when that clears, the server plays a board that resets
+on open: for 30 ms it "boots" (the host's bytes wait in the pty, the device says
+nothing), then the device gets `on_port_open` (the CUFF/1 simulator announces
+`!EVT BOOT`) and the waiting input. The delay also keeps BOOT out of the input flush
+pyserial does while opening. While nobody has the port open the device's output is
+dropped, like a board talking to an unplugged cable.
 
 `pull_cable()` closes the master (the host's reads fail at once, as on a hot unplug)
 while the device keeps running, so its watchdog can be seen to vent.
@@ -32,6 +34,7 @@ from experiment.cuff.bytedevice import ByteDevice
 from experiment.errors import HardwareError, InputError
 
 TICK_S = 0.003
+OPEN_SETTLE_S = 0.03   # a "boot" after each port open (see the module docstring)
 
 
 class SimServer:
@@ -50,6 +53,7 @@ class SimServer:
         self.rx_log: list[tuple[float, bytes]] = []   # every host->device chunk, for tests
         self.opens = 0
         self._connected = False
+        self._boot_due: float | None = None
         self._stop = threading.Event()
         self._pull = threading.Event()
         self._lock = threading.Lock()  # device access: server thread vs. `inspect`
@@ -79,10 +83,11 @@ class SimServer:
                 with self._lock:
                     self.device.advance(self._clock.now())
                 continue
-            events = poller.poll(0 if not self._connected else self._tick_s * 1000)
+            booting = self._boot_due is not None
+            events = poller.poll(self._tick_s * 1000 if self._connected else 0)
             hup = any(ev & (select.POLLHUP | select.POLLERR) for _, ev in events)
             data = b""
-            if any(ev & select.POLLIN for _, ev in events):
+            if self._connected and any(ev & select.POLLIN for _, ev in events):
                 try:
                     data = os.read(self._master, 4096)
                 except OSError:
@@ -90,16 +95,18 @@ class SimServer:
             now = self._clock.now()
             with self._lock:
                 if hup:
-                    self._connected = False
-                elif not self._connected:
-                    self._connected = True
+                    self._connected, self._boot_due = False, None
+                elif not self._connected and not booting:
+                    self._boot_due = now + OPEN_SETTLE_S      # the board boots; input waits in the pty
                     self.opens += 1
+                elif booting and now >= self._boot_due:
+                    self._connected, self._boot_due = True, None
                     self.device.on_port_open(now)
                 if data:
                     self.rx_log.append((now, data))
                     self.device.receive(data, now)
                 self.device.advance(now)
-            if hup:
+            if hup or self._boot_due is not None:
                 self._stop.wait(self._tick_s)
 
     def inspect(self, fn: Callable[[ByteDevice], object]) -> object:
