@@ -202,3 +202,17 @@ def test_a_server_can_be_closed_twice_and_frees_its_port() -> None:
     assert not server.alive
     with pytest.raises(serial.SerialException):
         serial.Serial(path, timeout=0.1)
+
+
+@pytest.mark.realtime
+def test_a_host_that_stops_reading_cannot_stall_the_device() -> None:
+    server = start_sim_server(SimCuffDevice, RealClock())
+    try:
+        with serial.Serial(server.path, 115200, timeout=2) as port:
+            _readline(port)
+            # ~40 kB of replies nobody reads: the pty (about 20 kB) fills up
+            port.write(b"WDT 1000\nARM 40\n" + b"PING\n" * 3000)
+            assert wait_for(lambda: server.device.state == "FAULT", 4.0)
+            assert server.device.vent_log[-1][1] == "WATCHDOG"
+    finally:
+        server.close()

@@ -47,6 +47,7 @@ class SimServer:
         self._clock = clock
         self._tick_s = tick_s
         self._master, slave = os.openpty()
+        os.set_blocking(self._master, False)  # a host that stops reading must not stall the device
         tty.setraw(slave)
         self.path = os.ttyname(slave)
         os.close(slave)               # so that POLLHUP tells us when no host has the port open
@@ -67,7 +68,7 @@ class SimServer:
         try:
             os.write(self._master, data)
         except OSError:
-            pass                       # the host went away mid-write: bytes lost, as on a wire
+            pass                       # host gone, or not reading (buffer full): bytes lost, as on a wire
 
     def _run(self) -> None:
         poller = select.poll()
