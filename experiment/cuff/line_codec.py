@@ -21,8 +21,6 @@ SIM_NAME_PREFIX = "cuedpain-sim"   # HELLO dev= of every simulator; real firmwar
 STATES = ("IDLE", "ARMED", "RAMP", "HOLD", "DEFLATING", "FAULT", "ESTOP")
 ARMED_STATES = frozenset({"ARMED", "RAMP", "HOLD", "DEFLATING"})
 LATCHED_STATES = frozenset({"FAULT", "ESTOP"})
-EVENTS = ("BOOT", "TARGET_REACHED", "DEFLATED", "WATCHDOG", "ESTOP", "TIME_LIMIT",
-          "OVERPRESSURE", "COMPLIANCE")
 
 ERRORS: dict[int, str] = {
     10: "UNKNOWN_COMMAND", 11: "BAD_ARGUMENT", 12: "LINE_TOO_LONG", 13: "BAD_STATE",

@@ -205,6 +205,7 @@ class LineCuff:
         while True:
             with self._io_lock:
                 self._slots.clear()         # any OK HELLO, also a late one, will do
+            self._boot_seen = False
             try:
                 result = self.command("HELLO", timeout_s=self._hello_timeout_s)
                 break
@@ -219,7 +220,7 @@ class LineCuff:
                 raise HardwareError(f"cuff on {self.port} did not identify itself within "
                                     f"{self._boot_wait_s:g} s ({last_error} to HELLO); "
                                     "is it a CUFF/1 device and powered?")
-            self._boot_seen = False
+            # a board that reset on open announces BOOT when it can listen: retry then
             self._transport.wait(lambda: self._boot_seen, min(remaining, self._hello_timeout_s))
         self.info = self._identify(result)
         return self.info

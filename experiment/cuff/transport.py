@@ -25,6 +25,7 @@ import serial
 
 from experiment.clock import Clock, VirtualClock
 from experiment.cuff.bytedevice import ByteDevice
+from experiment.cuff.line_codec import BAUDRATE
 from experiment.errors import DeviceFault, HardwareError
 
 OnData = Callable[[bytes, float], None]
@@ -57,7 +58,7 @@ class SerialTransport:
     READ_TIMEOUT_S = 0.1      # how often the reader re-checks for close where cancel_read is missing
     WRITE_TIMEOUT_S = 0.5     # a write never blocks longer than this
 
-    def __init__(self, port: str, *, clock: Clock, baudrate: int = 115200, exclusive: bool = True) -> None:
+    def __init__(self, port: str, *, clock: Clock, baudrate: int = BAUDRATE, exclusive: bool = True) -> None:
         self.port = port
         self._clock = clock
         self._baudrate = baudrate
