@@ -104,6 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headless", action="store_true")
     p.add_argument("--data", metavar="DIR", default="data")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--rate", metavar="KPA_S", type=float, default=None,
+                   help="inflation rate (default: ramp 1 kPa/s, staircase 30 kPa/s)")
+    p.add_argument("--repeats", metavar="N", type=int, default=None, help="ramp: number of ramps (default 3)")
+    p.add_argument("--start", metavar="KPA", type=float, default=None, help="staircase: first plateau (default 10)")
+    p.add_argument("--step", metavar="KPA", type=float, default=None, help="staircase: step (default 5)")
+    p.add_argument("--plateau", metavar="S", type=float, default=None,
+                   help="staircase: plateau length from target reached (default 5)")
+    p.add_argument("--rest", metavar="S", type=float, default=None, help="rest between stimuli (default 10)")
+    p.add_argument("--sim-participant", metavar="SPEC", default=None,
+                   help="dry runs: the simulated participant, e.g. p50=35,slope=6,noise=5,stop=button@20")
     return parser
 
 
