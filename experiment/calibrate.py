@@ -52,7 +52,7 @@ from experiment.outputs.atomic import create_once
 from experiment.protocol import HARD_MAX_KPA, KEYS_DEFAULT, Keys, Rating, Safety
 from experiment.rating import RatingScale, press, start_rating, timed_out
 from experiment.rig import load_rig
-from experiment.session import _check_writable, _package_versions, _software_revision
+from experiment.runinfo import check_writable, package_versions, software_revision
 from experiment.units import kpa_to_mmhg
 
 RESULT_FORMAT = "cuedpain-calibration/1"
@@ -160,7 +160,7 @@ def preflight(args: argparse.Namespace) -> CalibrationSetup:
         raise InputError("--cuff sim is only allowed with --dry-run; a real calibration never uses simulation")
     keys = _keys(rig)
     data_root = Path(args.data)
-    _check_writable(data_root)
+    check_writable(data_root)
     next_calibration_path(data_root, participant)   # a broken earlier calibration file is an input error
     one_s, total_s = inflation_limits_s(settings, ceiling_kpa=ceiling)
     safety = Safety(max_pressure_kpa=ceiling, max_inflation_per_stimulus_s=one_s,
@@ -325,7 +325,7 @@ class Calibration:
         self.console.say(f"writing to {self.log.path}")
 
     def _software(self) -> dict[str, Any]:
-        return {"name": "cuedpain", "version": __version__, "revision": _software_revision()}
+        return {"name": "cuedpain", "version": __version__, "revision": software_revision()}
 
     def _device(self, cuff: Any) -> dict[str, Any]:
         info = cuff.info
@@ -343,7 +343,7 @@ class Calibration:
                 "safety": asdict(s.protocol.safety),
                 "simulated_participant": None if s.sim is None else s.sim.as_dict(),
                 "start_wall": datetime.now().astimezone().isoformat(timespec="seconds"),
-                "platform": platform.platform(), "python": sys.version.split()[0], "packages": _package_versions()}
+                "platform": platform.platform(), "python": sys.version.split()[0], "packages": package_versions()}
 
     def _write_result(self, fit: MonotoneFit, records: list[dict[str, Any]]) -> Path:
         s = self.s

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import platform
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import traceback
@@ -29,19 +27,18 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from experiment import __version__
 from experiment.clock import Clock, VirtualClock, psychopy_clock
 from experiment.console import OperatorConsole, Status
-from experiment.errors import (EXIT_ABORTED, EXIT_OK, AbortError, CuedpainError, DeviceFault,
-                               HardwareError, InputError)
+from experiment.errors import (EXIT_ABORTED, EXIT_OK, AbortError, DeviceFault,
+                               InputError)
 from experiment.eventlog import LogFile, LogWriteError
-from experiment.rating import RatingScale
 from experiment.rundir import RunId, create_source_dir, resolve_run
+from experiment.runinfo import check_writable, package_versions, software_revision
 from experiment.trialloop import LoopHooks, TrialLoop
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -64,30 +61,6 @@ class Prepared:
     stimuli_dir: Path
 
 
-def _software_revision() -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        if out.returncode == 0:
-            dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
-            return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return None
-
-
-def _package_versions() -> dict[str, str]:
-    from importlib import metadata
-
-    versions = {}
-    for name in ("psychopy", "psychtoolbox", "numpy", "pandas", "pyserial", "scipy", "nilearn", "PyYAML"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
 def preflight(args: argparse.Namespace) -> Prepared:
     """Check all input; touches no device. Raises InputError (exit 2)."""
     from experiment import calibration, protocol as protocol_mod, rig as rig_mod, schedule
@@ -100,7 +73,7 @@ def preflight(args: argparse.Namespace) -> Prepared:
     rig = rig_mod.load_rig(rig_path)
     rig_mod.check_rig_for_protocol(protocol, rig)
     data_root = Path(args.data)
-    _check_writable(data_root)
+    check_writable(data_root)
     run_id = resolve_run(data_root, participant=args.participant, session=args.session,
                          task=protocol.task, run=str(args.run))
     cuff_spec = args.cuff or rig.cuff
@@ -131,17 +104,6 @@ def preflight(args: argparse.Namespace) -> Prepared:
                     pressure=pressure, stimuli_dir=stimuli_dir)
 
 
-def _check_writable(data_root: Path) -> None:
-    """The data directory can be created and written (checked before any device is opened)."""
-    try:
-        data_root.mkdir(parents=True, exist_ok=True)
-        probe = data_root / f".cuedpain-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise InputError(f"the data directory {data_root} is not writable: {exc.strerror or exc}") from None
-
-
 def _check_stimulus_files(protocol: Any, stimuli_dir: Path) -> None:
     """Every image cue exists and decodes (before any device or window is opened)."""
     from PIL import Image
@@ -164,7 +126,8 @@ class RunState:
     """Mutable facts of a run that the exit path needs."""
 
     t0: float | None = None
-    abort: AbortError | None = None
+    abort: AbortError | None = None   # set by a signal handler; raised by the run's loop
+    abort_t: float | None = None
     status: Status = field(default_factory=Status)
     pulses: int = 0
     last_pressure_kpa: float | None = None
@@ -178,7 +141,6 @@ class Session:
         self.console = console or OperatorConsole(dry_run=prep.dry_run)
         self.state = RunState()
         self.clock: Clock = VirtualClock(start=1000.0) if prep.headless else psychopy_clock()
-        self._signal_lock = threading.Lock()
         self.log: LogFile | None = None
         self.pressure_log: LogFile | None = None
         self._early: list[dict[str, Any]] = []  # records from before the log existed
@@ -281,7 +243,7 @@ class Session:
         prep, p = self.prep, self.prep.protocol
         info = cuff.info
         return {
-            "software": {"name": "cuedpain", "version": __version__, "revision": _software_revision()},
+            "software": {"name": "cuedpain", "version": __version__, "revision": software_revision()},
             "participant": prep.run_id.participant, "session": prep.run_id.session, "run": prep.run_id.run,
             "task": p.task, "protocol_name": p.name, "seed": prep.seed, "dry_run": prep.dry_run, "headless": prep.headless,
             "clock": self.clock.name, "protocol_path": str(prep.protocol_path),
@@ -295,7 +257,7 @@ class Session:
             "scanner_discarded": p.scan.scanner_discarded,
             "pressure": self.prep.pressure,
             "start_wall": datetime.now().astimezone().isoformat(timespec="seconds"),
-            "platform": platform.platform(), "python": sys.version.split()[0], "packages": _package_versions(),
+            "platform": platform.platform(), "python": sys.version.split()[0], "packages": package_versions(),
             "run_length_s": prep.timeline.run_length_s,
         }
 
@@ -303,20 +265,28 @@ class Session:
         rig_discard = getattr(self.prep.rig, "discard_pulses", None)
         return rig_discard if rig_discard is not None else self.prep.protocol.scan.discard_pulses
 
+    def _raise_pending_abort(self) -> None:
+        """Log the operator's signal (outside the handler) and end the run with it."""
+        abort = self.state.abort
+        if abort is not None:
+            self.record({"kind": "operator", "t": self.state.abort_t, "action": abort.reason})
+            raise abort
+
     def _install_signal_handlers(self, stack: ExitStack, cuff: Any) -> None:
         """Ctrl-C and SIGTERM vent at once (from the handler), then end the run in order."""
         if threading.current_thread() is not threading.main_thread():
             return
 
         def handler(signum: int, _frame: Any) -> None:
+            # Runs between two bytecodes of the main thread, which may hold the log's
+            # lock: only vent (lock-free) and set the flag; the loop logs and stops.
             name = signal.Signals(signum).name.lower()
             cuff.emergency_vent(name)
-            with self._signal_lock:
-                if self.state.abort is None:
-                    self.state.abort = AbortError(
-                        f"stopped by {'Ctrl-C' if signum == signal.SIGINT else name.upper()} from the operator",
-                        reason=name)
-            self.record({"kind": "operator", "t": self.clock.now(), "action": name})
+            if self.state.abort is None:
+                self.state.abort_t = self.clock.now()
+                self.state.abort = AbortError(
+                    f"stopped by {'Ctrl-C' if signum == signal.SIGINT else name.upper()} from the operator",
+                    reason=name)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             old = signal.signal(sig, handler)
@@ -371,16 +341,14 @@ class Session:
         except AbortError:
             if escape_seen:
                 raise AbortError("the operator pressed Escape while waiting for the scanner", reason="escape") from None
-            if self.state.abort is not None:
-                raise self.state.abort from None
+            self._raise_pending_abort()
             raise
         self.state.t0 = t0
         self.record({"kind": "t0", "t": t0, "pulse_index": gate.t0_pulse_index})
         self.console.say(f"t0 fixed (pulse {gate.t0_pulse_index}); run of {prep.timeline.run_length_s:.1f} s begins")
 
         def check_safety(now: float) -> None:
-            if self.state.abort is not None:
-                raise self.state.abort
+            self._raise_pending_abort()
             self.log.check()
             self.pressure_log.check()   # a lost pressure trace is lost data too
             tripped = cuff.safety_tripped

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol, Sequence
 
 from experiment.clock import Clock
-from experiment.errors import AbortError, DeviceFault
+from experiment.errors import AbortError
 from experiment.rating import RatingScale, RatingState, press, start_rating, timed_out
 
 
