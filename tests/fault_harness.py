@@ -105,8 +105,7 @@ keys: {{trigger: '5', stop: '4', escape: escape, left: '1', right: '2', confirm:
 class RefusingSimDevice(SimCuffDevice):
     """The simulated firmware, except that it answers chosen commands with an error.
 
-    `refuse` maps a command name ("SET") to the CUFF/1 error code to answer with; it
-    can be changed while the device is served (under `SimServer.inspect`).
+    `refuse` maps a command name ("SET") to the CUFF/1 error code to answer with.
     """
 
     def __init__(self, *, refuse: dict[str, int] | None = None, **options: Any) -> None:

@@ -14,8 +14,8 @@ and trigger lines in tests/test_fuzz_streams.py.
 
 from __future__ import annotations
 
+import csv
 import json
-import os
 import re
 import signal
 import sys
@@ -245,9 +245,13 @@ def test_sigkill_the_device_watchdog_vents_and_rebuild_recovers_the_data(run) ->
     proc = rebuild(r.run_dir)
     assert proc.returncode == 0, proc.stderr
     assert "incomplete" in proc.stdout and "Traceback" not in proc.stderr
-    assert events_tsv(r).is_file()
+    # the outputs end where the run was killed: trial 1's pain phase, cut short
+    rows = list(csv.DictReader(events_tsv(r).open(), delimiter="\t"))
+    assert [(row["trial"], row["phase"]) for row in rows] == [("1", "pain_anticipation"), ("1", "pain")]
+    assert rows[-1]["duration_source"] == "stopped"
     prov = json.loads((r.run_dir / "provenance.json").read_text())
     assert prov["exit_status"] == "incomplete"
+    assert prov["stopped"]["last_phase_started"] == {"trial": 1, "phase": "pain"}
 
 
 # ---------------------------------------------------------------- the scanner misbehaves
