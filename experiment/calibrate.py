@@ -25,7 +25,6 @@ import json
 import math
 import platform
 import queue
-import signal
 import sys
 import threading
 from collections import deque
@@ -46,7 +45,8 @@ from experiment.calibration_procedures import (Done, Plateau, PlateauOutcome, Ra
 from experiment.clock import Clock, VirtualClock, psychopy_clock
 from experiment.console import OperatorConsole
 from experiment.errors import EXIT_ABORTED, EXIT_OK, AbortError, DeviceFault, InputError
-from experiment.eventlog import LogFile, LogWriteError
+from experiment.eventlog import LogWriteError
+from experiment.recorder import Recorder, install_stop_signals
 from experiment.identifiers import check_label
 from experiment.outputs.atomic import create_once
 from experiment.protocol import HARD_MAX_KPA, KEYS_DEFAULT, Keys, Rating, Safety
@@ -197,16 +197,14 @@ class Calibration:
         self.s = setup
         self.console = console or OperatorConsole(dry_run=setup.dry_run)
         self.clock: Clock = VirtualClock(start=1000.0) if setup.headless else psychopy_clock()
-        self.log: LogFile | None = None
-        self.pressure_log: LogFile | None = None
-        self._early: list[dict[str, Any]] = []
+        self.rec = Recorder()
+        self.record = self.rec.record
         self._trace: deque[tuple[float, float]] = deque(maxlen=100_000)
         self._trace_lock = threading.Lock()
         self._device_info: dict[str, Any] = {}
         self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._abort: AbortError | None = None
         self._signalled: tuple[str, float] | None = None   # recorded by the loop, not the handler
-        self._signal_lock = threading.Lock()
         keys = setup.protocol.keys
         self.participant = (CalibrationParticipant(setup.sim, seed=setup.seed, confirm_key=keys.confirm,
                                                    stop_key=keys.stop) if setup.sim is not None else None)
@@ -214,18 +212,10 @@ class Calibration:
 
     # ------------------------------------------------------------ records
 
-    def record(self, rec: dict[str, Any]) -> None:
-        if self.log is None:
-            self._early.append(rec)
-        else:
-            self.log.write(rec)
-
     def _sample(self, sample: Any) -> None:
         with self._trace_lock:
             self._trace.append((sample.t, sample.pressure_kpa))
-        if self.pressure_log is not None:
-            self.pressure_log.write({"kind": "p", "t": sample.t, "dev_ms": sample.device_ms, "p": sample.pressure_kpa,
-                                     "tgt": sample.target_kpa, "st": sample.state})
+        self.rec.sample(sample)
         if self.participant is not None:
             self.participant.feel(sample.t, sample.pressure_kpa)
 
@@ -258,7 +248,7 @@ class Calibration:
                 self._start_log(cuff, display)
                 cuff.add_event_listener(self._events.put)
                 try:
-                    self._install_signal_handlers(stack, cuff)
+                    install_stop_signals(stack, vent=cuff.emergency_vent, on_stop=self._on_stop_signal)
                     loop = _Loop(self, cuff, display, read_keys)
                     outcomes, done = loop.procedure()
                     records = stimulus_records(outcomes, target_rating=s.target_rating)
@@ -283,9 +273,7 @@ class Calibration:
                     code, reason, message = EXIT_ABORTED, "result_not_written", str(exc)
             self._end(code, reason, message, result_path)
         finally:
-            for lf in (self.log, self.pressure_log):
-                if lf is not None:
-                    lf.close()
+            self.rec.close()
         if crash is not None:
             raise crash
         if code != EXIT_OK:
@@ -309,7 +297,7 @@ class Calibration:
         return fit
 
     def _log_path(self) -> Path | None:
-        return None if self.log is None else self.log.path
+        return None if self.rec.log is None else self.rec.log.path
 
     def _start_log(self, cuff: Any, display: Any) -> None:
         s = self.s
@@ -317,12 +305,8 @@ class Calibration:
         self.stem = claim_stem(s.data_root, s.participant)
         self._device_info = self._device(cuff)
         header = self._header(display)
-        self.log = LogFile(Path(f"{self.stem}_log.jsonl"), {**header, "stream": "events"})
-        self.pressure_log = LogFile(Path(f"{self.stem}_pressure.jsonl"), {**header, "stream": "pressure"})
-        for rec in self._early:
-            self.log.write(rec)
-        self._early.clear()
-        self.console.say(f"writing to {self.log.path}")
+        self.rec.open(Path(f"{self.stem}_log.jsonl"), Path(f"{self.stem}_pressure.jsonl"), header)
+        self.console.say(f"writing to {self.rec.log.path}")
 
     def _software(self) -> dict[str, Any]:
         return {"name": "cuedpain", "version": __version__, "revision": software_revision()}
@@ -357,7 +341,7 @@ class Calibration:
             "stimuli": records, "dry_run": s.dry_run, "headless": s.headless,
             "simulated_device": self._device_info["simulated"], "device": self._device_info,
             "simulated_participant": None if s.sim is None else s.sim.as_dict(),
-            "software": self._software(), "log": self.log.path.name if self.log else None,
+            "software": self._software(), "log": self.rec.log.path.name if self.rec.log else None,
             "created": datetime.now().astimezone().isoformat(timespec="seconds"),
         }
         if not create_once(path, (json.dumps(result, indent=2) + "\n").encode("utf-8")):
@@ -365,34 +349,18 @@ class Calibration:
         return path
 
     def _end(self, code: int, reason: str, message: str, result_path: Path | None) -> None:
-        if self.log is None or self.log.failed:
+        if not self.rec.writable:
             return
-        self.log.write({"kind": "end", "t": self.clock.now(), "status": "completed" if code == EXIT_OK else "aborted",
+        self.record({"kind": "end", "t": self.clock.now(), "status": "completed" if code == EXIT_OK else "aborted",
                         "reason": reason, "message": message, "exit_code": code,
                         "result": None if result_path is None else result_path.name,
                         "end_wall": datetime.now().astimezone().isoformat(timespec="seconds")})
 
-    def _install_signal_handlers(self, stack: ExitStack, cuff: Any) -> None:
-        """Ctrl-C and SIGTERM vent at once (from the handler), then end the calibration in order.
-
-        The handler only vents (`emergency_vent` is made for it) and sets the abort; the
-        loop writes the `operator` record, so the handler never waits for the log's lock.
-        """
-        if threading.current_thread() is not threading.main_thread():
-            return
-
-        def handler(signum: int, _frame: Any) -> None:
-            name = signal.Signals(signum).name.lower()
-            cuff.emergency_vent(name)
-            with self._signal_lock:
-                if self._abort is None:
-                    self._signalled = (name, self.clock.now())
-                    self._abort = AbortError(f"stopped by {'Ctrl-C' if signum == signal.SIGINT else name.upper()} "
-                                             "from the operator", reason=name)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old = signal.signal(sig, handler)
-            stack.callback(signal.signal, sig, old)
+    def _on_stop_signal(self, name: str, message: str) -> None:
+        """From a signal handler: only set the flag; the loop writes the `operator` record."""
+        if self._abort is None:
+            self._signalled = (name, self.clock.now())
+            self._abort = AbortError(message, reason=name)
 
 
 class _Loop:
@@ -449,9 +417,7 @@ class _Loop:
                 cal._signalled = None
                 cal.record({"kind": "operator", "t": t, "action": name})
             raise cal._abort
-        for lf in (cal.log, cal.pressure_log):
-            if lf is not None:
-                lf.check()
+        cal.rec.check()
         if cuff.participant_stop_t is not None:
             raise AbortError("the participant pressed the cuff's stop button; the cuff vented",
                              reason="participant_stop_button")

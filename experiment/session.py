@@ -19,9 +19,7 @@ import argparse
 import hashlib
 import platform
 import shutil
-import signal
 import sys
-import threading
 import traceback
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -34,7 +32,8 @@ from experiment.clock import Clock, VirtualClock, psychopy_clock
 from experiment.console import OperatorConsole, Status
 from experiment.errors import (EXIT_ABORTED, EXIT_OK, AbortError, DeviceFault,
                                InputError)
-from experiment.eventlog import LogFile, LogWriteError
+from experiment.eventlog import LogWriteError
+from experiment.recorder import Recorder, install_stop_signals
 from experiment.rundir import RunId, create_source_dir, resolve_run
 from experiment.runinfo import check_writable, package_versions, software_revision
 from experiment.trialloop import LoopHooks, TrialLoop
@@ -128,6 +127,7 @@ class RunState:
     t0: float | None = None
     abort: AbortError | None = None   # set by a signal handler; raised by the run's loop
     abort_t: float | None = None
+    last_i: int | None = None         # plan index of the last phase that reached the screen
     status: Status = field(default_factory=Status)
     pulses: int = 0
     last_pressure_kpa: float | None = None
@@ -141,22 +141,20 @@ class Session:
         self.console = console or OperatorConsole(dry_run=prep.dry_run)
         self.state = RunState()
         self.clock: Clock = VirtualClock(start=1000.0) if prep.headless else psychopy_clock()
-        self.log: LogFile | None = None
-        self.pressure_log: LogFile | None = None
-        self._early: list[dict[str, Any]] = []  # records from before the log existed
+        self.rec = Recorder()
 
-    # -- logging --
     def record(self, rec: dict[str, Any]) -> None:
-        if self.log is None:
-            self._early.append(rec)
-        else:
-            self.log.write(rec)
+        """Log a record (any thread); interlock records are also shown to the operator."""
+        self.rec.record(rec)
+        kind = rec.get("kind")
+        if kind == "onset":
+            self.state.last_i = rec["i"]
+        elif kind == "safety":
+            self.console.warn(f"SAFETY {rec.get('reason')}: {rec.get('message') or rec.get('action')}")
 
     def _sample(self, sample: Any) -> None:
         self.state.last_pressure_kpa = sample.pressure_kpa
-        if self.pressure_log is not None:
-            self.pressure_log.write({"kind": "p", "t": sample.t, "dev_ms": sample.device_ms, "p": sample.pressure_kpa,
-                                     "tgt": sample.target_kpa, "st": sample.state})
+        self.rec.sample(sample)
 
     # -- the run --
     def execute(self) -> int:
@@ -179,18 +177,18 @@ class Session:
             source_dir = self._start_log(stack, cuff, source, display)
             try:
                 for ev in prep.timeline.events:
-                    self.log.write({"kind": "plan", **devices.plan_record(ev)})
-                self.log.write({"kind": "display", **display.info()})
+                    self.record({"kind": "plan", **devices.plan_record(ev)})
+                self.record({"kind": "display", **display.info()})
                 if getattr(display, "refresh_mismatch", False):
                     msg = (f"the display refreshes at {display.measured_refresh_hz:.1f} Hz, not the rig's "
                            f"{display.refresh_hz:g} Hz; frames are timed at the measured rate")
-                    self.log.write({"kind": "warning", "t": self.clock.now(), "code": "refresh_mismatch", "message": msg})
+                    self.record({"kind": "warning", "t": self.clock.now(), "code": "refresh_mismatch", "message": msg})
                     self.console.warn(msg)
                 if not display.simulated and not display.vsync:
                     self.console.say("this display has no vertical sync: flips are paced in software "
                                      f"at {display.refresh_hz:g} Hz (logged as vsync: false)")
                 self.console.say(f"writing to {source_dir}")
-                self._install_signal_handlers(stack, cuff)
+                install_stop_signals(stack, vent=cuff.emergency_vent, on_stop=self._on_stop_signal)
                 loop_result = self._run(cuff, display, source)
                 if loop_result.stimulation_stopped:
                     message = f"completed without stimulation after {loop_result.stimulation_stopped}"
@@ -209,9 +207,10 @@ class Session:
                 vent_reason = "end of run" if outcome_code == EXIT_OK else reason
                 devices.make_safe(cuff, vent_reason)
                 self.console.finish()
-            if self.log is not None and not self.log.failed:
-                self.log.write({"kind": "end", "t": self.clock.now(), "status": "completed" if outcome_code == EXIT_OK else "aborted",
+            if self.rec.writable:
+                self.record({"kind": "end", "t": self.clock.now(), "status": "completed" if outcome_code == EXIT_OK else "aborted",
                                 "reason": reason, "message": message, "exit_code": outcome_code,
+                                "last_i": self.state.last_i,
                                 "end_wall": datetime.now().astimezone().isoformat(timespec="seconds")})
         # devices and logs are closed here (ExitStack): derive the outputs from the log
         self._finish(outcome_code, reason, message)
@@ -225,19 +224,9 @@ class Session:
         shutil.copyfile(prep.protocol_path, source_dir / "protocol.yaml")
         if prep.rig_path is not None:
             shutil.copyfile(prep.rig_path, source_dir / "rig.yaml")
-        header = self._header(cuff, source, display)
-        self.log = LogFile(source_dir / "log.jsonl", {**header, "stream": "events"})
-        self.pressure_log = LogFile(source_dir / "pressure.jsonl", {**header, "stream": "pressure"})
-        stack.callback(self._close_logs)
-        for rec in self._early:
-            self.log.write(rec)
-        self._early.clear()
+        self.rec.open(source_dir / "log.jsonl", source_dir / "pressure.jsonl", self._header(cuff, source, display))
+        stack.callback(self.rec.close)
         return source_dir
-
-    def _close_logs(self) -> None:
-        for lf in (self.log, self.pressure_log):
-            if lf is not None:
-                lf.close()
 
     def _header(self, cuff: Any, source: Any, display: Any) -> dict[str, Any]:
         prep, p = self.prep, self.prep.protocol
@@ -272,25 +261,11 @@ class Session:
             self.record({"kind": "operator", "t": self.state.abort_t, "action": abort.reason})
             raise abort
 
-    def _install_signal_handlers(self, stack: ExitStack, cuff: Any) -> None:
-        """Ctrl-C and SIGTERM vent at once (from the handler), then end the run in order."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-
-        def handler(signum: int, _frame: Any) -> None:
-            # Runs between two bytecodes of the main thread, which may hold the log's
-            # lock: only vent (lock-free) and set the flag; the loop logs and stops.
-            name = signal.Signals(signum).name.lower()
-            cuff.emergency_vent(name)
-            if self.state.abort is None:
-                self.state.abort_t = self.clock.now()
-                self.state.abort = AbortError(
-                    f"stopped by {'Ctrl-C' if signum == signal.SIGINT else name.upper()} from the operator",
-                    reason=name)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old = signal.signal(sig, handler)
-            stack.callback(signal.signal, sig, old)
+    def _on_stop_signal(self, name: str, message: str) -> None:
+        """From a signal handler: only set the flag (see install_stop_signals)."""
+        if self.state.abort is None:
+            self.state.abort_t = self.clock.now()
+            self.state.abort = AbortError(message, reason=name)
 
     def _run(self, cuff: Any, display: Any, source: Any) -> Any:
         from experiment import devices
@@ -349,8 +324,7 @@ class Session:
 
         def check_safety(now: float) -> None:
             self._raise_pending_abort()
-            self.log.check()
-            self.pressure_log.check()   # a lost pressure trace is lost data too
+            self.rec.check()   # a lost pressure trace is lost data too
             tripped = cuff.safety_tripped
             if tripped is not None:
                 raise AbortError(f"safety interlock ({tripped}): {cuff.trip_message}", reason="safety")
@@ -417,7 +391,7 @@ class Session:
                              f"TR {tr}; missed {s.n_missed}, extra {s.n_extra}; clock drift {drift}")
         if outputs_ok:
             self.console.say(f"timing: {paths.timing_summary}")
-            self.console.say(f"events: {paths.events_tsv}")
+            self.console.say(f"events: {paths.events_tsv or 'none (the run ended before t0)'}")
             self.console.say(f"QC report: {report}")
         self.console.say(f"raw log: {self.source_dir / 'log.jsonl'}")
 
