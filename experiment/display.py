@@ -14,6 +14,7 @@ monitor, and the log never pretends there was a vertical blank.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -138,7 +139,7 @@ class WindowDisplay:
     def __init__(self, *, clock: Clock, cues: Mapping[str, Any], stimuli_dir: Path,
                  fullscreen: bool = True, size: tuple[int, int] = (1024, 768), screen: int = 0,
                  units: str = "height", refresh_hz: float = 60.0, dry_run: bool = False,
-                 title: str = "cuedpain participant", background: str = "black",
+                 title: str | None = None, background: str = "black",
                  width_cm: float | None = None, distance_cm: float | None = None) -> None:
         try:
             from psychopy import logging as pplogging
@@ -147,6 +148,8 @@ class WindowDisplay:
             raise HardwareError(f"PsychoPy cannot be imported: {exc}") from exc
         self._clock = clock
         self._visual = visual
+        # the process id in the title lets tools (xdotool, tests) find this run's window
+        title = title or f"cuedpain participant (pid {os.getpid()})"
         monitor = None
         if width_cm is not None:  # needed for cues in deg or cm (the rig file gives them)
             from psychopy import monitors

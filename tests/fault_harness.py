@@ -265,7 +265,7 @@ class FaultRun:
         ids: list[str] = []
 
         def window_found() -> bool:
-            out = subprocess.run(["xdotool", "search", "--pid", str(self.proc.pid), "--name", WINDOW_TITLE],
+            out = subprocess.run(["xdotool", "search", "--name", f"{WINDOW_TITLE} .pid {self.proc.pid}."],
                                  capture_output=True, text=True)
             ids[:] = out.stdout.split()
             return len(ids) == 1
