@@ -95,24 +95,22 @@ def preflight(args: argparse.Namespace) -> Prepared:
     seed = args.seed if args.seed is not None else protocol.seed
     timeline = schedule.build_schedule(protocol, seed=seed, participant=run_id.participant,
                                        pressure_kpa=pressure["pressure_kpa"])
-    stimuli_dir = protocol.stimuli_dir
-    _check_stimulus_files(protocol, stimuli_dir)
+    _check_stimulus_files(protocol)
     return Prepared(protocol=protocol, protocol_path=protocol_path, rig=rig, rig_path=rig_path,
                     timeline=timeline, run_id=run_id, data_root=data_root, dry_run=args.dry_run,
                     headless=args.headless, seed=seed, cuff_spec=cuff_spec, scanner_spec=scanner_spec,
-                    pressure=pressure, stimuli_dir=stimuli_dir)
+                    pressure=pressure, stimuli_dir=protocol.stimuli_dir)
 
 
-def _check_stimulus_files(protocol: Any, stimuli_dir: Path) -> None:
-    """Every image cue exists and decodes (before any device or window is opened)."""
+def _check_stimulus_files(protocol: Any) -> None:
+    """Every image cue decodes (load_protocol already checked that the files exist);
+    a corrupt file is refused before any device or window is opened."""
     from PIL import Image
 
     for name, cue in protocol.cues.items():
         if cue.kind != "image":
             continue
-        path = Path(stimuli_dir) / cue.image
-        if not path.is_file():
-            raise InputError(f"cue {name!r}: image file {path} does not exist")
+        path = cue.image_path
         try:
             with Image.open(path) as im:
                 im.load()
