@@ -93,7 +93,7 @@ class TrialLoop:
     key_roles: dict[str, str]          # key -> "escape" | "stop" | "response"
     on_participant_stop: str = "end"   # "end" | "continue_without_stimulation"
     device_events: "queue.SimpleQueue[Any]" = field(default_factory=queue.SimpleQueue)
-    _stim_off: str | None = None
+    _stim_off: str | None = field(default=None, init=False)  # why stimulation stopped, if it did
 
     def run(self) -> LoopResult:
         tl = self.timeline
@@ -232,10 +232,15 @@ class TrialLoop:
         while last_of_trial + 1 < len(tl) and tl[last_of_trial + 1].trial == trial:
             last_of_trial += 1
         limit = planned[last_of_trial + 1] if last_of_trial + 1 < len(tl) else None
+        clamped = False
         while j < len(tl) and tl[j].trial == trial:
             new = planned[j] + shift
             if limit is not None and new > limit - 0.1:
-                new = limit - 0.1
+                new, clamped = limit - 0.1, True
             planned[j] = new
             j += 1
         self.log({"kind": "reanchor", "t": t_reached, "i": i_pain, "shift_s": shift})
+        if clamped:
+            self.log({"kind": "warning", "t": t_reached, "code": "reanchor_clamped",
+                      "message": f"trial {trial}: the ramp took {shift:+.2f} s longer than planned; its later "
+                                 "phases were shortened so the next trial starts on plan"})
