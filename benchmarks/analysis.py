@@ -10,6 +10,7 @@ numpy's default (linear interpolation between order statistics).
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
@@ -99,6 +100,13 @@ def drift(times_s: Sequence[float], errors_s: Sequence[float]) -> Drift:
     return Drift(slope, se, float(e[-1] - e[0]), float(t[-1] - t[0]))
 
 
+def conservative_ratio(numerator: Drift, denominator: Drift) -> float:
+    """|slope| of `numerator` over |slope| + 2 SE of `denominator`: a lower bound on the
+    drift ratio that noise in a near-zero denominator cannot inflate."""
+    return ratio(numerator.slope_ms_per_min,
+                 abs(denominator.slope_ms_per_min) + 2 * denominator.slope_se_ms_per_min)
+
+
 def ratio(numerator: float, denominator: float) -> float:
     """|numerator| / |denominator|; inf when the denominator is exactly 0, NaN if either is."""
     if math.isnan(numerator) or math.isnan(denominator):
@@ -110,15 +118,16 @@ def ratio(numerator: float, denominator: float) -> float:
 
 # ------------------------------------------------------------------ from a run's event log
 
-def onset_errors(records: Iterable[dict[str, Any]]) -> tuple[list[float], list[float]]:
-    """Trial onsets of a cuedpain log: (planned onset from t0, flip - planned) per cue, in order.
+def onset_errors(records: Iterable[dict[str, Any]]) -> tuple[list[float], list[float], list[str]]:
+    """Trial onsets of a log: planned onsets from t0, errors (flip - planned), phases; in plan order.
 
     Uses `onset` records with `trial > 0` (the lead-in and tail are not cues) and the
     runner's own plan `planned_t` (t0 + onset, moved by any re-anchoring).
     """
     onsets = sorted((r for r in records if r.get("kind") == "onset" and (r.get("trial") or 0) > 0),
                     key=lambda r: r["i"])
-    return [r["planned_onset_s"] for r in onsets], [r["t"] - r["planned_t"] for r in onsets]
+    return ([r["planned_onset_s"] for r in onsets], [r["t"] - r["planned_t"] for r in onsets],
+            [r["phase"] for r in onsets])
 
 
 @dataclass(frozen=True)
@@ -147,6 +156,26 @@ def cuff_latencies(records: Sequence[dict[str, Any]]) -> CuffLatencies:
         w2a.append(r["t_ack"] - r["t_write"])
         names.append(str(r["command"]).split()[0])
     return CuffLatencies(p2w, f2w, w2a, names)
+
+
+def drops_by_phase(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Dropped frames (`frame_drop` records) counted per phase on screen when they ended.
+
+    A drop before the first onset is counted under "before t0". Returns
+    {phase: {"n": count, "longest_ms": longest interval}}, phases in order of first drop.
+    """
+    onsets = sorted(((r["t"], r["phase"]) for r in records if r.get("kind") == "onset"), key=lambda x: x[0])
+    times = [t for t, _ in onsets]
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r.get("kind") != "frame_drop":
+            continue
+        k = bisect.bisect_right(times, r["t"]) - 1
+        phase = onsets[k][1] if k >= 0 else "before t0"
+        entry = out.setdefault(phase, {"n": 0, "longest_ms": 0.0})
+        entry["n"] += 1
+        entry["longest_ms"] = round(max(entry["longest_ms"], r["interval_s"] * MS), 3)
+    return out
 
 
 def first_of_kind(records: Iterable[dict[str, Any]], kind: str) -> dict[str, Any] | None:

@@ -68,7 +68,7 @@ def wait_first_pulse(source: Any, gate: Any, *, clock: Clock, timeout_s: float) 
 
 
 def run(protocol_path: Path, *, participant: str, seed: int | None = None) -> dict[str, Any]:
-    """Drive the timeline with relative waits; return onsets and cuff commands (seconds, run clock)."""
+    """Drive the timeline with relative waits; return the plan and the onsets (seconds, run clock)."""
     from psychopy import core
 
     from experiment import devices
@@ -81,11 +81,10 @@ def run(protocol_path: Path, *, participant: str, seed: int | None = None) -> di
     timeline = build_schedule(protocol, seed=seed, participant=participant)
     spec = dry_run_spec(protocol, seed=seed)
     clock = psychopy_clock()
-    cuff_records: list[dict[str, Any]] = []
     onsets: list[dict[str, Any]] = []
     with ExitStack() as stack:
-        cuff = devices.open_cuff(spec, clock=clock, stack=stack, on_record=cuff_records.append,
-                                 on_sample=lambda sample: None)
+        cuff = devices.open_cuff(spec, clock=clock, stack=stack, on_record=lambda record: None,
+                                 on_sample=lambda sample: None)  # no log during the run (module doc)
         display = devices.open_display(spec, clock=clock, stack=stack)
         source = devices.open_trigger_source(spec, clock=clock, stack=stack, display=display)
         try:
@@ -112,7 +111,7 @@ def run(protocol_path: Path, *, participant: str, seed: int | None = None) -> di
     return {"style": STYLE, "protocol": str(protocol_path), "participant": participant, "seed": seed,
             "clock": clock.name, "t0": t0, "display": info,
             "plan": [{"i": ev.index, "onset_s": ev.onset_s, "duration_s": ev.duration_s} for ev in timeline.events],
-            "onsets": onsets, "cuff_cmds": [r for r in cuff_records if r.get("kind") == "cuff_cmd"]}
+            "onsets": onsets}
 
 
 def main(argv: list[str] | None = None) -> int:

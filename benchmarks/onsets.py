@@ -45,9 +45,9 @@ def run_cuedpain(protocol: Path, *, data_dir: Path, env: dict[str, str], clock: 
     if code != 0 or not logs:
         raise RuntimeError(f"the dry run exited {code}: {proc.stderr_tail()}")
     log = read_log(logs[0])
-    return {"argv": argv, "exit_code": code, "wall_s": wall_s,
+    return {"exit_code": code, "wall_s": wall_s,
             "startup": analysis.marker_times(proc.lines, STARTUP_MARKERS, start_t=proc.start_t),
-            "records": log.records, "header": log.header}
+            "records": log.records}
 
 
 def run_naive(protocol: Path, *, env: dict[str, str], clock: Clock, timeout_s: float, work_dir: Path) -> dict[str, Any]:
@@ -68,25 +68,32 @@ def same_timeline(records: list[dict[str, Any]], naive_plan: list[dict[str, Any]
     return ours == theirs
 
 
+def per_cue(times_s: list[float], errors_s: list[float], phases: list[str]) -> list[list[Any]]:
+    """[planned onset s, error ms, phase] per cue, for results.json."""
+    return [[round(t, 3), round(e * 1000, 3), ph] for t, e, ph in zip(times_s, errors_s, phases)]
+
+
 def analyse(dry: dict[str, Any], naive: dict[str, Any]) -> dict[str, Any]:
     """Benchmark 1 and 3 numbers from the two runs (pure)."""
     records = dry["records"]
     if not same_timeline(records, naive["plan"]):
         raise RuntimeError("the comparison runner's timeline differs from the dry run's plan: not comparable")
-    t_ours, e_ours = analysis.onset_errors(records)
-    t_naive, e_naive = analysis.onset_errors([{"kind": "onset", **o} for o in naive["onsets"]])
+    t_ours, e_ours, ph_ours = analysis.onset_errors(records)
+    t_naive, e_naive, ph_naive = analysis.onset_errors([{"kind": "onset", **o} for o in naive["onsets"]])
     d_ours, d_naive = analysis.drift(t_ours, e_ours), analysis.drift(t_naive, e_naive)
     frames = analysis.first_of_kind(reversed(records), "frames")
     cuff = analysis.cuff_latencies(records)
     return {
         "cuedpain": {"errors": analysis.error_summary(e_ours).as_dict(), "drift": d_ours.as_dict(),
-                     "per_cue_ms": [[round(t, 3), round(e * 1000, 3)] for t, e in zip(t_ours, e_ours)],
-                     "frames": frames, "display": analysis.first_of_kind(records, "display"),
+                     "per_cue_ms": per_cue(t_ours, e_ours, ph_ours),
+                     "frames": frames, "drops_by_phase": analysis.drops_by_phase(records),
+                     "display": analysis.first_of_kind(records, "display"),
                      "reanchored": sum(1 for r in records if r.get("kind") == "reanchor")},
         "naive": {"style": naive["style"], "errors": analysis.error_summary(e_naive).as_dict(),
                   "drift": d_naive.as_dict(),
-                  "per_cue_ms": [[round(t, 3), round(e * 1000, 3)] for t, e in zip(t_naive, e_naive)]},
+                  "per_cue_ms": per_cue(t_naive, e_naive, ph_naive)},
         "drift_ratio_slope": analysis.ratio(d_naive.slope_ms_per_min, d_ours.slope_ms_per_min),
+        "drift_ratio_slope_conservative": analysis.conservative_ratio(d_naive, d_ours),
         "drift_ratio_last_minus_first": analysis.ratio(d_naive.last_minus_first_ms, d_ours.last_minus_first_ms),
         "cuff_latency": {"commands": sorted(set(cuff.commands)), "n": len(cuff.commands),
                          "planned_to_write": analysis.summarize(cuff.planned_to_write).as_dict(),

@@ -31,7 +31,7 @@ import sys
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from benchmarks.analysis import pulse_latencies
 from benchmarks.dryrun_spec import dry_run_spec
@@ -53,7 +53,8 @@ def block_order(pairs: int) -> list[str]:
 
 
 def _frame_loop(display: Any, clock: Clock, *, cues: list[str], duration_s: float,
-                on_frame: Any = None, on_change: Any = None) -> list[float]:
+                on_frame: Callable[[], None] | None = None,
+                on_change: Callable[[int, float], None] | None = None) -> list[float]:
     """Flip for `warm-up + duration_s`; returns the flip times after the warm-up."""
     start = clock.now()
     end = start + WARMUP_S + duration_s

@@ -41,8 +41,9 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             ("1", f"Onset error, relative waits ({n['errors']['n']} cues)",
              "median / p99 of abs / largest", _errors(n["errors"])),
             ("1", "Drift, relative waits", "slope ± SE; last − first", _drift(n["drift"])),
-            ("1", "Drift ratio, relative waits / cuedpain", "slope; last − first",
-             f"×{_num(on['drift_ratio_slope'], 0)}; ×{_num(on['drift_ratio_last_minus_first'], 0)}"),
+            ("1", "Drift ratio, relative waits / cuedpain", "slope; last − first; lower bound: slope / (cuedpain abs slope + 2 SE)",
+             f"×{_num(on['drift_ratio_slope'], 0)}; ×{_num(on['drift_ratio_last_minus_first'], 0)}; "
+             f"at least ×{_num(on['drift_ratio_slope_conservative'], 0)}"),
         ]
         f = c.get("frames") or {}
         if f:
@@ -83,7 +84,7 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     s = r.get("startup")
     if s and "waiting_s" in s:
         w = s["waiting_s"]
-        rows.append(("6", f"Start-up: command → \"waiting for the scanner\" ({s['n']} runs)",
+        rows.append(("6", f"Start-up: command → \"waiting for the scanner\" ({s['n']} run{'s' * (s['n'] != 1)})",
                      "median (min–max)", f"{_num(w['median'])} s ({_num(w['min'])}–{_num(w['max'])} s)"))
         for mark, label in (("banner_s", "command → banner (imports, input checked)"),
                             ("devices_open_s", "command → devices open, log started")):
@@ -109,19 +110,27 @@ def notes(r: dict[str, Any]) -> list[str]:
         half = frame_ms / 2
         largest = abs(on["cuedpain"]["errors"]["largest_ms"])
         if largest > half:
+            over = [c for c in on["cuedpain"].get("per_cue_ms", []) if abs(c[1]) > half]
+            which = "; ".join(f"{c[2] + ' ' if len(c) > 2 else ''}at {c[0]:g} s: {c[1]:+.2f} ms" for c in over)
             out.append(f"Goal missed: cuedpain's largest onset error ({largest:.2f} ms) is over half a frame "
                        f"({half:.2f} ms). A change is put on the first flip at or after its time minus half a "
                        "frame, so only a flip that itself came late (a frame the machine did not deliver on "
-                       "time) can exceed that bound; see the frame row.")
+                       f"time) can exceed that bound. Over the bound: {which or '?'}.")
         else:
             out.append(f"Every cuedpain onset error is within half a frame (±{half:.2f} ms), the bound the "
                        "runner's flip choice guarantees when flips are on time.")
-    la = r.get("machine", {}).get("load_average_at_start")
-    if la:
-        out.append(f"Load average at start {la[0]:g} / {la[1]:g} / {la[2]:g} (1/5/15 min) on "
-                   f"{r['machine']['cpu_count']} CPUs, {r.get('load_average_at_end', ['?'])[0]} at the end: "
-                   "other work was running on the machine, and absolute times move with it; compare the "
-                   "ratios, which were measured in the same run.")
+    drops = on["cuedpain"].get("drops_by_phase") if on else None
+    if drops:
+        parts = ", ".join(f"{phase} {d['n']} (longest {d['longest_ms']:.0f} ms)" for phase, d in drops.items())
+        out.append(f"Dry-run frames over 1.5 frames, by the phase on screen: {parts}.")
+    loads = [la[0] for la in (r.get("load_average_before") or {}).values()] + [r["load_average_at_end"][0]]
+    if r.get("machine", {}).get("cpu_count"):
+        busy = max(loads) >= 1.0
+        out.append(f"1-minute load average {min(loads):g}-{max(loads):g} on {r['machine']['cpu_count']} CPUs, "
+                   "sampled before each benchmark and at the end"
+                   + ("; other work was running on this shared machine, and absolute times move with it: "
+                      "compare the ratios, measured in the same run." if busy else
+                      "; the machine was otherwise quiet (it is shared: absolute times move with its load)."))
     wall = r.get("wall_s")
     if wall and wall > 15 * 60 and not r.get("quick"):
         out.append(f"The full benchmark took {wall / 60:.1f} min, over the 15 min aimed at: benchmark 1 is two "
@@ -148,7 +157,7 @@ def render(r: dict[str, Any]) -> str:
         "| # | measured | statistic | value |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in table_rows(r)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table_rows(r)]
     lines += ["", "Notes:", ""] + [f"* {n}" for n in notes(r)]
     lines += ["", "What each number means and how it is measured: benchmarks/README.md.", ""]
     return "\n".join(lines)

@@ -112,7 +112,7 @@ def run_all(cfg: Config, *, quick: bool, command: str, clock: Clock) -> dict[str
         if dry:
             startups.append({**dry["startup"], "exit_code": dry["exit_code"], "from": "the dry run"})
             results["dry_run_wall_s"] = round(dry["wall_s"], 1)
-            _say(f"1 comparison runner (relative waits) on the same timeline (about {span / 60:.1f} min)")
+            _say("1 comparison runner (relative waits) on the same timeline, up to the tail's onset")
             naive = _run_step(results, "naive_runner", lambda: onsets.run_naive(
                 cfg.protocol, env=env, clock=clock, timeout_s=span + 300, work_dir=work))
             if naive:

@@ -18,8 +18,6 @@ from benchmarks.onsets import PARTICIPANT, STARTUP_MARKERS, cuedpain_argv
 from benchmarks.proc import StampedProcess
 from experiment.clock import Clock
 
-EXPECTED_EXIT_ON_SIGTERM = 3
-
 
 def time_startups(protocol: Path, *, repeats: int, env: dict[str, str], clock: Clock, work_dir: Path,
                   timeout_s: float = 180.0) -> list[dict[str, Any]]:
@@ -41,7 +39,8 @@ def time_startups(protocol: Path, *, repeats: int, env: dict[str, str], clock: C
 
 def summarize_startups(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Median and range of each mark over the runs, in seconds."""
-    out: dict[str, Any] = {"n": len(runs), "runs": runs}
+    rounded = [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in runs]
+    out: dict[str, Any] = {"n": len(runs), "runs": rounded}
     for mark in STARTUP_MARKERS:
         values = sorted(r[mark] for r in runs if r.get(mark) is not None)
         if values:

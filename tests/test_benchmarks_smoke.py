@@ -58,22 +58,28 @@ def test_drift_refuses_mismatched_lengths_and_is_undefined_for_one_point() -> No
     assert math.isnan(analysis.drift([5.0], [0.001]).slope_ms_per_min)
 
 
-def test_ratio_of_magnitudes() -> None:
+def test_ratio_of_magnitudes_and_its_noise_proof_lower_bound() -> None:
     assert analysis.ratio(-300.0, 2.0) == 150.0
     assert analysis.ratio(1.0, 0.0) == math.inf
     assert math.isnan(analysis.ratio(math.nan, 1.0))
+    naive = analysis.Drift(120.0, 1.0, 800.0, 6.6)
+    flat = analysis.Drift(-0.2, 0.4, 2.0, 6.6)          # a slope within noise of zero
+    assert analysis.ratio(naive.slope_ms_per_min, flat.slope_ms_per_min) == pytest.approx(600.0)
+    assert analysis.conservative_ratio(naive, flat) == pytest.approx(120.0 / 1.0)
 
 
-def _onset(i: int, trial: int, t: float, planned_t: float) -> dict:
-    return {"kind": "onset", "i": i, "trial": trial, "t": t, "planned_t": planned_t, "planned_onset_s": planned_t - 100}
+def _onset(i: int, trial: int, t: float, planned_t: float, phase: str = "cue") -> dict:
+    return {"kind": "onset", "i": i, "trial": trial, "t": t, "planned_t": planned_t, "planned_onset_s": planned_t - 100,
+            "phase": phase}
 
 
 def test_onset_errors_use_trial_cues_in_plan_order_against_the_runners_plan() -> None:
-    records = [_onset(2, 1, 110.006, 110.0), _onset(0, 0, 100.02, 100.0), _onset(1, 1, 105.001, 105.0),
-               {"kind": "pulse", "t": 101.0}]
-    times, errors = analysis.onset_errors(records)
+    records = [_onset(2, 1, 110.006, 110.0, "pain"), _onset(0, 0, 100.02, 100.0, "lead_in"),
+               _onset(1, 1, 105.001, 105.0, "anticipation"), {"kind": "pulse", "t": 101.0}]
+    times, errors, phases = analysis.onset_errors(records)
     assert times == [5.0, 10.0]
     assert errors == pytest.approx([0.001, 0.006])
+    assert phases == ["anticipation", "pain"]
 
 
 def test_cuff_latencies_pair_each_tagged_command_with_its_events_flip_and_plan() -> None:
@@ -89,6 +95,16 @@ def test_cuff_latencies_pair_each_tagged_command_with_its_events_flip_and_plan()
     assert c.planned_to_write == pytest.approx([0.0045, 0.0052])
     assert c.flip_to_write == pytest.approx([0.0005, 0.0012])
     assert c.write_to_ack == pytest.approx([0.0005, 0.0008])
+
+
+def test_frame_drops_are_counted_under_the_phase_on_screen() -> None:
+    records = [{"kind": "frame_drop", "t": 99.0, "interval_s": 0.030},
+               {"kind": "onset", "t": 100.0, "phase": "lead_in"}, {"kind": "onset", "t": 112.0, "phase": "rating"},
+               {"kind": "frame_drop", "t": 112.0, "interval_s": 0.031}, {"kind": "frame_drop", "t": 113.0, "interval_s": 0.195},
+               {"kind": "onset", "t": 118.0, "phase": "rest"}, {"kind": "frame_drop", "t": 105.0, "interval_s": 0.025}]
+    assert analysis.drops_by_phase(records) == {"before t0": {"n": 1, "longest_ms": 30.0},
+                                                "rating": {"n": 2, "longest_ms": 195.0},
+                                                "lead_in": {"n": 1, "longest_ms": 25.0}}
 
 
 def test_pulse_latencies_pair_by_index_and_refuse_a_pulse_that_was_never_written() -> None:
@@ -139,16 +155,19 @@ def _results(largest_ms: float) -> dict:
                         "load_average_at_start": [1.0, 1.0, 1.0]},
             "load_average_at_end": [1.5, 1.0, 1.0], "wall_s": 600.0,
             "onsets": {"cuedpain": {"errors": {"n": 40, "median_ms": 0.5, "p99_abs_ms": 8.0, "largest_ms": largest_ms},
+                                    "per_cue_ms": [[12.0, 0.5, "anticipation"], [38.833, largest_ms, "rating"]],
                                     "drift": drift, "display": {"frame_s": 1 / 60, "refresh_hz": 60.0, "vsync": False}},
                        "naive": {"errors": {"n": 40, "median_ms": 400.0, "p99_abs_ms": 800.0, "largest_ms": 810.0},
                                  "drift": {**drift, "slope_ms_per_min": 100.0}},
                        "drift_ratio_slope": 10000.0, "drift_ratio_last_minus_first": 8000.0,
+                       "drift_ratio_slope_conservative": 2500.0,
                        "cuff_latency": {"n": 3, "commands": ["SET"], "planned_to_write": summary,
                                         "flip_to_write": summary, "write_to_ack": summary}}}
 
 
 def test_the_report_says_when_an_onset_error_exceeds_half_a_frame() -> None:
-    assert any(n.startswith("Goal missed") and "9.00 ms" in n for n in notes(_results(-9.0)))
+    assert any(n.startswith("Goal missed") and "9.00 ms" in n and "rating at 38.833 s: -9.00 ms" in n
+               for n in notes(_results(-9.0)))
     assert not any(n.startswith("Goal missed") for n in notes(_results(8.0)))
     table = render(_results(8.0))
-    assert "| 1 | Drift ratio, relative waits / cuedpain | slope; last − first | ×10000; ×8000 |" in table
+    assert "| ×10000; ×8000; at least ×2500 |" in table
