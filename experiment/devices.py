@@ -70,7 +70,8 @@ def open_display(prep: Any, *, clock: Clock, stack: ExitStack) -> Any:
         disp = WindowDisplay(clock=clock, cues=prep.protocol.cues, stimuli_dir=prep.stimuli_dir,
                              fullscreen=fullscreen, size=tuple(screen.size or (1024, 768)), screen=screen.index,
                              units=screen.units, refresh_hz=screen.refresh_hz or 60.0, dry_run=prep.dry_run,
-                             width_cm=screen.width_cm, distance_cm=screen.distance_cm)
+                             width_cm=screen.width_cm, distance_cm=screen.distance_cm,
+                             rating_scale=rating_scale(prep) if prep.protocol.rating is not None else None)
     except HardwareError:
         raise
     stack.callback(disp.close)

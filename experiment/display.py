@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 
 from experiment.clock import Clock, VirtualClock
 from experiment.errors import HardwareError, InputError
-from experiment.rating import RatingState
+from experiment.rating import RatingScale, RatingState
 
 
 @dataclass
@@ -140,7 +140,8 @@ class WindowDisplay:
                  fullscreen: bool = True, size: tuple[int, int] = (1024, 768), screen: int = 0,
                  units: str = "height", refresh_hz: float = 60.0, dry_run: bool = False,
                  title: str | None = None, background: str = "black",
-                 width_cm: float | None = None, distance_cm: float | None = None) -> None:
+                 width_cm: float | None = None, distance_cm: float | None = None,
+                 rating_scale: RatingScale | None = None) -> None:
         try:
             from psychopy import logging as pplogging
             from psychopy import visual
@@ -175,6 +176,8 @@ class WindowDisplay:
         self._show_message = False
         self._rating: RatingState | None = None
         self._rating_stims = self._make_rating_stims()
+        if rating_scale is not None:  # lay the texts out now: the first layout costs a frame or more
+            self._set_rating_texts(rating_scale)
         for stim in [*self._stims.values(), *self._rating_stims.values()]:
             stim.draw()  # first draws build textures and glyphs: do it before the run
         self.win.clearBuffer()
@@ -238,6 +241,12 @@ class WindowDisplay:
             "high": v.TextStim(self.win, text="", units="height", height=0.03, pos=(0.4, -0.13), color="white"),
         }
 
+    def _set_rating_texts(self, sc: RatingScale) -> None:
+        s = self._rating_stims
+        for key, text in (("question", sc.question), ("low", sc.low_label), ("high", sc.high_label)):
+            if s[key].text != text:  # re-laying out text costs frames: only when it changes
+                s[key].text = text
+
     def _abs(self, t_flip: float) -> float:
         """PsychoPy's flip time is on logging.defaultClock; return it on the run's clock."""
         return t_flip + self._ppclock.getLastResetTime()
@@ -285,9 +294,7 @@ class WindowDisplay:
             frac = (r.value - sc.low) / (sc.high - sc.low)
             s["marker"].pos = (-0.4 + 0.8 * frac, -0.05)
             s["marker"].fillColor = s["marker"].lineColor = "limegreen" if r.confirmed else "orange"
-            for key, text in (("question", sc.question), ("low", sc.low_label), ("high", sc.high_label)):
-                if s[key].text != text:  # re-rendering text every frame costs frames
-                    s[key].text = text
+            self._set_rating_texts(sc)
             for stim in s.values():
                 stim.draw()
         if self._show_message:
