@@ -79,7 +79,10 @@ _WRITER = textwrap.dedent("""
         logs[name][0].write(strip(rec))
         if not ready and rec["kind"] == "onset" and rec["i"] == kill_i:
             deadline = time.monotonic() + 10
-            while f'"i":{kill_i},' not in (target / "log.jsonl").read_text() and time.monotonic() < deadline:
+            def on_disk():   # that onset record (not the plan record with the same "i") is written
+                return any('"kind":"onset"' in ln and f'"i":{kill_i},' in ln
+                           for ln in (target / "log.jsonl").read_text().splitlines())
+            while not on_disk() and time.monotonic() < deadline:
                 time.sleep(0.005)   # wait until the writer thread has it on disk
             print("ready", flush=True)
             ready = True

@@ -600,7 +600,10 @@ class TimingQuality:
 
 
 def timing_quality(data: RunData) -> TimingQuality:
-    errors = np.array([p.onset_error_s for p in data.phases if p.onset_error_s is not None], dtype=float) * 1000
+    """Onset errors of the trials' phases (the lead-in and tail are left out: the lead-in's
+    first flip can only come after t0 is known, so its 'error' says nothing about timing)."""
+    errors = np.array([p.onset_error_s for p in data.phases if p.onset_error_s is not None and p.trial > 0],
+                      dtype=float) * 1000
     after_t0 = [p for p in data.pulses if p.onset_s is not None and p.onset_s >= -1e-6]
     expected = data.header.get("n_volumes")
     if data.tr_s and data.status.stopped_at_s is not None:   # the log ends when the run ends
