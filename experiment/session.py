@@ -206,10 +206,11 @@ class Session:
                 devices.make_safe(cuff, vent_reason)
                 self.console.finish()
             if self.rec.writable:
-                self.record({"kind": "end", "t": self.clock.now(), "status": "completed" if outcome_code == EXIT_OK else "aborted",
-                                "reason": reason, "message": message, "exit_code": outcome_code,
-                                "last_i": self.state.last_i,
-                                "end_wall": datetime.now().astimezone().isoformat(timespec="seconds")})
+                self.record({"kind": "end", "t": self.clock.now(),
+                             "status": "completed" if outcome_code == EXIT_OK else "aborted",
+                             "reason": reason, "message": message, "exit_code": outcome_code,
+                             "last_i": self.state.last_i,
+                             "end_wall": datetime.now().astimezone().isoformat(timespec="seconds")})
         # devices and logs are closed here (ExitStack): derive the outputs from the log
         self._finish(outcome_code, reason, message)
         return outcome_code
