@@ -44,9 +44,8 @@ from experiment.calibration_procedures import (Done, Plateau, PlateauOutcome, Ra
                                                pressure_at, stimulus_records)
 from experiment.clock import Clock, VirtualClock, psychopy_clock
 from experiment.console import OperatorConsole
-from experiment.errors import EXIT_ABORTED, EXIT_OK, AbortError, DeviceFault, InputError
-from experiment.eventlog import LogWriteError
-from experiment.recorder import Recorder, install_stop_signals
+from experiment.errors import EXIT_ABORTED, EXIT_OK, AbortError, InputError
+from experiment.recorder import STOPS, Recorder, install_stop_signals, stop_reason
 from experiment.identifiers import check_label
 from experiment.outputs.atomic import create_once
 from experiment.protocol import HARD_MAX_KPA, KEYS_DEFAULT, Keys, Rating, Safety
@@ -255,12 +254,9 @@ class Calibration:
                     self.record({"kind": "done", "t": self.clock.now(), "reason": done.reason,
                                  "message": done.message})
                     fit = self._fit(records, done)
-                except AbortError as exc:
-                    code, reason, message = EXIT_ABORTED, exc.reason, exc.message
-                except DeviceFault as exc:
-                    code, reason, message = EXIT_ABORTED, "device_fault", exc.message
-                except LogWriteError as exc:
-                    code, reason, message = EXIT_ABORTED, "log_write_failed", str(exc)
+                except STOPS as exc:
+                    code = EXIT_ABORTED
+                    reason, message = stop_reason(exc)
                 except Exception as exc:  # a bug: vent, end the log, then let the CLI report it
                     code, reason, message, crash = EXIT_ABORTED, "internal_error", repr(exc), exc
                 finally:

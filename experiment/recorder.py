@@ -14,7 +14,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
-from experiment.eventlog import LogFile
+from experiment.errors import AbortError, DeviceFault
+from experiment.eventlog import LogFile, LogWriteError
+
+#: the exceptions that end a run or calibration early but in order (vent, log, outputs)
+STOPS = (AbortError, DeviceFault, LogWriteError)
 
 
 class Recorder:
@@ -78,3 +82,12 @@ def install_stop_signals(stack: ExitStack, *, vent: Callable[[str], None],
     for sig in (signal.SIGINT, signal.SIGTERM):
         old = signal.signal(sig, handler)
         stack.callback(signal.signal, sig, old)
+
+
+def stop_reason(exc: BaseException) -> tuple[str, str]:
+    """(reason code, operator message) for one of `STOPS`, as the `end` record says it."""
+    if isinstance(exc, AbortError):
+        return exc.reason, exc.message
+    if isinstance(exc, DeviceFault):
+        return "device_fault", exc.message
+    return "log_write_failed", str(exc)

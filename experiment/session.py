@@ -30,10 +30,8 @@ from typing import Any
 from experiment import __version__
 from experiment.clock import Clock, VirtualClock, psychopy_clock
 from experiment.console import OperatorConsole, Status
-from experiment.errors import (EXIT_ABORTED, EXIT_OK, AbortError, DeviceFault,
-                               InputError)
-from experiment.eventlog import LogWriteError
-from experiment.recorder import Recorder, install_stop_signals
+from experiment.errors import (EXIT_ABORTED, EXIT_OK, AbortError, InputError)
+from experiment.recorder import STOPS, Recorder, install_stop_signals, stop_reason
 from experiment.rundir import RunId, create_source_dir, resolve_run
 from experiment.runinfo import check_writable, package_versions, software_revision
 from experiment.trialloop import LoopHooks, TrialLoop
@@ -190,12 +188,9 @@ class Session:
                 loop_result = self._run(cuff, display, source)
                 if loop_result.stimulation_stopped:
                     message = f"completed without stimulation after {loop_result.stimulation_stopped}"
-            except AbortError as exc:
-                outcome_code, reason, message = EXIT_ABORTED, exc.reason, exc.message
-            except DeviceFault as exc:
-                outcome_code, reason, message = EXIT_ABORTED, "device_fault", exc.message
-            except LogWriteError as exc:
-                outcome_code, reason, message = EXIT_ABORTED, "log_write_failed", str(exc)
+            except STOPS as exc:
+                outcome_code = EXIT_ABORTED
+                reason, message = stop_reason(exc)
             except Exception as exc:  # a bug: vent, keep the data, say where the traceback is
                 outcome_code, reason = EXIT_ABORTED, "internal_error"
                 crash = source_dir / "crash.txt"
