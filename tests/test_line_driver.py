@@ -17,6 +17,7 @@ from experiment.cuff.simserver import SimServer
 from experiment.cuff.transport import LoopbackTransport, SerialTransport
 from experiment.errors import DeviceFault, HardwareError, InputError
 from tests.cuff_helpers import wait_for
+from tests.hardware_double import BENCH_NAME, BENCH_SERIAL, BenchCuff
 
 
 class ScriptedBoard:
@@ -79,17 +80,18 @@ def cuff(server: SimServer, clock: RealClock):
 def test_connect_identifies_a_simulated_cuff_by_its_name(cuff: LineCuff, server: SimServer) -> None:
     info = cuff.info
     assert info is not None
-    assert (info.kind, info.port, info.name, info.firmware, info.hard_limit_kpa, info.simulated) == \
-        ("line", server.path, "cuedpain-sim", "1.0.0", 100.0, True)
+    assert (info.kind, info.port, info.name, info.firmware, info.hard_limit_kpa, info.simulated, info.serial) == \
+        ("line", server.path, "cuedpain-sim", "1.0.0", 100.0, True, "SIM-0001")
     assert server.opens == 1
 
 
 def test_a_device_with_another_name_is_not_called_simulated(clock: RealClock) -> None:
-    srv = SimServer(SimCuffDevice(name="labcuff-v2", hard_limit_kpa=60), clock=clock)
+    srv = SimServer(BenchCuff(hard_limit_kpa=60), clock=clock)
     c = LineCuff(SerialTransport(srv.path, clock=clock), clock=clock, on_close=[srv.close])
     try:
         info = c.connect()
-        assert (info.name, info.simulated, info.hard_limit_kpa) == ("labcuff-v2", False, 60.0)
+        assert (info.name, info.simulated, info.hard_limit_kpa, info.serial) == \
+            (BENCH_NAME, False, 60.0, BENCH_SERIAL)
     finally:
         c.close()
     assert not srv.alive                    # handed-over resources close with the cuff

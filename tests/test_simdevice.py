@@ -15,7 +15,7 @@ def test_hello_ping_and_boot() -> None:
     b = Bench()
     b.device.on_port_open(b.t)
     assert b.new_lines() == ["!EVT BOOT fw=1.0.0"]
-    assert b.cmd("HELLO").text == "OK HELLO dev=cuedpain-sim fw=1.0.0 proto=1 hard=100.0"
+    assert b.cmd("HELLO").text == "OK HELLO dev=cuedpain-sim fw=1.0.0 proto=1 hard=100.0 sn=SIM-0001"
     assert [b.cmd("ping").fields["n"] for _ in range(3)] == ["1", "2", "3"]
 
 

@@ -22,6 +22,13 @@ class DeviceInfo:
     firmware: str         # firmware version string
     hard_limit_kpa: float  # the firmware's fixed ceiling, not settable by the host
     simulated: bool       # True when the far end is one of our simulators (it says so)
+    serial: str | None = None  # the device's serial number, where it reports one
+
+    def identity(self) -> str:
+        """One line for the operator: name, firmware, serial, port (and SIMULATED)."""
+        sn = f", serial {self.serial}" if self.serial else ""
+        sim = " (SIMULATED)" if self.simulated else ""
+        return f"{self.name}{sim}, firmware {self.firmware}{sn}, on {self.port} ({self.kind})"
 
 
 @dataclass(frozen=True)

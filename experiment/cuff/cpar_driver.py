@@ -148,7 +148,8 @@ class CparCuff:
                                 f"not a CPAR ({codec.DEVICE_ID_CPAR})")
         name = f"{ident.manufacturer} {ident.device}".strip() or f"CPAR serial {ident.serial_number}"
         self.info = DeviceInfo(kind="cpar", port=self.port, name=name, firmware=ident.version_text,
-                               hard_limit_kpa=HARD_LIMIT_KPA, simulated=codec.is_simulator(self.fw, ident))
+                               hard_limit_kpa=HARD_LIMIT_KPA, simulated=codec.is_simulator(self.fw, ident),
+                               serial=str(ident.serial_number))
         return self.info
 
     def _identify(self) -> codec.Identification:

@@ -237,7 +237,8 @@ class LineCuff:
         except ValueError:
             raise HardwareError(f"cuff on {self.port}: hard limit {f['hard']!r} is not a number") from None
         return DeviceInfo(kind=self.kind, port=self.port, name=f["dev"], firmware=f["fw"],
-                          hard_limit_kpa=hard, simulated=f["dev"].lower().startswith(SIM_NAME_PREFIX))
+                          hard_limit_kpa=hard, simulated=f["dev"].lower().startswith(SIM_NAME_PREFIX),
+                          serial=f.get("sn") or None)
 
     def ping(self) -> CommandResult:
         return self.command("PING")

@@ -46,14 +46,17 @@ class SimCuffDevice:
     """CUFF/1 firmware on a `CuffPneumatics` model (see docs/cuff-protocol.md).
 
     `allow_sim=False` makes it answer the SIM fault-injection commands with ERR 10,
-    as real firmware does.
+    as real firmware does. Its HELLO always names it `cuedpain-sim`: there is no option
+    that makes the simulator pass for a device (a real run refuses a simulated cuff).
     """
 
-    def __init__(self, *, hard_limit_kpa: float = 100.0, name: str = SIM_DEVICE_NAME,
-                 firmware: str = "1.0.0", seed: int = 0, leak_kpa_s: float = 0.0,
-                 allow_sim: bool = True, pneumatics: CuffPneumatics | None = None) -> None:
+    name = SIM_DEVICE_NAME
+    serial = "SIM-0001"
+
+    def __init__(self, *, hard_limit_kpa: float = 100.0, firmware: str = "1.0.0", seed: int = 0,
+                 leak_kpa_s: float = 0.0, allow_sim: bool = True,
+                 pneumatics: CuffPneumatics | None = None) -> None:
         self.hard_limit_kpa = float(hard_limit_kpa)
-        self.name = name
         self.firmware = firmware
         self.allow_sim = allow_sim
         self._air = pneumatics or CuffPneumatics(seed=seed, leak_kpa_s=leak_kpa_s)
@@ -253,7 +256,7 @@ class SimCuffDevice:
         latched = st in LATCHED_STATES
         if name == "HELLO":
             return format_ok("HELLO", {"dev": self.name, "fw": self.firmware, "proto": PROTOCOL_VERSION,
-                                       "hard": format_kpa(self.hard_limit_kpa)}), None
+                                       "hard": format_kpa(self.hard_limit_kpa), "sn": self.serial}), None
         if name == "PING":
             self._pings += 1
             return format_ok("PING", {"n": self._pings}), None
