@@ -139,7 +139,7 @@ def test_rig_check_identifies_times_round_trips_and_gives_a_test_pulse() -> None
         report = run_cuff_check(cuff, clock=clock, pings=120, test_pressure_kpa=8, out=lines.append)
     finally:
         cuff.close()
-    assert lines[0].startswith("cuff (SIMULATED): cuedpain-sim firmware 1.0.0 on /dev/pts/")
+    assert lines[0].startswith("cuff: cuedpain-sim (SIMULATED), firmware 1.0.0, serial SIM-0001, on /dev/pts/")
     assert re.fullmatch(r"state IDLE, pressure -?0\.\d kPa, armed max 0 kPa, error code 0", lines[1])
     assert lines[2].startswith("round trip over 120 pings: median ")
     ping = report["ping"]

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from experiment.clock import Clock
 from experiment.cuff.base import Cuff
+from experiment.cuff.line_codec import LATCHED_STATES, describe_fault
 from experiment.cuff.safety import CuffSupervisor, SafetyLimits
 from experiment.errors import AbortError, DeviceFault, InputError
 
@@ -64,17 +65,38 @@ def latency_advice(port: str, median_ms: float, p99_ms: float, *, platform: str 
 
 
 def run_cuff_check(cuff: Cuff, *, clock: Clock, pings: int = 200, test_pressure_kpa: float | None = None,
-                   out: Callable[[str], None] = print) -> dict[str, Any]:
-    """Check a cuff before the participant is in; returns the facts printed."""
+                   clear_fault: bool = False, out: Callable[[str], None] = print,
+                   record: Callable[[dict[str, Any]], None] = lambda rec: None) -> dict[str, Any]:
+    """Check a cuff before the participant is in; returns the facts printed.
+
+    A cuff latched in FAULT or ESTOP is unfit (a run refuses it) unless `clear_fault`:
+    then CLEAR is sent on purpose and recorded (`clear_fault` record) with what it cleared.
+    """
     if pings < MIN_PINGS:
         raise InputError(f"rig-check: --pings must be at least {MIN_PINGS}, got {pings}")
     info = cuff.info or cuff.connect()
-    sim = " (SIMULATED)" if info.simulated else ""
-    out(f"cuff{sim}: {info.name} firmware {info.firmware} on {info.port} ({info.kind}); "
-        f"hard limit {info.hard_limit_kpa:g} kPa")
+    out(f"cuff: {info.identity()}; hard limit {info.hard_limit_kpa:g} kPa")
     status = cuff.status()
     out(f"state {status.state}, pressure {status.pressure_kpa:.1f} kPa, armed max {status.armed_max_kpa:g} kPa, "
         f"error code {status.error_code}")
+    latched: str | None = None
+    if status.state in LATCHED_STATES:
+        what = describe_fault(status.state, status.error_code)
+        if clear_fault:
+            out(f"the cuff is latched in {what}; clearing it on purpose (--clear-fault)")
+            result = cuff.clear()
+            after = cuff.status()
+            record({"kind": "clear_fault", "t": result.t_ack, "state": status.state, "error_code": status.error_code,
+                    "meaning": what, "reply": result.reply, "state_after": after.state})
+            out(f"cleared: state now {after.state}")
+            status = after
+        else:
+            latched = what
+            out(f"PROBLEM: the cuff is latched in {what}. A run or a calibration will not start until it is "
+                "cleared. Check the cuff and the participant, then clear it on purpose: "
+                "`cuedpain rig-check --clear-fault` (with the same --cuff or --rig)")
+    elif clear_fault:
+        out("no fault to clear: the cuff is not latched")
     rtt_ms: list[float] = []
     for _ in range(pings):
         t_before = clock.now()
@@ -88,11 +110,14 @@ def run_cuff_check(cuff: Cuff, *, clock: Clock, pings: int = 200, test_pressure_
     report: dict[str, Any] = {
         "device": asdict(info), "status": asdict(status),
         "ping": {"n": pings, "median_ms": median_ms, "p99_ms": p99_ms, "max_ms": max(rtt_ms)},
-        "latency_advice": advice, "test_pulse": None, "ok": True,
+        "latency_advice": advice, "test_pulse": None, "latched": latched, "ok": latched is None,
     }
-    if test_pressure_kpa is not None:
+    if test_pressure_kpa is not None and latched is not None:
+        out("test pulse skipped: the cuff is latched")
+    elif test_pressure_kpa is not None:
         report["test_pulse"] = _test_pulse(cuff, clock=clock, target_kpa=test_pressure_kpa, out=out)
         report["ok"] = bool(report["test_pulse"]["ok"])
+    record({"kind": "cuff_check", **report})
     return report
 
 

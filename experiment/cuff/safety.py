@@ -26,6 +26,8 @@ test in tests/test_cuff_safety.py):
    telemetry, or the device's OVERPRESSURE event), and every deflation or vent verified
    below the release threshold within a deadline.
 7. The device's identity (simulated or not) comes from the device (`info.simulated`).
+8. A cuff latched in FAULT or ESTOP from before is refused at start (`LatchedFault`,
+   exit 4): only the operator clears a latch, on purpose, with `rig-check --clear-fault`.
 
 A trip records a `safety` record, vents, and sets `safety_tripped` (the reason code)
 for the run's loop to poll; later stimulation is refused. The participant's stop
@@ -48,7 +50,7 @@ from typing import Any, Callable
 
 from experiment.clock import Clock
 from experiment.cuff.base import CommandResult, Cuff, DeviceEvent, DeviceInfo, PressureSample
-from experiment.cuff.line_codec import LATCHED_STATES, MAXTIME_MS, RATE_KPA_S, WDT_MS, floor_kpa
+from experiment.cuff.line_codec import LATCHED_STATES, MAXTIME_MS, RATE_KPA_S, WDT_MS, describe_fault, floor_kpa
 from experiment.errors import AbortError, DeviceFault, HardwareError, InputError
 
 GUARD_PERIOD_S = 0.005     # guard thread: vent requests and deadline checks
@@ -57,6 +59,18 @@ Record = Callable[[dict[str, Any]], None]
 
 _DEVICE_FAULT_EVENTS = {"WATCHDOG": "device_watchdog", "TIME_LIMIT": "device_time_limit",
                         "OVERPRESSURE": "device_overpressure", "COMPLIANCE": "device_compliance"}
+
+
+class LatchedFault(HardwareError):
+    """The cuff is latched in FAULT or ESTOP from before: nothing starts until the operator
+    has checked the cuff and the participant and cleared it on purpose (rig-check --clear-fault)."""
+
+    def __init__(self, state: str, code: int, info: DeviceInfo) -> None:
+        super().__init__(f"the cuff on {info.port} ({info.name}) is latched in {describe_fault(state, code)}; "
+                         "nothing was started. Check the cuff and the participant, then clear the fault on purpose "
+                         "with `cuedpain rig-check --clear-fault` (with the same --cuff or --rig)")
+        self.state = state
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -184,11 +198,8 @@ class CuffSupervisor:
             status = self._command("STATUS?", self.cuff.status, purpose="start")
             self._wait_vented_at_start(status.pressure_kpa)
             if status.state in LATCHED_STATES:
-                self._record({"kind": "warning", "t": self._clock.now(), "code": "cuff_latched_at_start",
-                              "message": f"the cuff was latched in {status.state} (err {status.error_code}) "
-                                         "from before this run; clearing it"})
-                self._command("CLEAR", self.cuff.clear, purpose="start: clear latched fault")
-            elif status.state != "IDLE":
+                raise LatchedFault(status.state, status.error_code, info)
+            if status.state != "IDLE":
                 self._command("VENT", self.cuff.vent, purpose="start: not idle")
                 self._command("DISARM", self.cuff.disarm, purpose="start: not idle")
             self._command("WDT", lambda: self.cuff.set_watchdog(lim.watchdog_ms), purpose="start")
@@ -198,6 +209,11 @@ class CuffSupervisor:
             armed = self._command("ARM", lambda: self.cuff.arm(lim.ceiling_kpa), purpose="start")
             self._armed_kpa = float(armed.fields.get("max", floor_kpa(lim.ceiling_kpa)))
             self._command("STREAM", lambda: self.cuff.stream(lim.stream_hz), purpose="start")
+        except LatchedFault as exc:
+            self._record({"kind": "safety", "t": self._clock.now(), "reason": "latched_at_start", "action": "refuse",
+                          "message": exc.message})
+            self._try(lambda: self.cuff.vent())
+            raise
         except DeviceFault as exc:
             self._stop_guards()
             self._try(lambda: self.cuff.vent())
