@@ -6,7 +6,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-DEMO_DATA ?= data
+DEMO_DATA ?= data-dryrun
 HEADLESS := $(if $(DISPLAY),,--headless)
 
 .PHONY: demo test sysdeps venv bench clean-venv

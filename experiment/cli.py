@@ -13,6 +13,7 @@ import sys
 from typing import Sequence
 
 from experiment import __version__
+from experiment.console import ClosedSafeStream
 from experiment.errors import EXIT_ABORTED, EXIT_INPUT, CuedpainError
 
 # subcommand -> module that implements command(args)
@@ -45,6 +46,18 @@ def _device_args(p: argparse.ArgumentParser) -> None:
                    help="trigger source: sim | keyboard[:KEY] | serial:PORT[:PRESET]")
 
 
+def _data_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="DIR", default=None,
+                   help="BIDS dataset root (default: data for real sessions, data-dryrun for dry runs; the two "
+                        "kinds never share a root)")
+
+
+def _yes_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--yes", action="store_true",
+                   help="confirm the block shown before a real session starts without being asked (scripted use; "
+                        "recorded in the log)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cuedpain", description=__doc__.splitlines()[0],
                      epilog="Exit codes: 0 done, 2 invalid input, 3 run aborted, 4 hardware unavailable or faulty at start.")
@@ -69,11 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     _device_args(p)
     p.add_argument("--dry-run", action="store_true", help="simulated cuff (on a pseudo-terminal) and simulated scanner")
     p.add_argument("--headless", action="store_true", help="no window, virtual clock, as fast as possible (dry runs only)")
-    p.add_argument("--data", metavar="DIR", default="data", help="BIDS dataset root (default: data)")
+    _data_arg(p)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--calibration", metavar="FILE", default=None,
+                   help="the calibration to take the pressure from (target: calibrated); needed for one from another "
+                        "session or older than the rig's calibration_max_age_h")
     p.add_argument("--pressure-override", metavar="KPA", type=float, default=None,
                    help="override a calibrated pressure (requires --override-reason)")
     p.add_argument("--override-reason", metavar="TEXT", default=None)
+    _yes_arg(p)
 
     p = sub.add_parser("simulate-cuff", help="serve a simulated cuff on a pseudo-terminal until SIGINT/SIGTERM")
     p.add_argument("--protocol", choices=["line", "cpar"], default="line", help="wire protocol (default: line = CUFF/1)")
@@ -86,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-pressure", metavar="KPA", type=float, default=None,
                    help="give a short low test pulse and verify inflation and deflation")
     p.add_argument("--listen", metavar="SECONDS", type=float, default=10.0, help="how long to count pulses")
+    p.add_argument("--clear-fault", action="store_true",
+                   help="clear a cuff latched in FAULT or ESTOP, on purpose, after checking the cuff and the "
+                        "participant (recorded in the rig-check log)")
+    p.add_argument("--data", metavar="DIR", default=None,
+                   help="dataset root for the rig-check log (default: data, or data-dryrun for --cuff sim)")
 
     p = sub.add_parser("report", help="write a one-page HTML QC report for a run")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -102,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ceiling", metavar="KPA", type=float, default=None, help="maximum pressure for calibration")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--headless", action="store_true")
-    p.add_argument("--data", metavar="DIR", default="data")
+    _data_arg(p)
     p.add_argument("--seed", type=int, default=None)
+    _yes_arg(p)
     p.add_argument("--rate", metavar="KPA_S", type=float, default=None,
                    help="inflation rate (default: ramp 1 kPa/s, staircase 30 kPa/s)")
     p.add_argument("--repeats", metavar="N", type=int, default=None, help="ramp: number of ramps (default 3)")
@@ -118,6 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command with stdout and stderr that survive a closed reader (see
+    `ClosedSafeStream`): `cuedpain validate P | head -1` exits 0, and a run whose terminal
+    or pipe went away still finishes, vents and derives its outputs."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = ClosedSafeStream(sys.stdout), ClosedSafeStream(sys.stderr)  # type: ignore[assignment]
+    try:
+        return _main(argv)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        sys.stdout, sys.stderr = saved
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

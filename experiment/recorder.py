@@ -3,7 +3,7 @@
 `Recorder` holds `log.jsonl` (events) and `pressure.jsonl` (cuff samples); records
 produced before the logs exist (device identification during pre-flight) are kept
 and written first, so nothing said by a device is lost. `install_stop_signals` makes
-Ctrl-C and SIGTERM vent at once and leave the rest to the loop.
+Ctrl-C, SIGTERM and SIGHUP vent at once and leave the rest to the loop.
 """
 
 from __future__ import annotations
@@ -63,9 +63,20 @@ class Recorder:
                 lf.close()
 
 
+#: how each stop signal is described to the operator and in the log's end record
+_SIGNAL_WORDS = {"SIGINT": "Ctrl-C from the operator", "SIGTERM": "SIGTERM (the process was asked to stop)",
+                 "SIGHUP": "SIGHUP (the terminal was closed or the session ended)"}
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """The signals that end a run in order on this system (SIGHUP is POSIX only)."""
+    names = ("SIGINT", "SIGTERM", "SIGHUP")
+    return tuple(getattr(signal, n) for n in names if hasattr(signal, n))
+
+
 def install_stop_signals(stack: ExitStack, *, vent: Callable[[str], None],
                          on_stop: Callable[[str, str], None]) -> None:
-    """Ctrl-C and SIGTERM: `vent(name)` at once, then `on_stop(name, message)`.
+    """Ctrl-C, SIGTERM and SIGHUP: `vent(name)` at once, then `on_stop(name, message)`.
 
     The handler runs between two bytecodes of the main thread, which may hold a log's
     lock: `vent` must be lock-free (the supervisor's `emergency_vent` is) and `on_stop`
@@ -75,11 +86,11 @@ def install_stop_signals(stack: ExitStack, *, vent: Callable[[str], None],
         return
 
     def handler(signum: int, _frame: Any) -> None:
-        name = signal.Signals(signum).name.lower()
-        vent(name)
-        on_stop(name, f"stopped by {'Ctrl-C' if signum == signal.SIGINT else name.upper()} from the operator")
+        sig = signal.Signals(signum)
+        vent(sig.name.lower())
+        on_stop(sig.name.lower(), f"stopped by {_SIGNAL_WORDS.get(sig.name, sig.name)}")
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in stop_signals():
         old = signal.signal(sig, handler)
         stack.callback(signal.signal, sig, old)
 
