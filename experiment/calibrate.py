@@ -42,8 +42,10 @@ from experiment.calibration_procedures import (Done, Plateau, PlateauOutcome, Ra
                                                Settings, StaircaseSettings, check_settings, fit_points,
                                                inflation_limits_s, mean_pressure, next_plateau, next_ramp,
                                                pressure_at, stimulus_records)
+from experiment.briefing import Briefing, calibration_briefing, confirm
 from experiment.clock import Clock, VirtualClock, psychopy_clock
 from experiment.console import OperatorConsole
+from experiment.dataset import check_root, claim_root, default_root
 from experiment.errors import EXIT_ABORTED, EXIT_OK, AbortError, InputError
 from experiment.recorder import STOPS, Recorder, install_stop_signals, stop_reason
 from experiment.identifiers import check_label
@@ -52,6 +54,7 @@ from experiment.protocol import HARD_MAX_KPA, KEYS_DEFAULT, Keys, Rating, Safety
 from experiment.rating import RatingScale, press, start_rating, timed_out
 from experiment.rig import load_rig
 from experiment.runinfo import check_writable, package_versions, software_revision
+from experiment.session import check_can_confirm, check_display
 from experiment.units import kpa_to_mmhg
 
 RESULT_FORMAT = "cuedpain-calibration/1"
@@ -92,6 +95,7 @@ class CalibrationSetup:
     sim: SimSpec | None
     protocol: DeviceNeeds
     stimuli_dir: Path = ROOT / "stimuli"
+    assume_yes: bool = False
 
 
 def _method_settings(args: argparse.Namespace) -> Settings:
@@ -158,9 +162,13 @@ def preflight(args: argparse.Namespace) -> CalibrationSetup:
     elif cuff_spec == "sim":
         raise InputError("--cuff sim is only allowed with --dry-run; a real calibration never uses simulation")
     keys = _keys(rig)
-    data_root = Path(args.data)
+    data_root = Path(args.data) if args.data else default_root(dry_run=args.dry_run)
     check_writable(data_root)
+    check_root(data_root, dry_run=args.dry_run)
     next_calibration_path(data_root, participant)   # a broken earlier calibration file is an input error
+    check_can_confirm(dry_run=args.dry_run, assume_yes=args.yes)
+    if not args.headless:
+        check_display()
     one_s, total_s = inflation_limits_s(settings, ceiling_kpa=ceiling)
     safety = Safety(max_pressure_kpa=ceiling, max_inflation_per_stimulus_s=one_s,
                     max_cumulative_inflation_per_run_s=total_s, min_deflated_between_s=settings.rest_s,
@@ -173,7 +181,8 @@ def preflight(args: argparse.Namespace) -> CalibrationSetup:
                             ceiling_kpa=ceiling, settings=settings, data_root=data_root, dry_run=args.dry_run,
                             headless=args.headless, seed=0 if args.seed is None else args.seed, rig=rig,
                             rig_path=rig_path, cuff_spec=cuff_spec, sim=sim,
-                            protocol=DeviceNeeds(cues=CUES, safety=safety, keys=keys, rating=rating))
+                            protocol=DeviceNeeds(cues=CUES, safety=safety, keys=keys, rating=rating),
+                            assume_yes=args.yes)
 
 
 def claim_stem(data_root: Path, participant: str) -> Path:
@@ -194,10 +203,12 @@ class Calibration:
 
     def __init__(self, setup: CalibrationSetup, *, console: OperatorConsole | None = None) -> None:
         self.s = setup
-        self.console = console or OperatorConsole(dry_run=setup.dry_run)
         self.clock: Clock = VirtualClock(start=1000.0) if setup.headless else psychopy_clock()
         self.rec = Recorder()
         self.record = self.rec.record
+        self.console = console or OperatorConsole(dry_run=setup.dry_run, on_lost=self._console_lost)
+        self.confirmation: dict[str, Any] | None = None
+        self.briefing: Briefing | None = None
         self._trace: deque[tuple[float, float]] = deque(maxlen=100_000)
         self._trace_lock = threading.Lock()
         self._device_info: dict[str, Any] = {}
@@ -236,7 +247,7 @@ class Calibration:
                          + (" (DRY RUN: simulated cuff and participant)" if s.dry_run else ""))
         previous = latest_calibration(s.data_root, s.participant)
         if previous is not None:
-            self.console.say(f"previous calibration: {float(previous[1]['pressure_kpa']):.1f} kPa ({previous[0]}); "
+            self.console.say(f"previous calibration: {previous.describe(datetime.now().astimezone())}; "
                              "a new file will be added, the old one is kept")
         try:
             with ExitStack() as stack:
@@ -244,6 +255,10 @@ class Calibration:
                                          on_sample=self._sample)
                 display = devices.open_display(s, clock=self.clock, stack=stack)
                 read_keys = devices.key_reader(s, source=None, display=display)
+                self.briefing = calibration_briefing(
+                    participant=s.participant, session=s.session, method=s.method, target_rating=s.target_rating,
+                    ceiling_kpa=s.ceiling_kpa, cuff=cuff.info, dry_run=s.dry_run)
+                self.confirmation = confirm(self.briefing, say=self.console.say, assume_yes=s.assume_yes)
                 self._start_log(cuff, display)
                 cuff.add_event_listener(self._events.put)
                 try:
@@ -297,6 +312,7 @@ class Calibration:
 
     def _start_log(self, cuff: Any, display: Any) -> None:
         s = self.s
+        claim_root(s.data_root, dry_run=s.dry_run)
         calibration_dir(s.data_root, s.participant).mkdir(parents=True, exist_ok=True)
         self.stem = claim_stem(s.data_root, s.participant)
         self._device_info = self._device(cuff)
@@ -308,9 +324,12 @@ class Calibration:
         return {"name": "cuedpain", "version": __version__, "revision": software_revision()}
 
     def _device(self, cuff: Any) -> dict[str, Any]:
-        info = cuff.info
-        return {"kind": info.kind, "port": info.port, "simulated": info.simulated, "name": info.name,
-                "firmware": info.firmware, "hard_limit_kpa": info.hard_limit_kpa}
+        return asdict(cuff.info)
+
+    def _console_lost(self, exc: BaseException) -> None:
+        """The operator's terminal or pipe went away: log it once; the calibration goes on."""
+        self.record({"kind": "warning", "t": self.clock.now(), "code": "console_lost",
+                     "message": f"the operator console could not be written ({exc}); everything is in this log"})
 
     def _header(self, display: Any) -> dict[str, Any]:
         s = self.s
@@ -320,6 +339,8 @@ class Calibration:
                 "dry_run": s.dry_run, "headless": s.headless, "clock": self.clock.name,
                 "rig_path": str(s.rig_path) if s.rig_path else None, "cuff": self._device_info,
                 "display": display.info(), "keys": asdict(s.protocol.keys),
+                "briefing": None if self.briefing is None else self.briefing.record(),
+                "confirmation": self.confirmation,
                 "safety": asdict(s.protocol.safety),
                 "simulated_participant": None if s.sim is None else s.sim.as_dict(),
                 "start_wall": datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -337,6 +358,7 @@ class Calibration:
             "stimuli": records, "dry_run": s.dry_run, "headless": s.headless,
             "simulated_device": self._device_info["simulated"], "device": self._device_info,
             "simulated_participant": None if s.sim is None else s.sim.as_dict(),
+            "confirmation": self.confirmation,
             "software": self._software(), "log": self.rec.log.path.name if self.rec.log else None,
             "created": datetime.now().astimezone().isoformat(timespec="seconds"),
         }

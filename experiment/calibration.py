@@ -1,22 +1,36 @@
 """Where a run's pressure comes from: the protocol, the participant's calibration, or
-an operator override with a recorded reason.
+an operator override with a recorded reason; and which calibration a run may use.
 
 Calibration results live in
-    data/sourcedata/sub-<id>/calibration/sub-<id>_calibration-<n>.json
-(written by `cuedpain calibrate`; the newest number wins). A protocol whose target
-pressure is `calibrated` cannot run without one, unless the operator overrides the
-pressure and says why; the reason goes into the log header and the provenance.
+    <data>/sourcedata/sub-<id>/calibration/sub-<id>_calibration-<n>.json
+(written by `cuedpain calibrate`). Each says whether it came from a dry run, the cuff it
+was made with, the session, the time, the method and the ceiling. A run of a protocol
+whose target is `calibrated` takes the newest one, on these conditions:
+
+* a real run never uses a dry-run calibration (nor one that does not say whether it was);
+* a calibration from another session, or older than the rig's `calibration_max_age_h`
+  (default 12 h), is used only when the operator names it (`--calibration FILE`);
+* a dry run may use any calibration of the participant; the console says which.
+
+Without a usable calibration the run is refused (exit 2) unless the operator overrides
+the pressure and says why. Whatever is used goes into the log header, the confirmation
+block and provenance.json.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from experiment.errors import InputError
+from experiment.units import kpa_to_mmhg
 
+CALIBRATION_MAX_AGE_H = 12.0      # default of the rig's calibration_max_age_h
 _NAME = re.compile(r"^sub-(?P<p>[A-Za-z0-9]+)_calibration-(?P<n>\d+)\.json$")
 
 
@@ -24,56 +38,176 @@ def calibration_dir(data_root: Path, participant: str) -> Path:
     return Path(data_root) / "sourcedata" / f"sub-{participant}" / "calibration"
 
 
-def latest_calibration(data_root: Path, participant: str) -> tuple[Path, dict[str, Any]] | None:
+@dataclass(frozen=True)
+class CalibrationFile:
+    """A calibration result as a run sees it."""
+
+    path: Path
+    number: int
+    participant: str
+    session: str | None
+    pressure_kpa: float
+    dry_run: bool | None             # None: the file does not say (made before this was recorded)
+    created: datetime | None
+    method: str | None
+    target_rating: float | None
+    ceiling_kpa: float | None
+    device: Mapping[str, Any] | None  # the cuff it was made with (name, firmware, serial, port, ...)
+
+    def age_h(self, now: datetime) -> float | None:
+        return None if self.created is None else (now - self.created).total_seconds() / 3600
+
+    def describe(self, now: datetime) -> str:
+        """One line for the operator: file, pressure, when, how, with which cuff."""
+        age = self.age_h(now)
+        when = "at an unknown time" if self.created is None else \
+            f"{self.created.isoformat(timespec='minutes')} ({age:.1f} h ago)"
+        dev = (self.device or {}).get("name") or "an unknown cuff"
+        kind = "DRY RUN" if self.dry_run else ("real" if self.dry_run is False else "dry run or real: unknown")
+        ses = f"session {self.session}" if self.session else "no session"
+        return (f"{self.path.name}: {self.pressure_kpa:.1f} kPa, {self.method or '?'} method, {ses}, {when}, "
+                f"{kind}, with {dev}")
+
+
+def _number(path: Path) -> int | None:
+    m = _NAME.match(path.name)
+    return int(m.group("n")) if m else None
+
+
+def read_calibration(path: Path) -> CalibrationFile:
+    """Read one calibration result; InputError naming the file when it cannot be used."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        pressure = float(data["pressure_kpa"])
+        if not (math.isfinite(pressure) and pressure > 0):
+            raise ValueError(f"pressure_kpa {pressure!r} is not a pressure")
+        created = datetime.fromisoformat(data["created"]) if data.get("created") else None
+        if created is not None and created.tzinfo is None:
+            created = created.astimezone()
+        ceiling = data.get("ceiling_kpa")
+        target = data.get("target_rating")
+        dry = data.get("dry_run")
+        return CalibrationFile(
+            path=path, number=_number(path) or 0, participant=str(data["participant"]),
+            session=data.get("session") or None, pressure_kpa=pressure,
+            dry_run=None if dry is None else bool(dry), created=created, method=data.get("method"),
+            target_rating=None if target is None else float(target),
+            ceiling_kpa=None if ceiling is None else float(ceiling), device=data.get("device"))
+    except FileNotFoundError:
+        raise InputError(f"calibration file {path} not found") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"calibration file {path} cannot be used: {exc}") from None
+
+
+def latest_calibration(data_root: Path, participant: str) -> CalibrationFile | None:
+    """The participant's newest calibration result (highest number), or None."""
     d = calibration_dir(data_root, participant)
     if not d.is_dir():
         return None
-    found = []
-    for f in d.iterdir():
-        m = _NAME.match(f.name)
-        if m and m.group("p") == participant:
-            found.append((int(m.group("n")), f))
-    if not found:
+    numbered = [(n, f) for f in d.iterdir() if (n := _number(f)) is not None
+                and _NAME.match(f.name).group("p") == participant]  # type: ignore[union-attr]
+    if not numbered:
         return None
-    _, path = max(found)
-    try:
-        data = json.loads(path.read_text())
-        float(data["pressure_kpa"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"calibration file {path} cannot be used: {exc}") from None
-    return path, data
+    return read_calibration(max(numbered)[1])
 
 
 def next_calibration_path(data_root: Path, participant: str) -> Path:
-    d = calibration_dir(data_root, participant)
-    latest = latest_calibration(data_root, participant) if d.is_dir() else None
-    n = 1 if latest is None else int(_NAME.match(latest[0].name).group("n")) + 1  # type: ignore[union-attr]
-    return d / f"sub-{participant}_calibration-{n}.json"
+    latest = latest_calibration(data_root, participant)
+    n = 1 if latest is None else latest.number + 1
+    return calibration_dir(data_root, participant) / f"sub-{participant}_calibration-{n}.json"
 
 
-def resolve_pressure(protocol: Any, *, data_root: Path, participant: str, override_kpa: float | None,
-                     override_reason: str | None) -> dict[str, Any]:
-    """The pressure for this run and where it came from (goes into the log header).
+def _calibrate_hint(participant: str) -> str:
+    return (f"calibrate for real: `cuedpain calibrate --participant {participant} --ceiling KPA` (without "
+            f"--dry-run), or give --pressure-override KPA --override-reason TEXT")
 
-    Returns {"pressure_kpa": float|None, "source": "protocol"|"calibration"|"override", ...}.
-    The pressure is checked against the protocol's ceiling later, by the schedule's
-    pre-flight and again by the cuff supervisor.
+
+def check_usable(cal: CalibrationFile, *, participant: str, session: str | None, dry_run: bool, named: bool,
+                 max_age_h: float, now: datetime) -> None:
+    """Refuse a calibration this run may not use (the rules in the module docstring)."""
+    if cal.participant != participant:
+        raise InputError(f"calibration file {cal.path} is sub-{cal.participant}'s, not sub-{participant}'s")
+    if dry_run:
+        return
+    if cal.dry_run is None:
+        raise InputError(f"calibration file {cal.path} does not say whether it came from a dry run (made by an "
+                         f"older cuedpain); a real run never uses it: {_calibrate_hint(participant)}")
+    if cal.dry_run:
+        raise InputError(f"calibration file {cal.path} was made in a dry run (simulated participant and cuff); a "
+                         f"real run never uses it: {_calibrate_hint(participant)}")
+    if named:
+        return
+    if cal.session != session:
+        raise InputError(f"the newest calibration of sub-{participant}, {cal.path}, is from "
+                         f"{'session ' + cal.session if cal.session else 'no session'}, and this run is "
+                         f"{'session ' + session if session else 'without a session'}; a calibration from another "
+                         f"session is used only when you name it (--calibration {cal.path}), or calibrate again")
+    age = cal.age_h(now)
+    if age is None or age > max_age_h:
+        how_old = "of unknown age" if age is None else f"{age:.1f} h old"
+        raise InputError(f"the newest calibration of sub-{participant}, {cal.path}, is {how_old}, over the limit "
+                         f"of {max_age_h:g} h (calibration_max_age_h in the rig file); name it to use it anyway "
+                         f"(--calibration {cal.path}), or calibrate again")
+
+
+def resolve_pressure(protocol: Any, *, data_root: Path, participant: str, session: str | None = None,
+                     dry_run: bool = False, calibration_file: Path | None = None,
+                     max_age_h: float = CALIBRATION_MAX_AGE_H, now: datetime | None = None,
+                     override_kpa: float | None = None, override_reason: str | None = None) -> dict[str, Any]:
+    """The pressure for this run and where it came from (log header, confirmation, provenance).
+
+    Returns {"pressure_kpa": float, "pressure_mmhg": float, "source": "protocol" | "calibration" |
+    "override", ...} with the calibration's facts or the override's reason. The pressure is
+    checked against the protocol's ceiling later, by the schedule's pre-flight and again by
+    the cuff supervisor.
     """
+    now = now or datetime.now().astimezone()
+    calibrated = protocol.stimulation.calibrated
+    if calibration_file is not None and (override_kpa is not None or not calibrated):
+        raise InputError("--calibration names the calibration a protocol with target: calibrated takes; "
+                         + ("it cannot go with --pressure-override" if calibrated
+                            else "this protocol gives its own pressure"))
     if override_kpa is not None:
         if not override_reason or not override_reason.strip():
             raise InputError("--pressure-override needs --override-reason \"...\" (the reason is recorded)")
-        if override_kpa <= 0:
+        if not (math.isfinite(override_kpa) and override_kpa > 0):
             raise InputError(f"--pressure-override must be > 0 kPa, got {override_kpa:g}")
-        return {"pressure_kpa": float(override_kpa), "source": "override", "reason": override_reason.strip()}
-    if not protocol.stimulation.calibrated:
-        return {"pressure_kpa": None, "source": "protocol"}
-    found = latest_calibration(data_root, participant)
-    if found is None:
+        return {"pressure_kpa": float(override_kpa), "pressure_mmhg": round(kpa_to_mmhg(override_kpa), 1),
+                "source": "override", "reason": override_reason.strip()}
+    if not calibrated:
+        target = float(protocol.stimulation.target_kpa)
+        return {"pressure_kpa": target, "pressure_mmhg": round(kpa_to_mmhg(target), 1), "source": "protocol",
+                "as_written": protocol.stimulation.target_as_written}
+    cal = read_calibration(calibration_file) if calibration_file is not None else \
+        latest_calibration(data_root, participant)
+    if cal is None:
         raise InputError(
             f"the protocol takes the pressure from the participant's calibration, but there is none for "
             f"sub-{participant} in {calibration_dir(data_root, participant)}; run `cuedpain calibrate "
             f"--participant {participant}` first, or give --pressure-override KPA --override-reason TEXT")
-    path, data = found
-    fraction = getattr(protocol.stimulation, "calibrated_fraction", 1.0) or 1.0
-    return {"pressure_kpa": float(data["pressure_kpa"]) * fraction, "source": "calibration",
-            "calibration_file": str(path), "calibrated_kpa": float(data["pressure_kpa"]), "fraction": fraction}
+    check_usable(cal, participant=participant, session=session, dry_run=dry_run,
+                 named=calibration_file is not None, max_age_h=max_age_h, now=now)
+    fraction = protocol.stimulation.calibrated_fraction or 1.0
+    pressure = cal.pressure_kpa * fraction
+    return {"pressure_kpa": pressure, "pressure_mmhg": round(kpa_to_mmhg(pressure), 1), "source": "calibration",
+            "calibration_file": str(cal.path), "calibrated_kpa": cal.pressure_kpa, "fraction": fraction,
+            "named": calibration_file is not None, "calibration_created": None if cal.created is None
+            else cal.created.isoformat(timespec="seconds"), "calibration_session": cal.session,
+            "calibration_dry_run": cal.dry_run, "calibration_method": cal.method,
+            "calibration_ceiling_kpa": cal.ceiling_kpa, "calibration_cuff": cal.device,
+            "description": cal.describe(now)}
+
+
+def pressure_line(pressure: Mapping[str, Any]) -> str:
+    """The pressure and where it came from, in one line for the operator."""
+    kpa = pressure["pressure_kpa"]
+    head = f"{kpa:.1f} kPa ({kpa_to_mmhg(kpa):.0f} mmHg)"
+    source = pressure["source"]
+    if source == "protocol":
+        return f"{head}, fixed by the protocol ({pressure.get('as_written')})"
+    if source == "override":
+        return f"{head}, OPERATOR OVERRIDE: {pressure.get('reason')}"
+    named = ", named with --calibration" if pressure.get("named") else ""
+    return (f"{head} = {pressure['fraction']:g} x {pressure['calibrated_kpa']:.1f} kPa from calibration "
+            f"{pressure.get('description')}{named}")

@@ -38,6 +38,10 @@ def open_cuff(prep: Any, *, clock: Clock, stack: ExitStack, on_record: Callable[
     from experiment.cuff.safety import CuffSupervisor
 
     raw = open_raw(prep.cuff_spec, clock=clock, dry_run=prep.dry_run)
+    if not prep.dry_run and raw.info is not None and raw.info.simulated:
+        raw.close()
+        raise HardwareError(f"the cuff on {raw.info.port} identifies itself as a simulator ({raw.info.name}); a real "
+                            "session never uses a simulated cuff. Connect the real cuff, or rehearse with --dry-run")
     supervisor = CuffSupervisor(raw, clock=clock, limits=safety_limits(prep.protocol), on_record=on_record,
                                 on_sample=on_sample)
     stack.callback(supervisor.close)
@@ -94,6 +98,9 @@ def open_trigger_source(prep: Any, *, clock: Clock, stack: ExitStack, display: A
     win = getattr(display, "win", None)
     source = open_source(prep.scanner_spec, clock=clock, win=win, dry_run=prep.dry_run, plan=_scanner_plan(prep))
     stack.callback(source.close)
+    if not prep.dry_run and getattr(source, "simulated", False):
+        raise HardwareError(f"the trigger source {prep.scanner_spec!r} is simulated; a real run never uses a simulated "
+                            "scanner. Use keyboard[:KEY] or serial:PORT[:PRESET], or rehearse with --dry-run")
     return source
 
 
@@ -104,10 +111,11 @@ def key_reader(prep: Any, *, source: Any, display: Any) -> Callable[[], list[tup
     trigger source's when the scanner is a keyboard, else one made here for keys only.
     """
     from experiment.scanner.keyboard_source import KeyboardSource
+    from experiment.scanner.syncgen_source import SyncGenSource
 
     if prep.headless:
         return lambda: []
-    if isinstance(getattr(source, "source", source), KeyboardSource):
+    if isinstance(getattr(source, "source", source), (KeyboardSource, SyncGenSource)):
         return source.poll_keys
     keys = KeyboardSource(display.win, clock=display._clock, trigger_keys=(), name="keys")
     keys.open()

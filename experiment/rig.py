@@ -67,6 +67,10 @@ RIG_SPEC = Object({
     "serial_latency_ms": Field(Nullable(Number("USB-serial latency timer setting, recorded in the log (FTDI "
                                                "default 16 ms; set 1 ms)", minimum=0.0, maximum=100.0)),
                                default=None),
+    "calibration_max_age_h": Field(Number("a run takes the participant's newest calibration only if it is from "
+                                          "the same session and at most this old; otherwise the operator names it "
+                                          "with --calibration FILE", unit="hours", minimum=0.0,
+                                          exclusive_minimum=True, maximum=24.0 * 365), default=12.0),
     "notes": Field(Text("free text about this rig (adapters, latency checks, contacts)", min_length=0,
                         max_length=5000), default=""),
 }, "a cuedpain rig file (site hardware)")
@@ -181,6 +185,7 @@ class Rig:
     keys: RigKeys
     serial_latency_ms: float | None
     notes: str
+    calibration_max_age_h: float = 12.0
     path: Path | None = None
     where: Where = field(default_factory=lambda: Where(_DEFAULT), compare=False, repr=False)
 
@@ -226,7 +231,8 @@ def build_rig(doc: Located) -> Rig:
                     units=s["units"], refresh_hz=s["refresh_hz"], width_cm=s["width_cm"],
                     distance_cm=s["distance_cm"])
     return Rig(cuff=d["cuff"], scanner=d["scanner"], discard_pulses=d["discard_pulses"], screen=screen,
-               keys=RigKeys(**keys), serial_latency_ms=d["serial_latency_ms"], notes=d["notes"], where=where)
+               keys=RigKeys(**keys), serial_latency_ms=d["serial_latency_ms"], notes=d["notes"],
+               calibration_max_age_h=d["calibration_max_age_h"], where=where)
 
 
 def parse_rig(text: str, *, file: str = "<rig>") -> Rig:

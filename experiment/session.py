@@ -16,13 +16,13 @@ Order matters for safety and for the data:
 from __future__ import annotations
 
 import argparse
-import hashlib
+import os
 import platform
 import shutil
 import sys
 import traceback
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,11 @@ from typing import Any
 from experiment import __version__
 from experiment.clock import Clock, VirtualClock, psychopy_clock
 from experiment.console import OperatorConsole, Status
-from experiment.errors import (EXIT_ABORTED, EXIT_OK, AbortError, InputError)
+from experiment.briefing import Briefing, confirm, run_briefing
+from experiment.dataset import check_root, claim_root, default_root
+from experiment.errors import EXIT_ABORTED, EXIT_OK, AbortError, HardwareError, InputError
 from experiment.recorder import STOPS, Recorder, install_stop_signals, stop_reason
-from experiment.rundir import RunId, create_source_dir, resolve_run
+from experiment.rundir import RunId, create_source_dir, move_to_attempts, resolve_run
 from experiment.runinfo import check_writable, package_versions, software_revision
 from experiment.trialloop import LoopHooks, TrialLoop
 
@@ -56,6 +58,8 @@ class Prepared:
     scanner_spec: str
     pressure: dict[str, Any]
     stimuli_dir: Path
+    assume_yes: bool = False      # --yes: the operator confirmed in advance (recorded)
+    run_arg: str = "1"            # --run as given ('next' takes the next free number at creation)
 
 
 def preflight(args: argparse.Namespace) -> Prepared:
@@ -69,8 +73,9 @@ def preflight(args: argparse.Namespace) -> Prepared:
     rig_path = Path(args.rig) if args.rig else None
     rig = rig_mod.load_rig(rig_path)
     rig_mod.check_rig_for_protocol(protocol, rig)
-    data_root = Path(args.data)
+    data_root = Path(args.data) if args.data else default_root(dry_run=args.dry_run)
     check_writable(data_root)
+    check_root(data_root, dry_run=args.dry_run)
     run_id = resolve_run(data_root, participant=args.participant, session=args.session,
                          task=protocol.task, run=str(args.run))
     cuff_spec = args.cuff or rig.cuff
@@ -87,17 +92,46 @@ def preflight(args: argparse.Namespace) -> Prepared:
         for what, spec in (("--cuff", cuff_spec), ("--scanner", scanner_spec)):
             if spec == "sim" or spec.startswith("sim:"):
                 raise InputError(f"{what} sim is only allowed with --dry-run; a real run never uses simulation")
-    pressure = calibration.resolve_pressure(protocol, data_root=data_root, participant=run_id.participant,
-                                            override_kpa=args.pressure_override,
-                                            override_reason=args.override_reason)
+    pressure = calibration.resolve_pressure(
+        protocol, data_root=data_root, participant=run_id.participant, session=run_id.session,
+        dry_run=args.dry_run, calibration_file=Path(args.calibration) if args.calibration else None,
+        max_age_h=rig.calibration_max_age_h, override_kpa=args.pressure_override,
+        override_reason=args.override_reason)
     seed = args.seed if args.seed is not None else protocol.seed
     timeline = schedule.build_schedule(protocol, seed=seed, participant=run_id.participant,
-                                       pressure_kpa=pressure["pressure_kpa"])
+                                       pressure_kpa=None if pressure["source"] == "protocol"
+                                       else pressure["pressure_kpa"])
     _check_stimulus_files(protocol)
+    check_can_confirm(dry_run=args.dry_run, assume_yes=args.yes)
+    if not args.headless:
+        check_display()
     return Prepared(protocol=protocol, protocol_path=protocol_path, rig=rig, rig_path=rig_path,
                     timeline=timeline, run_id=run_id, data_root=data_root, dry_run=args.dry_run,
                     headless=args.headless, seed=seed, cuff_spec=cuff_spec, scanner_spec=scanner_spec,
-                    pressure=pressure, stimuli_dir=protocol.stimuli_dir)
+                    pressure=pressure, stimuli_dir=protocol.stimuli_dir, assume_yes=args.yes,
+                    run_arg=str(args.run))
+
+
+def check_can_confirm(*, dry_run: bool, assume_yes: bool) -> None:
+    """A real session asks the operator to confirm on the terminal; without one, --yes is needed."""
+    if dry_run or assume_yes:
+        return
+    try:
+        interactive = sys.stdin is not None and sys.stdin.isatty()
+    except (OSError, ValueError):
+        interactive = False
+    if not interactive:
+        raise InputError("a real session shows what it will do and asks the operator to confirm, but there is no "
+                         "terminal to ask on (stdin is not a terminal); run it from a terminal, or confirm in "
+                         "advance with --yes (recorded in the log)")
+
+
+def check_display() -> None:
+    """A window needs a display: say so, and how to proceed, before anything is touched (exit 4)."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise HardwareError("no display: this command opens the participant's window, but no display is set "
+                            "(DISPLAY is empty). Run it on the stimulus computer's desktop session, or rehearse "
+                            "without a window: --dry-run --headless")
 
 
 def _check_stimulus_files(protocol: Any) -> None:
@@ -125,7 +159,6 @@ class RunState:
     abort_t: float | None = None
     last_i: int | None = None         # plan index of the last phase that reached the screen
     status: Status = field(default_factory=Status)
-    pulses: int = 0
     last_pressure_kpa: float | None = None
 
 
@@ -134,10 +167,18 @@ class Session:
 
     def __init__(self, prep: Prepared, *, console: OperatorConsole | None = None) -> None:
         self.prep = prep
-        self.console = console or OperatorConsole(dry_run=prep.dry_run)
         self.state = RunState()
         self.clock: Clock = VirtualClock(start=1000.0) if prep.headless else psychopy_clock()
         self.rec = Recorder()
+        self.console = console or OperatorConsole(dry_run=prep.dry_run, on_lost=self._console_lost)
+        self.briefing: Briefing | None = None
+        self.confirmation: dict[str, Any] | None = None
+
+    def _console_lost(self, exc: BaseException) -> None:
+        """The operator's terminal or pipe went away: log it once; the run goes on (everything is logged)."""
+        self.record({"kind": "warning", "t": self.clock.now(), "code": "console_lost",
+                     "message": f"the operator console could not be written ({exc}); the run continues and "
+                                "everything is in this log"})
 
     def record(self, rec: dict[str, Any]) -> None:
         """Log a record (any thread); interlock records are also shown to the operator."""
@@ -169,6 +210,13 @@ class Session:
                                      on_sample=self._sample)
             display = devices.open_display(prep, clock=self.clock, stack=stack)
             source = devices.open_trigger_source(prep, clock=self.clock, stack=stack, display=display)
+            # the operator sees what will be done, with which device, and confirms (exit 3 if not)
+            self.briefing = run_briefing(
+                participant=prep.run_id.participant, session=prep.run_id.session, run=prep.run_id.run,
+                protocol_path=str(prep.protocol_path), protocol_sha256=p.sha256, pressure=prep.pressure,
+                ceiling_kpa=p.safety.max_pressure_kpa, cuff=cuff.info, trigger_spec=prep.scanner_spec,
+                trigger_simulated=bool(getattr(source, "simulated", False)), dry_run=prep.dry_run)
+            self.confirmation = confirm(self.briefing, say=self.console.say, assume_yes=prep.assume_yes)
             # 3. the run directory and the log (all later failures still end in the vent below)
             source_dir = self._start_log(stack, cuff, source, display)
             try:
@@ -213,7 +261,11 @@ class Session:
     def _start_log(self, stack: ExitStack, cuff: Any, source: Any, display: Any) -> Path:
         """Create the run directory (exclusively), copy the inputs, open both logs."""
         prep = self.prep
-        source_dir = create_source_dir(prep.data_root, prep.run_id)
+        claim_root(prep.data_root, dry_run=prep.dry_run)
+        run_id, source_dir = create_source_dir(prep.data_root, prep.run_id, take_next=prep.run_arg == "next")
+        if run_id != prep.run_id:
+            self.console.say(f"run {prep.run_id.run} was taken meanwhile by another session; this is run {run_id.run}")
+            self.prep = prep = replace(prep, run_id=run_id)
         self.source_dir = source_dir
         shutil.copyfile(prep.protocol_path, source_dir / "protocol.yaml")
         if prep.rig_path is not None:
@@ -230,10 +282,10 @@ class Session:
             "participant": prep.run_id.participant, "session": prep.run_id.session, "run": prep.run_id.run,
             "task": p.task, "protocol_name": p.name, "seed": prep.seed, "dry_run": prep.dry_run, "headless": prep.headless,
             "clock": self.clock.name, "protocol_path": str(prep.protocol_path),
-            "protocol_sha256": hashlib.sha256(prep.protocol_path.read_bytes()).hexdigest(),
+            "protocol_sha256": p.sha256,
             "rig_path": str(prep.rig_path) if prep.rig_path else None,
-            "cuff": {"kind": info.kind, "port": info.port, "simulated": info.simulated, "name": info.name,
-                     "firmware": info.firmware, "hard_limit_kpa": info.hard_limit_kpa},
+            "cuff": asdict(info),
+            "briefing": self.briefing.record() if self.briefing else None, "confirmation": self.confirmation,
             "scanner": {"kind": getattr(source, "name", "?"), "spec": prep.scanner_spec,
                         "simulated": bool(getattr(source, "simulated", False))},
             "tr_s": p.scan.tr_s, "n_volumes": p.scan.n_volumes, "discard_pulses": self._discard_pulses(),
@@ -279,8 +331,10 @@ class Session:
         warned_codes: set[str] = set()
 
         def on_pulse(pulse: Any, volume: int | None) -> None:
-            self.state.pulses += 1
-            status.pulses = self.state.pulses
+            if volume is None:
+                status.pulses_discarded += 1
+            else:
+                status.pulses += 1
             self.record({"kind": "pulse", "t": pulse.t, "index": pulse.index, "source": pulse.source, "volume": volume})
             if volume is not None:
                 for w in monitor.feed(pulse.t):
@@ -369,6 +423,13 @@ class Session:
         prep = self.prep
         verdict = "completed" if code == EXIT_OK else f"ABORTED ({reason})"
         self.console.say(f"run {verdict}" + (f": {message}" if message else ""))
+        if self.state.t0 is None:   # never reached the scan: an attempt, not a run of the dataset
+            try:
+                self.source_dir = move_to_attempts(self.source_dir)
+                self.console.say(f"the run ended before the first stored volume: kept as an attempt in "
+                                 f"{self.source_dir}; run {prep.run_id.run} stays free")
+            except OSError as exc:
+                self.console.warn(f"could not move the attempt's log to the attempts folder ({exc})")
         outputs_ok = True
         try:
             paths = write_run_outputs(self.source_dir, data_root=prep.data_root)

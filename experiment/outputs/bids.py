@@ -167,6 +167,7 @@ def run_block(data: RunData, *, run_uid: str, source_log: str) -> dict[str, Any]
     software = header.get("software") or {}
     return {"RunUID": run_uid, "SourceLog": source_log, "DryRun": bool(header.get("dry_run")),
             "Headless": bool(header.get("headless")),
+            "Pressure": header.get("pressure"), "Confirmation": header.get("confirmation"),
             "GeneratedBy": {"Name": software.get("name", "cuedpain"), "Version": software.get("version"),
                             "Revision": software.get("revision")}}
 

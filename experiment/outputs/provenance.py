@@ -1,7 +1,8 @@
 """provenance.json: what produced a run and how it ended (builder pure, hashing in `file_record`).
 
 Mostly the log's header and end record: participant/session/run, seed, protocol file
-and its hash (checked against the copy kept next to the log), package versions,
+and its hash (checked against the copy kept next to the log), the pressure and where it
+came from, what the operator was shown and how it was confirmed, package versions,
 operating system, display, the project's version and revision, dry-run flag, start
 and end time, exit status (completed, aborted with its reason, or incomplete when the
 log has no end record) and where the run stopped.
@@ -70,6 +71,7 @@ def provenance(data: RunData, *, run_uid: str, protocol_copy: Mapping[str, Any] 
         "operating_system": h.get("platform"),
         "display": _strip(data.display),
         "cuff": h.get("cuff"), "device": _strip(data.device), "scanner": h.get("scanner"),
+        "pressure": h.get("pressure"), "briefing": h.get("briefing"), "confirmation": h.get("confirmation"),
         "scan": {"tr_s": h.get("tr_s"), "n_volumes": h.get("n_volumes"), "discard_pulses": h.get("discard_pulses"),
                  "scanner_discarded": h.get("scanner_discarded")},
         "timing": asdict(timing_quality(data)),

@@ -204,6 +204,7 @@ def render_report(data: RunData, *, stem: str) -> str:
              ("pulses", f"{q.volumes_received} of {q.volumes_expected} expected, {q.missed_pulses} missed"),
              ("dropped frames", q.dropped_frames), ("warnings / safety events", f"{q.n_warnings} / {q.n_safety}")]
     parts.append(_table(["", ""], facts))
+    parts.append(_confirmed(h))
     if data.notes or st.problems:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in (*st.problems, *data.notes))
                      + "</ul>")
@@ -222,6 +223,17 @@ def render_report(data: RunData, *, stem: str) -> str:
     parts.append("<h2>Trials</h2>" + _table(keep, [[r[k] for k in idx] for r in data.trials.rows]))
     parts.append("</body></html>\n")
     return "".join(parts)
+
+
+def _confirmed(header: Mapping[str, Any]) -> str:
+    """What the operator was shown before the run, and how it was confirmed."""
+    briefing, confirmation = header.get("briefing"), header.get("confirmation")
+    if not isinstance(briefing, Mapping):
+        return ""
+    rows = [(label, text) for label, text in briefing.get("lines") or ()]
+    if isinstance(confirmation, Mapping):
+        rows.append(("confirmed", f"{confirmation.get('by')} at {confirmation.get('at')}"))
+    return "<h2>Shown to the operator before the run</h2>" + _table(["", ""], rows)
 
 
 def _ms(x: float | None) -> str:

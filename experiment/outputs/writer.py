@@ -23,7 +23,7 @@ from experiment.outputs.derive import RunData, RunStatus, derive_run, timing_qua
 from experiment.outputs.exports import ExportPaths, write_exports
 from experiment.outputs.provenance import file_record, provenance
 from experiment.outputs.tables import csv_text, tsv_text
-from experiment.rundir import RunId
+from experiment.rundir import RunId, is_attempt_dir
 
 LOG_NAME = "log.jsonl"
 PRESSURE_NAME = "pressure.jsonl"
@@ -119,15 +119,21 @@ def write_run_outputs(run_dir: Path, *, data_root: Path, rate_hz: float = 20.0) 
     run_dir = Path(run_dir)
     log, pressure = load_run(run_dir)
     rid = run_id_of(log.header)
-    if rid.source_dir(data_root).resolve() != run_dir.resolve():
+    attempt = is_attempt_dir(run_dir)
+    if not attempt and rid.source_dir(data_root).resolve() != run_dir.resolve():
         raise InputError(f"{run_dir} holds the log of {rid.stem}, whose directory under {data_root} would be "
                          f"{rid.source_dir(data_root)}; refusing to write outputs for a moved run")
     data = derive_run(log, pressure, rate_hz=rate_hz)
     uid = run_uid(log.header)
     bids = BidsPaths.of(rid, data_root)
-    owned = owned_paths(run_dir, bids)
+    owned = owned_paths(run_dir, None if attempt else bids)
     source_log = str((run_dir / LOG_NAME).resolve().relative_to(Path(data_root).resolve()))
-    _, bids_written, notes = write_bids(data, rid, data_root=data_root, run_uid=uid, source_log=source_log, owned=owned)
+    if attempt:   # it never reached the scan: nothing for the BIDS dataset, and no run number taken
+        bids_written: list[Path] = []
+        notes = ["an attempt that ended before the first stored volume: no BIDS files; its run number stays free"]
+    else:
+        _, bids_written, notes = write_bids(data, rid, data_root=data_root, run_uid=uid, source_log=source_log,
+                                            owned=owned)
     written = list(bids_written)
     bold = write_bytes(run_dir / f"{rid.stem}_bold.json", json_bytes(task_sidecar(log.header)), owned=owned)
     trials = write_text(run_dir / "trials.csv", trials_csv_text(data), owned=owned)

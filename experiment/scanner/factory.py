@@ -11,6 +11,7 @@ A simulated scanner is never a fallback: `sim` outside a dry run is an input err
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from experiment.clock import Clock
@@ -66,7 +67,8 @@ def make_trigger_source(spec: str, *, clock: Clock, win: Any = None, dry_run: bo
                              f"which this command does not open")
         if driver == "keyboard":
             return xdotool_sim_source(plan, clock=clock, win=win)
-        return SyncGenSource(win, clock=clock, plan=plan)
+        # PsychoPy's emulator keeps its own TR without jitter: the plan's timing jitter does not apply
+        return SyncGenSource(win, clock=clock, plan=replace(plan, jitter_s=0.0))
     raise _unknown(spec, "unknown trigger source" if kind else "no trigger source given")
 
 

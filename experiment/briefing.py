@@ -1,0 +1,117 @@
+"""What the operator sees, and confirms, before a participant is involved.
+
+Before a real run waits for the scanner (and before a real calibration starts), the
+console shows one block: who, which protocol (and its hash), the pressure in kPa and
+mmHg with where it came from, the ceiling, the cuff's identity as the device reported it,
+and the trigger source. The operator confirms with a key; `--yes` confirms for scripted
+use and is recorded as such. A dry run shows the block and does not ask. The same facts
+and the confirmation go into the log header, provenance.json, the QC report and the
+events sidecar. Building the block is pure; `confirm` asks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, Callable, Mapping
+
+from experiment.calibration import pressure_line
+from experiment.cuff.base import DeviceInfo
+from experiment.errors import AbortError
+from experiment.units import kpa_to_mmhg
+
+RULE = "=" * 78
+YES_WORDS = frozenset({"y", "yes"})
+
+
+@dataclass(frozen=True)
+class Briefing:
+    """The facts the operator confirms: labelled lines for the console, and the same as JSON."""
+
+    what: str                               # "run" | "calibration"
+    dry_run: bool
+    lines: tuple[tuple[str, str], ...]      # (label, text), in the order shown
+    facts: Mapping[str, Any]                # for the log header and provenance
+
+    def record(self) -> dict[str, Any]:
+        """The block as it was shown (`lines`) and its facts, for the log header."""
+        return {"what": self.what, "lines": [list(line) for line in self.lines], **self.facts}
+
+    def text(self) -> str:
+        kind = "DRY RUN: simulated devices, nothing reaches a participant" if self.dry_run else "REAL"
+        head = f" CHECK BEFORE STARTING: {self.what} ({kind}) "
+        width = max(len(label) for label, _ in self.lines) + 2
+        body = [f"{label:<{width}}{text}" for label, text in self.lines]
+        return "\n".join([head.center(len(RULE), "="), *body, RULE])
+
+
+def _kpa(p: float) -> str:
+    return f"{p:.1f} kPa ({kpa_to_mmhg(p):.0f} mmHg)"
+
+
+def _cuff_lines(cuff: DeviceInfo, calibration_cuff: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    lines = [("cuff", f"{cuff.identity()}; hard limit {cuff.hard_limit_kpa:g} kPa")]
+    if calibration_cuff:
+        same = (calibration_cuff.get("name"), calibration_cuff.get("serial")) == (cuff.name, cuff.serial)
+        if not same:
+            lines.append(("NOTE", f"the calibration was made with another cuff ({calibration_cuff.get('name')}, "
+                                  f"serial {calibration_cuff.get('serial') or '?'}); the same pressure may feel "
+                                  "different"))
+    return lines
+
+
+def run_briefing(*, participant: str, session: str | None, run: int, protocol_path: str, protocol_sha256: str,
+                 pressure: Mapping[str, Any], ceiling_kpa: float, cuff: DeviceInfo, trigger_spec: str,
+                 trigger_simulated: bool, dry_run: bool) -> Briefing:
+    """The block shown before a run waits for the scanner."""
+    ses = f", session {session}" if session else ""
+    lines = [("participant", f"sub-{participant}{ses}, run {run}"),
+             ("protocol", f"{protocol_path} (sha256 {protocol_sha256[:12]})"),
+             ("pressure", pressure_line(pressure)),
+             ("ceiling", _kpa(ceiling_kpa)),
+             *_cuff_lines(cuff, pressure.get("calibration_cuff")),
+             ("trigger", trigger_spec + (" (SIMULATED)" if trigger_simulated else ""))]
+    facts = {"participant": participant, "session": session, "run": run, "protocol_path": protocol_path,
+             "protocol_sha256": protocol_sha256, "pressure": dict(pressure), "ceiling_kpa": ceiling_kpa,
+             "ceiling_mmhg": round(kpa_to_mmhg(ceiling_kpa), 1), "cuff": asdict(cuff),
+             "trigger": {"spec": trigger_spec, "simulated": trigger_simulated}, "dry_run": dry_run}
+    return Briefing("run", dry_run, tuple(lines), facts)
+
+
+def calibration_briefing(*, participant: str, session: str | None, method: str, target_rating: float,
+                         ceiling_kpa: float, cuff: DeviceInfo, dry_run: bool) -> Briefing:
+    """The block shown before a calibration gives its first stimulus."""
+    ses = f", session {session}" if session else ""
+    lines = [("participant", f"sub-{participant}{ses}"),
+             ("procedure", f"calibration, {method} method, target rating {target_rating:g}/100"),
+             ("ceiling", f"{_kpa(ceiling_kpa)}: no stimulus goes above it"),
+             *_cuff_lines(cuff, None)]
+    facts = {"participant": participant, "session": session, "method": method, "target_rating": target_rating,
+             "ceiling_kpa": ceiling_kpa, "ceiling_mmhg": round(kpa_to_mmhg(ceiling_kpa), 1), "cuff": asdict(cuff),
+             "dry_run": dry_run}
+    return Briefing("calibration", dry_run, tuple(lines), facts)
+
+
+def confirm(briefing: Briefing, *, say: Callable[[str], None], assume_yes: bool,
+            ask: Callable[[str], str] = input) -> dict[str, Any]:
+    """Show the block; a real session needs 'y' from the operator (or --yes). The confirmation record.
+
+    Anything but y/yes (an empty line, EOF on a closed stdin) cancels: AbortError, reason
+    `not_confirmed`, before anything reaches the participant.
+    """
+    say(briefing.text())
+    stamp = datetime.now().astimezone().isoformat(timespec="seconds")
+    if briefing.dry_run:
+        return {"by": "dry run (not asked)", "at": stamp}
+    if assume_yes:
+        say("confirmed by --yes (recorded)")
+        return {"by": "--yes", "at": stamp}
+    try:
+        answer = ask(f"Start this {briefing.what}? Type y and Enter to start, anything else cancels: ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() not in YES_WORDS:
+        raise AbortError(f"the operator did not confirm (answer {answer.strip()!r}); nothing was started",
+                         reason="not_confirmed")
+    return {"by": "operator", "at": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "answer": answer.strip()}
