@@ -20,8 +20,9 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from experiment import eventlog
-from experiment.cli import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's code, not an installed copy
+from experiment import eventlog  # noqa: E402
+from experiment.cli import main  # noqa: E402
 
 WHEN_VAR = "CUEDPAIN_TEST_DISK_FULL_WHEN"
 FILES_VAR = "CUEDPAIN_TEST_DISK_FULL_FILES"

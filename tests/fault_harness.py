@@ -4,10 +4,11 @@ The runner is started as the operator would start it (`python -m experiment run 
 with a real PsychoPy window on the test session's Xvfb display. Its two devices live in
 the test process, so a test can break them and afterwards ask them what really happened:
 
-* the cuff is the simulated CUFF/1 firmware (`SimCuffDevice`) served on a pseudo-terminal
-  by a `SimServer` (`--cuff line:<server.path>`, not `--dry-run`, which would make its own
-  in-process device); the device names itself `cuedpain-sim`, so every output says the
-  cuff was simulated. `server.rx_log` keeps every byte the runner sent, with its arrival
+* the cuff is the simulated CUFF/1 firmware under a hardware name (`BenchCuff`,
+  tests/hardware_double.py) served on a pseudo-terminal by a `SimServer` (`--cuff
+  line:<server.path>`, not `--dry-run`): the runner takes the real-run path, which
+  refuses a device that names itself a simulator. The operator's confirmation is given
+  with `--yes`. `server.rx_log` keeps every byte the runner sent, with its arrival
   time on the test's clock; `vent_log` keeps every vent the firmware made and why;
 * the trigger box is a pseudo-terminal read by the runner's serial source
   (`--scanner serial:<slave>:forp`); a `PtyScanner` thread writes '5' at each planned
@@ -35,10 +36,10 @@ from typing import Any, Callable, Sequence
 
 from experiment.clock import RealClock
 from experiment.cuff.line_codec import format_err
-from experiment.cuff.simdevice import SimCuffDevice
 from experiment.cuff.simserver import SimServer
 from experiment.scanner.sim_scanner import PtyScanner, ScannerPlan
 from tests.cuff_helpers import wait_for
+from tests.hardware_double import BenchCuff
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTICIPANT = "P1"
@@ -102,7 +103,7 @@ keys: {{trigger: '5', stop: '4', escape: escape, left: '1', right: '2', confirm:
 """
 
 
-class RefusingSimDevice(SimCuffDevice):
+class RefusingSimDevice(BenchCuff):
     """The simulated firmware, except that it answers chosen commands with an error.
 
     `refuse` maps a command name ("SET") to the CUFF/1 error code to answer with.
@@ -165,19 +166,25 @@ class FaultRun:
 
     def __init__(self, workdir: Path, *, protocol: str | None = None, device: Any = None,
                  python: Sequence[str] = (sys.executable, "-m", "experiment"),
-                 data: Path | None = None, env: dict[str, str] | None = None) -> None:
+                 data: Path | None = None, env: dict[str, str] | None = None,
+                 extra_args: Sequence[str] = (), yes: bool = True, terminal: bool = False) -> None:
+        """`extra_args` go after the usual ones; `yes=False` leaves the confirmation to the operator,
+        who answers through `type_line` when `terminal` gives the runner a pseudo-terminal as stdin."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.protocol_path = self.workdir / "protocol.yaml"
         self.protocol_path.write_text(protocol if protocol is not None else protocol_text())
         self.data = data if data is not None else self.workdir / "data"
         self.clock = RealClock()
-        self.server = SimServer(device if device is not None else SimCuffDevice(), clock=self.clock)
+        self.server = SimServer(device if device is not None else BenchCuff(), clock=self.clock)
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)   # the trigger line carries bytes, not terminal input
         self.scanner_path = os.ttyname(self._slave)
         self._python = list(python)
         self._env = env or {}
+        self._extra = list(extra_args)
+        self._yes = yes
+        self._tty: tuple[int, int] | None = os.openpty() if terminal else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.pulses: PtyScanner | None = None
         self._out = self.workdir / "stdout.txt"
@@ -187,8 +194,11 @@ class FaultRun:
 
     @property
     def run_dir(self) -> Path:
+        """The run's directory; once a run that never reached t0 has ended, its attempt directory."""
         stem = f"sub-{PARTICIPANT}_task-{TASK}_run-1"
-        return self.data / "sourcedata" / f"sub-{PARTICIPANT}" / stem
+        d = self.data / "sourcedata" / f"sub-{PARTICIPANT}" / stem
+        attempts = sorted(d.parent.glob(f"attempts/{stem}_attempt-*"))
+        return attempts[-1] if attempts and not d.exists() else d
 
     @property
     def log_path(self) -> Path:
@@ -197,13 +207,22 @@ class FaultRun:
     def argv(self) -> list[str]:
         return [*self._python, "run", str(self.protocol_path), "--participant", PARTICIPANT,
                 "--cuff", f"line:{self.server.path}", "--scanner", f"serial:{self.scanner_path}:forp",
-                "--data", str(self.data)]
+                "--data", str(self.data), *(["--yes"] if self._yes else []), *self._extra]
 
     def start(self) -> "FaultRun":
         env = {**os.environ, **self._env}   # DISPLAY comes from the xdisplay fixture
+        stdin = self._tty[1] if self._tty is not None else subprocess.DEVNULL
         with open(self._out, "wb") as out, open(self._err, "wb") as err:
-            self.proc = subprocess.Popen(self.argv(), cwd=ROOT, env=env, stdout=out, stderr=err)
+            self.proc = subprocess.Popen(self.argv(), cwd=ROOT, env=env, stdin=stdin, stdout=out, stderr=err)
         return self
+
+    def type_line(self, text: str) -> None:
+        """The operator types `text` and Enter at the runner's terminal."""
+        assert self._tty is not None, "start the run with terminal=True"
+        os.write(self._tty[0], text.encode() + b"\n")
+
+    def said_so_far(self) -> str:
+        return self._out.read_text() if self._out.exists() else ""
 
     def records(self) -> list[dict[str, Any]]:
         return read_records(self.log_path)
@@ -344,7 +363,7 @@ class FaultRun:
         if self.pulses is not None:
             self.pulses.stop()
         self.server.close()
-        for fd in (self._master, self._slave):
+        for fd in (self._master, self._slave, *(self._tty or ())):
             try:
                 os.close(fd)
             except OSError:

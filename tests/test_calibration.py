@@ -304,7 +304,7 @@ def test_an_override_needs_a_reason_which_is_recorded(tmp_path: Path, capsys) ->
     assert "--pressure-override needs --override-reason" in capsys.readouterr().err
     assert main([*run, "--pressure-override", "22", "--override-reason", "cuff calibration device broken"]) == 0
     log = read_log(data / "sourcedata" / "sub-P02" / "sub-P02_task-demo_run-1" / "log.jsonl")
-    assert log.header["pressure"] == {"pressure_kpa": 22.0, "source": "override",
+    assert log.header["pressure"] == {"pressure_kpa": 22.0, "pressure_mmhg": 165.0, "source": "override",
                                       "reason": "cuff calibration device broken"}
     assert _sets(log) == [22.0, 22.0]
 

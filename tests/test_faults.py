@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fault_harness import (ROOT, WATCHDOG_S, FaultRun, Outcome, RefusingSimDevice, protocol_text,
-                                 rebuild)
+from experiment.rundir import resolve_run
+from tests.fault_harness import (PARTICIPANT, ROOT, TASK, WATCHDOG_S, FaultRun, Outcome, RefusingSimDevice,
+                                 protocol_text, rebuild)
 from tests.fault_full_disk import FILES_VAR, WHEN_VAR
 
 pytestmark = [pytest.mark.realtime, pytest.mark.display, pytest.mark.timeout(90)]
@@ -211,8 +212,10 @@ def test_escape_in_the_participant_window_vents_and_keeps_the_data(run) -> None:
 
 
 @pytest.mark.parametrize("signum, said", [(signal.SIGINT, r"stopped by Ctrl-C from the operator"),
-                                          (signal.SIGTERM, r"stopped by SIGTERM from the operator")])
-def test_ctrl_c_and_sigterm_vent_within_100_ms_and_keep_the_data(run, signum: int, said: str) -> None:
+                                          (signal.SIGTERM, r"stopped by SIGTERM"),
+                                          (signal.SIGHUP, r"stopped by SIGHUP \(the terminal was closed")])
+def test_ctrl_c_sigterm_and_sighup_vent_within_100_ms_and_keep_the_data(run, signum: int, said: str) -> None:
+    """The host vents (VENT on the wire, not the device's watchdog) and derives the outputs."""
     r = run()
     set_rec = started_inflating(r)
     t_signal = r.send_signal(signum)
@@ -282,6 +285,10 @@ def test_a_first_trigger_that_never_comes_times_out_with_the_cuff_never_inflated
     assert b"SET" not in sent and b"RATE" not in sent
     assert not out.of_kind("t0")
     assert r.inspect(lambda d: d.pressure_kpa) < 1.0
+    # kept as an attempt: the log is there, no BIDS file, and run 1 is still free
+    assert r.run_dir.parent.name == "attempts" and (r.run_dir / "provenance.json").is_file()
+    assert not list(r.data.glob("sub-*/func/*"))
+    assert resolve_run(r.data, participant=PARTICIPANT, session=None, task=TASK, run="next").run == 1
 
 
 def test_pulses_at_slice_rate_are_warned_about_as_they_happen(run) -> None:

@@ -27,7 +27,7 @@ def test_bad_session_and_run_are_refused(tmp_path: Path) -> None:
 
 def test_existing_run_is_refused_and_the_free_one_named(tmp_path: Path) -> None:
     rid = resolve_run(tmp_path, participant="P01", session="1", task="pain", run="1")
-    d = create_source_dir(tmp_path, rid)
+    _, d = create_source_dir(tmp_path, rid)
     assert d == tmp_path / "sourcedata" / "sub-P01" / "ses-1" / "sub-P01_ses-1_task-pain_run-1"
     with pytest.raises(InputError, match="run 1 of sub-P01 ses-1 task-pain already exists .* run 2 is free"):
         resolve_run(tmp_path, participant="P01", session="1", task="pain", run="1")
