@@ -53,7 +53,7 @@ def test_ratings_and_response_times(full):
     assert rows[1].rating == answered["rating"]
     assert rows[1].response_time_s == pytest.approx(answered["t_response"] - run.onset_t[rows[1].i], abs=1e-9)
     assert rows[3].rating is None and rows[3].response_time_s is None  # timed out
-    assert data.rating_by_trial() == {1: answered["rating"]}
+    assert data.ratings_in(data.rating_columns[0]) == {1: answered["rating"]}
 
 
 def test_pressure_columns_only_where_the_cuff_works(full):
