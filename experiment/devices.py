@@ -14,11 +14,14 @@ Every device is registered on the caller's ExitStack; the cuff's exit vents.
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from experiment.clock import Clock
 from experiment.errors import HardwareError
 from experiment.rating import RatingScale
+
+if TYPE_CHECKING:
+    from experiment.schedule import PlannedEvent
 
 
 def safety_limits(protocol: Any) -> Any:
@@ -135,7 +138,7 @@ def rating_scale(prep: Any) -> RatingScale:
                        low_label=r.low_anchor, high_label=r.high_anchor, question=r.question)
 
 
-def before_stimulus(events: Any, i: int) -> bool:
+def before_stimulus(events: Sequence[PlannedEvent], i: int) -> bool:
     """Whether timeline event `i` comes before its trial's inflation (a rating there is an
     expectation); False in a trial that never inflates."""
     trial = events[i].trial
