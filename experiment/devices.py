@@ -14,11 +14,14 @@ Every device is registered on the caller's ExitStack; the cuff's exit vents.
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from experiment.clock import Clock
 from experiment.errors import HardwareError
 from experiment.rating import RatingScale
+
+if TYPE_CHECKING:
+    from experiment.schedule import PlannedEvent
 
 
 def safety_limits(protocol: Any) -> Any:
@@ -143,17 +146,28 @@ def rating_scale(prep: Any) -> RatingScale:
                        low_label=r.low_anchor, high_label=r.high_anchor, question=r.question)
 
 
+def before_stimulus(events: Sequence[PlannedEvent], i: int) -> bool:
+    """Whether timeline event `i` comes before its trial's inflation (a rating there is an
+    expectation); False in a trial that never inflates."""
+    trial = events[i].trial
+    mine = [e for e in events if e.trial == trial and trial > 0]
+    return (any(e.cuff == "inflate" and e.index > i for e in mine)
+            and not any(e.cuff == "inflate" and e.index < i for e in mine))
+
+
 def scripted_ratings(prep: Any, clock: Clock) -> Callable[[int, RatingScale, float], list[tuple[str, float]]] | None:
-    """Headless dry runs: a simulated participant answers each rating with key presses."""
+    """Headless dry runs: a simulated participant answers every rating phase with key presses,
+    an expectation before the trial's stimulus and a pain rating after it."""
     if not prep.headless:
         return None
     from experiment.simparticipant import SimulatedParticipant
 
     participant = SimulatedParticipant(seed=prep.seed)
     pressure = prep.timeline.target_kpa
+    events = prep.timeline.events
 
-    def answer(trial: int, scale: RatingScale, t_onset: float) -> list[tuple[str, float]]:
-        return participant.key_presses(scale, pressure, t_onset)
+    def answer(i: int, scale: RatingScale, t_onset: float) -> list[tuple[str, float]]:
+        return participant.key_presses(scale, pressure, t_onset, expectation=before_stimulus(events, i))
 
     return answer
 

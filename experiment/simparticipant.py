@@ -2,6 +2,9 @@
 
 The rating model is a noisy logistic function of pressure (seeded), so headless dry
 runs and calibration tests exercise the whole rating path with plausible answers.
+A rating asked before the trial's stimulus (an expectation) is the model's rating of
+the pressure to come with its own, wider noise, so a trial's expectation and pain
+rating differ and a mix-up between them shows in the outputs.
 It answers through the same key presses a button box would send.
 """
 
@@ -32,11 +35,16 @@ class RatingModel:
 
 class SimulatedParticipant:
     def __init__(self, *, model: RatingModel = RatingModel(), seed: int = 0,
-                 response_delay_s: float = 0.8, key_interval_s: float = 0.15) -> None:
+                 response_delay_s: float = 0.8, key_interval_s: float = 0.15,
+                 expectation_noise_sd: float = 15.0) -> None:
         self.model = model
         self._rng = random.Random(seed)
+        # expectations draw from their own stream: adding expectation phases to a protocol
+        # leaves the pain ratings of the same seed as they were
+        self._expectation_rng = random.Random(f"{seed}:expectation")
         self.response_delay_s = response_delay_s
         self.key_interval_s = key_interval_s
+        self.expectation_noise_sd = expectation_noise_sd
 
     def rate(self, pressure_kpa: float | None) -> float:
         if pressure_kpa is None:
@@ -44,9 +52,19 @@ class SimulatedParticipant:
         value = self.model.expected(pressure_kpa) + self._rng.gauss(0.0, self.model.noise_sd)
         return min(100.0, max(0.0, value))
 
-    def key_presses(self, scale: RatingScale, pressure_kpa: float | None, t_onset: float) -> list[tuple[str, float]]:
-        """The presses (key, time) that move the marker to the felt rating and confirm."""
-        wanted = self.rate(pressure_kpa)
+    def expect(self, pressure_kpa: float | None) -> float:
+        """The rating expected before the stimulus: the model's value for the pressure to come,
+        with expectation noise."""
+        if pressure_kpa is None:
+            return 0.0
+        value = self.model.expected(pressure_kpa) + self._expectation_rng.gauss(0.0, self.expectation_noise_sd)
+        return min(100.0, max(0.0, value))
+
+    def key_presses(self, scale: RatingScale, pressure_kpa: float | None, t_onset: float, *,
+                    expectation: bool = False) -> list[tuple[str, float]]:
+        """The presses (key, time) that move the marker to the felt (or, before the stimulus,
+        the expected) rating and confirm."""
+        wanted = self.expect(pressure_kpa) if expectation else self.rate(pressure_kpa)
         steps = round((wanted - scale.start) / scale.step)
         key = scale.right_key if steps > 0 else scale.left_key
         t = t_onset + self.response_delay_s

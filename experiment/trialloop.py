@@ -68,6 +68,7 @@ class LoopHooks:
     deflate: Callable[[int], None]                  # (event index)
     status: Callable[[int, str, float | None], None]  # console: (trial, phase, next event in s)
     vent: Callable[[str], None]                     # vent now (participant stop key); never raises
+    # headless dry runs: (plan index of the rating phase, scale, scale onset) -> simulated key presses
     scripted_keys: Callable[[int, RatingScale, float], list[tuple[str, float]]] | None = None
 
 
@@ -109,11 +110,15 @@ class TrialLoop:
         scripted: list[tuple[str, float]] = []
 
         def finish_rating(now: float) -> None:
+            """Log the rating once, with the plan index `i` of the phase that showed the scale
+            (a trial may have several rating phases; `trial` alone cannot tell them apart)."""
             nonlocal rating, rating_logged
             if rating is not None and not rating_logged:
-                tr = self.timeline[rating_event].trial if rating_event is not None else None
+                ev = self.timeline[rating_event] if rating_event is not None else None
                 self.log({"kind": "rating", "t_onset": rating.t_onset, "t_response": rating.t_response,
-                          "trial": tr, "rating": rating.value if rating.confirmed else None,
+                          "i": rating_event, "trial": ev.trial if ev is not None else None,
+                          "phase": ev.phase if ev is not None else None,
+                          "rating": rating.value if rating.confirmed else None,
                           "response_time_s": rating.response_time_s, "timed_out": not rating.confirmed,
                           "moved": rating.moved, "t": now})
                 rating_logged = True
@@ -186,7 +191,7 @@ class TrialLoop:
             if due and rating is not None and rating_event == due[-1]:
                 rating = replace(rating, t_onset=t_flip)  # the scale appeared at this flip
                 if self.hooks.scripted_keys is not None:
-                    scripted = self.hooks.scripted_keys(tl[rating_event].trial, self.rating_scale, t_flip)
+                    scripted = self.hooks.scripted_keys(rating_event, self.rating_scale, t_flip)
             if due and tl[due[0]].trial != (tl[due[0] - 1].trial if due[0] > 0 else None):
                 self.log({"kind": "frames", **self.display.stats.summary(t_flip)})  # once per trial
             for t_drop, interval in self.display.stats.take_drops():

@@ -37,7 +37,19 @@ TRIAL_TYPES: dict[str, list[tuple[str, float, str | None, str, float | None, str
         ("pain_anticipation", 6.0, "cue_pain", "none", None, "catch_pain_anticipation"),
         ("rest", 10.0, "fixation", "none", None, None),
     ],
+    # two rating phases in one trial: an expectation before the stimulus, a pain rating after it
+    "pain_expectation": [
+        ("pain_anticipation", 6.0, "cue_pain", "none", None, "pain_anticipation"),
+        ("expectation", 5.0, "rating_scale", "none", None, "expectation"),
+        ("pain", 10.0, "fixation", "inflate", 40.0, "pain"),
+        ("relief_anticipation", 6.0, "cue_relief", "hold", 40.0, "relief_anticipation"),
+        ("deflation", 2.0, "fixation", "deflate", None, None),
+        ("pain_rating", 6.0, "rating_scale", "none", None, "pain_rating"),
+        ("rest", 8.0, "fixation", "none", None, None),
+    ],
 }
+#: phases that show the rating scale (plan `phase_kind: rating`)
+RATING_PHASES = frozenset({"rating", "expectation", "pain_rating"})
 RATE_KPA_S = 20.0
 DEFLATE_KPA_S = 40.0
 LEAD_IN_S = 12.0
@@ -55,7 +67,8 @@ class SyntheticRun:
     plan: list[dict[str, Any]]
     onset_t: dict[int, float]          # plan index -> flip time written
     planned_t: dict[int, float]        # plan index -> planned (re-anchored) time written
-    ratings: dict[int, dict[str, Any]]  # trial -> rating record written
+    ratings: dict[int, dict[str, Any]]  # trial -> the trial's last rating record written
+    ratings_at: dict[int, dict[str, Any]]  # plan index of the rating phase -> its rating record written
     reanchor_shift_s: float
     pulse_times: list[float]           # every pulse written (including discarded)
     samples: list[dict[str, Any]]      # pressure records written
@@ -64,7 +77,7 @@ class SyntheticRun:
     header: dict[str, Any] = field(default_factory=dict)
 
 
-def _plan(trials: list[str], targets_kpa: tuple[float, ...]) -> list[dict[str, Any]]:
+def _plan(trials: list[str], targets_kpa: tuple[float, ...], unmodelled: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     plan: list[dict[str, Any]] = []
 
     def add(trial: int, trial_type: str, phase: str, onset: float, dur: float, cue: str | None,
@@ -74,7 +87,8 @@ def _plan(trials: list[str], targets_kpa: tuple[float, ...]) -> list[dict[str, A
                      "onset_s": round(onset, 6), "duration_s": dur + ramp, "cue": cue, "cuff": cuff,
                      "target_kpa": target, "rate_kpa_s": RATE_KPA_S if cuff == "inflate" else None,
                      "timed_from": "target_reached" if cuff == "inflate" else "onset", "ramp_s": ramp,
-                     "bids_trial_type": bids})
+                     "bids_trial_type": None if phase in unmodelled else bids,
+                     "phase_kind": "rating" if phase in RATING_PHASES else "cue"})
 
     t = 0.0
     add(0, "lead_in", "lead_in", t, LEAD_IN_S, "fixation", "none", None, None)
@@ -96,6 +110,8 @@ def make_run(data_root: Path, *, participant: str = "01", session: str | None = 
              extra_ramp_s: float = 0.1, pain_targets_kpa: tuple[float, ...] = (40.0,),
              display_simulated: bool = False, dry_run: bool = True,
              missed_volumes: tuple[int, ...] = (), timeout_trials: tuple[int, ...] = (),
+             timeout_phases: tuple[tuple[int, str], ...] = (), unmodelled: tuple[str, ...] = (),
+             legacy_ratings: bool = False,
              pressure_rate_hz: float = 25.0, pressure_gap: tuple[float, float] | None = None,
              abort_at_s: float | None = None, kill_at_s: float | None = None,
              protocol_text: str = "name: synthetic\n") -> SyntheticRun:
@@ -106,6 +122,10 @@ def make_run(data_root: Path, *, participant: str = "01", session: str | None = 
     sent. `pain_targets_kpa`: target pressure of successive pain trials (cycled).
     `pressure_gap`: (start, end) in seconds from t0 with no pressure samples.
     `abort_at_s`/`kill_at_s`: seconds from t0 at which the run ends early.
+    `timeout_trials`: trials whose every rating times out; `timeout_phases`: (trial, phase)
+    ratings that time out. `unmodelled`: phase names written with no bids_trial_type.
+    `legacy_ratings`: rating records without `i` and `phase`, as logs had them before.
+    Ratings within one trial get different values.
     """
     rng = random.Random(seed)
     rid = RunId(participant, session, task, run)
@@ -113,7 +133,7 @@ def make_run(data_root: Path, *, participant: str = "01", session: str | None = 
     run_dir.mkdir(parents=True)
     (run_dir / "protocol.yaml").write_text(protocol_text, encoding="utf-8")
     (run_dir / "rig.yaml").write_text("screen: {refresh_hz: 60}\n", encoding="utf-8")
-    plan = _plan(list(trials), pain_targets_kpa)
+    plan = _plan(list(trials), pain_targets_kpa, unmodelled)
     run_len = plan[-1]["onset_s"] + plan[-1]["duration_s"] + len(trials) * extra_ramp_s
     n_volumes = int(math.ceil(run_len / tr_s))
     t_start, t_first_pulse = 1000.0, 1003.0
@@ -142,6 +162,7 @@ def make_run(data_root: Path, *, participant: str = "01", session: str | None = 
     onset_t: dict[int, float] = {}
     planned_t: dict[int, float] = {}
     ratings: dict[int, dict[str, Any]] = {}
+    ratings_at: dict[int, dict[str, Any]] = {}
     pressure_events: list[tuple[float, str, float]] = []   # (time, action, target)
     shift = 0.0
     for ev in plan:
@@ -169,19 +190,25 @@ def make_run(data_root: Path, *, participant: str = "01", session: str | None = 
                        "reply": "OK", "ok": True, "i": ev["i"], "purpose": "deflate"})
             emit(t_w + 1.0, {"kind": "cuff_event", "t": t_w + 1.0, "name": "DEFLATED", "fields": {}})
             pressure_events.append((t_w, "deflate", 0.0))
-        if ev["phase"] == "rating":
-            if ev["trial"] in timeout_trials:
-                rec = {"kind": "rating", "t_onset": t, "t_response": None, "trial": ev["trial"], "rating": None,
-                       "response_time_s": None, "timed_out": True, "moved": True, "t": t + 6.0}
-                emit(t + 6.0, rec)
+        if ev["phase"] in RATING_PHASES:
+            where = {} if legacy_ratings else {"i": ev["i"], "phase": ev["phase"]}
+            if ev["trial"] in timeout_trials or (ev["trial"], ev["phase"]) in timeout_phases:
+                t_end = t + min(6.0, ev["duration_s"])
+                rec = {"kind": "rating", "t_onset": t, "t_response": None, **where, "trial": ev["trial"],
+                       "rating": None, "response_time_s": None, "timed_out": True, "moved": True, "t": t_end}
+                emit(t_end, rec)
             else:
                 rt = 1.5 + rng.uniform(0, 2)
-                rec = {"kind": "rating", "t_onset": t, "t_response": t + rt, "trial": ev["trial"],
-                       "rating": float(5 * rng.randint(4, 16)), "response_time_s": rt, "timed_out": False,
-                       "moved": True, "t": t + rt}
+                given = {r["rating"] for r in ratings_at.values() if r["trial"] == ev["trial"]}
+                value = float(5 * rng.randint(4, 16))
+                while value in given:   # a trial's ratings differ, so a mix-up between them shows
+                    value = float(5 * rng.randint(4, 16))
+                rec = {"kind": "rating", "t_onset": t, "t_response": t + rt, **where, "trial": ev["trial"],
+                       "rating": value, "response_time_s": rt, "timed_out": False, "moved": True, "t": t + rt}
                 emit(t + rt - 1e-6, {"kind": "key", "t": t + rt, "key": "3", "role": "response"})
                 emit(t + rt, rec)
             ratings[ev["trial"]] = rec
+            ratings_at[ev["i"]] = rec
         if ev["phase"] == "rest" and ev["trial"] > 0:
             emit(t + 0.5, {"kind": "frames", "t": t + 0.5, "n": 1800, "dropped": 1 if ev["trial"] == 2 else 0,
                            "max_interval_s": 0.0334 if ev["trial"] == 2 else 0.0170, "p99_interval_s": 0.0168})
@@ -255,8 +282,8 @@ def make_run(data_root: Path, *, participant: str = "01", session: str | None = 
     return SyntheticRun(run_dir=run_dir, data_root=Path(data_root), rid=rid, t0=t0, tr_s=tr_s, n_volumes=n_volumes,
                         plan=plan, onset_t={i: t for i, t in onset_t.items() if stop_t is None or t <= stop_t},
                         planned_t=planned_t,
-                        ratings={k: v for k, v in ratings.items()
-                                 if stop_t is None or (v["t_response"] or v["t_onset"] + 6.0) <= stop_t},
+                        ratings={k: v for k, v in ratings.items() if stop_t is None or v["t"] <= stop_t},
+                        ratings_at={k: v for k, v in ratings_at.items() if stop_t is None or v["t"] <= stop_t},
                         reanchor_shift_s=extra_ramp_s, pulse_times=[t for t in pulse_times if t <= last_t],
                         samples=samples, end=end, last_time=last_time, header=header)
 

@@ -120,3 +120,33 @@ def test_constant_modulators_are_left_out(tmp_path):
     assert f"{run.rid.stem}_pain_pmod-pressure.txt" not in names
     assert f"{run.rid.stem}_pain_pmod-rating.txt" in names
     assert "no 'pressure' modulator for 'pain'" in paths.exports.readme.read_text()
+
+
+def test_each_rating_phase_modulates_pain_with_its_own_values(tmp_path):
+    run = make_run(tmp_path, trials=("pain_expectation", "catch", "pain_expectation", "pain_expectation"),
+                   pain_targets_kpa=TARGETS, timeout_phases=((3, "pain_rating"),))
+    paths = write_run_outputs(run.run_dir, data_root=tmp_path)
+    events = pd.read_csv(paths.events_tsv, sep="\t", keep_default_na=False)
+    pain = events[events["trial_type"] == "pain"]
+    stem = paths.exports.directory / "fsl" / run.rid.stem
+    mat = loadmat(paths.exports.spm)
+    names = [str(mat["names"][0, k][0]) for k in range(mat["names"].shape[1])]
+    k = names.index("pain")
+    pmods = {str(mat["pmod"][0, k]["name"][0, j][0]): mat["pmod"][0, k]["param"][0, j].ravel()
+             for j in range(mat["pmod"][0, k]["name"].shape[1])}
+    assert list(pmods) == ["pressure", "expectation_rating", "pain_rating_rating"]
+    by_phase = {}
+    for phase in ("expectation", "pain_rating"):
+        given = [next(r["rating"] for i, r in run.ratings_at.items()
+                      if run.plan[i]["phase"] == phase and r["trial"] == t) for t in pain["trial"]]
+        present = [g for g in given if g is not None]
+        filled = [np.mean(present) if g is None else g for g in given]   # timed out -> the mean
+        np.testing.assert_allclose(pmods[f"{phase}_rating"], filled, atol=1e-9)
+        ev = read_ev(f"{stem}_pain_pmod-{phase}_rating.txt")
+        np.testing.assert_allclose(ev[:, 0], pain["onset"].astype(float), atol=1e-4)
+        np.testing.assert_allclose(ev[:, 2], np.asarray(filled) - np.mean(filled), atol=1e-4)
+        by_phase[phase] = given
+    assert by_phase["expectation"] != by_phase["pain_rating"] and None in by_phase["pain_rating"]
+    assert not (paths.exports.directory / "fsl" / f"{run.rid.stem}_pain_pmod-rating.txt").exists()
+    for other in ("expectation", "pain_rating", "pain_anticipation"):   # ratings modulate pain only
+        assert mat["pmod"][0, names.index(other)]["name"].size == 0

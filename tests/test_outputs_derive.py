@@ -53,7 +53,7 @@ def test_ratings_and_response_times(full):
     assert rows[1].rating == answered["rating"]
     assert rows[1].response_time_s == pytest.approx(answered["t_response"] - run.onset_t[rows[1].i], abs=1e-9)
     assert rows[3].rating is None and rows[3].response_time_s is None  # timed out
-    assert data.rating_by_trial() == {1: answered["rating"]}
+    assert data.ratings_in(data.rating_columns[0]) == {1: answered["rating"]}
 
 
 def test_pressure_columns_only_where_the_cuff_works(full):
@@ -153,3 +153,104 @@ def test_values_are_never_written_as_nan_or_empty():
     assert [format_value(v) for v in (None, float("nan"), float("inf"), -0.00001, 1.23456, 3, True, "a\tb")] == \
         ["n/a", "n/a", "n/a", "0.0000", "1.2346", "3", "true", "a b"]
     assert tsv_text(("a", "b"), [(None, 1.0)]) == "a\tb\nn/a\t1.0000\n"
+
+
+# ---------------------------------------------------------------- several rating phases per trial
+
+def _rating_records_by_phase(run, phase):
+    """trial -> the rating record written for `phase` (the log's own truth)."""
+    return {rec["trial"]: rec for i, rec in run.ratings_at.items() if run.plan[i]["phase"] == phase}
+
+
+def test_two_ratings_in_a_trial_derive_to_their_own_rows(tmp_path):
+    run = make_run(tmp_path, trials=("pain_expectation", "catch", "pain_expectation", "pain_expectation"),
+                   timeout_phases=((3, "pain_rating"),))
+    data = derive(run)
+    rated = [i for i, p in enumerate(run.plan) if p["phase"] in ("expectation", "pain_rating")]
+    assert sorted(run.ratings_at) == rated and len(rated) == 6
+    first = [run.ratings_at[i] for i in rated[:2]]    # trial 1: the mix-up would be visible
+    assert first[0]["rating"] != first[1]["rating"] and first[0]["response_time_s"] != first[1]["response_time_s"]
+    rows = {e.i: e for e in data.events}
+    for i in rated:
+        rec, row = run.ratings_at[i], rows[i]
+        assert (row.trial, row.phase, row.trial_type) == (run.plan[i]["trial"], run.plan[i]["phase"],
+                                                          run.plan[i]["bids_trial_type"])
+        assert row.onset_s == pytest.approx(rec["t_onset"] - run.t0, abs=1e-9)
+        assert row.rating == rec["rating"]
+        if rec["timed_out"]:
+            assert row.response_time_s is None
+        else:   # from this row's own onset, and within this phase
+            assert row.response_time_s == pytest.approx(rec["t_response"] - run.onset_t[i], abs=1e-9)
+            assert 0 < row.response_time_s < run.plan[i]["duration_s"]
+    trial3 = {run.plan[i]["phase"]: i for i in rated if run.plan[i]["trial"] == 3}
+    assert run.ratings_at[trial3["pain_rating"]]["timed_out"] and rows[trial3["pain_rating"]].rating is None
+    assert rows[trial3["expectation"]].rating is not None and rows[trial3["expectation"]].response_time_s > 0
+    assert all(e.rating is None and e.response_time_s is None for e in data.events if e.i not in rated)
+    assert not any(e.duration_source == "response" for e in data.events)   # no fallback rows
+
+
+def test_two_ratings_in_a_trial_get_their_own_trial_columns(tmp_path):
+    run = make_run(tmp_path, trials=("pain_expectation", "catch", "pain_expectation"),
+                   timeout_phases=((3, "expectation"),))
+    data = derive(run)
+    assert [c.phase for c in data.rating_columns] == ["expectation", "pain_rating"]
+    t = data.trials
+    assert "rating" not in t.columns and "response_time" not in t.columns
+    for phase in ("expectation", "pain_rating"):
+        given = _rating_records_by_phase(run, phase)
+        assert sorted(given) == [1, 3]
+        for n, row in zip(t.column("trial"), t.rows):
+            row = dict(zip(t.columns, row))
+            rec = given.get(n)
+            if rec is None:   # the catch trial has no rating phase
+                assert row[f"{phase}_rating"] is None and row[f"{phase}_rating_timed_out"] is None
+                continue
+            assert row[f"{phase}_rating"] == rec["rating"]
+            assert row[f"{phase}_response_time"] == rec["response_time_s"]
+            assert row[f"{phase}_rating_timed_out"] is rec["timed_out"]
+        cols = next(c for c in data.rating_columns if c.phase == phase)
+        assert data.ratings_in(cols) == {n: r["rating"] for n, r in given.items() if r["rating"] is not None}
+
+
+def test_a_rating_phase_that_is_not_modelled_keeps_its_own_row(tmp_path):
+    run = make_run(tmp_path, trials=("pain_expectation", "pain_expectation"), unmodelled=("expectation",))
+    data = derive(run)
+    fallback = [e for e in data.events if e.duration_source == "response"]
+    given = _rating_records_by_phase(run, "expectation")
+    assert [(e.trial, e.phase, e.trial_type) for e in fallback] == [(1, "expectation", "rating"),
+                                                                     (2, "expectation", "rating")]
+    for e in fallback:
+        rec = given[e.trial]
+        assert e.rating == rec["rating"] and e.response_time_s == pytest.approx(rec["response_time_s"])
+        assert e.onset_s == pytest.approx(rec["t_onset"] - run.t0, abs=1e-9)
+    pain_rows = {e.trial: e for e in data.events if e.phase == "pain_rating"}
+    for n, rec in _rating_records_by_phase(run, "pain_rating").items():
+        assert pain_rows[n].rating == rec["rating"] != given[n]["rating"]
+
+
+def test_an_old_log_without_plan_indices_keeps_the_first_rating_of_each_trial(tmp_path):
+    old = make_run(tmp_path / "old", trials=("pain_expectation", "pain"), legacy_ratings=True)
+    assert all("i" not in rec for rec in old.ratings_at.values())
+    data = derive(old)
+    rows = {e.i: e for e in data.events}
+    i_expect, i_pain_rating, i_rating = (next(i for i, p in enumerate(old.plan) if p["phase"] == name)
+                                         for name in ("expectation", "pain_rating", "rating"))
+    for i in (i_expect, i_rating):   # the first rating of each trial, on the phase shown at its onset
+        rec = old.ratings_at[i]
+        assert rows[i].rating == rec["rating"]
+        assert rows[i].response_time_s == pytest.approx(rec["t_response"] - old.onset_t[i], abs=1e-9)
+    assert rows[i_pain_rating].rating is None          # the second rating cannot be placed
+    assert any("without a plan index" in n for n in data.notes)
+    # the same run written with plan indices places every rating
+    new = derive(make_run(tmp_path / "new", trials=("pain_expectation", "pain")))
+    assert {e.i: e.rating for e in new.events if e.rating is not None} == \
+        {i: rec["rating"] for i, rec in old.ratings_at.items()}
+    assert not any("plan index" in n for n in new.notes)
+
+
+def test_an_old_log_with_one_rating_per_trial_derives_as_a_new_one(tmp_path):
+    old = derive(make_run(tmp_path / "old", trials=("pain", "catch", "pain"), timeout_trials=(3,),
+                          legacy_ratings=True))
+    new = derive(make_run(tmp_path / "new", trials=("pain", "catch", "pain"), timeout_trials=(3,)))
+    assert old.events == new.events and old.trials == new.trials and old.ratings == new.ratings
+    assert [c.rating for c in old.rating_columns] == ["rating"]

@@ -37,3 +37,16 @@ def test_simulated_participant_reaches_its_felt_rating_by_keys() -> None:
     assert s.confirmed
     assert abs(s.value - RatingModel().expected(45.0)) <= scale.step / 2
     assert RatingModel().pressure_for(RatingModel().expected(40.0)) == pytest.approx(40.0)
+
+
+def test_expectations_are_seeded_and_leave_the_pain_ratings_as_they_were() -> None:
+    plain, with_expectations = SimulatedParticipant(seed=3), SimulatedParticipant(seed=3)
+    felt = [plain.rate(40.0) for _ in range(5)]
+    expected, felt_too = [], []
+    for _ in range(5):
+        expected.append(with_expectations.expect(40.0))
+        felt_too.append(with_expectations.rate(40.0))
+    assert felt_too == felt                     # an expectation phase does not shift the pain ratings
+    again = SimulatedParticipant(seed=3)
+    assert [again.expect(40.0) for _ in range(5)] == expected != felt   # the same seed, the same answers
+    assert all(0.0 <= v <= 100.0 for v in expected)

@@ -7,11 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from types import SimpleNamespace
+
 import numpy as np
+import pandas as pd
 import pytest
+import yaml
+from scipy.io import loadmat
 
 from experiment.cli import main
 from experiment.eventlog import read_log
+from experiment.rundir import RunId
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGGIA = ROOT / "protocols" / "loggia2014.yaml"
@@ -133,3 +139,95 @@ def test_a_missing_stimulus_is_refused_before_the_cuff_is_touched(tmp_path: Path
         assert server.opens == 0 and server.rx_log == []  # the cuff's port was never opened
     finally:
         server.close()
+
+
+def _two_rating_protocol(path: Path) -> Path:
+    """The demo with an expectation rating (before inflation) and a pain rating (after deflation)."""
+    from tests.protocol_samples import edited, load_dict, protocol_from
+
+    data = load_dict(DEMO)
+    phases = data["trial_types"]["pain"]["phases"]
+    assert [p["name"] for p in phases][1:2] == ["pain"] and phases[4]["name"] == "rating"
+    phases.insert(1, {"name": "expectation", "kind": "rating", "cue": "pain_cue", "duration": 4,
+                      "bids_trial_type": "expectation"})
+    phases[5] = {**phases[5], "name": "pain_rating", "bids_trial_type": "pain_rating"}
+    data = edited(data, **{"metadata.task": "tworatings", "trials.counts.pain": 4, "scan.n_volumes": 100,
+                           "rating.step": 5, "safety.max_cumulative_inflation_per_run_s": 60,
+                           "stimuli_dir": str(ROOT / "stimuli")})
+    protocol_from(data)   # valid before it is run
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _check_every_rating_kept(data: Path, run_dir: Path) -> None:
+    """Each rating record of the log, in events.tsv, trials.csv and the FSL and SPM exports."""
+    log = read_log(run_dir / "log.jsonl")
+    plan = {r["i"]: r for r in log.of_kind("plan")}
+    onset_t = {r["i"]: r["t"] for r in log.of_kind("onset")}
+    rated = {i for i, p in plan.items() if p["phase_kind"] == "rating"}
+    records = list(log.of_kind("rating"))
+    assert sorted(r["i"] for r in records) == sorted(rated) and len(rated) == 8   # every rating phase answered
+    given: dict[tuple[int, str], dict] = {}
+    for r in records:
+        assert (r["trial"], r["phase"]) == (plan[r["i"]]["trial"], plan[r["i"]]["phase"]) and not r["timed_out"]
+        assert r["t_onset"] == onset_t[r["i"]]
+        given[(r["trial"], r["phase"])] = r
+    trials = sorted({n for n, _ in given})
+    # the simulated participant's expectation and pain rating differ, so a mix-up would show
+    assert any(given[(n, "expectation")]["rating"] != given[(n, "pain_rating")]["rating"] for n in trials)
+    assert any(given[(n, "expectation")]["response_time_s"] != given[(n, "pain_rating")]["response_time_s"]
+               for n in trials)
+    stem = run_dir.name
+    events = pd.read_csv(data / "sub-P05" / "func" / f"{stem}_events.tsv", sep="\t", na_values=["n/a"],
+                         keep_default_na=False)
+    for (n, phase), r in given.items():
+        row = events[(events["trial"] == n) & (events["phase"] == phase)]
+        assert len(row) == 1 and row["trial_type"].item() == phase
+        assert row["rating"].item() == pytest.approx(r["rating"], abs=0.005)
+        assert row["response_time"].item() == pytest.approx(r["t_response"] - onset_t[r["i"]], abs=1e-4)
+    assert events.loc[~events["phase"].isin(["expectation", "pain_rating"]), "rating"].isna().all()
+    table = pd.read_csv(run_dir / "trials.csv", na_values=["n/a"], keep_default_na=False).set_index("trial")
+    assert "rating" not in table.columns
+    for (n, phase), r in given.items():
+        assert table.loc[n, f"{phase}_rating"] == pytest.approx(r["rating"], abs=0.005)
+        assert table.loc[n, f"{phase}_response_time"] == pytest.approx(r["response_time_s"], abs=1e-4)
+        assert not table.loc[n, f"{phase}_rating_timed_out"]
+    pain = events[events["trial_type"] == "pain"]
+    mat = loadmat(run_dir / "exports" / f"{stem}_spm_multiple_conditions.mat")
+    names = [str(mat["names"][0, k][0]) for k in range(mat["names"].shape[1])]
+    pmod = mat["pmod"][0, names.index("pain")]
+    params = {str(pmod["name"][0, j][0]): pmod["param"][0, j].ravel() for j in range(pmod["name"].shape[1])}
+    assert set(params) == {"expectation_rating", "pain_rating_rating"}   # the pressure is constant: left out
+    for phase in ("expectation", "pain_rating"):
+        values = np.array([given[(n, phase)]["rating"] for n in pain["trial"]], dtype=float)
+        np.testing.assert_allclose(params[f"{phase}_rating"], values)
+        fsl = np.loadtxt(run_dir / "exports" / "fsl" / f"{stem}_pain_pmod-{phase}_rating.txt", ndmin=2)
+        np.testing.assert_allclose(fsl[:, 0], pain["onset"], atol=1e-4)
+        np.testing.assert_allclose(fsl[:, 2], values - values.mean(), atol=1e-4)
+
+
+def test_two_rating_phases_are_each_kept_in_every_output_and_after_rebuild(tmp_path: Path) -> None:
+    from tests.logfactory import add_placeholder_bold, bids_validate
+
+    protocol = _two_rating_protocol(tmp_path / "two_ratings.yaml")
+    data = tmp_path / "data"
+    proc = _cli("run", str(protocol), "--participant", "P05", "--dry-run", "--headless", "--data", str(data))
+    assert proc.returncode == 0, proc.stderr
+    run_dir = _run_dir(data, "sub-P05_task-tworatings_run-1")
+    _check_every_rating_kept(data, run_dir)
+    func = data / "sub-P05" / "func"
+    events_json = func / f"{run_dir.name}_events.json"   # kept: it names the run that may replace these files
+    derived = [func / f"{run_dir.name}_events.tsv", run_dir / "trials.csv", *(run_dir / "exports").rglob("*.*")]
+    before = {p: p.read_bytes() for p in [events_json, *derived]}
+    for p in derived:
+        p.unlink()
+    proc = _cli("rebuild", str(run_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert {p: p.read_bytes() for p in [events_json, *derived] if p.exists()} == before   # the same, from the log
+    _check_every_rating_kept(data, run_dir)
+    header = json.loads((run_dir / "log.jsonl").read_text().split("\n")[0])
+    onsets = pd.read_csv(run_dir / "pulses.tsv", sep="\t", na_values=["n/a"])["onset"]
+    add_placeholder_bold(SimpleNamespace(rid=RunId("P05", None, "tworatings", 1), data_root=data,
+                                         tr_s=header["tr_s"], run_dir=run_dir), int((onsets >= 0).sum()))
+    errors, _ = bids_validate(data)   # the rating levels' HED tags are valid
+    assert errors == [], [(e["code"], e.get("location")) for e in errors]

@@ -63,6 +63,8 @@ HED_BY_NAME = {
     "rating": "Sensory-event, Visual-presentation, Instructional, Participant-response, "
               "Description/Pain rating on a visual analogue scale",
 }
+# a level whose phase shows the rating scale (kind: rating) under another name, e.g. an expectation
+RATING_SCALE_HED = "Sensory-event, Visual-presentation, Instructional, Participant-response"
 CUFF_LEVELS = {"none": "cuff deflated, no command in this phase",
                "inflate": "cuff inflated to the target pressure at this phase's onset",
                "hold": "cuff held at the target pressure", "deflate": "cuff deflated at this phase's onset"}
@@ -120,6 +122,8 @@ def hed_for_level(level: str, phases: Sequence[PhaseTiming]) -> str:
     mine = [p for p in phases if p.bids_trial_type == level]
     if mine and mine[0].phase in HED_BY_NAME:
         return HED_BY_NAME[mine[0].phase]
+    if mine and mine[0].kind == "rating":
+        return RATING_SCALE_HED
     cuff = {p.cuff for p in mine}
     parts = ["Sensory-event"]
     if "inflate" in cuff:
@@ -139,7 +143,8 @@ def _level_text(level: str, phases: Sequence[PhaseTiming]) -> str:
         return level
     p = mine[0]
     cue = f"cue '{p.cue}'" if p.cue else "no cue"
-    return f"phase '{p.phase}' of '{p.trial_type}' trials ({cue}, cuff {p.cuff})"
+    scale = "rating scale in " if p.kind == "rating" else ""
+    return f"{scale}phase '{p.phase}' of '{p.trial_type}' trials ({cue}, cuff {p.cuff})"
 
 
 def stimulus_presentation(data: RunData) -> dict[str, Any]:
@@ -178,6 +183,10 @@ def events_sidecar(data: RunData, *, run_uid: str, source_log: str) -> dict[str,
                                                           if p.bids_trial_type})
     phases = sorted({e.phase for e in data.events})
     cues = sorted({e.cue for e in data.events if e.cue})
+    rated = [c.phase for c in data.rating_columns if c.phase is not None]
+    rated_text = (f"Rows of the rating phase{'s' if len(rated) > 1 else ''} {', '.join(repr(n) for n in rated)} "
+                  "carry ratings, each row the rating given on its own scale (a trial with several rating "
+                  "phases has one row, and one value, per phase). " if rated else "")
     s = {"Units": "s"}
     side: dict[str, Any] = {
         "onset": {"Description": "First frame of the phase on screen (flip timestamp), in seconds from t0, the "
@@ -201,10 +210,13 @@ def events_sidecar(data: RunData, *, run_uid: str, source_log: str) -> dict[str,
         "measured_pressure_kpa": {"Description": "Mean measured cuff pressure while the device reported holding "
                                                  "its target during this phase.", "Units": "kPa"},
         "peak_pressure_kpa": {"Description": "Highest measured cuff pressure during this phase.", "Units": "kPa"},
-        "rating": {"Description": "Pain rating given on this row's scale (0 = no pain, 100 = worst pain "
-                                  "imaginable); n/a if none was given.", "Units": "arbitrary"},
-        "response_time": {"Description": "Time of the confirming key press from this row's onset; n/a = no "
-                                         "response before the timeout.", **s},
+        "rating": {"Description": f"{rated_text}Rating confirmed on the scale shown in this row's phase, in the "
+                                  "protocol's rating units (rating.min to rating.max; by default 0 = no pain to "
+                                  "100 = most intense pain imaginable); n/a if none was given or the phase shows "
+                                  "no scale.", "Units": "arbitrary"},
+        "response_time": {"Description": "Time of the key press confirming this row's rating, from this row's "
+                                         "onset; n/a = no response before the timeout, or no scale in this phase.",
+                          **s},
         "StimulusPresentation": stimulus_presentation(data),
         "RunStatus": data.status.status,
         "RunStatusDescription": data.status.summary(),

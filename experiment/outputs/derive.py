@@ -56,6 +56,7 @@ class PhaseTiming:
     onset_s: float | None          # measured flip time - t0; None if never shown
     onset_error_s: float | None
     completed: bool                # the next phase started, or the run completed
+    kind: str = "cue"              # cue | rating (the plan's phase_kind; cue when the log has none)
 
 
 @dataclass(frozen=True)
@@ -83,11 +84,26 @@ class EventRow:
 
 @dataclass(frozen=True)
 class RatingRow:
+    """One rating record, matched to the phase that showed its scale."""
+
     trial: int
-    onset_s: float | None
+    i: int | None                  # plan index of that phase; None when no phase matches
+    phase: str | None              # that phase's name
+    onset_s: float | None          # the scale's first frame - t0
+    response_onset_s: float | None  # the confirming key press - t0; None when timed out
     rating: float | None
     response_time_s: float | None  # from the scale's onset; None when timed out
     timed_out: bool
+
+
+@dataclass(frozen=True)
+class RatingColumns:
+    """The trials.csv columns of one rating phase; `rating` also names its export modulator."""
+
+    phase: str | None              # None: the run has no known rating phase (columns stay, all n/a)
+    rating: str
+    response_time: str
+    timed_out: str
 
 
 @dataclass(frozen=True)
@@ -185,9 +201,12 @@ class RunData:
     operator: tuple[Mapping[str, Any], ...] = ()
     end: Mapping[str, Any] | None = None
     notes: tuple[str, ...] = field(default=())
+    rating_columns: tuple[RatingColumns, ...] = ()
 
-    def rating_by_trial(self) -> dict[int, float]:
-        return {r.trial: r.rating for r in self.ratings if r.rating is not None}
+    def ratings_in(self, columns: RatingColumns) -> dict[int, float]:
+        """trial -> the rating given in the phase of `columns` (answered ratings only)."""
+        return {n: r.rating for n, r in ratings_by_trial(self.ratings, self.rating_columns, columns).items()
+                if r.rating is not None}
 
 
 # ---------------------------------------------------------------- small helpers
@@ -304,7 +323,7 @@ def phase_timings(plan: Sequence[Mapping[str, Any]], onsets: Mapping[int, Mappin
             cue=rec.get("cue"), cuff=str(rec.get("cuff") or "none"),
             plan_onset_s=float(rec.get("onset_s") or 0.0), plan_duration_s=float(rec.get("duration_s") or 0.0),
             target_kpa=_num(rec.get("target_kpa")), planned_onset_s=planned_s, onset_s=onset_s,
-            onset_error_s=error_s, completed=completed))
+            onset_error_s=error_s, completed=completed, kind=str(rec.get("phase_kind") or "cue")))
     return tuple(out)
 
 
@@ -319,52 +338,104 @@ def _phase_duration(p: PhaseTiming, next_onset_s: float | None, *, stopped_at_s:
     return p.plan_duration_s, "planned"
 
 
-def rating_rows(log: LogContents, *, t0: float | None) -> tuple[RatingRow, ...]:
-    """The first rating record of each trial."""
-    seen: dict[int, RatingRow] = {}
-    for r in log.of_kind("rating"):
-        trial = int(r.get("trial") or 0)
-        if trial in seen:
-            continue
-        t_on = _num(r.get("t_onset"))
-        timed_out = bool(r.get("timed_out"))
-        seen[trial] = RatingRow(
-            trial=trial, onset_s=(t_on - t0) if (t_on is not None and t0 is not None) else None,
-            rating=_num(r.get("rating")), response_time_s=None if timed_out else _num(r.get("response_time_s")),
-            timed_out=timed_out)
-    return tuple(seen.values())
-
-
-def rating_phases(phases: Sequence[PhaseTiming], ratings: Sequence[RatingRow]) -> dict[int, int]:
-    """trial -> plan index of the phase that showed its rating scale.
+def _legacy_rating_phase(phases: Sequence[PhaseTiming], trial: int, onset_s: float | None) -> PhaseTiming | None:
+    """The phase of a rating record without `i` (logs written before ratings carried it).
 
     The phase of the same trial whose onset is the scale's onset (the runner stamps the
     scale with that phase's flip); failing that, the trial's phase named or modelled 'rating'.
     """
-    out: dict[int, int] = {}
-    for r in ratings:
-        mine = [p for p in phases if p.trial == r.trial and p.onset_s is not None]
-        same = [p for p in mine if r.onset_s is not None and abs(p.onset_s - r.onset_s) < 1e-3]
-        named = [p for p in mine if p.phase == "rating" or p.bids_trial_type == "rating"]
-        candidates = same or named
-        if candidates:   # the last: when phases share a flip, the rating phase is the last one due
-            out[r.trial] = candidates[-1].i
-    return out
+    mine = [p for p in phases if p.trial == trial and p.onset_s is not None]
+    same = [p for p in mine if onset_s is not None and abs(p.onset_s - onset_s) < 1e-3]
+    named = [p for p in mine if p.phase == "rating" or p.bids_trial_type == "rating" or p.kind == "rating"]
+    candidates = same or named
+    return candidates[-1] if candidates else None  # when phases share a flip, the rating phase is the last due
 
 
-def event_rows(phases: Sequence[PhaseTiming], ratings: Sequence[RatingRow], *, log: LogContents,
+def rating_rows(log: LogContents, phases: Sequence[PhaseTiming], *,
+                t0: float | None) -> tuple[tuple[RatingRow, ...], tuple[str, ...]]:
+    """Every rating record matched to its phase by the plan index `i`, and notes on any left out.
+
+    A record without a valid `i` (an old log) falls back to the old matching: the first
+    rating of its trial, on the phase found by `_legacy_rating_phase`; later ones are dropped.
+    """
+    by_i = {p.i: p for p in phases}
+    rows: list[RatingRow] = []
+    taken: set[int] = set()
+    legacy_trials: set[int] = set()
+    duplicates = legacy_dropped = 0
+    for r in log.of_kind("rating"):
+        trial = int(r.get("trial") or 0)
+        t_on, t_resp = _num(r.get("t_onset")), _num(r.get("t_response"))
+        onset_s = t_on - t0 if (t_on is not None and t0 is not None) else None
+        i = r.get("i")
+        phase = by_i.get(i) if isinstance(i, int) and not isinstance(i, bool) else None
+        if phase is None:
+            if trial in legacy_trials:
+                legacy_dropped += 1
+                continue
+            legacy_trials.add(trial)
+            phase = _legacy_rating_phase(phases, trial, onset_s)
+        if phase is not None:
+            if phase.i in taken:
+                duplicates += 1
+                continue
+            taken.add(phase.i)
+            trial = phase.trial
+        timed_out = bool(r.get("timed_out"))
+        rows.append(RatingRow(
+            trial=trial, i=phase.i if phase else None, phase=phase.phase if phase else None, onset_s=onset_s,
+            response_onset_s=(t_resp - t0) if (t_resp is not None and t0 is not None and not timed_out) else None,
+            rating=_num(r.get("rating")), response_time_s=None if timed_out else _num(r.get("response_time_s")),
+            timed_out=timed_out))
+    notes = []
+    if legacy_dropped:
+        notes.append(f"{legacy_dropped} rating record(s) without a plan index 'i' were left out: a log written "
+                     "before ratings carried 'i' can only match the first rating of each trial")
+    if duplicates:
+        notes.append(f"{duplicates} rating record(s) for a phase that already had one were left out")
+    return tuple(rows), tuple(notes)
+
+
+def rating_phase_names(phases: Sequence[PhaseTiming], ratings: Sequence[RatingRow]) -> tuple[str, ...]:
+    """Names of the trials' rating phases in timeline order: kind rating in the plan, or rated."""
+    rated = {r.i for r in ratings if r.i is not None}
+    names: list[str] = []
+    for p in phases:
+        if p.trial > 0 and (p.kind == "rating" or p.i in rated) and p.phase not in names:
+            names.append(p.phase)
+    return tuple(names)
+
+
+def rating_columns(phase_names: Sequence[str]) -> tuple[RatingColumns, ...]:
+    """trials.csv rating columns: `rating`, `response_time`, `rating_timed_out` when the run
+    has one rating phase (or none); with several, the same prefixed by each phase's name."""
+    if len(phase_names) <= 1:
+        return (RatingColumns(phase=phase_names[0] if phase_names else None, rating="rating",
+                              response_time="response_time", timed_out="rating_timed_out"),)
+    return tuple(RatingColumns(phase=n, rating=f"{n}_rating", response_time=f"{n}_response_time",
+                               timed_out=f"{n}_rating_timed_out") for n in phase_names)
+
+
+def ratings_by_trial(ratings: Sequence[RatingRow], all_columns: Sequence[RatingColumns],
+                     columns: RatingColumns) -> dict[int, RatingRow]:
+    """trial -> the rating shown in the phase of `columns`; a rating matched to no phase
+    belongs to the only set of columns when there is one."""
+    only = len(all_columns) == 1
+    return {r.trial: r for r in ratings if r.phase == columns.phase or (only and r.phase is None)}
+
+
+def event_rows(phases: Sequence[PhaseTiming], ratings: Sequence[RatingRow], *,
                samples: Sequence[Sample], t0: float | None, stopped_at_s: float | None,
                completed_run: bool) -> tuple[EventRow, ...]:
-    """events.tsv rows: modelled phases that reached the screen, plus unmatched ratings."""
+    """events.tsv rows: modelled phases that reached the screen, each with the rating shown in
+    it (matched by plan index), plus a row for each rating whose phase is not modelled."""
     if t0 is None:
         return ()
     by_i = {p.i: p for p in phases}
     arrays = _SampleArrays.of(samples)
-    rating_of = {r.trial: r for r in ratings}
-    raw_rating = {int(r.get("trial") or 0): r for r in log.of_kind("rating")}
-    rating_phase = rating_phases(phases, ratings)
+    rating_at = {r.i: r for r in ratings if r.i is not None}
     rows: list[EventRow] = []
-    rated_trials: set[int] = set()
+    on_rows: set[int] = set()   # plan indices of ratings given a modelled phase's row
     for p in phases:
         if p.bids_trial_type is None or p.onset_s is None:
             continue
@@ -375,12 +446,12 @@ def event_rows(phases: Sequence[PhaseTiming], ratings: Sequence[RatingRow], *, l
         if p.cuff != "none":
             plateau, peak = arrays.plateau_and_peak(t0 + p.onset_s, t0 + p.onset_s + duration)
         rating = response = None
-        if rating_phase.get(p.trial) == p.i:
-            rated_trials.add(p.trial)
-            rating = rating_of[p.trial].rating
-            t_resp = _num(raw_rating[p.trial].get("t_response"))
-            if t_resp is not None and not rating_of[p.trial].timed_out:
-                response = t_resp - (t0 + p.onset_s)   # BIDS: relative to this row's onset
+        r = rating_at.get(p.i)
+        if r is not None:
+            on_rows.add(p.i)
+            rating = r.rating
+            if r.response_onset_s is not None:
+                response = r.response_onset_s - p.onset_s   # BIDS: relative to this row's onset
         rows.append(EventRow(
             onset_s=p.onset_s, duration_s=duration, trial_type=p.bids_trial_type, trial=p.trial,
             phase=p.phase, cue=p.cue, cuff=p.cuff, planned_onset_s=p.planned_onset_s,
@@ -389,11 +460,11 @@ def event_rows(phases: Sequence[PhaseTiming], ratings: Sequence[RatingRow], *, l
             measured_pressure_kpa=plateau, peak_pressure_kpa=peak, rating=rating,
             response_time_s=response, i=p.i))
     for r in ratings:  # a rating whose phase is not modelled still gets a row
-        if r.trial in rated_trials or r.onset_s is None:
+        if (r.i is not None and r.i in on_rows) or r.onset_s is None:
             continue
         rows.append(EventRow(
             onset_s=r.onset_s, duration_s=r.response_time_s, trial_type="rating", trial=r.trial,
-            phase="rating", cue=None, cuff="none", planned_onset_s=None, planned_duration_s=None,
+            phase=r.phase or "rating", cue=None, cuff="none", planned_onset_s=None, planned_duration_s=None,
             onset_error_s=None, duration_source="response", target_pressure_kpa=None,
             measured_pressure_kpa=None, peak_pressure_kpa=None, rating=r.rating,
             response_time_s=r.response_time_s, i=None))
@@ -456,8 +527,9 @@ def resample_pressure(samples: Sequence[Sample], *, t0: float, rate_hz: float = 
 
 
 def trial_table(phases: Sequence[PhaseTiming], ratings: Sequence[RatingRow], *, log: LogContents,
-                samples: Sequence[Sample], t0: float | None, stop_t: float | None) -> Table:
-    """One row per trial: planned vs actual onset per phase, pressures, rating."""
+                samples: Sequence[Sample], t0: float | None, stop_t: float | None,
+                rating_sets: Sequence[RatingColumns]) -> Table:
+    """One row per trial: planned vs actual onset per phase, pressures, one rating per rating phase."""
     phase_names: list[str] = []
     for p in phases:
         if p.trial > 0 and p.phase not in phase_names:
@@ -465,10 +537,11 @@ def trial_table(phases: Sequence[PhaseTiming], ratings: Sequence[RatingRow], *, 
     columns = ["trial", "trial_type", "status"]
     for name in phase_names:
         columns += [f"{name}_planned_onset", f"{name}_onset", f"{name}_onset_error"]
-    columns += ["target_pressure_kpa", "plateau_pressure_kpa", "peak_pressure_kpa",
-                "target_reached_latency", "rating", "response_time", "rating_timed_out"]
+    columns += ["target_pressure_kpa", "plateau_pressure_kpa", "peak_pressure_kpa", "target_reached_latency"]
+    for c in rating_sets:
+        columns += [c.rating, c.response_time, c.timed_out]
     arrays = _SampleArrays.of(samples)
-    rating_of = {r.trial: r for r in ratings}
+    rated = [(c, ratings_by_trial(ratings, rating_sets, c)) for c in rating_sets]
     cmds = [c for c in log.of_kind("cuff_cmd") if c.get("i") is not None]
     reached = sorted(t for t in (_num(e.get("t")) for e in log.of_kind("cuff_event")
                                  if e.get("name") == "TARGET_REACHED") if t is not None)
@@ -501,9 +574,10 @@ def trial_table(phases: Sequence[PhaseTiming], ratings: Sequence[RatingRow], *, 
             if writes:
                 hit = next((t for t in reached if writes[0] <= t < end), None)
                 row["target_reached_latency"] = hit - writes[0] if hit is not None else None
-        r = rating_of.get(n)
-        if r is not None:
-            row.update(rating=r.rating, response_time=r.response_time_s, rating_timed_out=r.timed_out)
+        for c, of_trial in rated:
+            r = of_trial.get(n)
+            if r is not None:
+                row.update({c.rating: r.rating, c.response_time: r.response_time_s, c.timed_out: r.timed_out})
         rows.append(tuple(row.get(c) for c in columns))
     return Table(columns=tuple(columns), rows=tuple(rows))
 
@@ -534,19 +608,21 @@ def derive_run(log: LogContents, pressure: LogContents | None = None, *, rate_hz
     problems = list(log.problems) + (list(pressure.problems) if pressure is not None else [])
     n_trials = len({p.trial for p in phases if p.trial > 0})
     status = run_status(log, phases, t0=t0, stop_t=stop_t, n_trials=n_trials, problems=problems)
-    ratings = rating_rows(log, t0=t0)
-    events = event_rows(phases, ratings, log=log, samples=samples, t0=t0, stopped_at_s=status.stopped_at_s,
+    ratings, rating_notes = rating_rows(log, phases, t0=t0)
+    rating_sets = rating_columns(rating_phase_names(phases, ratings))
+    events = event_rows(phases, ratings, samples=samples, t0=t0, stopped_at_s=status.stopped_at_s,
                         completed_run=completed_run)
     trace = resample_pressure(samples, t0=t0, rate_hz=rate_hz, max_gap_s=max_gap_s) if t0 is not None else None
-    notes = _notes(phases, events, status, t0=t0)
+    notes = _notes(phases, events, status, t0=t0) + list(rating_notes)
     return RunData(
         header=header, t0=t0, tr_s=tr_s, display=next(iter(log.of_kind("display")), None),
         device=next(iter(log.of_kind("device")), None), phases=phases, events=events, ratings=ratings,
-        trials=trial_table(phases, ratings, log=log, samples=samples, t0=t0, stop_t=stop_t),
+        trials=trial_table(phases, ratings, log=log, samples=samples, t0=t0, stop_t=stop_t,
+                           rating_sets=rating_sets),
         pulses=pulse_rows(log, t0=t0, tr_s=tr_s), pressure=trace, samples=samples, status=status,
         frames=tuple(log.of_kind("frames")), frame_drops=tuple(log.of_kind("frame_drop")),
         warnings=tuple(log.of_kind("warning")), safety=tuple(log.of_kind("safety")),
-        operator=tuple(log.of_kind("operator")), end=end, notes=tuple(notes))
+        operator=tuple(log.of_kind("operator")), end=end, notes=tuple(notes), rating_columns=rating_sets)
 
 
 def _notes(phases: Iterable[PhaseTiming], events: Sequence[EventRow], status: RunStatus, *,

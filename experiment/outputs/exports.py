@@ -6,7 +6,10 @@ Builders are pure (`conditions`, `fsl_ev_files`, `spm_multiple_conditions`,
 them; see docs/outputs.md for FEAT "Delete volumes" and slice-timing notes.
 
 Parametric modulators ("pmod") exist for conditions that inflate the cuff (pain):
-`pressure` (the commanded target pressure, kPa) and `rating` (the trial's pain rating).
+`pressure` (the commanded target pressure, kPa), then one per rating phase of the
+condition's trials (the trial's rating in that phase), named like that phase's rating
+column in trials.csv: `rating` when the run has one rating phase, `<phase>_rating` when
+it has several (e.g. `expectation_rating`, `pain_rating_rating`).
 A modulator with fewer than two distinct values is left out (it would be a copy of the
 main regressor); a missing value (e.g. a timed-out rating) gets the mean of the others,
 so it does not move the modulator's estimate.
@@ -62,7 +65,10 @@ def _pmod(name: str, raw: Sequence[float | None], *, condition: str, notes: list
 def conditions(data: RunData) -> tuple[tuple[Condition, ...], list[str]]:
     """One condition per trial_type with at least one event, in order of first onset."""
     notes: list[str] = []
-    ratings = data.rating_by_trial()
+    ratings = [(c, data.ratings_in(c)) for c in data.rating_columns if c.phase is not None]
+    phases_of_trial: dict[int, set[str]] = {}
+    for p in data.phases:
+        phases_of_trial.setdefault(p.trial, set()).add(p.phase)
     order: list[str] = []
     for e in data.events:
         if e.trial_type not in order:
@@ -88,10 +94,12 @@ def conditions(data: RunData) -> tuple[tuple[Condition, ...], list[str]]:
             continue
         pmods: list[Pmod] = []
         if any(e.cuff == "inflate" for e, _ in rows):
-            for pm in (_pmod("pressure", [e.target_pressure_kpa for e, _ in rows], condition=name, notes=notes),
-                       _pmod("rating", [ratings.get(e.trial) for e, _ in rows], condition=name, notes=notes)):
-                if pm is not None:
-                    pmods.append(pm)
+            candidates = [_pmod("pressure", [e.target_pressure_kpa for e, _ in rows], condition=name, notes=notes)]
+            for c, of_trial in ratings:   # only rating phases that the condition's trials have
+                if any(c.phase in phases_of_trial.get(e.trial, ()) for e, _ in rows):
+                    candidates.append(_pmod(c.rating, [of_trial.get(e.trial) for e, _ in rows], condition=name,
+                                            notes=notes))
+            pmods += [pm for pm in candidates if pm is not None]
         out.append(Condition(name=name, onsets_s=tuple(e.onset_s for e, _ in rows),
                              durations_s=tuple(d for _, d in rows), pmods=tuple(pmods)))
     return tuple(out), notes

@@ -217,8 +217,9 @@ def render_report(data: RunData, *, stem: str) -> str:
     parts.append(_records("Warnings", data.warnings, fields=("code", "message"), t0=data.t0))
     parts.append(_records("Safety events", data.safety, fields=("reason", "action"), t0=data.t0))
     parts.append(_records("Operator actions", data.operator, fields=("action",), t0=data.t0))
+    rated = [n for r in data.rating_columns for n in (r.rating, r.response_time)]
     keep = [c for c in ("trial", "trial_type", "status", "target_pressure_kpa", "plateau_pressure_kpa",
-                        "target_reached_latency", "rating", "response_time") if c in data.trials.columns]
+                        "target_reached_latency", *rated) if c in data.trials.columns]
     idx = [data.trials.columns.index(c) for c in keep]
     parts.append("<h2>Trials</h2>" + _table(keep, [[r[k] for k in idx] for r in data.trials.rows]))
     parts.append("</body></html>\n")

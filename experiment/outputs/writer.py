@@ -111,7 +111,7 @@ def trials_csv_text(data: RunData) -> str:
     dry = bool(data.header.get("dry_run"))
     return csv_text((*data.trials.columns, "dry_run"), [(*r, dry) for r in data.trials.rows],
                     decimals={"target_pressure_kpa": 3, "plateau_pressure_kpa": 3, "peak_pressure_kpa": 3,
-                              "rating": 2})
+                              **{c.rating: 2 for c in data.rating_columns}})
 
 
 def write_run_outputs(run_dir: Path, *, data_root: Path, rate_hz: float = 20.0) -> OutputPaths:
