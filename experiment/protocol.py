@@ -197,9 +197,11 @@ SAFETY = Object({
     "max_pressure": Field(Object(PRESSURE.fields, f"pressure ceiling, required, no default (at most "
                                                   f"{HARD_MAX_KPA:g} kPa); the cuff is armed with it"),
                           required=True),
-    "max_inflation_per_stimulus_s": Field(_seconds("longest inflation of one stimulus, ramp included "
-                                                   "(worst case over the jitter)"), default=30.0),
-    "max_cumulative_inflation_per_run_s": Field(_seconds("longest total inflation in one run (worst case)",
+    "max_inflation_per_stimulus_s": Field(_seconds("longest time one stimulus holds air: SET to DEFLATE, ramp "
+                                                   "included, plus the release after it (worst case over the "
+                                                   "jitter, with the rig's cuff_timing)"), default=30.0),
+    "max_cumulative_inflation_per_run_s": Field(_seconds("longest total SET to DEFLATE of all stimuli in one run "
+                                                         "(worst case, with the rig's cuff_timing)",
                                                          maximum=3600.0), default=360.0),
     "min_deflated_between_s": Field(_seconds("shortest deflated time between two stimuli (worst case)",
                                              exclusive=False), default=10.0),
