@@ -34,7 +34,7 @@ from experiment.schema import (AnyOf, Boolean, Choice, Field, KeyName, ListOf, M
 from experiment.units import to_kpa
 from experiment.yamlload import FieldPath, Located, Where, decode_text, parse_yaml
 
-HARD_MAX_KPA = 100.0          # no supported cuff goes above 100 kPa (CPAR driver limit, paradigm.md §3)
+HARD_MAX_KPA = 100.0          # no supported cuff goes above 100 kPa (the CPAR's pressure scale, docs/cpar.md)
 MAX_PHASE_S = 600.0
 FIXATION = "fixation"         # the cue shown in the lead-in, the tail and wherever a phase says so
 SCHEMA_ID = "https://github.com/cuedpain/cuedpain/protocols/cuedpain-protocol.schema.json"
