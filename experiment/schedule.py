@@ -25,7 +25,7 @@ timeline it built. Either refusal is an InputError naming the file and the field
 The inflation checks count what the interlocks count, with a cuff slower than ideal
 (`CuffTiming`): per run, SET to DEFLATE of every stimulus (the host supervisor's count),
 the ramp stretched where a phase waits for TARGET_REACHED; per stimulus, that plus the
-release after DEFLATE, which the device's own time limit (time above 1 kPa) also counts.
+release after DEFLATE, which the device's own time limit (time at 1 kPa or more) also counts.
 The timeline itself (onsets, `ramp_s`) keeps the ideal prediction target / rate.
 """
 
