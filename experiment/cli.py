@@ -67,12 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a protocol file and print a one-screen summary")
     p.add_argument("protocol", metavar="PROTOCOL")
+    p.add_argument("--rig", metavar="FILE", help="rig file whose cuff_timing the pre-flight checks count with")
 
     p = sub.add_parser("plan", help="write the run's timeline (TSV and PNG) and its design efficiency")
     p.add_argument("protocol", metavar="PROTOCOL")
     p.add_argument("--seed", type=int, default=None, help="randomisation seed (default: the protocol's)")
     p.add_argument("--participant", metavar="ID", default=None, help="participant label (cue counterbalancing)")
     p.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    p.add_argument("--rig", metavar="FILE", help="rig file whose cuff_timing the pre-flight checks count with")
 
     p = sub.add_parser("run", help="run a session (use --dry-run to rehearse with simulated devices)")
     p.add_argument("protocol", metavar="PROTOCOL")

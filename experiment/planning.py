@@ -7,7 +7,8 @@ Public API:
     render_png(protocol, timeline, path)        the run at a glance (matplotlib, Agg)
 
 `validate PROTOCOL` exits 0 when the protocol is valid and its schedule passes the
-pre-flight checks (with the protocol's seed), 2 otherwise. `plan` writes DIR/timeline.tsv
+pre-flight checks (with the protocol's seed, and the cuff timing of `--rig FILE` if given),
+2 otherwise. `plan` writes DIR/timeline.tsv
 and DIR/timeline.png and prints the design efficiency. An existing timeline.tsv is never
 overwritten with a different timeline (exit 2: choose another --out); when it is identical
 it is left as it is and the picture is drawn again.
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from experiment.errors import InputError
 from experiment.protocol import Protocol, load_protocol
+from experiment.rig import load_rig
 from experiment.schedule import Timeline, WorstCase, build_schedule, volumes_for, worst_case
 from experiment.units import kpa_to_mmhg
 
@@ -58,6 +60,8 @@ def summary(protocol: Protocol, timeline: Timeline, worst: WorstCase) -> str:
         f"cuff inflated: {inflated:g} s = {100 * inflated / timeline.run_length_s:.1f}% of the run "
         f"(worst case {worst.inflation_per_run_s:g} s, limit {s.max_cumulative_inflation_per_run_s:g} s); "
         f"per stimulus at most {worst.inflation_per_stimulus_s:g} s (limit {s.max_inflation_per_stimulus_s:g} s)",
+        f"worst cases counted with a slower cuff: ramp up to {worst.device_ramp_s:g} s, release up to "
+        f"{worst.release_s:g} s after DEFLATE (rig file: cuff_timing)",
     ]
     if worst.deflated_between_s is not None:
         lines.append(f"deflated between stimuli: at least {worst.deflated_between_s:g} s "
@@ -197,18 +201,23 @@ def write_plan(protocol: Protocol, timeline: Timeline, out_dir: Path) -> PlanFil
 
 
 def command(args: argparse.Namespace) -> int:
-    """`cuedpain validate PROTOCOL` and `cuedpain plan PROTOCOL [--seed N] [--participant ID] --out DIR`."""
+    """`cuedpain validate PROTOCOL [--rig FILE]` and
+    `cuedpain plan PROTOCOL [--seed N] [--participant ID] [--rig FILE] --out DIR`.
+
+    The rig file's `cuff_timing` (default: `CuffTiming()`) is what the inflation checks count with.
+    """
     protocol = load_protocol(args.protocol)
+    timing = load_rig(getattr(args, "rig", None)).cuff_timing
     if args.command == "validate":
-        timeline = build_schedule(protocol)
+        timeline = build_schedule(protocol, timing=timing)
         print(f"{args.protocol}: valid")
-        print(summary(protocol, timeline, worst_case(protocol)))
+        print(summary(protocol, timeline, worst_case(protocol, timing=timing)))
         return 0
-    timeline = build_schedule(protocol, seed=args.seed, participant=args.participant)
+    timeline = build_schedule(protocol, seed=args.seed, participant=args.participant, timing=timing)
     files = write_plan(protocol, timeline, Path(args.out))
     from experiment.design import design_efficiency  # local: nilearn takes seconds to import
 
-    print(summary(protocol, timeline, worst_case(protocol)))
+    print(summary(protocol, timeline, worst_case(protocol, timing=timing)))
     print(f"kept {files.tsv} (it already holds this timeline)" if files.tsv_unchanged else f"wrote {files.tsv}")
     print(f"wrote {files.png}")
     print(design_efficiency(timeline).report())

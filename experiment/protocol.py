@@ -34,7 +34,7 @@ from experiment.schema import (AnyOf, Boolean, Choice, Field, KeyName, ListOf, M
 from experiment.units import to_kpa
 from experiment.yamlload import FieldPath, Located, Where, decode_text, parse_yaml
 
-HARD_MAX_KPA = 100.0          # no supported cuff goes above 100 kPa (CPAR driver limit, paradigm.md §3)
+HARD_MAX_KPA = 100.0          # no supported cuff goes above 100 kPa (the CPAR's pressure scale, docs/cpar.md)
 MAX_PHASE_S = 600.0
 FIXATION = "fixation"         # the cue shown in the lead-in, the tail and wherever a phase says so
 SCHEMA_ID = "https://github.com/cuedpain/cuedpain/protocols/cuedpain-protocol.schema.json"
@@ -197,9 +197,11 @@ SAFETY = Object({
     "max_pressure": Field(Object(PRESSURE.fields, f"pressure ceiling, required, no default (at most "
                                                   f"{HARD_MAX_KPA:g} kPa); the cuff is armed with it"),
                           required=True),
-    "max_inflation_per_stimulus_s": Field(_seconds("longest inflation of one stimulus, ramp included "
-                                                   "(worst case over the jitter)"), default=30.0),
-    "max_cumulative_inflation_per_run_s": Field(_seconds("longest total inflation in one run (worst case)",
+    "max_inflation_per_stimulus_s": Field(_seconds("longest time one stimulus holds air: SET to DEFLATE, ramp "
+                                                   "included, plus the release after it (worst case over the "
+                                                   "jitter, with the rig's cuff_timing)"), default=30.0),
+    "max_cumulative_inflation_per_run_s": Field(_seconds("longest total SET to DEFLATE of all stimuli in one run "
+                                                         "(worst case, with the rig's cuff_timing)",
                                                          maximum=3600.0), default=360.0),
     "min_deflated_between_s": Field(_seconds("shortest deflated time between two stimuli (worst case)",
                                              exclusive=False), default=10.0),

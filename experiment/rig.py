@@ -9,6 +9,7 @@ Public API:
     check_rig_for_protocol(protocol, rig)         the screen can show the protocol's cue units
     rig_json_schema() -> str                      protocols/cuedpain-rig.schema.json
     RIG_SPEC
+    Rig.cuff_timing                               the pre-flight's cuff timing model (schedule.CuffTiming)
 
 A rig file keeps a protocol portable between labs: ports, trigger source, button box and
 screen live here. A missing `cuff` or `scanner` is None, meaning "not configured": the
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from experiment.errors import InputError
 from experiment.protocol import Keys, Protocol
+from experiment.schedule import CuffTiming
 from experiment.schema import Boolean, Choice, Field, KeyName, ListOf, Nullable, Number, Object, Text, \
     json_schema_document
 from experiment.yamlload import Located, Where, parse_yaml, read_yaml
@@ -55,6 +57,24 @@ _KEY_ROLES = ("trigger", "stop", "left", "right", "confirm")
 RIG_KEYS = Object({role: Field(Nullable(KeyName(f"overrides the protocol's keys.{role}")), default=None)
                    for role in _KEY_ROLES}, "button box keys; null keeps the protocol's")
 
+_TIMING = CuffTiming()
+CUFF_TIMING = Object({
+    "ramp_margin_s": Field(Number("a ramp to P kPa at r kPa/s counts as up to P / r x (1 + ramp_margin_fraction) "
+                                  "+ this", unit="seconds", minimum=0.0, maximum=30.0),
+                           default=_TIMING.ramp_margin_s),
+    "ramp_margin_fraction": Field(Number("how much slower than its commanded rate the cuff may ramp (0.1: 10 %)",
+                                         minimum=0.0, maximum=1.0), default=_TIMING.ramp_margin_fraction),
+    "release_margin_s": Field(Number("the release after DEFLATE counts as up to P / r x (1 + "
+                                     "ramp_margin_fraction) + this", unit="seconds", minimum=0.0, maximum=30.0),
+                              default=_TIMING.release_margin_s),
+    "onset_slack_s": Field(Number("SET to DEFLATE may run this much longer than planned (commands go out on "
+                                  "frame flips)", unit="seconds", minimum=0.0, maximum=1.0),
+                           default=_TIMING.onset_slack_s),
+}, "how much slower than ideal this rig's cuff is; the pre-flight inflation checks count with it "
+   "(docs/protocol-format.md, Pre-flight checks)")
+CUFF_TIMING_DEFAULT = {"ramp_margin_s": _TIMING.ramp_margin_s, "ramp_margin_fraction": _TIMING.ramp_margin_fraction,
+                       "release_margin_s": _TIMING.release_margin_s, "onset_slack_s": _TIMING.onset_slack_s}
+
 RIG_SPEC = Object({
     "cuff": Field(Nullable(Text("cuff device: sim | line:PORT | cpar:PORT (null: not configured)",
                                 max_length=300)), default=None),
@@ -71,6 +91,7 @@ RIG_SPEC = Object({
                                           "the same session and at most this old; otherwise the operator names it "
                                           "with --calibration FILE", unit="hours", minimum=0.0,
                                           exclusive_minimum=True, maximum=24.0 * 365), default=12.0),
+    "cuff_timing": Field(CUFF_TIMING, default=CUFF_TIMING_DEFAULT),
     "notes": Field(Text("free text about this rig (adapters, latency checks, contacts)", min_length=0,
                         max_length=5000), default=""),
 }, "a cuedpain rig file (site hardware)")
@@ -186,6 +207,7 @@ class Rig:
     serial_latency_ms: float | None
     notes: str
     calibration_max_age_h: float = 12.0
+    cuff_timing: CuffTiming = CuffTiming()
     path: Path | None = None
     where: Where = field(default_factory=lambda: Where(_DEFAULT), compare=False, repr=False)
 
@@ -232,7 +254,8 @@ def build_rig(doc: Located) -> Rig:
                     distance_cm=s["distance_cm"])
     return Rig(cuff=d["cuff"], scanner=d["scanner"], discard_pulses=d["discard_pulses"], screen=screen,
                keys=RigKeys(**keys), serial_latency_ms=d["serial_latency_ms"], notes=d["notes"],
-               calibration_max_age_h=d["calibration_max_age_h"], where=where)
+               calibration_max_age_h=d["calibration_max_age_h"], cuff_timing=CuffTiming(**d["cuff_timing"]),
+               where=where)
 
 
 def parse_rig(text: str, *, file: str = "<rig>") -> Rig:

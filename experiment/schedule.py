@@ -1,13 +1,14 @@
 """Protocol + seed + participant -> the run's timeline, and the checks that refuse it. Pure.
 
 Public API:
-    build_schedule(protocol, *, seed=None, participant=None, pressure_kpa=None) -> Timeline
-    worst_case(protocol, *, pressure_kpa=None) -> WorstCase    limits over every possible jitter draw
+    build_schedule(protocol, *, seed=None, participant=None, pressure_kpa=None, timing=CuffTiming()) -> Timeline
+    worst_case(protocol, *, pressure_kpa=None, timing=CuffTiming()) -> WorstCase   limits over every jitter draw
     volumes_for(run_length_s, tr_s) -> int                    volumes that cover a run
-    check_timeline(timeline, protocol) -> None                 pre-flight checks of one timeline
+    check_timeline(timeline, protocol, *, timing=CuffTiming()) -> None   pre-flight checks of one timeline
     choose_cue_mapping(protocol, participant) -> (index, mapping)
     phase_of(protocol, event) -> Phase | None                  the protocol phase an event came from
     Timeline, PlannedEvent (fields as in docs/architecture.md "The timeline", plus `kind`), WorstCase
+    CuffTiming                                                 how much slower than ideal a real cuff is
 
 Determinism: the same protocol, seed, participant and pressure give the same Timeline and
 byte-identical `to_tsv()`. Randomness comes only from `random.Random(...).random()` (its
@@ -20,6 +21,12 @@ Pre-flight: `build_schedule` first checks the protocol's worst case (every durat
 longest or shortest, whichever is worse for the check: run length vs the declared scan,
 inflation per stimulus and per run, deflated time between stimuli), then checks the
 timeline it built. Either refusal is an InputError naming the file and the field.
+
+The inflation checks count what the interlocks count, with a cuff slower than ideal
+(`CuffTiming`): per run, SET to DEFLATE of every stimulus (the host supervisor's count),
+the ramp stretched where a phase waits for TARGET_REACHED; per stimulus, that plus the
+release after DEFLATE, which the device's own time limit (time at 1 kPa or more) also counts.
+The timeline itself (onsets, `ramp_s`) keeps the ideal prediction target / rate.
 """
 
 from __future__ import annotations
@@ -104,16 +111,20 @@ class Timeline:
             lines.append("\t".join(row))
         return "\n".join(lines) + "\n"
 
-    def inflation_intervals(self) -> list[tuple[float, float]]:
-        """(inflate onset, deflate onset) of every stimulus, in seconds from t0."""
+    def stimuli(self) -> list[tuple[PlannedEvent, PlannedEvent]]:
+        """(inflate event, deflate event) of every stimulus, in order."""
         out, start = [], None
         for e in self.events:
             if e.cuff == "inflate":
-                start = e.onset_s
+                start = e
             elif e.cuff == "deflate" and start is not None:
-                out.append((start, e.onset_s))
+                out.append((start, e))
                 start = None
         return out
+
+    def inflation_intervals(self) -> list[tuple[float, float]]:
+        """(inflate onset, deflate onset) of every stimulus, in seconds from t0."""
+        return [(a.onset_s, b.onset_s) for a, b in self.stimuli()]
 
     @property
     def inflated_s(self) -> float:
@@ -121,14 +132,68 @@ class Timeline:
 
 
 @dataclass(frozen=True)
+class CuffTiming:
+    """How much slower than ideal a real cuff inflates and releases (pre-flight checks only).
+
+    A ramp to P kPa at r kPa/s counts as up to (P / r) x (1 + ramp_margin_fraction) +
+    ramp_margin_s; the release after DEFLATE (down at the same rate, then the dump valve
+    below 1 kPa) as up to (P / r) x (1 + ramp_margin_fraction) + release_margin_s. SET and
+    DEFLATE go out on the flips that show their phases, so SET to DEFLATE may run
+    onset_slack_s longer than planned. A rig file may override these (`cuff_timing`).
+
+    Defaults: about twice what the simulators do (scripts/cuff_timing.py, targets 10-90 kPa).
+    The CUFF/1 simulator (first-order lag 0.15 s, TARGET_REACHED within 0.5 kPa) reaches its
+    target at most 0.06 s (5 kPa/s), 0.17 s (10), 0.32 s (30), 0.37 s (40) and 0.51 s
+    (100 kPa/s) after target / rate, and falls below 1 kPa at most 0.40 s after
+    pressure / rate. The CPAR simulator reaches its target at most 0.30 s late, 0.7 s late
+    at 1 kPa/s over 60 kPa (its rate is truncated to the device's resolution), and dumps in
+    0.05 s. A real cuff (more volume, a pump under load) is slower: 1 s, plus 10 % for a
+    rate it does not quite keep.
+    """
+
+    ramp_margin_s: float = 1.0
+    ramp_margin_fraction: float = 0.1
+    release_margin_s: float = 1.0
+    onset_slack_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"CuffTiming.{f.name} must be a number >= 0, got {v!r}")
+
+    def ramp_ms(self, pressure_kpa: float, rate_kpa_s: float) -> int:
+        """Longest time the cuff may take from 0 to `pressure_kpa` (whole ms, rounded up)."""
+        return _ceil_ms(pressure_kpa / rate_kpa_s * (1 + self.ramp_margin_fraction) + self.ramp_margin_s)
+
+    def release_ms(self, pressure_kpa: float, rate_kpa_s: float) -> int:
+        """Longest time from DEFLATE at `pressure_kpa` to below 1 kPa (whole ms, rounded up)."""
+        return _ceil_ms(pressure_kpa / rate_kpa_s * (1 + self.ramp_margin_fraction) + self.release_margin_s)
+
+    @property
+    def slack_ms(self) -> int:
+        return _ceil_ms(self.onset_slack_s)
+
+
+def _ceil_ms(seconds: float) -> int:
+    return math.ceil(round(seconds * 1000.0, 6))
+
+
+@dataclass(frozen=True)
 class WorstCase:
-    """Limits of a protocol over every possible draw of its jitter."""
+    """Limits of a protocol over every possible draw of its jitter.
+
+    The inflation figures are modelled with a `CuffTiming` (see the module doc); the run
+    length and the deflated time between stimuli are the plan's.
+    """
 
     run_length_s: float               # every duration at its longest
-    inflation_per_stimulus_s: float   # longest single inflation (ramp included)
-    inflation_per_run_s: float        # longest total inflation in one run
+    inflation_per_stimulus_s: float   # longest single stimulus: SET to DEFLATE, then the release
+    inflation_per_run_s: float        # longest total SET to DEFLATE in one run (the host's count)
     deflated_between_s: float | None  # shortest deflated time between two stimuli (None: one stimulus)
     ramp_s: float                     # predicted ramp used (target or, if calibrated, the ceiling)
+    device_ramp_s: float              # the longest the cuff may take for that ramp (CuffTiming)
+    release_s: float                  # the longest the cuff may take to release from that pressure
 
 
 # ---------------------------------------------------------------- randomness
@@ -287,8 +352,12 @@ def _target_kpa(protocol: Protocol, pressure_kpa: float | None) -> float | None:
 
 def _ramp_ms(protocol: Protocol, target_kpa: float | None) -> int:
     """Predicted ramp time; the ceiling stands in for a calibrated target not yet known."""
-    p = protocol.safety.max_pressure_kpa if target_kpa is None else target_kpa
-    return to_ms(p / protocol.stimulation.rate_kpa_s)
+    return to_ms(_stimulus_kpa(protocol, target_kpa) / protocol.stimulation.rate_kpa_s)
+
+
+def _stimulus_kpa(protocol: Protocol, target_kpa: float | None) -> float:
+    """The pressure a stimulus reaches; the ceiling for a calibrated target not yet known."""
+    return protocol.safety.max_pressure_kpa if target_kpa is None else target_kpa
 
 
 # ---------------------------------------------------------------- worst case over the jitter
@@ -311,9 +380,19 @@ def _phase_bound_ms(p: Phase, ramp_ms: int, *, longest: bool) -> int:
     return base + (ramp_ms if p.timed_from == "target_reached" else 0)
 
 
-def worst_case(protocol: Protocol, *, pressure_kpa: float | None = None) -> WorstCase:
+def _set_to_deflate_ms(phases: Iterable[Phase], device_ramp_ms: int, timing: CuffTiming) -> int:
+    """Longest SET to DEFLATE of one stimulus (its phases from inflate to before deflate): a
+    phase timed from target_reached waits for the device's real ramp, not the predicted one."""
+    return sum(_phase_bound_ms(p, device_ramp_ms, longest=True) for p in phases) + timing.slack_ms
+
+
+def worst_case(protocol: Protocol, *, pressure_kpa: float | None = None,
+               timing: CuffTiming = CuffTiming()) -> WorstCase:
     """Run length and cuff exposure at their worst over every possible jitter draw."""
-    ramp = _ramp_ms(protocol, _target_kpa(protocol, pressure_kpa))
+    target = _target_kpa(protocol, pressure_kpa)
+    ramp = _ramp_ms(protocol, target)
+    stim_kpa, rate = _stimulus_kpa(protocol, target), protocol.stimulation.rate_kpa_s
+    device_ramp, release = timing.ramp_ms(stim_kpa, rate), timing.release_ms(stim_kpa, rate)
     counts = protocol.trials.counts
     used = [tt for name, tt in protocol.trial_types.items() if counts[name] > 0]
     run_ms = to_ms(protocol.scan.lead_in_s) + to_ms(protocol.scan.tail_s)
@@ -325,8 +404,8 @@ def worst_case(protocol: Protocol, *, pressure_kpa: float | None = None) -> Wors
             run_ms += n * ramp if p.timed_from == "target_reached" else 0
         spans = _stimulus_spans(tt)
         for a, b in spans:
-            longest = sum(_phase_bound_ms(p, ramp, longest=True) for p in tt.phases[a:b])
-            per_stim = max(per_stim, longest)
+            longest = _set_to_deflate_ms(tt.phases[a:b], device_ramp, timing)
+            per_stim = max(per_stim, longest + release)
             per_run += n * longest
         for (_, b), (a2, _) in zip(spans, spans[1:]):
             gaps.append(sum(_phase_bound_ms(p, ramp, longest=False) for p in tt.phases[b:a2]))
@@ -340,10 +419,10 @@ def worst_case(protocol: Protocol, *, pressure_kpa: float | None = None) -> Wors
                 gaps.append(tail + head)
     return WorstCase(run_length_s=run_ms / 1000, inflation_per_stimulus_s=per_stim / 1000,
                      inflation_per_run_s=per_run / 1000, deflated_between_s=min(gaps) / 1000 if gaps else None,
-                     ramp_s=ramp / 1000)
+                     ramp_s=ramp / 1000, device_ramp_s=device_ramp / 1000, release_s=release / 1000)
 
 
-def _check_worst_case(protocol: Protocol, wc: WorstCase) -> None:
+def _check_worst_case(protocol: Protocol, wc: WorstCase, timing: CuffTiming) -> None:
     s, scan, where = protocol.safety, protocol.scan, protocol.where
     if to_ms(wc.run_length_s) > to_ms(scan.duration_s):
         need = volumes_for(wc.run_length_s, scan.tr_s)
@@ -352,20 +431,28 @@ def _check_worst_case(protocol: Protocol, wc: WorstCase) -> None:
                           f"but {scan.n_volumes} volumes x {scan.tr_s:g} s = {scan.duration_s:g} s are declared; "
                           f"declare at least {need} volumes or shorten the protocol")
     used = [tt for name, tt in protocol.trial_types.items() if protocol.trials.counts[name] > 0]
-    ramp = to_ms(wc.ramp_s)
+    device_ramp, release = to_ms(wc.device_ramp_s), to_ms(wc.release_s)
+    limit_ms = to_ms(s.max_inflation_per_stimulus_s)
     for tt in used:
         for a, b in _stimulus_spans(tt):
-            longest = sum(_phase_bound_ms(p, ramp, longest=True) for p in tt.phases[a:b]) / 1000
-            if longest > s.max_inflation_per_stimulus_s:
+            phases = tt.phases[a:b]
+            held = _set_to_deflate_ms(phases, device_ramp, timing)
+            if held + release > limit_ms:
+                waits = phases[0].timed_from == "target_reached"
+                ramp = (f"the ramp counted as up to {wc.device_ramp_s:g} s, not {wc.ramp_s:g} s, since "
+                        f"{phases[0].name} waits for the target; " if waits else "")
                 raise where.error(("trial_types", tt.name, "phases", a),
-                                  f"the cuff can stay inflated {longest:g} s (phases {tt.phases[a].name} to "
-                                  f"{tt.phases[b - 1].name} at their longest, ramp {wc.ramp_s:g} s included), over "
+                                  f"the cuff can hold air {(held + release) / 1000:g} s (phases {phases[0].name} to "
+                                  f"{phases[-1].name} at their longest, {ramp}SET to DEFLATE up to {held / 1000:g} s "
+                                  f"plus up to {wc.release_s:g} s to release), over "
                                   f"safety.max_inflation_per_stimulus_s ({s.max_inflation_per_stimulus_s:g} s)")
-    if wc.inflation_per_run_s > s.max_cumulative_inflation_per_run_s:
+    if to_ms(wc.inflation_per_run_s) > to_ms(s.max_cumulative_inflation_per_run_s):
+        waits = any(p.timed_from == "target_reached" for tt in used for p in tt.phases)
+        ramp = f", the ramp counted as up to {wc.device_ramp_s:g} s where a phase waits for it" if waits else ""
         raise where.error(("safety", "max_cumulative_inflation_per_run_s"),
                           f"the cuff can be inflated {wc.inflation_per_run_s:g} s in one run (every stimulus at its "
-                          f"longest), over this limit ({s.max_cumulative_inflation_per_run_s:g} s); "
-                          f"use fewer or shorter stimuli")
+                          f"longest from SET to DEFLATE{ramp}), over this limit "
+                          f"({s.max_cumulative_inflation_per_run_s:g} s); use fewer or shorter stimuli")
     if wc.deflated_between_s is not None and wc.deflated_between_s < s.min_deflated_between_s:
         raise where.error(("safety", "min_deflated_between_s"),
                           f"two stimuli can come {wc.deflated_between_s:g} s apart (deflate to next inflate, every "
@@ -376,9 +463,21 @@ def _check_worst_case(protocol: Protocol, wc: WorstCase) -> None:
 # ---------------------------------------------------------------- the timeline and its checks
 
 
-def check_timeline(timeline: Timeline, protocol: Protocol) -> None:
+def _modelled_ms(inflate: PlannedEvent, planned_ms: int, protocol: Protocol,
+                 timing: CuffTiming) -> tuple[int, int]:
+    """(SET to DEFLATE, release) of one planned stimulus with a cuff as slow as `timing` allows."""
+    stim_kpa = _stimulus_kpa(protocol, inflate.target_kpa)
+    rate = inflate.rate_kpa_s or protocol.stimulation.rate_kpa_s
+    stretch = 0
+    if inflate.timed_from == "target_reached":
+        stretch = max(0, timing.ramp_ms(stim_kpa, rate) - to_ms(inflate.ramp_s))
+    return planned_ms + stretch + timing.slack_ms, timing.release_ms(stim_kpa, rate)
+
+
+def check_timeline(timeline: Timeline, protocol: Protocol, *, timing: CuffTiming = CuffTiming()) -> None:
     """Refuse a timeline that overlaps, has gaps or empty phases, outlasts the scan, or breaks a
-    safety limit. `build_schedule` runs it; a runner that changes a plan can run it again."""
+    safety limit (inflation counted as in `worst_case`, with `timing`). `build_schedule` runs
+    it; a runner that changes a plan can run it again."""
     s, where = protocol.safety, protocol.where
     t_ms = 0
     for e in timeline.events:
@@ -396,14 +495,21 @@ def check_timeline(timeline: Timeline, protocol: Protocol) -> None:
     if t_ms > to_ms(protocol.scan.duration_s):
         raise where.error(("scan", "n_volumes"), f"the run lasts {t_ms / 1000:g} s, longer than the declared scan "
                                                  f"({protocol.scan.duration_s:g} s)")
-    intervals = timeline.inflation_intervals()
-    for a, b in intervals:
-        if to_ms(b - a) > to_ms(s.max_inflation_per_stimulus_s):
+    run_ms = 0
+    for inflate, deflate in timeline.stimuli():
+        a, planned = inflate.onset_s, to_ms(deflate.onset_s - inflate.onset_s)
+        held, release = _modelled_ms(inflate, planned, protocol, timing)
+        run_ms += held
+        if held + release > to_ms(s.max_inflation_per_stimulus_s):
             raise where.error(("safety", "max_inflation_per_stimulus_s"),
-                              f"the stimulus at {a:.3f} s keeps the cuff inflated {b - a:.3f} s, over this limit")
-    if to_ms(timeline.inflated_s) > to_ms(s.max_cumulative_inflation_per_run_s):
+                              f"the stimulus at {a:.3f} s can hold air {(held + release) / 1000:.3f} s (planned "
+                              f"SET to DEFLATE {planned / 1000:.3f} s, up to {held / 1000:.3f} s with a slower "
+                              f"cuff, plus up to {release / 1000:.3f} s to release), over this limit")
+    if run_ms > to_ms(s.max_cumulative_inflation_per_run_s):
         raise where.error(("safety", "max_cumulative_inflation_per_run_s"),
-                          f"the cuff is inflated {timeline.inflated_s:g} s in this run, over this limit")
+                          f"the cuff can be inflated {run_ms / 1000:g} s in this run (planned {timeline.inflated_s:g} "
+                          f"s, SET to DEFLATE with a slower cuff), over this limit")
+    intervals = timeline.inflation_intervals()
     for (_, end), (start, _) in zip(intervals, intervals[1:]):
         if to_ms(start - end) < to_ms(s.min_deflated_between_s):
             raise where.error(("safety", "min_deflated_between_s"),
@@ -421,20 +527,22 @@ def _fixation_event(index: int, t_ms: int, dur_ms: int, phase: str) -> PlannedEv
 
 
 def build_schedule(protocol: Protocol, *, seed: int | None = None, participant: str | None = None,
-                   pressure_kpa: float | None = None) -> Timeline:
+                   pressure_kpa: float | None = None, timing: CuffTiming = CuffTiming()) -> Timeline:
     """The run's timeline: pure and deterministic in (protocol, seed, participant, pressure_kpa).
 
     seed: None uses protocol.trials.seed. participant: chooses the cue mapping only.
     pressure_kpa: the participant's target pressure for target: calibrated, i.e. the calibrated
     pressure x calibrated_fraction (experiment.calibration resolves it); refused for an
-    explicit target. Raises InputError when a pre-flight check fails.
+    explicit target. timing: how slow the rig's cuff may be (the rig file's `cuff_timing`);
+    it changes the safety checks only, never the timeline. Raises InputError when a
+    pre-flight check fails.
     """
     if seed is None:
         seed = protocol.trials.seed
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"seed must be a whole number >= 0, got {seed!r}")
     target = _target_kpa(protocol, pressure_kpa)
-    _check_worst_case(protocol, worst_case(protocol, pressure_kpa=pressure_kpa))
+    _check_worst_case(protocol, worst_case(protocol, pressure_kpa=pressure_kpa, timing=timing), timing)
     mapping_index, mapping = choose_cue_mapping(protocol, participant)
     order = _trial_order(protocol.trials.counts, protocol.trials.max_run_length, _rng(seed, "order"))
     draws: dict[tuple[str, int], Iterable[int]] = {}
@@ -471,7 +579,7 @@ def build_schedule(protocol: Protocol, *, seed: int | None = None, participant: 
                         n_volumes_needed=volumes_for(t / 1000, scan.tr_s), n_volumes=scan.n_volumes,
                         tr_s=scan.tr_s, seed=seed, participant=participant, cue_mapping=mapping,
                         cue_mapping_index=mapping_index, trial_order=tuple(order), target_kpa=target)
-    check_timeline(timeline, protocol)
+    check_timeline(timeline, protocol, timing=timing)
     return timeline
 
 

@@ -100,7 +100,7 @@ def preflight(args: argparse.Namespace) -> Prepared:
     seed = args.seed if args.seed is not None else protocol.seed
     timeline = schedule.build_schedule(protocol, seed=seed, participant=run_id.participant,
                                        pressure_kpa=None if pressure["source"] == "protocol"
-                                       else pressure["pressure_kpa"])
+                                       else pressure["pressure_kpa"], timing=rig.cuff_timing)
     _check_stimulus_files(protocol)
     check_can_confirm(dry_run=args.dry_run, assume_yes=args.yes)
     if not args.headless:
@@ -290,7 +290,7 @@ class Session:
                         "simulated": bool(getattr(source, "simulated", False))},
             "tr_s": p.scan.tr_s, "n_volumes": p.scan.n_volumes, "discard_pulses": self._discard_pulses(),
             "scanner_discarded": p.scan.scanner_discarded,
-            "pressure": self.prep.pressure,
+            "pressure": self.prep.pressure, "cuff_timing": asdict(prep.rig.cuff_timing),
             "start_wall": datetime.now().astimezone().isoformat(timespec="seconds"),
             "platform": platform.platform(), "python": sys.version.split()[0], "packages": package_versions(),
             "run_length_s": prep.timeline.run_length_s,

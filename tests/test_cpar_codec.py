@@ -113,7 +113,7 @@ def test_crc8_tells_apart_the_maker_unit_test_inputs():
 # ---------------------------------------------------------------- waveforms
 
 def test_ramp_0_to_40_kpa_at_10_kpa_s_matches_the_documented_formula():
-    # devices.md 1.1: pressure units are 255 per 100 kPa; INC argument (255*delta/100)/20
+    # docs/cpar.md (from Nocitech/CPAR's SetWaveformProgram): 255 units per 100 kPa; INC argument (255*delta/100)/20
     # per 20 Hz tick, sent as [type][arg_frac*256][arg_int][steps lo][steps hi].
     per_tick_units = (255 * 10 / 100) / 20                       # 1.275
     arg = math.floor(per_tick_units * 256)                        # 8.8 fixed point, truncated

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from experiment.cuff.line_codec import (ERRORS, FAULT_CODES, MAX_LINE_CHARS, CodecError, Command, EventLine,
                                         LineSplitter, RawLine, Reply, Telemetry, encode_line, floor_kpa,
-                                        format_err, format_event, format_kpa, format_ok, format_telemetry,
+                                        format_err, format_event, format_kpa, format_ok, format_reading_kpa,
+                                        format_telemetry,
                                         parse_command, parse_device_line)
 
 
@@ -99,6 +100,30 @@ def test_kpa_formatting_has_one_decimal_and_ceilings_round_down() -> None:
     assert floor_kpa(41.3) == 41.3           # 41.3 * 10 is 412.99999999999994 in binary
     with pytest.raises(ValueError, match="finite"):
         format_kpa(float("nan"))
+
+
+def test_readings_are_rounded_down_so_they_stay_below_a_threshold_they_are_below() -> None:
+    assert format_reading_kpa(0.96) == "0.9"          # below 1 kPa stays below 1.0 (nearest would say 1.0)
+    assert format_reading_kpa(0.99999999) == "0.9"
+    assert format_reading_kpa(1.0) == "1.0" and format_reading_kpa(1.04) == "1.0"
+    assert format_reading_kpa(41.3) == "41.3"         # 41.3 * 10 is 412.99999999999994 in binary
+    assert format_reading_kpa(0.3) == "0.3" and format_reading_kpa(0.7) == "0.7"
+    assert format_reading_kpa(0.0) == "0.0" and format_reading_kpa(-0.0) == "0.0"
+    assert format_reading_kpa(-0.04) == "-0.1"         # noise around zero: still below 0.0
+    assert format_telemetry(5, 0.96, 20, "DEFLATING") == b"!P t=5 p=0.9 tgt=20.0 st=DEFLATING\n"
+    with pytest.raises(ValueError, match="finite"):
+        format_reading_kpa(float("inf"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.floats(min_value=-10, max_value=1000, allow_nan=False), st.integers(-100, 10000))
+def test_a_reported_reading_is_on_the_same_side_of_every_grid_threshold(reading, tenths) -> None:
+    """For every T on the 0.1 kPa grid, `x < T` and `x >= T` agree for the reading and for
+    what the wire says, so a state decided on the reading never contradicts the number sent."""
+    reported = float(format_reading_kpa(reading))
+    threshold = tenths / 10
+    assert (reported < threshold) == (reading < threshold)
+    assert reported <= reading < (round(reported * 10) + 1) / 10
 
 
 def test_encode_line_refuses_what_the_protocol_forbids() -> None:

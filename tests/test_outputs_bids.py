@@ -212,3 +212,36 @@ def test_a_headless_dry_run_of_the_demo_protocol_validates(tmp_path, capsys):
     assert errors == [], [(e["code"], e.get("location")) for e in errors]
     events = (rid.func_dir(tmp_path) / f"{rid.stem}_events.tsv").read_text()
     assert "pain_anticipation" in events and "NaN" not in events
+
+
+_MODES = """
+import json, os, stat, sys
+from pathlib import Path
+os.umask(int(sys.argv[2], 8))          # a fresh process: the umask is process-global state
+from experiment.eventlog import LogFile
+from experiment.outputs.writer import write_run_outputs
+from tests.logfactory import make_run
+root = Path(sys.argv[1])
+paths = write_run_outputs(make_run(root).run_dir, data_root=root)
+LogFile(root / "log.jsonl", {"stream": "events"}, threaded=False).close()
+mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)
+print(json.dumps({"events_tsv": mode(paths.events_tsv), "log": mode(root / "log.jsonl"),
+                  "files": sorted({mode(p) for p in root.rglob("*") if p.is_file()}),
+                  "dirs": sorted({mode(p) for p in root.rglob("*") if p.is_dir()})}))
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes and umask are POSIX")
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_derived_files_follow_the_umask_like_the_run_logs(tmp_path, umask, mode):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", _MODES, str(tmp_path), oct(umask)], capture_output=True, text=True,
+                         cwd=root, timeout=120)
+    assert out.returncode == 0, out.stderr
+    modes = json.loads(out.stdout)
+    assert modes["events_tsv"] == mode and modes["log"] == mode
+    assert modes["files"] == [mode]                    # every derived file (shared ones too), logs and inputs
+    assert modes["dirs"] == [0o777 & ~umask]

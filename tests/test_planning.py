@@ -38,8 +38,10 @@ def test_validate_reference_protocols():
             in lines)
     assert ("pressure: 0 to 20 kPa (150 mmHg); target 20 kPa (150 mmHg); ramp 40 kPa/s (0.5 s); ceiling 30 kPa "
             "(225 mmHg)") in lines
-    assert ("cuff inflated: 11 s = 31.0% of the run (worst case 11 s, limit 20 s); per stimulus at most 5.5 s "
+    assert ("cuff inflated: 11 s = 31.0% of the run (worst case 13.2 s, limit 20 s); per stimulus at most 8.15 s "
             "(limit 10 s)") in lines
+    assert ("worst cases counted with a slower cuff: ramp up to 1.55 s, release up to 1.55 s after DEFLATE "
+            "(rig file: cuff_timing)") in lines
     assert len(lines) <= 24  # one screen
     r = cuedpain("validate", "protocols/loggia2014.yaml")
     assert r.returncode == 0, r.stderr
@@ -73,6 +75,59 @@ def test_validate_preflight_failure_and_missing_file(tmp_path):
     assert "scan.n_volumes: the run can last up to 37 s" in r.stderr
     r = cuedpain("validate", str(tmp_path / "none.yaml"))
     assert r.returncode == 2 and r.stderr.strip().endswith("none.yaml: protocol file not found")
+
+
+def _demo_file(tmp_path, name: str, **changes) -> str:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(edited(load_dict(DEMO), stimuli_dir=str(ROOT / "stimuli"), **changes)))
+    return str(path)
+
+
+@pytest.mark.parametrize("changes,field,numbers", [
+    # ideal ramp: 3 + 0.5 + 2 = 5.5 s fits 5.67 s by 0.17 s; a real ramp (up to 1.55 s), the slack and
+    # the release (up to 1.55 s) do not
+    ({"safety.max_inflation_per_stimulus_s": 5.67}, "trial_types.pain.phases[1]: ",
+     "the cuff can hold air 8.15 s (phases pain to relief_anticipation at their longest, the ramp counted as up to "
+     "1.55 s, not 0.5 s, since pain waits for the target; SET to DEFLATE up to 6.6 s plus up to 1.55 s to release), "
+     "over safety.max_inflation_per_stimulus_s (5.67 s)"),
+    # ideal ramp: 2 x 5.5 = 11 s fits 11.17 s; 2 x 6.6 s does not
+    ({"safety.max_cumulative_inflation_per_run_s": 11.17}, "safety.max_cumulative_inflation_per_run_s: ",
+     "the cuff can be inflated 13.2 s in one run (every stimulus at its longest from SET to DEFLATE, the ramp "
+     "counted as up to 1.55 s where a phase waits for it), over this limit (11.17 s); use fewer or shorter stimuli"),
+])
+def test_validate_refuses_what_only_an_ideal_cuff_would_fit(tmp_path, changes, field, numbers):
+    path = _demo_file(tmp_path, "tight.yaml", **changes)
+    with pytest.raises(InputError):
+        build_schedule(protocol_from(edited(load_dict(DEMO), **changes)))
+    from experiment.schedule import CuffTiming
+    ideal = CuffTiming(ramp_margin_s=0, ramp_margin_fraction=0, release_margin_s=0, onset_slack_s=0)
+    ideal_wc = worst_case(protocol_from(edited(load_dict(DEMO), **changes)), timing=ideal)
+    assert ideal_wc.inflation_per_run_s == 11.0 and ideal_wc.inflation_per_stimulus_s - 0.5 == 5.5  # the old count
+    r = cuedpain("validate", path)
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+    assert len(r.stderr.splitlines()) == 1
+    assert r.stderr.startswith(f"cuedpain validate: {path}:") and f": {field}{numbers}\n" in r.stderr, r.stderr
+
+
+def test_validate_accepts_the_bound_itself_and_the_rig_sets_the_margins(tmp_path):
+    at = _demo_file(tmp_path, "at.yaml", **{"safety.max_inflation_per_stimulus_s": 8.15,
+                                            "safety.max_cumulative_inflation_per_run_s": 13.2})
+    r = cuedpain("validate", at)
+    assert r.returncode == 0, r.stderr
+    # a rig whose cuff was measured faster: ramp 0.5 x 1.05 + 0.4 s, release 0.525 + 0.3 s
+    rig = tmp_path / "rig.yaml"
+    rig.write_text("cuff_timing: {ramp_margin_s: 0.4, ramp_margin_fraction: 0.05, release_margin_s: 0.3}\n")
+    tight = _demo_file(tmp_path, "tight.yaml", **{"safety.max_inflation_per_stimulus_s": 7})
+    assert cuedpain("validate", tight).returncode == 2
+    r = cuedpain("validate", tight, "--rig", str(rig))
+    assert r.returncode == 0, r.stderr
+    assert ("worst cases counted with a slower cuff: ramp up to 0.925 s, release up to 0.825 s after DEFLATE "
+            "(rig file: cuff_timing)") in r.stdout.splitlines()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cuff_timing: {ramp_margin_s: -1}\n")
+    r = cuedpain("validate", at, "--rig", str(bad))
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1
+    assert "cuff_timing.ramp_margin_s: must be a number of seconds from 0 to 30, got -1" in r.stderr, r.stderr
 
 
 # ---------------------------------------------------------------- plan

@@ -186,3 +186,16 @@ def test_random_rigs_give_a_rig_or_one_input_error(top, screen):
         assert rig.cuff_spec.kind in ("sim", "line", "cpar")
     if rig.scanner is not None:
         assert rig.scanner_spec.kind in ("sim", "keyboard", "serial")
+
+
+def test_cuff_timing_defaults_and_overrides():
+    from experiment.schedule import CuffTiming
+
+    assert load_rig(None).cuff_timing == CuffTiming() == load_rig(EXAMPLE).cuff_timing
+    rig = parse_rig("cuff_timing: {release_margin_s: 0.2, ramp_margin_fraction: 0}\n")
+    assert rig.cuff_timing == CuffTiming(release_margin_s=0.2, ramp_margin_fraction=0.0)
+    with pytest.raises(InputError, match=r"^r\.yaml:1:\d+: cuff_timing\.ramp_margin: unknown key 'ramp_margin'"):
+        parse_rig("cuff_timing: {ramp_margin: 1}\n", file="r.yaml")
+    with pytest.raises(InputError, match=r"^r\.yaml:1:\d+: cuff_timing\.ramp_margin_fraction: must be a number "
+                                         r"from 0 to 1, got 2"):
+        parse_rig("cuff_timing: {ramp_margin_fraction: 2}\n", file="r.yaml")

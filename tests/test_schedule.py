@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from experiment.errors import InputError
 from experiment.protocol import ChoiceDuration, TruncExpDuration, UniformDuration, load_protocol
-from experiment.schedule import (COLUMNS, _draws_ms, _trial_order, build_schedule, check_timeline,
+from experiment.schedule import (COLUMNS, CuffTiming, _draws_ms, _trial_order, build_schedule, check_timeline,
                                  choose_cue_mapping, phase_of, worst_case)
 from tests.protocol_samples import DELETE, DEMO, LOGGIA, ROOT, edited, load_dict, protocol_from
 
@@ -247,23 +247,69 @@ def test_explicit_target_refuses_a_calibrated_pressure():
 # ---------------------------------------------------------------- pre-flight refusals
 
 
+IDEAL = CuffTiming(ramp_margin_s=0.0, ramp_margin_fraction=0.0, release_margin_s=0.0, onset_slack_s=0.0)
+
+
 def test_worst_case_uses_the_deck_exactly():
     wc = worst_case(DEMO_P)
     # 2 + 3 tail + 2 x (3 + 3.5 + 2 + 1 + 4) + the deck [2, 3] dealt twice = 5
     assert wc.run_length_s == 37.0
-    assert (wc.inflation_per_stimulus_s, wc.inflation_per_run_s, wc.deflated_between_s) == (5.5, 11.0, 9.0)
+    # SET to DEFLATE: pain 3 s after a ramp of up to 20 / 40 x 1.1 + 1 = 1.55 s, relief 2 s, slack 0.05 s = 6.6 s;
+    # per stimulus plus the release, also up to 1.55 s; per run 2 x 6.6 s
+    assert (wc.ramp_s, wc.device_ramp_s, wc.release_s) == (0.5, 1.55, 1.55)
+    assert (wc.inflation_per_stimulus_s, wc.inflation_per_run_s, wc.deflated_between_s) == (8.15, 13.2, 9.0)
+    # an ideal cuff: the ramp as planned, the release at the commanded rate
+    ideal = worst_case(DEMO_P, timing=IDEAL)
+    assert (ideal.inflation_per_stimulus_s, ideal.inflation_per_run_s) == (6.0, 11.0)
+    assert dataclasses.replace(ideal, inflation_per_stimulus_s=0, inflation_per_run_s=0, device_ramp_s=0,
+                               release_s=0) == dataclasses.replace(wc, inflation_per_stimulus_s=0,
+                                                                   inflation_per_run_s=0, device_ramp_s=0, release_s=0)
+
+
+def test_cuff_timing_model():
+    t = CuffTiming()
+    assert (t.ramp_margin_s, t.ramp_margin_fraction, t.release_margin_s, t.onset_slack_s) == (1.0, 0.1, 1.0, 0.05)
+    assert t.ramp_ms(40, 30) == 2467 and t.release_ms(40, 30) == 2467 and t.slack_ms == 50  # 1.333 x 1.1 + 1
+    assert t.ramp_ms(20, 40) == 1550                                                          # no float crumbs
+    assert CuffTiming(ramp_margin_s=0.5, release_margin_s=0.2).release_ms(20, 40) == 750
+    for bad in (-0.1, math.nan, math.inf, True, "1"):
+        with pytest.raises(ValueError, match=r"CuffTiming\.ramp_margin_s must be a number >= 0"):
+            CuffTiming(ramp_margin_s=bad)
+
+
+def test_the_timing_model_changes_the_checks_never_the_timeline():
+    slow = CuffTiming(ramp_margin_s=2.0, ramp_margin_fraction=0.5)
+    assert build_schedule(DEMO_P, timing=slow).to_tsv() == build_schedule(DEMO_P).to_tsv() \
+        == build_schedule(DEMO_P, timing=IDEAL).to_tsv()
+    assert worst_case(DEMO_P, timing=slow).run_length_s == worst_case(DEMO_P).run_length_s
+
+
+def test_calibrated_target_is_modelled_at_the_ceiling():
+    p = protocol_from(edited(load_dict(DEMO), **{"stimulation.target": "calibrated"}))
+    wc = worst_case(p)                       # ceiling 30 kPa at 40 kPa/s: 0.75 x 1.1 + 1
+    assert (wc.ramp_s, wc.device_ramp_s, wc.release_s) == (0.75, 1.825, 1.825)
+    assert wc.inflation_per_stimulus_s == 3 + 1.825 + 2 + 0.05 + 1.825
+    lower = worst_case(p, pressure_kpa=10.0)  # 0.25 x 1.1 + 1
+    assert (lower.device_ramp_s, lower.release_s) == (1.275, 1.275)
 
 
 @pytest.mark.parametrize("changes,message", [
     ({"scan.n_volumes": 36},
      r"^<test>:\d+:\d+: scan\.n_volumes: the run can last up to 37 s \(every jittered duration at its longest\) but "
      r"36 volumes x 1 s = 36 s are declared; declare at least 37 volumes or shorten the protocol$"),
-    ({"safety.max_inflation_per_stimulus_s": 5},
-     r"^<test>:\d+:\d+: trial_types\.pain\.phases\[1\]: the cuff can stay inflated 5\.5 s \(phases pain to "
-     r"relief_anticipation at their longest, ramp 0\.5 s included\), over safety\.max_inflation_per_stimulus_s "
-     r"\(5 s\)$"),
-    ({"safety.max_cumulative_inflation_per_run_s": 10},
-     r"^<test>:\d+:\d+: safety\.max_cumulative_inflation_per_run_s: the cuff can be inflated 11 s in one run"),
+    ({"safety.max_inflation_per_stimulus_s": 8.149},
+     r"^<test>:\d+:\d+: trial_types\.pain\.phases\[1\]: the cuff can hold air 8\.15 s \(phases pain to "
+     r"relief_anticipation at their longest, the ramp counted as up to 1\.55 s, not 0\.5 s, since pain waits for the "
+     r"target; SET to DEFLATE up to 6\.6 s plus up to 1\.55 s to release\), over "
+     r"safety\.max_inflation_per_stimulus_s \(8\.149 s\)$"),
+    ({"safety.max_inflation_per_stimulus_s": 6.5, "trial_types.pain.phases[1].timed_from": "onset"},
+     r"^<test>:\d+:\d+: trial_types\.pain\.phases\[1\]: the cuff can hold air 6\.6 s \(phases pain to "
+     r"relief_anticipation at their longest, SET to DEFLATE up to 5\.05 s plus up to 1\.55 s to release\), over "
+     r"safety\.max_inflation_per_stimulus_s \(6\.5 s\)$"),
+    ({"safety.max_cumulative_inflation_per_run_s": 13.199},
+     r"^<test>:\d+:\d+: safety\.max_cumulative_inflation_per_run_s: the cuff can be inflated 13\.2 s in one run "
+     r"\(every stimulus at its longest from SET to DEFLATE, the ramp counted as up to 1\.55 s where a phase waits "
+     r"for it\), over this limit \(13\.199 s\); use fewer or shorter stimuli$"),
     ({"safety.min_deflated_between_s": 9.5},
      r"^<test>:\d+:\d+: safety\.min_deflated_between_s: two stimuli can come 9 s apart \(deflate to next inflate, "
      r"every duration in between at its shortest\), under this minimum \(9\.5 s\)"),
@@ -304,7 +350,9 @@ def test_check_timeline_refuses_broken_timelines():
         check_timeline(broken(2, target_kpa=35.0), DEMO_P)
     with pytest.raises(InputError, match=r"the run lasts 45\.5 s, longer than the declared scan \(40 s\)"):
         check_timeline(broken(13, duration_s=13.0), DEMO_P)
-    with pytest.raises(InputError, match=r"the stimulus at 4\.500 s keeps the cuff inflated 12\.500 s"):
+    with pytest.raises(InputError, match=r"safety\.max_inflation_per_stimulus_s: the stimulus at 4\.500 s can hold "
+                                         r"air 15\.150 s \(planned SET to DEFLATE 12\.500 s, up to 13\.600 s with a "
+                                         r"slower cuff, plus up to 1\.550 s to release\), over this limit$"):
         longer = list(ev)
         longer[2] = dataclasses.replace(ev[2], duration_s=10.5)
         shift = 7.0
@@ -324,21 +372,32 @@ durations = st.one_of(
 )
 
 
+timings = st.builds(CuffTiming, ramp_margin_s=st.sampled_from([0.0, 0.3, 1.0, 2.5]),
+                    ramp_margin_fraction=st.sampled_from([0.0, 0.1, 0.25]),
+                    release_margin_s=st.sampled_from([0.0, 0.4, 1.0]), onset_slack_s=st.sampled_from([0.0, 0.05]))
+
+
 @settings(max_examples=150, deadline=None)
-@given(st.lists(durations, min_size=6, max_size=6), st.integers(1, 6), st.integers(40, 600),
-       st.integers(5, 40), st.integers(0, 40), st.integers(0, 1000))
-def test_built_timelines_keep_every_limit(durs, count, n_volumes, max_stim, min_gap, seed):
+@given(st.lists(durations, min_size=6, max_size=6), st.integers(1, 6), st.integers(150, 600),
+       st.integers(5, 60), st.integers(0, 30), st.integers(0, 1000), timings,
+       st.sampled_from(["onset", "target_reached"]), st.sampled_from([2, 10, 30, 100]), st.integers(20, 150))
+def test_built_timelines_keep_every_limit(durs, count, n_volumes, max_stim, min_gap, seed, timing, timed_from, rate,
+                                          max_run):
+    """Whatever passes pre-flight keeps the modelled inflation (a cuff as slow as `timing`
+    allows: the waited-for ramp stretched, SET and DEFLATE off by the slack, then the
+    release) under the per-stimulus and per-run limits; modelled here independently."""
     d = load_dict(DEMO)
     changes = {f"trial_types.pain.phases[{i}].duration": v for i, v in enumerate(durs)}
     changes["trial_types.pain.phases[4].duration"] = max(4, durs[4]) if isinstance(durs[4], float) else 4
     changes.update({"trials.counts.pain": count, "scan.n_volumes": n_volumes,
                     "safety.max_inflation_per_stimulus_s": max_stim, "safety.min_deflated_between_s": min_gap,
-                    "safety.max_cumulative_inflation_per_run_s": 100})
+                    "safety.max_cumulative_inflation_per_run_s": max_run,
+                    "trial_types.pain.phases[1].timed_from": timed_from, "stimulation.rate_kpa_s": rate})
     p = protocol_from(edited(d, **changes))
     try:
-        t = build_schedule(p, seed=seed)
+        t = build_schedule(p, seed=seed, timing=timing)
     except InputError as exc:
-        assert exc.message.startswith("<test>:")
+        assert exc.message.startswith("<test>:") and "\n" not in exc.message
         event(f"refused: {exc.message.split(': ')[1]}")
         return
     event("built")
@@ -346,6 +405,15 @@ def test_built_timelines_keep_every_limit(durs, count, n_volumes, max_stim, min_
     assert t.run_length_s <= n_volumes * 1.0
     spans = t.inflation_intervals()
     assert len(spans) == count
-    assert all(b - a <= s.max_inflation_per_stimulus_s + 1e-9 for a, b in spans)
-    assert sum(b - a for a, b in spans) <= 100 + 1e-9
     assert all(b2 - e1 >= min_gap - 1e-9 for (_, e1), (b2, _) in zip(spans, spans[1:]))
+    total = 0.0
+    for inflate, deflate in t.stimuli():
+        ideal_s = inflate.target_kpa / inflate.rate_kpa_s
+        slow_s = ideal_s * (1 + timing.ramp_margin_fraction)
+        held = deflate.onset_s - inflate.onset_s + timing.onset_slack_s
+        if inflate.timed_from == "target_reached":
+            held += slow_s + timing.ramp_margin_s - inflate.ramp_s
+        release = slow_s + timing.release_margin_s
+        assert held + release <= s.max_inflation_per_stimulus_s + 1e-9
+        total += held
+    assert total <= max_run + 1e-9

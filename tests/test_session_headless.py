@@ -231,3 +231,48 @@ def test_two_rating_phases_are_each_kept_in_every_output_and_after_rebuild(tmp_p
                                          tr_s=header["tr_s"], run_dir=run_dir), int((onsets >= 0).sum()))
     errors, _ = bids_validate(data)   # the rating levels' HED tags are valid
     assert errors == [], [(e["code"], e.get("location")) for e in errors]
+
+
+def test_a_protocol_at_the_preflight_bound_runs_without_an_interlock(tmp_path: Path) -> None:
+    """Limits set to exactly the modelled worst case (default cuff timing) at the fastest ramp
+    (100 kPa/s, where the simulated cuff lags target / rate the most): pre-flight passes, the run
+    completes, and no interlock fires, though each stimulus outlasts the ideal-ramp count that
+    pre-flight used to make."""
+    import yaml
+
+    from experiment.schedule import worst_case
+    from tests.protocol_samples import edited, load_dict, protocol_from
+
+    changes = {"stimulation.rate_kpa_s": 100, "stimuli_dir": str(ROOT / "stimuli")}
+    wc = worst_case(protocol_from(edited(load_dict(DEMO), **changes)))
+    assert (wc.inflation_per_stimulus_s, wc.inflation_per_run_s) == (7.49, 12.54)  # 3 + 1.22 + 2 + 0.05 + 1.22
+    limits = {"safety.max_inflation_per_stimulus_s": wc.inflation_per_stimulus_s,
+              "safety.max_cumulative_inflation_per_run_s": wc.inflation_per_run_s}
+    protocol = tmp_path / "at-bound.yaml"
+    protocol.write_text(yaml.safe_dump(edited(load_dict(DEMO), **changes, **limits)))
+    data = tmp_path / "data"
+    proc = _cli("run", str(protocol), "--participant", "P09", "--dry-run", "--headless", "--data", str(data))
+    assert proc.returncode == 0, proc.stderr
+    run_dir = _run_dir(data, "sub-P09_task-demo_run-1")
+    log = read_log(run_dir / "log.jsonl")
+    assert list(log.of_kind("safety")) == []
+    assert next(log.of_kind("end"))["status"] == "completed"
+    cmds = [r for r in log.of_kind("cuff_cmd") if r["purpose"] in ("stimulate", "deflate")]
+    sets = [r["t_write"] for r in cmds if r["command"].startswith("SET")]
+    deflates = [r["t_write"] for r in cmds if r["command"] == "DEFLATE"]
+    held = [b - a for a, b in zip(sets, deflates)]
+    assert len(held) == 2
+    ideal_count = 3 + 0.2 + 2    # what pre-flight counted before: phases at their longest, ramp target / rate
+    assert all(ideal_count < h < wc.inflation_per_stimulus_s for h in held), held
+    assert sum(held) < wc.inflation_per_run_s
+    # the device's count (time at or above 1 kPa) also stays under the per-stimulus limit
+    samples = [r for r in read_log(run_dir / "pressure.jsonl").records if r.get("kind") == "p"]
+    above = [r["t"] for r in samples if r["p"] >= 1.0]
+    runs, start, prev = [], above[0], above[0]
+    for t in above[1:]:
+        if t - prev > 0.5:
+            runs.append(prev - start)
+            start = t
+        prev = t
+    runs.append(prev - start)
+    assert len(runs) == 2 and all(r < wc.inflation_per_stimulus_s for r in runs), runs

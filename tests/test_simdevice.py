@@ -77,9 +77,29 @@ def test_deflate_ramps_down_and_announces_deflated() -> None:
     assert 5.0 < b.device.pressure_kpa < 15.0        # a ramp, not a dump
     b.run(1.0)
     evs = b.events()
-    assert [e.name for e in evs][-1] == "DEFLATED" and float(evs[-1].fields["p"]) <= 1.0
+    assert [e.name for e in evs][-1] == "DEFLATED" and float(evs[-1].fields["p"]) < 1.0
     assert b.device.state == "ARMED"
     assert b.device.vent_log == []                   # a deflation is not a vent
+
+
+def test_deflated_and_status_report_a_pressure_below_one_kpa() -> None:
+    """DEFLATED means the reading fell below 1 kPa: its `p`, and a STATUS? right after it, say
+    so, although on this noiseless ramp (10 kPa/s, 2-ms steps) the reading that decided it lies
+    in 0.98-1.0 kPa, which rounding to the nearest tenth would send as 1.0."""
+    b = Bench(pneumatics=CuffPneumatics(noise_kpa=0.0))
+    b.armed_at(50, rate=10)
+    b.cmd("SET 20")
+    b.run(3.0)
+    b.cmd("DEFLATE")
+    deflated = None
+    while deflated is None and b.t < 10:
+        b.run(0.002)
+        deflated = next((e for e in b.events() if e.name == "DEFLATED"), None)
+    assert deflated is not None
+    status = b.cmd("STATUS?")
+    assert status.fields["st"] == "ARMED"
+    assert float(deflated.fields["p"]) < 1.0 and float(status.fields["p"]) < 1.0
+    assert deflated.fields["p"] == status.fields["p"] == "0.9"
 
 
 def test_vent_dumps_at_once_in_every_state_and_never_clears_a_latch() -> None:

@@ -28,6 +28,7 @@ from typing import Callable
 from experiment.clock import Clock
 from experiment.cuff import cpar_codec as codec
 from experiment.cuff.base import CommandResult, CuffStatus, DeviceEvent, DeviceInfo, PressureSample
+from experiment.cuff.line_codec import format_reading_kpa
 from experiment.cuff.transport import SerialTransport, Transport
 from experiment.errors import DeviceFault, HardwareError
 
@@ -368,7 +369,7 @@ class CparCuff:
         if status.state == 2:
             raise self._refuse("CLEAR", "CLEAR_REFUSED", "the CPAR's emergency stop is active; release it first")
         if status.actual_kpa >= DEFLATED_BELOW_KPA or status.state == 1:
-            raise self._refuse("CLEAR", "CLEAR_REFUSED", f"cuff at {status.actual_kpa:.1f} kPa")
+            raise self._refuse("CLEAR", "CLEAR_REFUSED", f"cuff at {format_reading_kpa(status.actual_kpa)} kPa")
         with self._lock:
             self._latch, self._armed_max = None, None
         return self._host_side("CLEAR", "latch cleared, disarmed")
@@ -456,10 +457,10 @@ class CparCuff:
             if s.state == 1 and self._target is not None and not self._reached \
                     and abs(s.actual_kpa - self._target) <= REACHED_TOLERANCE_KPA:
                 self._reached = True
-                events.append(DeviceEvent(t, "TARGET_REACHED", {"p": f"{s.actual_kpa:.1f}"}))
+                events.append(DeviceEvent(t, "TARGET_REACHED", {"p": format_reading_kpa(s.actual_kpa)}))
             if self._awaiting_deflated and s.state != 1 and s.actual_kpa < DEFLATED_BELOW_KPA:
                 self._awaiting_deflated = False
-                events.append(DeviceEvent(t, "DEFLATED", {"p": f"{s.actual_kpa:.1f}"}))
+                events.append(DeviceEvent(t, "DEFLATED", {"p": format_reading_kpa(s.actual_kpa)}))
             if not self._streaming:
                 return []
             device_ms = round((self._counter_base + s.update_counter) * codec.TICK_S * 1000)

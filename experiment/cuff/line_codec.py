@@ -153,11 +153,31 @@ def decode_line(data: bytes) -> str:
 
 
 def format_kpa(value_kpa: float) -> str:
-    """kPa with exactly one decimal (CUFF/1 allows at most one)."""
+    """A set value (target, ceiling, rate) in kPa with exactly one decimal (CUFF/1 allows at
+    most one), rounded to the nearest. Measured pressures use `format_reading_kpa`."""
     if not math.isfinite(value_kpa):
         raise ValueError(f"pressure must be a finite number, got {value_kpa!r}")
     text = f"{round(value_kpa, 1):.1f}"
     return "0.0" if text == "-0.0" else text
+
+
+def format_reading_kpa(value_kpa: float) -> str:
+    """A measured pressure in kPa, rounded down (floor) to one decimal: 0.96 -> "0.9".
+
+    Every threshold the device decides on is on the 0.1 kPa grid and reads "below T"
+    (x < T) or "T or more" (x >= T); floor keeps a reading on the same side of each, so a
+    reported pressure always agrees with the state it decided (`DEFLATED p=0.9`, never
+    `p=1.0`). Rounding to the nearest would move 0.96 across 1.0. Exact in binary: the
+    result r satisfies float(r) <= value < float(r) + 0.1 as Python compares them.
+    """
+    if not math.isfinite(value_kpa):
+        raise ValueError(f"pressure must be a finite number, got {value_kpa!r}")
+    tenths = math.floor(value_kpa * 10.0)
+    while tenths / 10 > value_kpa:          # value * 10 can round up to the next whole number
+        tenths -= 1
+    while (tenths + 1) / 10 <= value_kpa:
+        tenths += 1
+    return f"{tenths / 10:.1f}"
 
 
 def floor_kpa(value_kpa: float) -> float:
@@ -280,7 +300,8 @@ def format_event(name: str, fields: Mapping[str, object] | None = None) -> bytes
 
 
 def format_telemetry(t_ms: int, pressure_kpa: float, target_kpa: float, state: str) -> bytes:
-    return encode_line(f"!P t={int(t_ms)} p={format_kpa(pressure_kpa)} "
+    """`!P` line: the measured `pressure_kpa` rounded down, the set `target_kpa` to the nearest."""
+    return encode_line(f"!P t={int(t_ms)} p={format_reading_kpa(pressure_kpa)} "
                        f"tgt={format_kpa(target_kpa)} st={state}")
 
 

@@ -8,7 +8,9 @@ runs on a pseudo-terminal in real time (simserver.py) or in-process on a virtual
 
 Every decision the firmware makes (target reached, deflated, overpressure, time limit,
 compliance) uses the noisy sensor reading, as real firmware must; tests read the true
-pressure through `pressure_kpa`.
+pressure through `pressure_kpa`. Thresholds read "below T" or "T or more", and readings
+go on the wire rounded down (`format_reading_kpa`), so a reported pressure is always on
+the side of its threshold that the firmware decided.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from typing import Callable
 from experiment.cuff.bytedevice import ByteDevice
 from experiment.cuff.line_codec import (ARMED_STATES, FAULT_CODES, LATCHED_STATES, PROTOCOL_VERSION,
                                         SIM_NAME_PREFIX, CodecError, Command, LineSplitter, RawLine, format_err,
-                                        format_event, format_kpa, format_ok, format_telemetry,
-                                        parse_command)
+                                        format_event, format_kpa, format_ok, format_reading_kpa,
+                                        format_telemetry, parse_command)
 from experiment.cuff.pneumatics import CuffPneumatics
 
 __all__ = ["ByteDevice", "SimCuffDevice", "SIM_DEVICE_NAME"]
@@ -29,7 +31,7 @@ __all__ = ["ByteDevice", "SimCuffDevice", "SIM_DEVICE_NAME"]
 SIM_DEVICE_NAME = SIM_NAME_PREFIX      # the host treats "cuedpain-sim*" as simulated
 STEP_S = 0.002                         # physics and firmware step
 REACHED_KPA = 0.5                      # TARGET_REACHED when within this of the target
-RELEASED_KPA = 1.0                     # "deflated" / "above 1 kPa" threshold
+RELEASED_KPA = 1.0                     # below: deflated; this or more: holds air (MAXTIME counts)
 OVERPRESSURE_MARGIN_KPA = 2.0          # armed max + this -> OVERPRESSURE
 COMPLIANCE_GRACE_S = 2.0               # RAMP must reach the target by eta + this
 HOLD_SAG_KPA = 2.0                     # HOLD below target - this ...
@@ -152,13 +154,13 @@ class SimCuffDevice:
         if st not in LATCHED_STATES:
             if st in ARMED_STATES and self._wdt_deadline is not None and t >= self._wdt_deadline:
                 self._latch("WATCHDOG", t, {"ms": round(self._wdt_s * 1000)} if self._wdt_s else {})
-            elif p > (self._max if st in ARMED_STATES else self.hard_limit_kpa) + OVERPRESSURE_MARGIN_KPA:
-                self._latch("OVERPRESSURE", t, {"p": format_kpa(p)})
+            elif p >= (self._max if st in ARMED_STATES else self.hard_limit_kpa) + OVERPRESSURE_MARGIN_KPA:
+                self._latch("OVERPRESSURE", t, {"p": format_reading_kpa(p)})
             elif self._above_since is not None and t - self._above_since > self._maxtime_s:
                 self._latch("TIME_LIMIT", t, {"ms": round(self._maxtime_s * 1000)})
             else:
                 self._regulate(t, p)
-        if p > RELEASED_KPA and self._state not in LATCHED_STATES:
+        if p >= RELEASED_KPA and self._state not in LATCHED_STATES:
             self._above_since = t if self._above_since is None else self._above_since
         else:
             self._above_since = None
@@ -173,20 +175,20 @@ class SimCuffDevice:
             if abs(p - self._target) <= REACHED_KPA:
                 self._state = "HOLD"
                 self._reach_deadline = None
-                self._emit(format_event("TARGET_REACHED", {"p": format_kpa(p)}))
+                self._emit(format_event("TARGET_REACHED", {"p": format_reading_kpa(p)}))
             elif self._reach_deadline is not None and t > self._reach_deadline:
-                self._latch("COMPLIANCE", t, {"p": format_kpa(p), "tgt": format_kpa(self._target)})
+                self._latch("COMPLIANCE", t, {"p": format_reading_kpa(p), "tgt": format_kpa(self._target)})
         elif self._state == "HOLD":
             if p < self._target - HOLD_SAG_KPA:
                 self._sag_since = t if self._sag_since is None else self._sag_since
                 if t - self._sag_since > HOLD_SAG_S:
-                    self._latch("COMPLIANCE", t, {"p": format_kpa(p), "tgt": format_kpa(self._target)})
+                    self._latch("COMPLIANCE", t, {"p": format_reading_kpa(p), "tgt": format_kpa(self._target)})
             else:
                 self._sag_since = None
         elif self._state == "DEFLATING" and p < RELEASED_KPA:
             self._state = "ARMED"
             self._air.vent()           # open the valve for the last kPa (not an emergency vent)
-            self._emit(format_event("DEFLATED", {"p": format_kpa(p)}))
+            self._emit(format_event("DEFLATED", {"p": format_reading_kpa(p)}))
 
     def _vent(self, t: float, reason: str) -> None:
         self._air.vent()
@@ -276,7 +278,8 @@ class SimCuffDevice:
             self._next_sample = now + (1.0 / self._stream_hz if self._stream_hz else 0.0)
             return format_ok("STREAM", {"hz": self._stream_hz}), None
         if name == "STATUS?":
-            return format_ok("STATUS", {"st": st, "p": format_kpa(self._p_meas), "tgt": format_kpa(self._target),
+            return format_ok("STATUS", {"st": st, "p": format_reading_kpa(self._p_meas),
+                                        "tgt": format_kpa(self._target),
                                         "max": format_kpa(self._max), "hard": format_kpa(self.hard_limit_kpa),
                                         "err": self._fault}), None
         if name == "VENT":
@@ -288,7 +291,7 @@ class SimCuffDevice:
             return format_ok("ESTOP"), lambda: self._latch("ESTOP", now, {"src": "host"})
         if name == "CLEAR":
             if self._p_meas >= RELEASED_KPA:
-                return format_err(24, f"p={format_kpa(self._p_meas)}"), None
+                return format_err(24, f"p={format_reading_kpa(self._p_meas)}"), None
             self._air.vent()
             self._state, self._max, self._target, self._fault = "IDLE", 0.0, 0.0, 0
             return format_ok("CLEAR"), None
@@ -298,7 +301,7 @@ class SimCuffDevice:
             if st not in ("IDLE", "ARMED"):
                 return format_err(13, f"st={st}"), None
             if self._p_meas >= RELEASED_KPA:
-                return format_err(13, f"not vented p={format_kpa(self._p_meas)}"), None
+                return format_err(13, f"not vented p={format_reading_kpa(self._p_meas)}"), None
             if arg > self.hard_limit_kpa:
                 return format_err(20, f"hard={format_kpa(self.hard_limit_kpa)}"), None
             if arg <= 0:

@@ -5,13 +5,15 @@ then renamed over its name with `os.replace`, so a reader (or a crash) sees the 
 file or the new one, never half of one. Every write names the set of paths its run
 owns (`OwnedPaths`); a path outside that set is refused, so a bug in path building
 cannot replace another run's files. Files shared by all runs (dataset_description.json,
-the task sidecar, README) are only ever created, never replaced: `create_once`.
+the task sidecar, README) are only ever created, never replaced: `create_once`. Every file
+written here gets the mode a plain open() would give it (0o666 less the umask), like the
+run logs, so the lab's group can read derived files when the umask lets it.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,8 +64,31 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# Mode of a new temporary file before the umask: the kernel applies the process umask
+# (or the directory's default ACL) to it, as open() does for the run logs, so a derived
+# file gets 0o666 & ~umask (0o644 with umask 022, 0o664 with 002) and a lab group can read
+# it. tempfile.mkstemp would force 0o600. Reading the umask instead would mean calling
+# os.umask() to set and restore it: process-global state, racing with every thread that
+# creates a file meanwhile (the cuff's and the log's threads may run while outputs are
+# derived), so the mode is left to the kernel rather than computed here.
+_NEW_FILE_MODE = 0o666
+_TEMP_ATTEMPTS = 100
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new, empty, uniquely named temporary file next to `path`: (fd, its path)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(_TEMP_ATTEMPTS):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, flags, _NEW_FILE_MODE), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {path} after {_TEMP_ATTEMPTS} tries")
+
+
 def _write_temp(path: Path, data: bytes) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -72,7 +97,7 @@ def _write_temp(path: Path, data: bytes) -> Path:
     except BaseException:
         os.unlink(tmp)
         raise
-    return Path(tmp)
+    return tmp
 
 
 def write_bytes(path: Path, data: bytes, *, owned: OwnedPaths) -> Path:
