@@ -1,7 +1,7 @@
-"""What `experiment.devices` needs to open a dry run's devices, outside `cuedpain run`.
+"""What `experiment.station.devices` needs to open a dry run's devices, outside `cuedpain run`.
 
 The comparison runner and the pacing benchmark open the window, the simulated cuff and
-the simulated scanner through `experiment.devices` so that they get exactly what a dry
+the simulated scanner through `experiment.station.devices` so that they get exactly what a dry
 run gets; these are the fields of the runner's `Prepared` that those functions read.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 def dry_run_spec(protocol: Any, *, seed: int | None = None) -> SimpleNamespace:
     """A dry run of `protocol` with the default rig (simulated cuff and scanner, a window)."""
-    from experiment.rig import load_rig
+    from experiment.protocol.rig import load_rig
 
     return SimpleNamespace(protocol=protocol, rig=load_rig(None), cuff_spec="sim", scanner_spec="sim",
                            dry_run=True, headless=False, stimuli_dir=protocol.stimuli_dir,

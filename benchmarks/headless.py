@@ -16,7 +16,7 @@ from benchmarks import analysis
 from benchmarks.onsets import PARTICIPANT, cuedpain_argv
 from benchmarks.proc import StampedProcess
 from experiment.clock import Clock
-from experiment.eventlog import read_log
+from experiment.log.eventlog import read_log
 
 
 def time_headless(protocol: Path, *, repeats: int, env: dict[str, str], clock: Clock, work_dir: Path,

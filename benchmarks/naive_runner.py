@@ -14,8 +14,8 @@ this way too (psychopy/experiment/routines/_base.py, `getMaxTime`).
 
 What is the same as a cuedpain dry run, so that the drift ratio compares only the
 scheduling method:
-* the timeline: `experiment.schedule.build_schedule(protocol, seed, participant)`;
-* the window: `experiment.devices.open_display` (a `WindowDisplay`; under Xvfb it has no
+* the timeline: `experiment.protocol.schedule.build_schedule(protocol, seed, participant)`;
+* the window: `experiment.station.devices.open_display` (a `WindowDisplay`; under Xvfb it has no
   vertical sync, so each flip waits for the next point of a fixed 60 Hz grid, as a
   monitor's refresh would);
 * the cuff: the simulated CUFF/1 cuff on a pseudo-terminal behind the same
@@ -47,7 +47,7 @@ from typing import Any
 
 from benchmarks.dryrun_spec import dry_run_spec
 from experiment.clock import Clock, psychopy_clock
-from experiment.eventlog import encode_record
+from experiment.log.eventlog import encode_record
 
 STYLE = "per-phase psychopy.core.wait(duration) after each flip, started on the first stored pulse"
 TRIGGER_POLL_S = 0.001
@@ -71,10 +71,10 @@ def run(protocol_path: Path, *, participant: str, seed: int | None = None) -> di
     """Drive the timeline with relative waits; return the plan and the onsets (seconds, run clock)."""
     from psychopy import core
 
-    from experiment import devices
-    from experiment.protocol import load_protocol
+    import experiment.station.devices as devices
+    from experiment.protocol.model import load_protocol
     from experiment.scanner.startgate import StartGate
-    from experiment.schedule import build_schedule
+    from experiment.protocol.schedule import build_schedule
 
     protocol = load_protocol(protocol_path)
     seed = protocol.seed if seed is None else seed

@@ -22,7 +22,7 @@ from typing import Any
 from benchmarks import analysis
 from benchmarks.proc import StampedProcess
 from experiment.clock import Clock
-from experiment.eventlog import read_log
+from experiment.log.eventlog import read_log
 
 PARTICIPANT = "BENCH"
 STARTUP_MARKERS = {"banner_s": "DRY RUN: simulated cuff and scanner", "devices_open_s": "writing to ",

@@ -3,7 +3,7 @@ timestamp latency while the render loop runs. Runs in a process of its own:
 
     python -m benchmarks.pacing PROTOCOL --block-s 15 --pairs 3 --out FILE.json
 
-A/B design. One window (`experiment.devices.open_display`, as in a dry run) draws the
+A/B design. One window (`experiment.station.devices.open_display`, as in a dry run) draws the
 protocol's cues, changing cue every 2 s, for blocks of `block_s` seconds in a balanced
 order (off, on | on, off | off, on ...), so a change of machine load during the benchmark
 falls on both conditions alike. The first 0.5 s of each block is a warm-up that is not
@@ -36,7 +36,7 @@ from typing import Any, Callable
 from benchmarks.analysis import pulse_latencies
 from benchmarks.dryrun_spec import dry_run_spec
 from experiment.clock import Clock, psychopy_clock
-from experiment.eventlog import LogFile, encode_record
+from experiment.log.eventlog import LogFile, encode_record
 
 CUE_CHANGE_S = 2.0
 WARMUP_S = 0.5
@@ -82,7 +82,7 @@ def _frame_loop(display: Any, clock: Clock, *, cues: list[str], duration_s: floa
 def _on_block(display: Any, spec: Any, clock: Clock, *, cues: list[str], duration_s: float, seed: int,
               log_dir: Path) -> dict[str, Any]:
     """One block with the run's background work; returns flips, pulse latencies, cuff timings."""
-    from experiment import devices
+    import experiment.station.devices as devices
     from experiment.scanner.sim_scanner import ScannerPlan, pty_sim_source
 
     protocol = spec.protocol
@@ -132,8 +132,8 @@ def _on_block(display: Any, spec: Any, clock: Clock, *, cues: list[str], duratio
 
 
 def run(protocol_path: Path, *, block_s: float, pairs: int) -> dict[str, Any]:
-    from experiment import devices
-    from experiment.protocol import load_protocol
+    import experiment.station.devices as devices
+    from experiment.protocol.model import load_protocol
 
     protocol = load_protocol(protocol_path)
     spec = dry_run_spec(protocol)

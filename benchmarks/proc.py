@@ -6,7 +6,7 @@ measured from outside the process, the way an operator experiences it.
 
 `virtual_display()` gives the window benchmarks an X display: `$DISPLAY` when there is
 one, else an Xvfb started here (no vertical sync: the runner paces its flips in software,
-see experiment/display.py) and stopped when the benchmark ends.
+see experiment/station/display.py) and stopped when the benchmark ends.
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ from benchmarks import headless, onsets, pacing, report, startup
 from benchmarks.machine import ROOT, load_average, machine_info
 from benchmarks.proc import StampedProcess, virtual_display
 from experiment.clock import Clock, RealClock
-from experiment.eventlog import encode_record
-from experiment.protocol import load_protocol
+from experiment.log.eventlog import encode_record
+from experiment.protocol.model import load_protocol
 
 
 @dataclass(frozen=True)

@@ -13,19 +13,19 @@ import sys
 from typing import Sequence
 
 from experiment import __version__
-from experiment.console import ClosedSafeStream
+from experiment.station.console import ClosedSafeStream
 from experiment.errors import EXIT_ABORTED, EXIT_INPUT, CuedpainError
 
 # subcommand -> module that implements command(args)
 COMMANDS = {
-    "validate": "experiment.planning",
-    "plan": "experiment.planning",
-    "run": "experiment.session",
+    "validate": "experiment.procedures.planning",
+    "plan": "experiment.procedures.planning",
+    "run": "experiment.procedures.run.session",
     "simulate-cuff": "experiment.cuff.simserver",
-    "rig-check": "experiment.rigcheck",
+    "rig-check": "experiment.procedures.rigcheck",
     "report": "experiment.outputs.report",
     "rebuild": "experiment.outputs.rebuild",
-    "calibrate": "experiment.calibrate",
+    "calibrate": "experiment.procedures.calibration.procedure",
 }
 
 

@@ -5,7 +5,7 @@
 For a few targets P and rates r, prints the time from SET to TARGET_REACHED and from
 DEFLATE to DEFLATED, each minus the ideal P / r, for the CUFF/1 simulator (the firmware
 on its pneumatic model, stepped directly) and the CPAR simulator (through the driver, on
-a virtual clock). The defaults of `experiment.schedule.CuffTiming` were chosen from this
+a virtual clock). The defaults of `experiment.protocol.schedule.CuffTiming` were chosen from this
 table (docs/protocol-format.md, "What the inflation checks count"). Takes a few seconds.
 """
 

@@ -4,7 +4,7 @@
         python tests/fault_full_disk.py run PROTOCOL ...
 
 Runs the real command line (`experiment.cli.main`) after giving every run log
-(`experiment.eventlog.LogFile`) named in CUEDPAIN_TEST_DISK_FULL_FILES (default: both)
+(`experiment.log.eventlog.LogFile`) named in CUEDPAIN_TEST_DISK_FULL_FILES (default: both)
 a file object whose writes fail with ENOSPC, as a full disk's do, from the moment the
 file PATH exists. The test creates PATH when it wants the disk full (for instance while
 the cuff inflates), so the failure lands at a known point of the run. This is a test
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's code, not an installed copy
-from experiment import eventlog  # noqa: E402
+import experiment.log.eventlog as eventlog  # noqa: E402
 from experiment.cli import main  # noqa: E402
 
 WHEN_VAR = "CUEDPAIN_TEST_DISK_FULL_WHEN"

@@ -1,4 +1,4 @@
-"""Realistic synthetic run logs, written through `experiment.eventlog.LogFile`.
+"""Realistic synthetic run logs, written through `experiment.log.eventlog.LogFile`.
 
 Follows docs/event-log.md: header, plan records, display and device records, pulses
 every TR (with discarded ones before t0), t0, flip onsets with small measured errors,
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiment.eventlog import LogFile
-from experiment.rundir import RunId
+from experiment.log.eventlog import LogFile
+from experiment.outputs.rundir import RunId
 
 #: phases per trial type: (phase, duration_s, cue, cuff, target_kpa, bids_trial_type)
 TRIAL_TYPES: dict[str, list[tuple[str, float, str | None, str, float | None, str | None]]] = {

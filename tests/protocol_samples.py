@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from experiment.protocol import Protocol, parse_protocol
+from experiment.protocol.model import Protocol, parse_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = ROOT / "protocols"

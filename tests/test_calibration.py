@@ -20,15 +20,15 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from experiment.calibration_fit import FitError, fit_pressure_for_rating, invert, isotonic
-from experiment.calibration_participant import parse_sim_spec
-from experiment.calibration_procedures import (Done, Plateau, PlateauOutcome, Ramp, RampOutcome, RampSettings,
+from experiment.procedures.calibration.fit import FitError, fit_pressure_for_rating, invert, isotonic
+from experiment.procedures.calibration.participant import parse_sim_spec
+from experiment.procedures.calibration.steps import (Done, Plateau, PlateauOutcome, Ramp, RampOutcome, RampSettings,
                                                StaircaseSettings, check_settings, next_plateau, next_ramp,
                                                plateau_pressures, pressure_at)
 from experiment.cli import main
 from experiment.errors import InputError
-from experiment.eventlog import read_log
-from experiment.simparticipant import RatingModel
+from experiment.log.eventlog import read_log
+from experiment.station.simparticipant import RatingModel
 
 ROOT = Path(__file__).resolve().parents[1]
 STAIRCASE_TOL_KPA = 3.0

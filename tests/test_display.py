@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiment.clock import VirtualClock, psychopy_clock
-from experiment.display import SimulatedDisplay, WindowDisplay
+from experiment.station.display import SimulatedDisplay, WindowDisplay
 from experiment.errors import InputError
 
 DATA = Path(__file__).parent / "data"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from experiment.eventlog import LogFile, LogWriteError, read_log
+from experiment.log.eventlog import LogFile, LogWriteError, read_log
 
 
 def test_records_round_trip_with_header_and_sequence(tmp_path: Path) -> None:
@@ -106,7 +106,7 @@ def test_everything_written_before_sigkill_is_on_disk(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-        from experiment.eventlog import LogFile
+        from experiment.log.eventlog import LogFile
         log = LogFile(__import__('pathlib').Path({str(tmp_path / 'log.jsonl')!r}), {{}})
         i = 0
         while True:

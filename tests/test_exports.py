@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy.io import loadmat
 
-from experiment.eventlog import read_log
+from experiment.log.eventlog import read_log
 from experiment.outputs.derive import derive_run
 from experiment.outputs.exports import conditions, nilearn_events_text
 from experiment.outputs.writer import write_run_outputs

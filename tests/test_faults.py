@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from experiment.rundir import resolve_run
+from experiment.outputs.rundir import resolve_run
 from tests.fault_harness import (PARTICIPANT, ROOT, TASK, WATCHDOG_S, FaultRun, Outcome, RefusingSimDevice,
                                  protocol_text, rebuild)
 from tests.fault_full_disk import FILES_VAR, WHEN_VAR

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from experiment.calibration import read_calibration, resolve_pressure
-from experiment.console import ClosedSafeStream, OperatorConsole, Status
+from experiment.procedures.calibration.results import read_calibration, resolve_pressure
+from experiment.station.console import ClosedSafeStream, OperatorConsole, Status
 from experiment.cuff.simdevice import SimCuffDevice
 from experiment.errors import InputError
-from experiment.eventlog import read_log
-from experiment.protocol import parse_protocol
-from experiment.rundir import RunId, create_source_dir
+from experiment.log.eventlog import read_log
+from experiment.protocol.model import parse_protocol
+from experiment.outputs.rundir import RunId, create_source_dir
 from tests.cuff_helpers import wait_for
 from tests.fault_harness import PARTICIPANT, ROOT, TASK, FaultRun, Outcome, protocol_text, read_records
 from tests.hardware_double import BENCH_NAME, BENCH_SERIAL, BenchCuff

@@ -197,7 +197,7 @@ def test_a_headless_dry_run_of_the_demo_protocol_validates(tmp_path, capsys):
     from types import SimpleNamespace
 
     from experiment.cli import main
-    from experiment.rundir import RunId
+    from experiment.outputs.rundir import RunId
 
     root = Path(__file__).resolve().parents[1]
     assert main(["run", str(root / "protocols" / "demo.yaml"), "--participant", "P01", "--dry-run", "--headless",
@@ -218,7 +218,7 @@ _MODES = """
 import json, os, stat, sys
 from pathlib import Path
 os.umask(int(sys.argv[2], 8))          # a fresh process: the umask is process-global state
-from experiment.eventlog import LogFile
+from experiment.log.eventlog import LogFile
 from experiment.outputs.writer import write_run_outputs
 from tests.logfactory import make_run
 root = Path(sys.argv[1])

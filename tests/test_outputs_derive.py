@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from experiment.eventlog import read_log
+from experiment.log.eventlog import read_log
 from experiment.outputs.derive import derive_run, timing_quality
 from experiment.outputs.tables import format_value, tsv_text
 from tests.logfactory import make_run

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from experiment.design import R_LIMIT, VIF_LIMIT, _design, design_efficiency
+from experiment.protocol.design import R_LIMIT, VIF_LIMIT, _design, design_efficiency
 from experiment.errors import InputError
-from experiment.planning import summary, write_plan
-from experiment.protocol import load_protocol
-from experiment.schedule import build_schedule, worst_case
+from experiment.procedures.planning import summary, write_plan
+from experiment.protocol.model import load_protocol
+from experiment.protocol.schedule import build_schedule, worst_case
 from tests.protocol_samples import DEMO, LOGGIA, ROOT, edited, load_dict, protocol_from
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -99,7 +99,7 @@ def test_validate_refuses_what_only_an_ideal_cuff_would_fit(tmp_path, changes, f
     path = _demo_file(tmp_path, "tight.yaml", **changes)
     with pytest.raises(InputError):
         build_schedule(protocol_from(edited(load_dict(DEMO), **changes)))
-    from experiment.schedule import CuffTiming
+    from experiment.protocol.cuff_timing import CuffTiming
     ideal = CuffTiming(ramp_margin_s=0, ramp_margin_fraction=0, release_margin_s=0, onset_slack_s=0)
     ideal_wc = worst_case(protocol_from(edited(load_dict(DEMO), **changes)), timing=ideal)
     assert ideal_wc.inflation_per_run_s == 11.0 and ideal_wc.inflation_per_stimulus_s - 0.5 == 5.5  # the old count

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 from experiment import __version__
 from experiment.errors import InputError
-from experiment.protocol import (PROTOCOL_SPEC, ChoiceDuration, FixedDuration, TruncExpDuration, UniformDuration,
+from experiment.protocol.model import (PROTOCOL_SPEC, ChoiceDuration, FixedDuration, TruncExpDuration, UniformDuration,
                                  load_protocol, parse_protocol, protocol_json_schema)
-from experiment.schedule import build_schedule
-from experiment.schema import GENERATED_BEGIN, GENERATED_END, reference_markdown
+from experiment.protocol.schedule import build_schedule
+from experiment.protocol.schema import GENERATED_BEGIN, GENERATED_END, reference_markdown
 from tests.protocol_samples import DEMO, LOGGIA, PROTOCOLS, ROOT, load_dict
 
 BASE = textwrap.dedent("""\
@@ -417,7 +417,7 @@ def test_image_cue_files_are_checked(tmp_path):
 
 def test_committed_json_schema_matches_the_code():
     committed = (PROTOCOLS / "cuedpain-protocol.schema.json").read_text(encoding="utf-8")
-    assert committed == protocol_json_schema(), "run: .venv/bin/python -m experiment.schema"
+    assert committed == protocol_json_schema(), "run: .venv/bin/python -m experiment.protocol.generate"
 
 
 def test_json_schema_shape():
@@ -439,7 +439,7 @@ def _generated(doc: str, name: str) -> str:
 
 def test_docs_field_table_matches_the_code():
     doc = (ROOT / "docs" / "protocol-format.md").read_text(encoding="utf-8")
-    assert _generated(doc, "protocol") == reference_markdown(PROTOCOL_SPEC), "run: python -m experiment.schema"
+    assert _generated(doc, "protocol") == reference_markdown(PROTOCOL_SPEC), "run: python -m experiment.protocol.generate"
 
 
 def test_docs_annotated_example_is_a_valid_protocol():

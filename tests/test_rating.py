@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from experiment.rating import RatingScale, press, start_rating, timed_out
-from experiment.simparticipant import RatingModel, SimulatedParticipant
+from experiment.station.rating import RatingScale, press, start_rating, timed_out
+from experiment.station.simparticipant import RatingModel, SimulatedParticipant
 
 
 def test_keys_move_clamp_and_confirm() -> None:

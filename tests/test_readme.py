@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from experiment.protocol import parse_protocol
-from experiment.rig import load_rig
+from experiment.protocol.model import parse_protocol
+from experiment.protocol.rig import load_rig
 
 ROOT = Path(__file__).resolve().parents[1]
 

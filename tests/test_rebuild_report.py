@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from experiment.cli import main
-from experiment.rundir import RunId
+from experiment.outputs.rundir import RunId
 from tests.logfactory import add_placeholder_bold, bids_validate, make_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ _WRITER = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
     sys.path.insert(0, sys.argv[3])
-    from experiment.eventlog import LogFile, read_log
+    from experiment.log.eventlog import LogFile, read_log
     from tests.logfactory import make_run
 
     src = make_run(Path(sys.argv[1]))

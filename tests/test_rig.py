@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from experiment.errors import InputError
-from experiment.rig import (RIG_SPEC, CuffSpec, ScannerSpec, check_rig_for_protocol, effective_keys, load_rig,
+from experiment.protocol.rig import (RIG_SPEC, CuffSpec, ScannerSpec, check_rig_for_protocol, effective_keys, load_rig,
                             parse_cuff_spec, parse_rig, parse_scanner_spec, rig_json_schema)
-from experiment.schema import GENERATED_BEGIN, GENERATED_END, reference_markdown
+from experiment.protocol.schema import GENERATED_BEGIN, GENERATED_END, reference_markdown
 from tests.protocol_samples import DEMO, PROTOCOLS, ROOT, edited, load_dict, protocol_from
 
 EXAMPLE = PROTOCOLS / "rig-example.yaml"
@@ -189,7 +189,7 @@ def test_random_rigs_give_a_rig_or_one_input_error(top, screen):
 
 
 def test_cuff_timing_defaults_and_overrides():
-    from experiment.schedule import CuffTiming
+    from experiment.protocol.schedule import CuffTiming
 
     assert load_rig(None).cuff_timing == CuffTiming() == load_rig(EXAMPLE).cuff_timing
     rig = parse_rig("cuff_timing: {release_margin_s: 0.2, ramp_margin_fraction: 0}\n")

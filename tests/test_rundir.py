@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from experiment.errors import InputError
-from experiment.rundir import create_source_dir, resolve_run
+from experiment.outputs.rundir import create_source_dir, resolve_run
 
 
 @pytest.mark.parametrize("bad", ["../etc", "P 01", "P_01", "P-01", "a/b", "", "..", "P01\\x"])

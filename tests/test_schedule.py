@@ -16,8 +16,9 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from experiment.errors import InputError
-from experiment.protocol import ChoiceDuration, TruncExpDuration, UniformDuration, load_protocol
-from experiment.schedule import (COLUMNS, CuffTiming, _draws_ms, _trial_order, build_schedule, check_timeline,
+from experiment.protocol.model import ChoiceDuration, TruncExpDuration, UniformDuration, load_protocol
+from experiment.protocol.cuff_timing import CuffTiming
+from experiment.protocol.schedule import (COLUMNS, _draws_ms, _trial_order, build_schedule, check_timeline,
                                  choose_cue_mapping, phase_of, worst_case)
 from tests.protocol_samples import DELETE, DEMO, LOGGIA, ROOT, edited, load_dict, protocol_from
 
@@ -45,8 +46,8 @@ def test_same_inputs_give_identical_bytes_even_in_another_process():
     b = build_schedule(load_protocol(LOGGIA), seed=11, participant="P07").to_tsv()
     assert a == b
     code = ("import hashlib, sys\n"
-            "from experiment.protocol import load_protocol\n"
-            "from experiment.schedule import build_schedule\n"
+            "from experiment.protocol.model import load_protocol\n"
+            "from experiment.protocol.schedule import build_schedule\n"
             f"t = build_schedule(load_protocol({str(LOGGIA)!r}), seed=11, participant='P07').to_tsv()\n"
             "sys.stdout.write(hashlib.sha256(t.encode()).hexdigest())\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True,

@@ -16,8 +16,8 @@ import yaml
 from scipy.io import loadmat
 
 from experiment.cli import main
-from experiment.eventlog import read_log
-from experiment.rundir import RunId
+from experiment.log.eventlog import read_log
+from experiment.outputs.rundir import RunId
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGGIA = ROOT / "protocols" / "loggia2014.yaml"
@@ -240,7 +240,7 @@ def test_a_protocol_at_the_preflight_bound_runs_without_an_interlock(tmp_path: P
     pre-flight used to make."""
     import yaml
 
-    from experiment.schedule import worst_case
+    from experiment.protocol.schedule import worst_case
     from tests.protocol_samples import edited, load_dict, protocol_from
 
     changes = {"stimulation.rate_kpa_s": 100, "stimuli_dir": str(ROOT / "stimuli")}

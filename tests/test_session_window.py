@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiment import devices
+import experiment.station.devices as devices
 from experiment.cli import main
-from experiment.display import WindowDisplay
-from experiment.eventlog import read_log
+from experiment.station.display import WindowDisplay
+from experiment.log.eventlog import read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "protocols" / "demo.yaml"

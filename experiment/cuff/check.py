@@ -1,7 +1,7 @@
 """The cuff half of `rig-check`: identify, limits and state, round-trip latency, test pulse.
 
 `run_cuff_check` prints a short report through `out` and returns the same facts as a
-dict for the caller (experiment/rigcheck.py) to log or test. The optional test pulse
+dict for the caller (experiment/procedures/rigcheck.py) to log or test. The optional test pulse
 runs under a `CuffSupervisor`, so every interlock of a real run guards it.
 """
 

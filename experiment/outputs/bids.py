@@ -22,7 +22,7 @@ from experiment.errors import InputError
 from experiment.outputs.atomic import OwnedPaths, create_once, write_bytes, write_text
 from experiment.outputs.derive import EventRow, PhaseTiming, PressureTrace, RunData
 from experiment.outputs.tables import PRESSURE_DECIMALS, tsv_text
-from experiment.rundir import RunId
+from experiment.outputs.rundir import RunId
 
 BIDS_VERSION = "1.10.0"
 HED_VERSION = "8.4.0"

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from experiment.eventlog import LogContents
+from experiment.log.eventlog import LogContents
 
 #: device states in which the cuff holds its target (pressure samples' `st`)
 HOLD_STATES = frozenset({"HOLD"})

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiment.errors import InputError
-from experiment.eventlog import LogContents, read_log
+from experiment.log.eventlog import LogContents, read_log
 from experiment.outputs.atomic import OwnedPaths, write_bytes, write_text
 from experiment.outputs.bids import BidsPaths, json_bytes, task_sidecar, write_bids
 from experiment.outputs.derive import RunData, RunStatus, derive_run, timing_quality
 from experiment.outputs.exports import ExportPaths, write_exports
 from experiment.outputs.provenance import file_record, provenance
 from experiment.outputs.tables import csv_text, tsv_text
-from experiment.rundir import RunId, is_attempt_dir
+from experiment.outputs.rundir import RunId, is_attempt_dir
 
 LOG_NAME = "log.jsonl"
 PRESSURE_NAME = "pressure.jsonl"

@@ -38,9 +38,10 @@ import re
 from dataclasses import dataclass, fields
 from typing import Iterable
 
+from experiment.protocol.cuff_timing import CuffTiming
 from experiment.errors import InputError
-from experiment.identifiers import check_label
-from experiment.protocol import (FIXATION, ChoiceDuration, Duration, FixedDuration, Phase, Protocol,
+from experiment.protocol.identifiers import check_label
+from experiment.protocol.model import (FIXATION, ChoiceDuration, Duration, FixedDuration, Phase, Protocol,
                                  TrialType, TruncExpDuration, UniformDuration, to_ms)
 
 COLUMNS = ("index", "trial", "trial_type", "phase", "onset_s", "duration_s", "cue", "cuff", "target_kpa",
@@ -131,52 +132,6 @@ class Timeline:
         return round(sum(b - a for a, b in self.inflation_intervals()), 3)
 
 
-@dataclass(frozen=True)
-class CuffTiming:
-    """How much slower than ideal a real cuff inflates and releases (pre-flight checks only).
-
-    A ramp to P kPa at r kPa/s counts as up to (P / r) x (1 + ramp_margin_fraction) +
-    ramp_margin_s; the release after DEFLATE (down at the same rate, then the dump valve
-    below 1 kPa) as up to (P / r) x (1 + ramp_margin_fraction) + release_margin_s. SET and
-    DEFLATE go out on the flips that show their phases, so SET to DEFLATE may run
-    onset_slack_s longer than planned. A rig file may override these (`cuff_timing`).
-
-    Defaults: about twice what the simulators do (scripts/cuff_timing.py, targets 10-90 kPa).
-    The CUFF/1 simulator (first-order lag 0.15 s, TARGET_REACHED within 0.5 kPa) reaches its
-    target at most 0.06 s (5 kPa/s), 0.17 s (10), 0.32 s (30), 0.37 s (40) and 0.51 s
-    (100 kPa/s) after target / rate, and falls below 1 kPa at most 0.40 s after
-    pressure / rate. The CPAR simulator reaches its target at most 0.30 s late, 0.7 s late
-    at 1 kPa/s over 60 kPa (its rate is truncated to the device's resolution), and dumps in
-    0.05 s. A real cuff (more volume, a pump under load) is slower: 1 s, plus 10 % for a
-    rate it does not quite keep.
-    """
-
-    ramp_margin_s: float = 1.0
-    ramp_margin_fraction: float = 0.1
-    release_margin_s: float = 1.0
-    onset_slack_s: float = 0.05
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"CuffTiming.{f.name} must be a number >= 0, got {v!r}")
-
-    def ramp_ms(self, pressure_kpa: float, rate_kpa_s: float) -> int:
-        """Longest time the cuff may take from 0 to `pressure_kpa` (whole ms, rounded up)."""
-        return _ceil_ms(pressure_kpa / rate_kpa_s * (1 + self.ramp_margin_fraction) + self.ramp_margin_s)
-
-    def release_ms(self, pressure_kpa: float, rate_kpa_s: float) -> int:
-        """Longest time from DEFLATE at `pressure_kpa` to below 1 kPa (whole ms, rounded up)."""
-        return _ceil_ms(pressure_kpa / rate_kpa_s * (1 + self.ramp_margin_fraction) + self.release_margin_s)
-
-    @property
-    def slack_ms(self) -> int:
-        return _ceil_ms(self.onset_slack_s)
-
-
-def _ceil_ms(seconds: float) -> int:
-    return math.ceil(round(seconds * 1000.0, 6))
 
 
 @dataclass(frozen=True)
@@ -532,7 +487,7 @@ def build_schedule(protocol: Protocol, *, seed: int | None = None, participant: 
 
     seed: None uses protocol.trials.seed. participant: chooses the cue mapping only.
     pressure_kpa: the participant's target pressure for target: calibrated, i.e. the calibrated
-    pressure x calibrated_fraction (experiment.calibration resolves it); refused for an
+    pressure x calibrated_fraction (experiment.procedures.calibration.results resolves it); refused for an
     explicit target. timing: how slow the rig's cuff may be (the rig file's `cuff_timing`);
     it changes the safety checks only, never the timeline. Raises InputError when a
     pre-flight check fails.

@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from experiment.errors import InputError
-from experiment.rating import RatingScale
-from experiment.simparticipant import RatingModel, SimulatedParticipant
+from experiment.station.rating import RatingScale
+from experiment.station.simparticipant import RatingModel, SimulatedParticipant
 
 SPEC_GRAMMAR = "p50=KPA,slope=KPA,noise=SD,reaction=S,detection=RATING,stop=button@KPA|key@KPA"
 

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from experiment.errors import InputError
-from experiment.identifiers import check_label, check_run_number
+from experiment.protocol.identifiers import check_label, check_run_number
 
 
 @dataclass(frozen=True)

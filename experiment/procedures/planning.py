@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiment.errors import InputError
-from experiment.protocol import Protocol, load_protocol
-from experiment.rig import load_rig
-from experiment.schedule import Timeline, WorstCase, build_schedule, volumes_for, worst_case
+from experiment.protocol.model import Protocol, load_protocol
+from experiment.protocol.rig import load_rig
+from experiment.protocol.schedule import Timeline, WorstCase, build_schedule, volumes_for, worst_case
 from experiment.units import kpa_to_mmhg
 
 DEFLATE_DRAW_S = 0.5   # the picture draws a deflation as a 0.5 s fall (not a prediction)
@@ -215,7 +215,7 @@ def command(args: argparse.Namespace) -> int:
         return 0
     timeline = build_schedule(protocol, seed=args.seed, participant=args.participant, timing=timing)
     files = write_plan(protocol, timeline, Path(args.out))
-    from experiment.design import design_efficiency  # local: nilearn takes seconds to import
+    from experiment.protocol.design import design_efficiency  # local: nilearn takes seconds to import
 
     print(summary(protocol, timeline, worst_case(protocol, timing=timing)))
     print(f"kept {files.tsv} (it already holds this timeline)" if files.tsv_unchanged else f"wrote {files.tsv}")

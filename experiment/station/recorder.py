@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from experiment.errors import AbortError, DeviceFault
-from experiment.eventlog import LogFile, LogWriteError
+from experiment.log.eventlog import LogFile, LogWriteError
 
 #: the exceptions that end a run or calibration early but in order (vent, log, outputs)
 STOPS = (AbortError, DeviceFault, LogWriteError)

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from experiment.clock import Clock
 from experiment.errors import HardwareError
-from experiment.rating import RatingScale
+from experiment.station.rating import RatingScale
 
 if TYPE_CHECKING:
-    from experiment.schedule import PlannedEvent
+    from experiment.protocol.schedule import PlannedEvent
 
 
 def safety_limits(protocol: Any) -> Any:
@@ -67,7 +67,7 @@ def make_safe(cuff: Any, reason: str) -> None:
 
 
 def open_display(prep: Any, *, clock: Clock, stack: ExitStack) -> Any:
-    from experiment.display import SimulatedDisplay, WindowDisplay
+    from experiment.station.display import SimulatedDisplay, WindowDisplay
 
     screen = prep.rig.screen
     if prep.headless:
@@ -127,7 +127,7 @@ def key_reader(prep: Any, *, source: Any, display: Any) -> Callable[[], list[tup
 
 def keys(prep: Any) -> Any:
     """The protocol's keys with the rig's button-box overrides."""
-    from experiment.rig import effective_keys
+    from experiment.protocol.rig import effective_keys
 
     return effective_keys(prep.protocol, prep.rig)
 
@@ -160,7 +160,7 @@ def scripted_ratings(prep: Any, clock: Clock) -> Callable[[int, RatingScale, flo
     an expectation before the trial's stimulus and a pain rating after it."""
     if not prep.headless:
         return None
-    from experiment.simparticipant import SimulatedParticipant
+    from experiment.station.simparticipant import SimulatedParticipant
 
     participant = SimulatedParticipant(seed=prep.seed)
     pressure = prep.timeline.target_kpa

@@ -19,10 +19,10 @@ from typing import Any, Callable
 
 from experiment import __version__
 from experiment.clock import RealClock
-from experiment.dataset import claim_root, default_root
+from experiment.outputs.dataset import claim_root, default_root
 from experiment.errors import EXIT_HARDWARE, EXIT_OK, InputError
-from experiment.eventlog import LogFile
-from experiment.runinfo import check_writable, software_revision
+from experiment.log.eventlog import LogFile
+from experiment.station.runinfo import check_writable, software_revision
 
 Record = Callable[[dict[str, Any]], None]
 
@@ -33,7 +33,7 @@ def log_dir(data_root: Path) -> Path:
 
 
 def command(args: argparse.Namespace) -> int:
-    from experiment.rig import load_rig
+    from experiment.protocol.rig import load_rig
 
     rig = load_rig(Path(args.rig) if args.rig else None)
     cuff_spec = args.cuff or rig.cuff

@@ -1,16 +1,16 @@
 """The `calibrate` command: find the pressure that gives the participant's target pain rating.
 
-Order, as in `run` (experiment/session.py):
+Order, as in `run` (experiment/procedures/run/session.py):
 1. Input is checked before any device is touched (participant and session labels, a
    ceiling given with --ceiling and at most 100 kPa, the method's options): exit 2.
-2. Devices open through experiment/devices.py, mode by mode (real; dry run: simulated
+2. Devices open through experiment/station/devices.py, mode by mode (real; dry run: simulated
    cuff on a pseudo-terminal through the serial driver and a window; headless: the same
    on a virtual clock with a simulated display); the cuff's supervisor checks the
    ceiling against the device's hard limit and arms the device with it: exit 4.
 3. The calibration log (append-only, like a run's) is created exclusively in
    data/sourcedata/sub-<id>/calibration/ next to where the result will go.
-4. The procedure (experiment/calibration_procedures.py). In dry runs a simulated
-   participant (experiment/calibration_participant.py) answers with keys.
+4. The procedure (experiment/procedures/calibration/steps.py). In dry runs a simulated
+   participant (experiment/procedures/calibration/participant.py) answers with keys.
 5. Whatever happens, the cuff is vented first; then, only when the fit gives a
    pressure, the result file is created (never replaced); then the log's `end` record.
 Exit codes: 0 result written; 2 bad input; 3 aborted (operator, participant stop,
@@ -34,27 +34,28 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from experiment import __version__, devices
-from experiment.calibration import calibration_dir, latest_calibration, next_calibration_path
-from experiment.calibration_fit import FitError, MonotoneFit, fit_pressure_for_rating
-from experiment.calibration_participant import CalibrationParticipant, SimSpec, parse_sim_spec
-from experiment.calibration_procedures import (Done, Plateau, PlateauOutcome, Ramp, RampOutcome, RampSettings,
+from experiment import __version__
+import experiment.station.devices as devices
+from experiment.procedures.calibration.results import calibration_dir, latest_calibration, next_calibration_path
+from experiment.procedures.calibration.fit import FitError, MonotoneFit, fit_pressure_for_rating
+from experiment.procedures.calibration.participant import CalibrationParticipant, SimSpec, parse_sim_spec
+from experiment.procedures.calibration.steps import (Done, Plateau, PlateauOutcome, Ramp, RampOutcome, RampSettings,
                                                Settings, StaircaseSettings, check_settings, fit_points,
                                                inflation_limits_s, mean_pressure, next_plateau, next_ramp,
                                                pressure_at, stimulus_records)
-from experiment.briefing import Briefing, calibration_briefing, confirm
+from experiment.station.briefing import Briefing, calibration_briefing, confirm
 from experiment.clock import Clock, VirtualClock, psychopy_clock
-from experiment.console import OperatorConsole
-from experiment.dataset import check_root, claim_root, default_root
+from experiment.station.console import OperatorConsole
+from experiment.outputs.dataset import check_root, claim_root, default_root
 from experiment.errors import EXIT_ABORTED, EXIT_OK, AbortError, InputError
-from experiment.recorder import STOPS, Recorder, install_stop_signals, stop_reason
-from experiment.identifiers import check_label
+from experiment.station.recorder import STOPS, Recorder, install_stop_signals, stop_reason
+from experiment.protocol.identifiers import check_label
 from experiment.outputs.atomic import create_once
-from experiment.protocol import HARD_MAX_KPA, KEYS_DEFAULT, Keys, Rating, Safety
-from experiment.rating import RatingScale, press, start_rating, timed_out
-from experiment.rig import load_rig
-from experiment.runinfo import check_writable, package_versions, software_revision
-from experiment.session import check_can_confirm, check_display
+from experiment.protocol.model import HARD_MAX_KPA, KEYS_DEFAULT, Keys, Rating, Safety
+from experiment.station.rating import RatingScale, press, start_rating, timed_out
+from experiment.protocol.rig import load_rig
+from experiment.station.runinfo import check_writable, package_versions, software_revision
+from experiment.procedures.run.session import check_can_confirm, check_display
 from experiment.units import kpa_to_mmhg
 
 RESULT_FORMAT = "cuedpain-calibration/1"
@@ -67,7 +68,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class DeviceNeeds:
-    """What experiment/devices.py reads from a run's protocol, for the calibration station."""
+    """What experiment/station/devices.py reads from a run's protocol, for the calibration station."""
 
     cues: dict[str, dict[str, Any]]
     safety: Safety

@@ -29,14 +29,14 @@ from typing import Any
 
 from experiment import __version__
 from experiment.clock import Clock, VirtualClock, psychopy_clock
-from experiment.console import OperatorConsole, Status
-from experiment.briefing import Briefing, confirm, run_briefing
-from experiment.dataset import check_root, claim_root, default_root
+from experiment.station.console import OperatorConsole, Status
+from experiment.station.briefing import Briefing, confirm, run_briefing
+from experiment.outputs.dataset import check_root, claim_root, default_root
 from experiment.errors import EXIT_ABORTED, EXIT_OK, AbortError, HardwareError, InputError
-from experiment.recorder import STOPS, Recorder, install_stop_signals, stop_reason
-from experiment.rundir import RunId, create_source_dir, move_to_attempts, resolve_run
-from experiment.runinfo import check_writable, package_versions, software_revision
-from experiment.trialloop import LoopHooks, TrialLoop
+from experiment.station.recorder import STOPS, Recorder, install_stop_signals, stop_reason
+from experiment.outputs.rundir import RunId, create_source_dir, move_to_attempts, resolve_run
+from experiment.station.runinfo import check_writable, package_versions, software_revision
+from experiment.procedures.run.trialloop import LoopHooks, TrialLoop
 
 
 
@@ -64,7 +64,10 @@ class Prepared:
 
 def preflight(args: argparse.Namespace) -> Prepared:
     """Check all input; touches no device. Raises InputError (exit 2)."""
-    from experiment import calibration, protocol as protocol_mod, rig as rig_mod, schedule
+    import experiment.procedures.calibration.results as calibration
+    import experiment.protocol.model as protocol_mod
+    import experiment.protocol.rig as rig_mod
+    import experiment.protocol.schedule as schedule
 
     if args.headless and not args.dry_run:
         raise InputError("--headless runs on a virtual clock with simulated devices: it needs --dry-run")
@@ -195,7 +198,7 @@ class Session:
 
     # -- the run --
     def execute(self) -> int:
-        from experiment import devices
+        import experiment.station.devices as devices
 
         prep = self.prep
         p = prep.protocol
@@ -314,7 +317,7 @@ class Session:
             self.state.abort = AbortError(message, reason=name)
 
     def _run(self, cuff: Any, display: Any, source: Any) -> Any:
-        from experiment import devices
+        import experiment.station.devices as devices
         from experiment.scanner.pulsecheck import PulseMonitor
         from experiment.scanner.startgate import StartGate, wait_for_t0
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 
 from experiment.clock import Clock, VirtualClock
 from experiment.errors import HardwareError, InputError
-from experiment.rating import RatingScale, RatingState
+from experiment.station.rating import RatingScale, RatingState
 
 
 @dataclass

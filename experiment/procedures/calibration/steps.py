@@ -2,7 +2,7 @@
 
 What the next stimulus is, given what happened so far; the worst-case stimulus times
 the safety limits are set from; pressures read off the measured trace; the rated
-points the fit gets. The shell (experiment/calibrate.py) carries the stimuli out.
+points the fit gets. The shell (experiment/procedures/calibration/procedure.py) carries the stimuli out.
 
 ramp       The cuff rises from 0 toward the ceiling at `rate_kpa_s` (1 kPa/s: Lindskou
            2017, Taylor 2026). The participant presses the confirm key when the pressure

@@ -14,7 +14,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from experiment.rating import RatingScale
+from experiment.station.rating import RatingScale
 
 
 @dataclass(frozen=True)

@@ -3,18 +3,18 @@
 Public API:
     load_protocol(path) -> Protocol                 read, validate, check image files (the shell)
     parse_protocol(text, *, file, base_dir) -> Protocol   pure: validate text
-    PROTOCOL_SPEC                                   the format, field by field (experiment.schema)
+    PROTOCOL_SPEC                                   the format, field by field (experiment.protocol.schema)
     protocol_json_schema() -> str                   the JSON Schema committed as
                                                     protocols/cuedpain-protocol.schema.json
     Protocol and its parts: Metadata, Cue, CueMapping, Phase, TrialType, TrialList, Rating,
     Stimulation, Safety, Scan, Keys; durations FixedDuration, UniformDuration,
     ChoiceDuration, TruncExpDuration (each with `min_s`, `max_s`).
 
-A protocol describes the science; site hardware lives in a rig file (experiment.rig).
+A protocol describes the science; site hardware lives in a rig file (experiment.protocol.rig).
 Every problem is one InputError: `FILE:LINE:COL: field.path: what is wrong and what is
 allowed`. Pressures are kPa inside (converted from the unit the file states); durations
 are quantised to whole milliseconds. Timing limits that depend on the jitter (worst-case
-run length, inflation time) are checked by `experiment.schedule`, which needs these
+run length, inflation time) are checked by `experiment.protocol.schedule`, which needs these
 values first. See docs/protocol-format.md for the format with an annotated example.
 """
 
@@ -29,10 +29,10 @@ from typing import Any, Mapping, Union
 
 from experiment import __version__
 from experiment.errors import InputError
-from experiment.schema import (AnyOf, Boolean, Choice, Field, KeyName, ListOf, MapOf, Nullable, Number, Object,
+from experiment.protocol.schema import (AnyOf, Boolean, Choice, Field, KeyName, ListOf, MapOf, Nullable, Number, Object,
                                Tagged, Text, json_schema_document, suggest)
 from experiment.units import to_kpa
-from experiment.yamlload import FieldPath, Located, Where, decode_text, parse_yaml
+from experiment.protocol.yamlload import FieldPath, Located, Where, decode_text, parse_yaml
 
 HARD_MAX_KPA = 100.0          # no supported cuff goes above 100 kPa (the CPAR's pressure scale, docs/cpar.md)
 MAX_PHASE_S = 600.0

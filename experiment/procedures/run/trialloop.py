@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from experiment.clock import Clock
 from experiment.errors import AbortError
-from experiment.rating import RatingScale, RatingState, press, start_rating, timed_out
+from experiment.station.rating import RatingScale, RatingState, press, start_rating, timed_out
 
 
 class PhaseOrderError(RuntimeError):

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Callable, Mapping
 
-from experiment.calibration import pressure_line
 from experiment.cuff.base import DeviceInfo
 from experiment.errors import AbortError
 from experiment.units import kpa_to_mmhg
@@ -43,6 +42,20 @@ class Briefing:
         width = max(len(label) for label, _ in self.lines) + 2
         body = [f"{label:<{width}}{text}" for label, text in self.lines]
         return "\n".join([head.center(len(RULE), "="), *body, RULE])
+
+
+def pressure_line(pressure: Mapping[str, Any]) -> str:
+    """The pressure and where it came from, in one line for the operator."""
+    kpa = pressure["pressure_kpa"]
+    head = f"{kpa:.1f} kPa ({kpa_to_mmhg(kpa):.0f} mmHg)"
+    source = pressure["source"]
+    if source == "protocol":
+        return f"{head}, fixed by the protocol ({pressure.get('as_written')})"
+    if source == "override":
+        return f"{head}, OPERATOR OVERRIDE: {pressure.get('reason')}"
+    named = ", named with --calibration" if pressure.get("named") else ""
+    return (f"{head} = {pressure['fraction']:g} x {pressure['calibrated_kpa']:.1f} kPa from calibration "
+            f"{pressure.get('description')}{named}")
 
 
 def _kpa(p: float) -> str:

@@ -197,17 +197,3 @@ def resolve_pressure(protocol: Any, *, data_root: Path, participant: str, sessio
             "calibration_dry_run": cal.dry_run, "calibration_method": cal.method,
             "calibration_ceiling_kpa": cal.ceiling_kpa, "calibration_cuff": cal.device,
             "description": cal.describe(now)}
-
-
-def pressure_line(pressure: Mapping[str, Any]) -> str:
-    """The pressure and where it came from, in one line for the operator."""
-    kpa = pressure["pressure_kpa"]
-    head = f"{kpa:.1f} kPa ({kpa_to_mmhg(kpa):.0f} mmHg)"
-    source = pressure["source"]
-    if source == "protocol":
-        return f"{head}, fixed by the protocol ({pressure.get('as_written')})"
-    if source == "override":
-        return f"{head}, OPERATOR OVERRIDE: {pressure.get('reason')}"
-    named = ", named with --calibration" if pressure.get("named") else ""
-    return (f"{head} = {pressure['fraction']:g} x {pressure['calibrated_kpa']:.1f} kPa from calibration "
-            f"{pressure.get('description')}{named}")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from experiment.schedule import Timeline
+from experiment.protocol.schedule import Timeline
 
 KEY_REGRESSORS = ("pain_anticipation", "pain", "relief_anticipation")
 R_LIMIT = 0.7

@@ -9,7 +9,7 @@ Public API:
     check_rig_for_protocol(protocol, rig)         the screen can show the protocol's cue units
     rig_json_schema() -> str                      protocols/cuedpain-rig.schema.json
     RIG_SPEC
-    Rig.cuff_timing                               the pre-flight's cuff timing model (schedule.CuffTiming)
+    Rig.cuff_timing                               the pre-flight's cuff timing model (experiment.protocol.cuff_timing.CuffTiming)
 
 A rig file keeps a protocol portable between labs: ports, trigger source, button box and
 screen live here. A missing `cuff` or `scanner` is None, meaning "not configured": the
@@ -24,11 +24,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from experiment.errors import InputError
-from experiment.protocol import Keys, Protocol
-from experiment.schedule import CuffTiming
-from experiment.schema import Boolean, Choice, Field, KeyName, ListOf, Nullable, Number, Object, Text, \
+from experiment.protocol.model import Keys, Protocol
+from experiment.protocol.cuff_timing import CuffTiming
+from experiment.protocol.schema import Boolean, Choice, Field, KeyName, ListOf, Nullable, Number, Object, Text, \
     json_schema_document
-from experiment.yamlload import Located, Where, parse_yaml, read_yaml
+from experiment.protocol.yamlload import Located, Where, parse_yaml, read_yaml
 
 SCHEMA_ID = "https://github.com/cuedpain/cuedpain/protocols/cuedpain-rig.schema.json"
 CUFF_KINDS = ("sim", "line", "cpar")

@@ -13,7 +13,7 @@ field reference in the docs cannot drift apart when all three come from the same
 Checks are pure (no I/O) and stop at the first problem, reported as
 `FILE:LINE:COL: field.path: must be <allowed>, got <value>`.
 Cross-field rules (a cue that must exist, min <= max, safety limits) are not here; the
-modules that own the format (`experiment.protocol`, `experiment.rig`) check them after.
+modules that own the format (`experiment.protocol.model`, `experiment.protocol.rig`) check them after.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 from experiment.errors import InputError
-from experiment.yamlload import FieldPath, Where
+from experiment.protocol.yamlload import FieldPath, Where
 
 
 
@@ -552,7 +552,7 @@ def reference_markdown(spec: Spec) -> str:
 
 # ---------------------------------------------------------------- regenerating the committed files
 
-GENERATED_BEGIN = "<!-- BEGIN GENERATED {name}: python -m experiment.schema -->"
+GENERATED_BEGIN = "<!-- BEGIN GENERATED {name}: python -m experiment.protocol.generate -->"
 GENERATED_END = "<!-- END GENERATED {name} -->"
 
 
@@ -564,24 +564,3 @@ def replace_generated(doc: str, name: str, content: str) -> str:
     if not sep or not sep2:
         raise ValueError(f"markers for {name!r} not found")
     return f"{head}{begin}\n{content}{end}{tail}"
-
-
-def main() -> None:
-    """Write protocols/*.schema.json and the field tables of docs/protocol-format.md from the specs."""
-    # imported by name: under `python -m` this file is __main__, a second copy of the module
-    from experiment.protocol import PROTOCOL_SPEC, protocol_json_schema
-    from experiment.rig import RIG_SPEC, rig_json_schema
-    from experiment.schema import reference_markdown, replace_generated
-
-    root = Path(__file__).resolve().parents[1]
-    (root / "protocols" / "cuedpain-protocol.schema.json").write_text(protocol_json_schema(), encoding="utf-8")
-    (root / "protocols" / "cuedpain-rig.schema.json").write_text(rig_json_schema(), encoding="utf-8")
-    doc_path = root / "docs" / "protocol-format.md"
-    doc = doc_path.read_text(encoding="utf-8")
-    doc = replace_generated(doc, "protocol", reference_markdown(PROTOCOL_SPEC))
-    doc = replace_generated(doc, "rig", reference_markdown(RIG_SPEC))
-    doc_path.write_text(doc, encoding="utf-8")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,5 @@
+"""The append-only run log: the file format (`eventlog`) and its typed records.
+
+It is the contract between what runs a session (experiment.station, experiment.procedures)
+and what derives the outputs (experiment.outputs). May import: experiment.errors.
+"""

@@ -1,0 +1,1 @@
+"""The run procedure: pre-flight, the trial loop, every exit path, outputs."""
