@@ -316,7 +316,7 @@ def test_a_run_whose_terminal_went_away_finishes_and_keeps_everything(tmp_path: 
     assert proc.wait(120) == 0
     run_dir = tmp_path / "sourcedata" / "sub-P1" / "sub-P1_task-demo_run-1"
     lost = [r for r in read_records(run_dir / "log.jsonl") if r.get("code") == "console_lost"]
-    assert len(lost) == 1 and "the run continues" in lost[0]["message"]
+    assert len(lost) == 1 and "the session continues" in lost[0]["message"]
     assert read_records(run_dir / "log.jsonl")[-1]["status"] == "completed"
     assert list(tmp_path.glob("sub-P1/func/*_events.tsv")) and (run_dir / "report.html").is_file()
 

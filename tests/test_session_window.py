@@ -60,11 +60,10 @@ def test_demo_dry_run_in_a_window_shows_each_cue_when_the_log_says(xdisplay, tmp
     windows: list[RecordingWindow] = []
     real_open = devices.open_display
 
-    def open_recording(prep, *, clock, stack):
-        screen = prep.rig.screen
-        disp = RecordingWindow(clock=clock, cues=prep.protocol.cues, stimuli_dir=prep.stimuli_dir,
-                               fullscreen=False, size=(640, 480), units=screen.units, refresh_hz=60.0,
-                               dry_run=True)
+    def open_recording(window, *, mode, clock, stack):
+        disp = RecordingWindow(clock=clock, cues=window.cues, stimuli_dir=window.stimuli_dir,
+                               fullscreen=False, size=(640, 480), units=window.screen.units, refresh_hz=60.0,
+                               dry_run=True, rating_scales=window.rating_scales)
         stack.callback(disp.close)
         windows.append(disp)
         return disp

@@ -17,7 +17,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from experiment.clock import Clock, VirtualClock
 from experiment.errors import HardwareError, InputError
@@ -141,7 +141,7 @@ class WindowDisplay:
                  units: str = "height", refresh_hz: float = 60.0, dry_run: bool = False,
                  title: str | None = None, background: str = "black",
                  width_cm: float | None = None, distance_cm: float | None = None,
-                 rating_scale: RatingScale | None = None) -> None:
+                 rating_scales: Sequence[RatingScale] = ()) -> None:
         try:
             from psychopy import logging as pplogging
             from psychopy import visual
@@ -175,10 +175,12 @@ class WindowDisplay:
                                         pos=(0.0, -0.4), wrapWidth=1.2)
         self._show_message = False
         self._rating: RatingState | None = None
-        self._rating_stims = self._make_rating_stims()
-        if rating_scale is not None:  # lay the texts out now: the first layout costs a frame or more
-            self._set_rating_texts(rating_scale)
-        for stim in [*self._stims.values(), *self._rating_stims.values()]:
+        self._rating_shapes = self._make_rating_shapes()
+        self._rating_texts: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for scale in rating_scales:  # lay the texts out now: the first layout costs a frame or more
+            self._texts_for(scale)
+        texts = [stim for group in self._rating_texts.values() for stim in group.values()]
+        for stim in [*self._stims.values(), *self._rating_shapes.values(), *texts]:
             stim.draw()  # first draws build textures and glyphs: do it before the run
         self.win.clearBuffer()
         self._cue: str | None = None
@@ -231,21 +233,27 @@ class WindowDisplay:
             raise InputError(f"cue {name!r} cannot be loaded: {exc}") from exc
         return stim
 
-    def _make_rating_stims(self) -> dict[str, Any]:
+    def _make_rating_shapes(self) -> dict[str, Any]:
         v = self._visual
         return {
             "line": v.Line(self.win, start=(-0.4, -0.05), end=(0.4, -0.05), units="height", lineColor="white", lineWidth=3),
             "marker": v.Rect(self.win, width=0.012, height=0.08, units="height", pos=(0, -0.05), fillColor="orange", lineColor="orange"),
-            "question": v.TextStim(self.win, text="", units="height", height=0.045, pos=(0, 0.12), color="white"),
-            "low": v.TextStim(self.win, text="", units="height", height=0.03, pos=(-0.4, -0.13), color="white"),
-            "high": v.TextStim(self.win, text="", units="height", height=0.03, pos=(0.4, -0.13), color="white"),
         }
 
-    def _set_rating_texts(self, sc: RatingScale) -> None:
-        s = self._rating_stims
-        for key, text in (("question", sc.question), ("low", sc.low_label), ("high", sc.high_label)):
-            if s[key].text != text:  # re-laying out text costs frames: only when it changes
-                s[key].text = text
+    def _texts_for(self, sc: RatingScale) -> dict[str, Any]:
+        """The question and anchors of one scale, laid out once (re-laying out text costs frames)."""
+        key = (sc.question, sc.low_label, sc.high_label)
+        texts = self._rating_texts.get(key)
+        if texts is None:
+            v = self._visual
+            texts = {"question": v.TextStim(self.win, text=sc.question, units="height", height=0.045, pos=(0, 0.12),
+                                            color="white"),
+                     "low": v.TextStim(self.win, text=sc.low_label, units="height", height=0.03, pos=(-0.4, -0.13),
+                                       color="white"),
+                     "high": v.TextStim(self.win, text=sc.high_label, units="height", height=0.03, pos=(0.4, -0.13),
+                                        color="white")}
+            self._rating_texts[key] = texts
+        return texts
 
     def _abs(self, t_flip: float) -> float:
         """PsychoPy's flip time is on logging.defaultClock; return it on the run's clock."""
@@ -289,13 +297,12 @@ class WindowDisplay:
         if self._cue is not None:
             self._stims[self._cue].draw()
         if self._rating is not None:
-            r, s = self._rating, self._rating_stims
+            r, shapes = self._rating, self._rating_shapes
             sc = r.scale
             frac = (r.value - sc.low) / (sc.high - sc.low)
-            s["marker"].pos = (-0.4 + 0.8 * frac, -0.05)
-            s["marker"].fillColor = s["marker"].lineColor = "limegreen" if r.confirmed else "orange"
-            self._set_rating_texts(sc)
-            for stim in s.values():
+            shapes["marker"].pos = (-0.4 + 0.8 * frac, -0.05)
+            shapes["marker"].fillColor = shapes["marker"].lineColor = "limegreen" if r.confirmed else "orange"
+            for stim in [*shapes.values(), *self._texts_for(sc).values()]:
                 stim.draw()
         if self._show_message:
             self._message.draw()

@@ -1,16 +1,13 @@
-"""The two append-only logs of a run or a calibration, and how a signal ends one.
+"""The two append-only logs of a session, and how an orderly stop is named in them.
 
 `Recorder` holds `log.jsonl` (events) and `pressure.jsonl` (cuff samples); records
-produced before the logs exist (device identification during pre-flight) are kept
-and written first, so nothing said by a device is lost. `install_stop_signals` makes
-Ctrl-C, SIGTERM and SIGHUP vent at once and leave the rest to the loop.
+produced before the logs exist (device identification while the Station opens) are kept
+and written first, so nothing said by a device is lost. `STOPS` are the exceptions that
+end a session early but in order; `stop_reason` names one for the `end` record.
 """
 
 from __future__ import annotations
 
-import signal
-import threading
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
@@ -61,38 +58,6 @@ class Recorder:
         for lf in (self.log, self.pressure_log):
             if lf is not None:
                 lf.close()
-
-
-#: how each stop signal is described to the operator and in the log's end record
-_SIGNAL_WORDS = {"SIGINT": "Ctrl-C from the operator", "SIGTERM": "SIGTERM (the process was asked to stop)",
-                 "SIGHUP": "SIGHUP (the terminal was closed or the session ended)"}
-
-
-def stop_signals() -> tuple[signal.Signals, ...]:
-    """The signals that end a run in order on this system (SIGHUP is POSIX only)."""
-    names = ("SIGINT", "SIGTERM", "SIGHUP")
-    return tuple(getattr(signal, n) for n in names if hasattr(signal, n))
-
-
-def install_stop_signals(stack: ExitStack, *, vent: Callable[[str], None],
-                         on_stop: Callable[[str, str], None]) -> None:
-    """Ctrl-C, SIGTERM and SIGHUP: `vent(name)` at once, then `on_stop(name, message)`.
-
-    The handler runs between two bytecodes of the main thread, which may hold a log's
-    lock: `vent` must be lock-free (the supervisor's `emergency_vent` is) and `on_stop`
-    must only set a flag; the loop writes the records. Restored on `stack` exit.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def handler(signum: int, _frame: Any) -> None:
-        sig = signal.Signals(signum)
-        vent(sig.name.lower())
-        on_stop(sig.name.lower(), f"stopped by {_SIGNAL_WORDS.get(sig.name, sig.name)}")
-
-    for sig in stop_signals():
-        old = signal.signal(sig, handler)
-        stack.callback(signal.signal, sig, old)
 
 
 def stop_reason(exc: BaseException) -> tuple[str, str]:

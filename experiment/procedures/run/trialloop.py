@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import queue
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 from experiment.clock import Clock
+from experiment.cuff.base import DeviceEvent
 from experiment.errors import AbortError
+from experiment.protocol.schedule import PlannedEvent
+from experiment.station.devices import Display
 from experiment.station.rating import RatingScale, RatingState, press, start_rating, timed_out
 
 
@@ -47,14 +50,8 @@ class PhaseTracker:
         return self.started - 1 if self.started else None
 
 
-class Display(Protocol):
-    frame_s: float
-
-    def show(self, cue: str | None) -> None: ...
-    def show_rating(self, state: RatingState | None) -> None: ...
-    def show_message(self, text: str | None) -> None: ...
-    def predict_next_flip(self) -> float: ...
-    def flip(self) -> float: ...
+Log = Callable[[dict[str, Any]], None]
+Keys = list[tuple[str, float]]
 
 
 @dataclass
@@ -62,14 +59,14 @@ class LoopHooks:
     """What the loop calls out to, every frame. All are cheap and never block long."""
 
     poll_pulses: Callable[[], None]                 # read, log and check pulses
-    poll_keys: Callable[[], list[tuple[str, float]]]  # participant/operator keys since last call
+    poll_keys: Callable[[], Keys]                   # participant/operator keys since last call
     check_safety: Callable[[float], None]           # raises AbortError/DeviceFault when tripped
     stimulate: Callable[[int, float, float], None]  # (event index, target kPa, rate kPa/s)
     deflate: Callable[[int], None]                  # (event index)
     status: Callable[[int, str, float | None], None]  # console: (trial, phase, next event in s)
     vent: Callable[[str], None]                     # vent now (participant stop key); never raises
     # headless dry runs: (plan index of the rating phase, scale, scale onset) -> simulated key presses
-    scripted_keys: Callable[[int, RatingScale, float], list[tuple[str, float]]] | None = None
+    scripted_keys: Callable[[int, RatingScale, float], Keys] | None = None
 
 
 @dataclass
@@ -80,129 +77,192 @@ class LoopResult:
 
 
 @dataclass
+class _Rating:
+    """The rating scale on screen, the phase that showed it, and whether it is logged."""
+
+    state: RatingState
+    i: int
+    logged: bool = False
+
+
+@dataclass
+class _LoopState:
+    """What changes from frame to frame."""
+
+    planned: list[float]                            # absolute planned onsets (re-anchored in place)
+    tracker: PhaseTracker
+    waiting_reach: int | None = None                # an inflate phase awaiting TARGET_REACHED
+    rating: _Rating | None = None
+    scripted: Keys = field(default_factory=list)    # the simulated participant's pending presses
+    stim_off: str | None = None                     # why stimulation stopped, if it did
+
+
+@dataclass
 class TrialLoop:
     """Runs a timeline from t0 to its end on a display, calling the hooks."""
 
-    timeline: Sequence[Any]            # PlannedEvent-like records
+    timeline: Sequence[PlannedEvent]
     t0: float
     run_end_s: float
     clock: Clock
     display: Display
     hooks: LoopHooks
-    log: Callable[[dict[str, Any]], None]
+    log: Log
     rating_scale: RatingScale
     key_roles: dict[str, str]          # key -> "escape" | "stop" | "response"
     on_participant_stop: str = "end"   # "end" | "continue_without_stimulation"
-    device_events: "queue.SimpleQueue[Any]" = field(default_factory=queue.SimpleQueue)
-    _stim_off: str | None = field(default=None, init=False)  # why stimulation stopped, if it did
+    device_events: "queue.SimpleQueue[DeviceEvent]" = field(default_factory=queue.SimpleQueue)
+    _s: _LoopState = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._s = _LoopState(planned=[self.t0 + ev.onset_s for ev in self.timeline],
+                             tracker=PhaseTracker(len(self.timeline)))
+
+    @property
+    def end_t(self) -> float:
+        return self.t0 + self.run_end_s
 
     def run(self) -> LoopResult:
-        tl = self.timeline
-        n = len(tl)
-        planned = [self.t0 + ev.onset_s for ev in tl]
-        tracker = PhaseTracker(n)
-        half = self.display.frame_s / 2
-        end_t = self.t0 + self.run_end_s
-        waiting_reach: int | None = None   # index of a pain phase awaiting TARGET_REACHED
-        rating: RatingState | None = None
-        rating_event: int | None = None
-        rating_logged = False
-        scripted: list[tuple[str, float]] = []
-
-        def finish_rating(now: float) -> None:
-            """Log the rating once, with the plan index `i` of the phase that showed the scale
-            (a trial may have several rating phases; `trial` alone cannot tell them apart)."""
-            nonlocal rating, rating_logged
-            if rating is not None and not rating_logged:
-                ev = self.timeline[rating_event] if rating_event is not None else None
-                self.log({"kind": "rating", "t_onset": rating.t_onset, "t_response": rating.t_response,
-                          "i": rating_event, "trial": ev.trial if ev is not None else None,
-                          "phase": ev.phase if ev is not None else None,
-                          "rating": rating.value if rating.confirmed else None,
-                          "response_time_s": rating.response_time_s, "timed_out": not rating.confirmed,
-                          "moved": rating.moved, "t": now})
-                rating_logged = True
-
+        """Frames until every phase has started and the run's end has come."""
         while True:
-            now = self.clock.now()
-            self.hooks.poll_pulses()
-            # device events (from the cuff's reader thread, via the supervisor)
-            while True:
-                try:
-                    ev = self.device_events.get_nowait()
-                except queue.Empty:
-                    break
-                if ev.name == "TARGET_REACHED" and waiting_reach is not None:
-                    self._reanchor(waiting_reach, ev.t, planned)
-                    waiting_reach = None
-                elif ev.name == "ESTOP" and ev.fields.get("src") == "button":
-                    self.participant_stop("button", ev.t)
-            self.hooks.check_safety(now)
-            for key, t_key in self.hooks.poll_keys() + self._due_scripted(scripted, now):
-                role = self.key_roles.get(key, "response")
-                if role == "escape":
-                    self.log({"kind": "key", "t": t_key, "key": key, "role": "escape"})
-                    raise AbortError("the operator pressed Escape", reason="escape")
-                if role == "stop":
-                    self.log({"kind": "key", "t": t_key, "key": key, "role": "stop"})
-                    self.participant_stop("key", t_key)
-                    continue
-                self.log({"kind": "key", "t": t_key, "key": key, "role": "response"})
-                if rating is not None:
-                    rating = press(rating, key, t_key)
-            if self._stim_off is not None:
-                waiting_reach = None  # no stimulation: nothing will reach a target
-            if rating is not None and (rating.confirmed or timed_out(rating, now)):
-                finish_rating(now)
-            # which events belong to the next flip
-            t_next = self.display.predict_next_flip()
-            due: list[int] = []
-            i = tracker.started
-            while i < n and waiting_reach is None and planned[i] - half <= t_next:
-                due.append(i)
-                if tl[i].timed_from == "target_reached" and tl[i].cuff == "inflate" and self._stim_off is None:
-                    waiting_reach = i
-                i += 1
-            if due:
-                if rating is not None:  # any new phase ends the rating phase
-                    finish_rating(now)
-                    rating = None
-                self.display.show(tl[due[-1]].cue)
-                if tl[due[-1]].kind == "rating":
-                    rating_event = due[-1]
-                    rating = start_rating(self.rating_scale, t_next)  # t_onset becomes the flip time
-                    rating_logged = False
-            self.display.show_rating(rating)
-            t_flip = self.display.flip()
-            for i in due:
-                tracker.start(i)
-                ev = tl[i]
-                self.log({"kind": "onset", "t": t_flip, "i": i, "trial": ev.trial, "phase": ev.phase,
-                          "cue": ev.cue, "planned_t": planned[i], "onset_s": t_flip - self.t0,
-                          "planned_onset_s": ev.onset_s})
-                if self._stim_off is None:
-                    if ev.cuff == "inflate" and ev.target_kpa is not None:
-                        self.hooks.stimulate(i, ev.target_kpa, ev.rate_kpa_s)
-                    elif ev.cuff == "deflate":
-                        self.hooks.deflate(i)
-                elif ev.cuff in ("inflate", "deflate"):
-                    self.log({"kind": "warning", "t": t_flip, "code": "stimulation_off",
-                              "message": f"cuff command for event {i} skipped: stimulation stopped ({self._stim_off})"})
-            if due and rating is not None and rating_event == due[-1]:
-                rating = replace(rating, t_onset=t_flip)  # the scale appeared at this flip
-                if self.hooks.scripted_keys is not None:
-                    scripted = self.hooks.scripted_keys(rating_event, self.rating_scale, t_flip)
-            if due and tl[due[0]].trial != (tl[due[0] - 1].trial if due[0] > 0 else None):
-                self.log({"kind": "frames", **self.display.stats.summary(t_flip)})  # once per trial
-            for t_drop, interval in self.display.stats.take_drops():
-                self.log({"kind": "frame_drop", "t": t_drop, "interval_s": interval})
-            cur = tracker.current
-            if cur is not None:
-                nxt = planned[cur + 1] - t_flip if cur + 1 < n else end_t - t_flip
-                self.hooks.status(tl[cur].trial, tl[cur].phase, nxt)
-            if tracker.started == n and t_flip >= end_t - half:
-                finish_rating(t_flip)
-                return LoopResult(completed=True, last_event=tracker.current, stimulation_stopped=self._stim_off)
+            t_flip = self._frame()
+            s = self._s
+            if s.tracker.started == len(self.timeline) and t_flip >= self.end_t - self.display.frame_s / 2:
+                self._finish_rating(t_flip)
+                return LoopResult(completed=True, last_event=s.tracker.current, stimulation_stopped=s.stim_off)
+
+    def _frame(self) -> float:
+        """One frame: inputs, the phases due at the next flip, the flip, what follows it."""
+        now = self.clock.now()
+        self.hooks.poll_pulses()
+        self._take_device_events()
+        self.hooks.check_safety(now)
+        self._take_keys(now)
+        if self._s.stim_off is not None:
+            self._s.waiting_reach = None   # no stimulation: nothing will reach a target
+        r = self._s.rating
+        if r is not None and (r.state.confirmed or timed_out(r.state, now)):
+            self._finish_rating(now)
+        t_next = self.display.predict_next_flip()
+        due = self._due(t_next)
+        self._prepare(due, t_next, now)
+        t_flip = self.display.flip()
+        self._started(due, t_flip)
+        self._after_flip(due, t_flip)
+        return t_flip
+
+    # ------------------------------------------------------------ inputs
+
+    def _take_device_events(self) -> None:
+        """Events from the cuff's reader thread (via the supervisor)."""
+        while True:
+            try:
+                ev = self.device_events.get_nowait()
+            except queue.Empty:
+                return
+            if ev.name == "TARGET_REACHED" and self._s.waiting_reach is not None:
+                self._reanchor(self._s.waiting_reach, ev.t)
+                self._s.waiting_reach = None
+            elif ev.name == "ESTOP" and ev.fields.get("src") == "button":
+                self.participant_stop("button", ev.t)
+
+    def _take_keys(self, now: float) -> None:
+        """Keys by role: Escape ends the run, the stop key stops stimulation, others move the scale."""
+        for key, t_key in self.hooks.poll_keys() + self._due_scripted(now):
+            role = self.key_roles.get(key, "response")
+            self.log({"kind": "key", "t": t_key, "key": key, "role": role})
+            if role == "escape":
+                raise AbortError("the operator pressed Escape", reason="escape")
+            if role == "stop":
+                self.participant_stop("key", t_key)
+            elif self._s.rating is not None:
+                self._s.rating.state = press(self._s.rating.state, key, t_key)
+
+    def _due_scripted(self, now: float) -> Keys:
+        scripted = self._s.scripted
+        due = [k for k in scripted if k[1] <= now]
+        del scripted[:len(due)]
+        return due
+
+    # ------------------------------------------------------------ phases
+
+    def _due(self, t_next: float) -> list[int]:
+        """The phases whose planned onset belongs to the next flip (none past an unreached target)."""
+        s, tl = self._s, self.timeline
+        half = self.display.frame_s / 2
+        due: list[int] = []
+        i = s.tracker.started
+        while i < len(tl) and s.waiting_reach is None and s.planned[i] - half <= t_next:
+            due.append(i)
+            if tl[i].timed_from == "target_reached" and tl[i].cuff == "inflate" and s.stim_off is None:
+                s.waiting_reach = i
+            i += 1
+        return due
+
+    def _prepare(self, due: list[int], t_next: float, now: float) -> None:
+        """What the next flip shows: the last due phase's cue, and a new rating scale if it asks."""
+        s = self._s
+        if due:
+            if s.rating is not None:   # any new phase ends the rating phase
+                self._finish_rating(now)
+                s.rating = None
+            last = self.timeline[due[-1]]
+            self.display.show(last.cue)
+            if last.kind == "rating":  # t_onset becomes the flip time after the flip
+                s.rating = _Rating(start_rating(self.rating_scale, t_next), due[-1])
+        self.display.show_rating(None if s.rating is None else s.rating.state)
+
+    def _started(self, due: list[int], t_flip: float) -> None:
+        """Each due phase started at this flip: its onset record, then its cuff command."""
+        s = self._s
+        for i in due:
+            s.tracker.start(i)
+            ev = self.timeline[i]
+            self.log({"kind": "onset", "t": t_flip, "i": i, "trial": ev.trial, "phase": ev.phase, "cue": ev.cue,
+                      "planned_t": s.planned[i], "onset_s": t_flip - self.t0, "planned_onset_s": ev.onset_s})
+            self._command_cuff(i, ev, t_flip)
+
+    def _command_cuff(self, i: int, ev: PlannedEvent, t_flip: float) -> None:
+        if ev.cuff not in ("inflate", "deflate"):
+            return
+        if self._s.stim_off is not None:
+            self.log({"kind": "warning", "t": t_flip, "code": "stimulation_off",
+                      "message": f"cuff command for event {i} skipped: stimulation stopped ({self._s.stim_off})"})
+        elif ev.cuff == "inflate" and ev.target_kpa is not None and ev.rate_kpa_s is not None:
+            self.hooks.stimulate(i, ev.target_kpa, ev.rate_kpa_s)
+        elif ev.cuff == "deflate":
+            self.hooks.deflate(i)
+
+    def _after_flip(self, due: list[int], t_flip: float) -> None:
+        """The scale's onset, frame statistics once per trial, dropped frames, the console."""
+        s, tl = self._s, self.timeline
+        if due and s.rating is not None and s.rating.i == due[-1]:
+            s.rating.state = replace(s.rating.state, t_onset=t_flip)   # the scale appeared at this flip
+            if self.hooks.scripted_keys is not None:
+                s.scripted = self.hooks.scripted_keys(s.rating.i, self.rating_scale, t_flip)
+        if due and tl[due[0]].trial != (tl[due[0] - 1].trial if due[0] > 0 else None):
+            self.log({"kind": "frames", **self.display.stats.summary(t_flip)})
+        for t_drop, interval in self.display.stats.take_drops():
+            self.log({"kind": "frame_drop", "t": t_drop, "interval_s": interval})
+        cur = s.tracker.current
+        if cur is not None:
+            nxt = s.planned[cur + 1] - t_flip if cur + 1 < len(tl) else self.end_t - t_flip
+            self.hooks.status(tl[cur].trial, tl[cur].phase, nxt)
+
+    def _finish_rating(self, now: float) -> None:
+        """Log the rating once, with the plan index `i` of the phase that showed the scale
+        (a trial may have several rating phases; `trial` alone cannot tell them apart)."""
+        r = self._s.rating
+        if r is None or r.logged:
+            return
+        ev, st = self.timeline[r.i], r.state
+        self.log({"kind": "rating", "t_onset": st.t_onset, "t_response": st.t_response, "i": r.i,
+                  "trial": ev.trial, "phase": ev.phase, "rating": st.value if st.confirmed else None,
+                  "response_time_s": st.response_time_s, "timed_out": not st.confirmed, "moved": st.moved,
+                  "t": now})
+        r.logged = True
+
+    # ------------------------------------------------------------ the participant, the ramp
 
     def participant_stop(self, source: str, t: float) -> None:
         """The participant asked to stop (stop key or the device's button).
@@ -216,34 +276,29 @@ class TrialLoop:
         if self.on_participant_stop == "end":
             raise AbortError(f"the participant pressed the stop {'key' if source == 'key' else 'button'}",
                              reason=f"participant_stop_{source}")
-        if self._stim_off is None:
-            self._stim_off = f"participant stop ({source})"
+        if self._s.stim_off is None:
+            self._s.stim_off = f"participant stop ({source})"
             self.log({"kind": "safety", "t": t, "reason": f"participant_stop_{source}",
                       "action": "stimulation off, run continues"})
 
-    def _due_scripted(self, scripted: list[tuple[str, float]], now: float) -> list[tuple[str, float]]:
-        due = [k for k in scripted if k[1] <= now]
-        del scripted[:len(due)]
-        return due
-
-    def _reanchor(self, i_pain: int, t_reached: float, planned: list[float]) -> None:
+    def _reanchor(self, i_pain: int, t_reached: float) -> None:
         """Move the phases after a target-reached pain phase by the ramp's real length."""
-        tl = self.timeline
+        tl, planned = self.timeline, self._s.planned
         ev = tl[i_pain]
         shift = t_reached - (planned[i_pain] + (ev.ramp_s or 0.0))
         trial = ev.trial
-        j = i_pain + 1
-        last_of_trial = j
+        last_of_trial = i_pain + 1
         while last_of_trial + 1 < len(tl) and tl[last_of_trial + 1].trial == trial:
             last_of_trial += 1
         limit = planned[last_of_trial + 1] if last_of_trial + 1 < len(tl) else None
         clamped = False
-        while j < len(tl) and tl[j].trial == trial:
+        for j in range(i_pain + 1, len(tl)):
+            if tl[j].trial != trial:
+                break
             new = planned[j] + shift
             if limit is not None and new > limit - 0.1:
                 new, clamped = limit - 0.1, True
             planned[j] = new
-            j += 1
         self.log({"kind": "reanchor", "t": t_reached, "i": i_pain, "shift_s": shift})
         if clamped:
             self.log({"kind": "warning", "t": t_reached, "code": "reanchor_clamped",

@@ -1,0 +1,42 @@
+"""`cuedpain run PROTOCOL --participant ID ...`: one run on the Station."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from experiment.cli import options
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("run", help="run a session (use --dry-run to rehearse with simulated devices)")
+    p.add_argument("protocol", metavar="PROTOCOL")
+    p.add_argument("--participant", metavar="ID", required=True)
+    p.add_argument("--session", metavar="S", default=None)
+    p.add_argument("--run", metavar="N", default="1", help="run number, or 'next' for the next free one")
+    options.devices(p)
+    p.add_argument("--dry-run", action="store_true", help="simulated cuff (on a pseudo-terminal) and simulated scanner")
+    p.add_argument("--headless", action="store_true", help="no window, virtual clock, as fast as possible (dry runs only)")
+    options.data(p)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--calibration", metavar="FILE", default=None,
+                   help="the calibration to take the pressure from (target: calibrated); needed for one from another "
+                        "session or older than the rig's calibration_max_age_h")
+    p.add_argument("--pressure-override", metavar="KPA", type=float, default=None,
+                   help="override a calibrated pressure (requires --override-reason)")
+    p.add_argument("--override-reason", metavar="TEXT", default=None)
+    options.yes(p)
+
+
+def command(args: argparse.Namespace) -> int:
+    """Exit 0 completed, 2 bad input, 3 aborted, 4 hardware at start."""
+    from experiment.procedures.run.preflight import RunRequest, preflight
+    from experiment.procedures.run.procedure import run
+
+    request = RunRequest(protocol=Path(args.protocol), participant=args.participant, session=args.session,
+                         run=str(args.run), rig=options.path(args.rig), cuff=args.cuff, scanner=args.scanner,
+                         dry_run=args.dry_run, headless=args.headless, data=options.path(args.data), seed=args.seed,
+                         calibration=options.path(args.calibration), pressure_override_kpa=args.pressure_override,
+                         override_reason=args.override_reason, yes=args.yes)
+    return run(preflight(request))

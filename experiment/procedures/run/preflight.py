@@ -1,0 +1,158 @@
+"""A run's pre-flight: every input checked, nothing touched; the result is a typed `RunPlan`.
+
+Identifiers, protocol, rig, dataset root, run number, device specs, where the pressure
+comes from, the schedule with its safety checks, the stimulus files, a terminal to confirm
+on and a display: a problem is one InputError (exit 2) or, for a missing display, a
+HardwareError (exit 4), before any device is opened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from experiment.errors import InputError
+from experiment.outputs.dataset import check_root, default_root
+from experiment.outputs.rundir import RunId, resolve_run
+from experiment.procedures.calibration.results import resolve_pressure
+from experiment.procedures.run.ratings import rating_scales
+from experiment.protocol.model import Protocol, load_protocol
+from experiment.protocol.rig import Rig, check_rig_for_protocol, effective_keys, load_rig
+from experiment.protocol.schedule import Timeline, build_schedule
+from experiment.scanner.sim_scanner import ScannerPlan
+from experiment.station.devices import safety_limits
+from experiment.station.runinfo import check_writable
+from experiment.station.station import CuffNeed, Mode, StationSpec, TriggerNeed, WindowSpec
+from experiment.station.surroundings import check_can_confirm, check_display
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the operator asked for (the command line, or a visit step)."""
+
+    protocol: Path
+    participant: str
+    session: str | None = None
+    run: str = "1"                      # a number, or 'next'
+    rig: Path | None = None
+    cuff: str | None = None
+    scanner: str | None = None
+    dry_run: bool = False
+    headless: bool = False
+    data: Path | None = None
+    seed: int | None = None
+    calibration: Path | None = None
+    pressure_override_kpa: float | None = None
+    override_reason: str | None = None
+    yes: bool = False
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything known good before a device is touched."""
+
+    protocol: Protocol
+    protocol_path: Path
+    rig: Rig
+    rig_path: Path | None
+    timeline: Timeline
+    run_id: RunId
+    take_next: bool                     # --run next: a number taken meanwhile moves this run on
+    data_root: Path
+    mode: Mode
+    seed: int
+    cuff_spec: str
+    scanner_spec: str
+    pressure: dict[str, Any]            # the pressure and where it came from (log header, briefing)
+    assume_yes: bool
+
+    @property
+    def dry_run(self) -> bool:
+        return self.mode.simulated
+
+    @property
+    def discard_pulses(self) -> int:
+        """Pulses skipped before t0: the rig's count for this scanner, else the protocol's."""
+        rig = self.rig.discard_pulses
+        return rig if rig is not None else self.protocol.scan.discard_pulses
+
+    def station_spec(self) -> StationSpec:
+        """What the run needs from the Station."""
+        p, scan = self.protocol, self.protocol.scan
+        keys = effective_keys(p, self.rig)
+        window = WindowSpec(screen=self.rig.screen, cues=p.cues, stimuli_dir=p.stimuli_dir,
+                            rating_scales=rating_scales(p, keys))
+        plan = ScannerPlan(tr_s=scan.tr_s, n_volumes=scan.n_volumes + 2, prep_scans_no_pulse=scan.scanner_discarded,
+                           discard_pulses=self.discard_pulses, jitter_s=0.0002, seed=self.seed, start_delay_s=1.0)
+        return StationSpec(mode=self.mode, keys=keys, window=window,
+                           cuff=CuffNeed(self.cuff_spec, safety_limits(p.safety)),
+                           trigger=TriggerNeed(self.scanner_spec, plan), assume_yes=self.assume_yes)
+
+
+def mode_of(*, dry_run: bool, headless: bool) -> Mode:
+    """The mode of a session; --headless needs --dry-run."""
+    if headless and not dry_run:
+        raise InputError("--headless runs on a virtual clock with simulated devices: it needs --dry-run")
+    return Mode.HEADLESS if headless else (Mode.DRY_RUN if dry_run else Mode.REAL)
+
+
+def _device_specs(req: RunRequest, rig: Rig) -> tuple[str, str]:
+    """The cuff and trigger specs; simulation only in a dry run, and never instead of a real device."""
+    if req.dry_run:
+        if req.cuff and req.cuff != "sim":
+            raise InputError(f"--dry-run uses the simulated cuff; remove --cuff {req.cuff} or drop --dry-run")
+        return "sim", req.scanner or "sim"
+    cuff, scanner = req.cuff or rig.cuff, req.scanner or rig.scanner
+    if not cuff:
+        raise InputError("no cuff given: use --cuff line:PORT or cpar:PORT, a rig file, or --dry-run")
+    if not scanner:
+        raise InputError("no trigger source given: use --scanner keyboard|serial:PORT, a rig file, or --dry-run")
+    for what, spec in (("--cuff", cuff), ("--scanner", scanner)):
+        if spec == "sim" or spec.startswith("sim:"):
+            raise InputError(f"{what} sim is only allowed with --dry-run; a real run never uses simulation")
+    return cuff, scanner
+
+
+def preflight(req: RunRequest) -> RunPlan:
+    """Check all input; touches no device. InputError (exit 2), HardwareError for no display (exit 4)."""
+    mode = mode_of(dry_run=req.dry_run, headless=req.headless)
+    protocol = load_protocol(req.protocol)
+    rig = load_rig(req.rig)
+    check_rig_for_protocol(protocol, rig)
+    data_root = req.data if req.data is not None else default_root(dry_run=req.dry_run)
+    check_writable(data_root)
+    check_root(data_root, dry_run=req.dry_run)
+    run_id = resolve_run(data_root, participant=req.participant, session=req.session, task=protocol.task,
+                         run=req.run)
+    cuff_spec, scanner_spec = _device_specs(req, rig)
+    pressure = resolve_pressure(protocol, data_root=data_root, participant=run_id.participant,
+                                session=run_id.session, dry_run=req.dry_run, calibration_file=req.calibration,
+                                max_age_h=rig.calibration_max_age_h, override_kpa=req.pressure_override_kpa,
+                                override_reason=req.override_reason)
+    seed = req.seed if req.seed is not None else protocol.seed
+    timeline = build_schedule(protocol, seed=seed, participant=run_id.participant,
+                              pressure_kpa=None if pressure["source"] == "protocol" else pressure["pressure_kpa"],
+                              timing=rig.cuff_timing)
+    check_stimulus_files(protocol)
+    check_can_confirm(dry_run=req.dry_run, assume_yes=req.yes)
+    if mode is not Mode.HEADLESS:
+        check_display()
+    return RunPlan(protocol=protocol, protocol_path=req.protocol, rig=rig, rig_path=req.rig, timeline=timeline,
+                   run_id=run_id, take_next=req.run == "next", data_root=data_root, mode=mode, seed=seed,
+                   cuff_spec=cuff_spec, scanner_spec=scanner_spec, pressure=pressure, assume_yes=req.yes)
+
+
+def check_stimulus_files(protocol: Protocol) -> None:
+    """Every image cue decodes (load_protocol already checked that the files exist);
+    a corrupt file is refused before any device or window is opened."""
+    from PIL import Image
+
+    for name, cue in protocol.cues.items():
+        if cue.kind != "image" or cue.image_path is None:
+            continue
+        try:
+            with Image.open(cue.image_path) as im:
+                im.load()
+        except Exception as exc:
+            raise InputError(f"cue {name!r}: image file {cue.image_path} cannot be read ({exc})") from None

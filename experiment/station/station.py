@@ -1,0 +1,257 @@
+"""The Station: one object that owns a session's hardware and bookkeeping for its lifetime.
+
+A procedure (a run, a calibration, a display test) says what it needs in a `StationSpec`
+(a cuff or not, a trigger source or not, the window's cues and rating scales, the keys,
+the mode) and executes on the Station:
+
+    with Station(spec) as station:          # devices open, identified, armed (exit 4 if not)
+        station.confirm(briefing)            # the operator sees what will be done, and says yes
+        station.open_log(events, pressure, header)
+        ... the procedure, calling station.check() every frame ...
+        station.finish(end_fields)           # how it ended
+    # here: vented, devices closed (their closing records logged), `end` record, logs closed
+
+The Station's exit vents the cuff first and closes everything on every path (a normal end,
+an exception, Ctrl-C, SIGTERM, SIGHUP, Ctrl-Break, a closed console); stop signals vent at
+once from the handler (`experiment.station.signals`). Nothing simulated ever reaches a real
+session: in `Mode.REAL` a device that says it is simulated is refused (exit 4).
+"""
+
+from __future__ import annotations
+
+import enum
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from experiment.clock import Clock, VirtualClock, psychopy_clock
+from experiment.errors import AbortError
+from experiment.protocol.model import Cue, Keys
+from experiment.protocol.rig import Screen
+from experiment.station.briefing import Briefing, confirm
+from experiment.station.console import OperatorConsole
+from experiment.station.rating import RatingScale
+from experiment.station.recorder import Recorder
+from experiment.station.signals import StopRequest, StopSignals
+
+if TYPE_CHECKING:
+    from experiment.cuff.base import PressureSample
+    from experiment.cuff.safety import CuffSupervisor, SafetyLimits
+    from experiment.scanner.base import TriggerSource
+    from experiment.scanner.sim_scanner import ScannerPlan
+    from experiment.station.devices import Display, KeyReader
+
+Record = dict[str, Any]
+VIRTUAL_START_S = 1000.0      # where a headless session's virtual clock starts
+
+
+class Mode(enum.Enum):
+    """How a session meets the world."""
+
+    REAL = "real"           # the rig's devices, a real window; nothing simulated is accepted
+    DRY_RUN = "dry run"     # simulated devices through the real serial paths, a real window
+    HEADLESS = "headless"   # simulated devices and display on a virtual clock, no window
+
+    @property
+    def simulated(self) -> bool:
+        return self is not Mode.REAL
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """What the participant's screen must be able to show."""
+
+    screen: Screen
+    cues: Mapping[str, Cue]
+    stimuli_dir: Path
+    rating_scales: tuple[RatingScale, ...] = ()   # laid out before time zero
+
+
+@dataclass(frozen=True)
+class CuffNeed:
+    """A cuff, and the interlock settings it is armed with."""
+
+    spec: str
+    limits: SafetyLimits
+
+
+@dataclass(frozen=True)
+class TriggerNeed:
+    """A trigger source; `plan` drives the simulated scanner of a dry run."""
+
+    spec: str
+    plan: ScannerPlan
+
+
+@dataclass(frozen=True)
+class StationSpec:
+    """What a procedure needs from the rig, resolved from the rig file and the command line."""
+
+    mode: Mode
+    keys: Keys
+    window: WindowSpec
+    cuff: CuffNeed | None = None
+    trigger: TriggerNeed | None = None
+    assume_yes: bool = False      # --yes: the operator confirmed in advance (recorded)
+
+    @property
+    def key_roles(self) -> dict[str, str]:
+        """key -> escape | stop | response (the trigger key is the trigger source's)."""
+        k = self.keys
+        return {k.escape: "escape", k.stop: "stop", k.left: "response", k.right: "response", k.confirm: "response"}
+
+
+@dataclass
+class _Lifetime:
+    """What the Station opened, for its exit (kept apart from the typed attributes)."""
+
+    stack: ExitStack = field(default_factory=ExitStack)
+    end: Record | None = None
+    vent_reason: str = "end of session"
+    then: Callable[[], Record] | None = None    # after the devices closed, before `end`
+
+
+class Station:
+    """Owns the clock, display, cuff (under its supervisor), trigger source, keys, console,
+    log and stop signals of one session (see the module docstring)."""
+
+    def __init__(self, spec: StationSpec, *, console: OperatorConsole | None = None) -> None:
+        self.spec = spec
+        self.clock: Clock = VirtualClock(start=VIRTUAL_START_S) if spec.mode is Mode.HEADLESS else psychopy_clock()
+        self.rec = Recorder()
+        self.console = console or OperatorConsole(dry_run=spec.mode.simulated, on_lost=self._console_lost)
+        self.cuff: CuffSupervisor | None = None
+        self.display: Display | None = None
+        self.trigger: TriggerSource | None = None
+        self.read_keys: KeyReader = lambda: []
+        self.signals: StopSignals | None = None
+        self.confirmation: Record | None = None
+        self._sample_listeners: list[Callable[[PressureSample], None]] = []
+        self._life = _Lifetime()
+
+    # ------------------------------------------------------------ lifetime
+
+    def __enter__(self) -> "Station":
+        try:
+            self._open()
+        except BaseException:
+            self._life.stack.close()
+            raise
+        return self
+
+    def _open(self) -> None:
+        """Cuff first (exit 4 before anything is shown), then display, trigger source, keys."""
+        from experiment.station import devices
+
+        spec, stack = self.spec, self._life.stack
+        if spec.cuff is not None:
+            self.cuff = devices.open_cuff(spec.cuff, mode=spec.mode, clock=self.clock, stack=stack,
+                                          on_record=self.record, on_sample=self._sample)
+            self.signals = stack.enter_context(StopSignals(vent=self.cuff.emergency_vent, now=self.clock.now))
+        else:
+            self.signals = stack.enter_context(StopSignals(vent=lambda name: None, now=self.clock.now))
+        self.display = devices.open_display(spec.window, mode=spec.mode, clock=self.clock, stack=stack)
+        if spec.trigger is not None:
+            self.trigger = devices.open_trigger(spec.trigger, mode=spec.mode, clock=self.clock, stack=stack,
+                                                display=self.display)
+        self.read_keys = devices.key_reader(mode=spec.mode, trigger=self.trigger, display=self.display,
+                                            clock=self.clock)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """Vent first, close the devices (their closing records still logged), then `end`, then the logs."""
+        from experiment.station.devices import make_safe
+
+        life = self._life
+        try:
+            if self.cuff is not None:
+                reason = life.vent_reason if exc is None else f"{exc_type.__name__ if exc_type else 'exit'}: {exc}"
+                make_safe(self.cuff, reason)
+            self.console.finish()
+        finally:
+            try:
+                life.stack.close()
+            finally:
+                self._write_end(life, ok=exc is None)
+                self.rec.close()
+
+    def _write_end(self, life: _Lifetime, *, ok: bool) -> None:
+        if life.end is None:
+            return
+        end = dict(life.end)
+        if ok and life.then is not None:
+            end.update(life.then())
+        if self.rec.writable:
+            self.record({"kind": "end", "t": self.clock.now(), **end,
+                         "end_wall": datetime.now().astimezone().isoformat(timespec="seconds")})
+
+    def finish(self, end: Record, *, vent_reason: str, then: Callable[[], Record] | None = None) -> None:
+        """How the session ended: the fields of the `end` record the exit writes, and why it vents.
+
+        `then` runs once the devices are closed (the cuff vented, disarmed, its release
+        verified) and before the `end` record; what it returns is added to that record (a
+        calibration writes its result file there)."""
+        self._life.end = dict(end)
+        self._life.vent_reason = vent_reason
+        self._life.then = then
+
+    # ------------------------------------------------------------ the operator
+
+    def confirm(self, briefing: Briefing) -> Record:
+        """Show what will be done; in a real session wait for the operator's yes (AbortError if not)."""
+        assert self.signals is not None
+        with self.signals.interruptible():
+            self.confirmation = confirm(briefing, say=self.console.say, assume_yes=self.spec.assume_yes)
+        return self.confirmation
+
+    def _console_lost(self, exc: BaseException) -> None:
+        """The operator's terminal or pipe went away: log it once; the session goes on."""
+        self.record({"kind": "warning", "t": self.clock.now(), "code": "console_lost",
+                     "message": f"the operator console could not be written ({exc}); the session continues and "
+                                "everything is in this log"})
+
+    # ------------------------------------------------------------ the log
+
+    def open_log(self, events_path: Path, pressure_path: Path, header: Record) -> None:
+        """Create both logs (never over a file) and write what was recorded before them."""
+        self.rec.open(events_path, pressure_path, header)
+
+    def record(self, rec: Record) -> None:
+        """Log a record (any thread); interlock records are also shown to the operator at once."""
+        self.rec.record(rec)
+        if rec.get("kind") == "safety":
+            self.console.warn(f"SAFETY {rec.get('reason')}: {rec.get('message') or rec.get('action')}")
+
+    def add_sample_listener(self, fn: Callable[[PressureSample], None]) -> None:
+        """Also hand every cuff pressure sample to `fn` (reader thread; must not block)."""
+        self._sample_listeners.append(fn)
+
+    def _sample(self, sample: PressureSample) -> None:
+        self.rec.sample(sample)
+        for fn in self._sample_listeners:
+            fn(sample)
+
+    # ------------------------------------------------------------ every frame
+
+    @property
+    def stop_request(self) -> StopRequest | None:
+        """A stop the operating system asked for (the cuff was vented when it came)."""
+        return None if self.signals is None else self.signals.request
+
+    def check(self) -> None:
+        """Raise what must end the session now: a stop signal (logged as an `operator` record
+        here, outside the handler), a log that cannot be written, a tripped interlock."""
+        request = self.stop_request
+        if request is not None:
+            self.record({"kind": "operator", "t": request.t, "action": request.name})
+            raise request.error()
+        self.rec.check()   # a lost pressure trace is lost data too
+        cuff = self.cuff
+        if cuff is not None and cuff.safety_tripped is not None:
+            raise AbortError(f"safety interlock ({cuff.safety_tripped}): {cuff.trip_message}", reason="safety")
+
+    def now(self) -> float:
+        return self.clock.now()
