@@ -10,14 +10,19 @@ import pytest
 from experiment.clock import VirtualClock, psychopy_clock
 from experiment.station.display import SimulatedDisplay, WindowDisplay
 from experiment.errors import InputError
+from experiment.protocol.model import Cue
 
 DATA = Path(__file__).parent / "data"
 
 CUES = {
-    "fixation": {"kind": "shape", "shape": "cross", "color": "white", "size": 0.1, "units": "height"},
-    "pain": {"kind": "shape", "shape": "circle", "color": [1, -1, -1], "size": 0.5, "units": "height"},
-    "relief": {"kind": "image", "image": "blue.png", "size": 0.5, "units": "height"},
+    "fixation": Cue("fixation", "shape", (0.1, 0.1), (0.0, 0.0), "height", color="#ffffff", shape="cross"),
+    "pain": Cue("pain", "shape", (0.5, 0.5), (0.0, 0.0), "height", color="#ff0000", shape="circle"),
+    "relief": Cue("relief", "image", (0.5, 0.5), (0.0, 0.0), "height", image="blue.png"),
 }
+
+
+def _image_cue(image: str) -> dict[str, Cue]:
+    return {"relief": Cue("relief", "image", (0.2, 0.2), (0.0, 0.0), "height", image=image)}
 
 
 @pytest.fixture
@@ -69,7 +74,7 @@ def test_flips_are_paced_on_a_frame_grid_without_vsync(window: WindowDisplay) ->
 @pytest.mark.display
 def test_missing_image_is_an_input_error(xdisplay, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="cue 'relief': image file .*nothere.png does not exist"):
-        WindowDisplay(clock=psychopy_clock(), cues={"relief": {"kind": "image", "image": "nothere.png", "units": "height"}},
+        WindowDisplay(clock=psychopy_clock(), cues=_image_cue("nothere.png"),
                       stimuli_dir=tmp_path, fullscreen=False, size=(200, 200))
 
 
@@ -77,7 +82,7 @@ def test_missing_image_is_an_input_error(xdisplay, tmp_path: Path) -> None:
 def test_corrupt_image_is_an_input_error(xdisplay, tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(b"not a png at all")
     with pytest.raises(InputError, match="cue 'relief' cannot be loaded"):
-        WindowDisplay(clock=psychopy_clock(), cues={"relief": {"kind": "image", "image": "bad.png", "units": "height"}},
+        WindowDisplay(clock=psychopy_clock(), cues=_image_cue("bad.png"),
                       stimuli_dir=tmp_path, fullscreen=False, size=(200, 200))
 
 

@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     `ClosedSafeStream`): `cuedpain validate P | head -1` exits 0, and a run whose terminal
     or pipe went away still finishes, vents and derives its outputs."""
     saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = ClosedSafeStream(sys.stdout), ClosedSafeStream(sys.stderr)  # type: ignore[assignment]
+    sys.stdout, sys.stderr = ClosedSafeStream(sys.stdout), ClosedSafeStream(sys.stderr)
     try:
         return _main(argv)
     finally:

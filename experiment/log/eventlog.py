@@ -142,7 +142,7 @@ class LogFile:
         while True:
             item = self._queue.get()
             stop = item is None
-            lines = [] if stop else [item]
+            lines: list[str] = [] if item is None else [item]
             while True:  # drain what else is waiting: one fsync per batch
                 try:
                     nxt = self._queue.get_nowait()

@@ -45,8 +45,9 @@ def summary(protocol: Protocol, timeline: Timeline, worst: WorstCase) -> str:
                   f"for timing")
         prange = f"0 to at most {_pressure(s.max_pressure_kpa)}"
     else:
+        assert p.stimulation.target_kpa is not None   # not calibrated: the protocol gives it
         target = _pressure(p.stimulation.target_kpa)
-        prange = f"0 to {_pressure(p.stimulation.target_kpa)}"
+        prange = f"0 to {target}"
     inflated = timeline.inflated_s
     lines = [
         f"{p.metadata.name} (task {p.metadata.task}, version pin {p.version_pin})",
@@ -91,10 +92,14 @@ def _cue_rgb(protocol: Protocol, name: str | None) -> tuple[float, float, float]
     import numpy as np
     from PIL import Image
 
+    assert cue.image_path is not None   # a cue without a colour is an image
     with Image.open(cue.image_path) as im:
         rgba = np.asarray(im.convert("RGBA"), dtype=float) / 255
     opaque = rgba[..., 3] > 0.5
-    return tuple(rgba[opaque][:, :3].mean(axis=0)) if opaque.any() else (0.5, 0.5, 0.5)
+    if not opaque.any():
+        return (0.5, 0.5, 0.5)
+    r, g, b = (float(x) for x in rgba[opaque][:, :3].mean(axis=0))
+    return (r, g, b)
 
 
 def render_png(protocol: Protocol, timeline: Timeline, path: Path) -> None:
@@ -107,7 +112,7 @@ def render_png(protocol: Protocol, timeline: Timeline, path: Path) -> None:
     ax_cue, ax_p, ax_vol = fig.subplots(3, 1, sharex=True, height_ratios=[1.1, 2.2, 0.35])
     ax_cue.set_facecolor("#3a3a3a")
     roles = {cue: role for role, cue in timeline.cue_mapping.items()}
-    seen: dict[str, tuple] = {}
+    seen: dict[str, tuple[float, float, float]] = {}
     for e in timeline.events:
         label = f"{e.cue} ({roles[e.cue]})" if e.cue in roles else (e.cue or "blank")
         rgb = seen.setdefault(label, _cue_rgb(protocol, e.cue))

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from experiment.clock import Clock, VirtualClock
 from experiment.errors import HardwareError, InputError
+from experiment.protocol.model import Cue
 from experiment.station.rating import RatingScale, RatingState
 
 
@@ -136,7 +137,7 @@ class WindowDisplay:
 
     simulated = False
 
-    def __init__(self, *, clock: Clock, cues: Mapping[str, Any], stimuli_dir: Path,
+    def __init__(self, *, clock: Clock, cues: Mapping[str, Cue], stimuli_dir: Path,
                  fullscreen: bool = True, size: tuple[int, int] = (1024, 768), screen: int = 0,
                  units: str = "height", refresh_hz: float = 60.0, dry_run: bool = False,
                  title: str | None = None, background: str = "black",
@@ -193,45 +194,40 @@ class WindowDisplay:
         self._last_flip: float | None = None
 
     # -- construction helpers --
-    def _make_stim(self, name: str, spec: Any, stimuli_dir: Path) -> Any:
-        v = self._visual
-        get = (lambda k, d=None: spec.get(k, d)) if isinstance(spec, Mapping) else (lambda k, d=None: getattr(spec, k, d))
-        kind = get("kind")
-        units = get("units") or "height"
-        color = get("color") or "white"
-        size = get("size") or 0.1
-        pos = tuple(get("pos") or (0.0, 0.0))
+    def _make_stim(self, name: str, cue: Cue, stimuli_dir: Path) -> Any:
+        """One cue as a PsychoPy stimulus; a cue that cannot be built is an input error."""
         try:
-            if kind == "image":
-                path = Path(stimuli_dir) / str(get("image"))
-                if not path.is_file():
-                    raise InputError(f"cue {name!r}: image file {path} does not exist")
-                stim = v.ImageStim(self.win, image=str(path), units=units, pos=pos,
-                                   size=size if isinstance(size, (list, tuple)) else (size, size))
-            elif kind == "text":
-                stim = v.TextStim(self.win, text=str(get("text")), units=units, pos=pos, color=color,
-                                  height=size if not isinstance(size, (list, tuple)) else size[1])
-            elif kind == "shape":
-                shape = get("shape")
-                w, h = (size, size) if not isinstance(size, (list, tuple)) else size
-                if shape == "circle":
-                    stim = v.Circle(self.win, radius=w / 2, units=units, pos=pos, fillColor=color, lineColor=color, edges=64)
-                elif shape == "triangle":
-                    stim = v.Polygon(self.win, edges=3, radius=w / 2, units=units, pos=pos, fillColor=color, lineColor=color)
-                elif shape in ("square", "rect"):
-                    stim = v.Rect(self.win, width=w, height=h, units=units, pos=pos, fillColor=color, lineColor=color)
-                elif shape == "cross":
-                    stim = v.ShapeStim(self.win, vertices="cross", size=(w, h), units=units, pos=pos,
-                                       fillColor=color, lineColor=color)
-                else:
-                    raise InputError(f"cue {name!r}: unknown shape {shape!r}")
-            else:
-                raise InputError(f"cue {name!r}: unknown kind {kind!r}")
+            if cue.kind == "image":
+                return self._image_stim(name, cue, stimuli_dir)
+            if cue.kind == "text":
+                return self._visual.TextStim(self.win, text=str(cue.text), units=cue.units, pos=cue.pos,
+                                             color=cue.color or "white", height=cue.size[1])
+            if cue.kind == "shape":
+                return self._shape_stim(name, cue)
         except InputError:
             raise
         except Exception as exc:
             raise InputError(f"cue {name!r} cannot be loaded: {exc}") from exc
-        return stim
+        raise InputError(f"cue {name!r}: unknown kind {cue.kind!r}")
+
+    def _image_stim(self, name: str, cue: Cue, stimuli_dir: Path) -> Any:
+        path = cue.image_path or Path(stimuli_dir) / str(cue.image)
+        if not path.is_file():
+            raise InputError(f"cue {name!r}: image file {path} does not exist")
+        return self._visual.ImageStim(self.win, image=str(path), units=cue.units, pos=cue.pos, size=cue.size)
+
+    def _shape_stim(self, name: str, cue: Cue) -> Any:
+        v, (w, h), color = self._visual, cue.size, cue.color or "white"
+        common = {"units": cue.units, "pos": cue.pos, "fillColor": color, "lineColor": color}
+        if cue.shape == "circle":
+            return v.Circle(self.win, radius=w / 2, edges=64, **common)
+        if cue.shape == "triangle":
+            return v.Polygon(self.win, edges=3, radius=w / 2, **common)
+        if cue.shape in ("square", "rect"):
+            return v.Rect(self.win, width=w, height=h, **common)
+        if cue.shape == "cross":
+            return v.ShapeStim(self.win, vertices="cross", size=(w, h), **common)
+        raise InputError(f"cue {name!r}: unknown shape {cue.shape!r}")
 
     def _make_rating_shapes(self) -> dict[str, Any]:
         v = self._visual
@@ -257,7 +253,7 @@ class WindowDisplay:
 
     def _abs(self, t_flip: float) -> float:
         """PsychoPy's flip time is on logging.defaultClock; return it on the run's clock."""
-        return t_flip + self._ppclock.getLastResetTime()
+        return t_flip + float(self._ppclock.getLastResetTime())
 
     def _detect_vsync(self) -> bool:
         """Time 30 flips: with vertical sync they take about a frame each.
@@ -339,7 +335,7 @@ class WindowDisplay:
             on_flip()
         return t
 
-    def grab_back_buffer(self):
+    def grab_back_buffer(self) -> Any:
         """The frame drawn for the next flip, read back (tests check what is on screen)."""
         self._draw()
         return self.win.getMovieFrame(buffer="back")

@@ -105,7 +105,7 @@ class StopSignals:
     def _install_console_handler(self) -> None:  # pragma: no cover - Windows only, untested here
         import ctypes
 
-        handler_type = ctypes.WINFUNCTYPE(ctypes.c_int, ctypes.c_uint)
+        handler_type = getattr(ctypes, "WINFUNCTYPE")(ctypes.c_int, ctypes.c_uint)   # Windows-only name
 
         def on_console_event(event: int) -> int:
             name = _WINDOWS_CONSOLE_EVENTS.get(event)

@@ -30,7 +30,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence, TypeVar
 
 from experiment import __version__
 from experiment.cuff.base import DeviceEvent, PressureSample
@@ -43,6 +43,7 @@ from experiment.procedures.calibration.participant import CalibrationParticipant
 from experiment.procedures.calibration.preflight import CalibrationSetup
 from experiment.procedures.calibration.results import calibration_dir, latest_calibration, next_calibration_path
 from experiment.procedures.calibration.steps import (Done, Plateau, PlateauOutcome, Ramp, RampOutcome, RampSettings,
+                                                     StaircaseSettings,
                                                      fit_points, mean_pressure, next_plateau, next_ramp,
                                                      pressure_at, stimulus_records)
 from experiment.station.briefing import Briefing, calibration_briefing
@@ -53,6 +54,9 @@ from experiment.station.recorder import STOPS, stop_reason
 from experiment.station.runinfo import package_versions, software_revision
 from experiment.station.station import Station
 from experiment.units import kpa_to_mmhg
+
+S = TypeVar("S", Ramp, Plateau)                     # a stimulus the method chose
+O = TypeVar("O", RampOutcome, PlateauOutcome)       # what came of it
 
 RESULT_FORMAT = "cuedpain-calibration/1"
 READY_S = 2.0                 # instructions on screen before each stimulus
@@ -250,7 +254,7 @@ class Calibration:
             "simulated_device": device["simulated"], "device": device,
             "simulated_participant": None if s.sim is None else s.sim.as_dict(),
             "confirmation": self.st.confirmation,
-            "software": self._software(), "log": None if self._log_path() is None else self._log_path().name,
+            "software": self._software(), "log": self.stem.name + "_log.jsonl" if self.stem else None,
             "created": datetime.now().astimezone().isoformat(timespec="seconds"),
         }
         if not create_once(path, (json.dumps(result, indent=2) + "\n").encode("utf-8")):
@@ -280,22 +284,27 @@ class _Loop:
 
     # ------------------------------------------------------------ the procedure
 
-    def procedure(self) -> tuple[list[RampOutcome | PlateauOutcome], Done]:
-        s = self.s
-        done: list[RampOutcome | PlateauOutcome] = []
+    def procedure(self) -> tuple[Sequence[RampOutcome | PlateauOutcome], Done]:
+        """The method's stimuli, each chosen from the outcomes so far, until it says it is done."""
+        s, settings = self.s, self.s.settings
+        if isinstance(settings, RampSettings):
+            return self._steps(lambda done: next_ramp(settings, ceiling_kpa=s.ceiling_kpa, done=done), self._ramp)
+        assert isinstance(settings, StaircaseSettings)
+        return self._steps(lambda done: next_plateau(settings, ceiling_kpa=s.ceiling_kpa,
+                                                     target_rating=s.target_rating, done=done), self._plateau)
+
+    def _steps(self, choose: Callable[[list[O]], S | Done], give: Callable[[S], O]) -> tuple[list[O], Done]:
+        rest_s = self.s.settings.rest_s
+        done: list[O] = []
         while True:
-            if isinstance(s.settings, RampSettings):
-                nxt = next_ramp(s.settings, ceiling_kpa=s.ceiling_kpa, done=done)
-            else:
-                nxt = next_plateau(s.settings, ceiling_kpa=s.ceiling_kpa, target_rating=s.target_rating, done=done)
+            nxt = choose(done)
             if isinstance(nxt, Done):
                 self.cal.st.console.say(f"procedure done: {nxt.message}")
                 return done, nxt
-            if done and s.settings.rest_s > READY_S:
-                self._pause(s.settings.rest_s - READY_S, "Rest")
-            self._pause(min(READY_S, s.settings.rest_s) if done else READY_S, self._instructions())
-            outcome = self._ramp(nxt) if isinstance(nxt, Ramp) else self._plateau(nxt)
-            done.append(outcome)
+            if done and rest_s > READY_S:
+                self._pause(rest_s - READY_S, "Rest")
+            self._pause(min(READY_S, rest_s) if done else READY_S, self._instructions())
+            done.append(give(nxt))
 
     def _instructions(self) -> str:
         k = self.keys

@@ -224,7 +224,7 @@ class RunProcedure:
         try:
             t0 = wait_for_t0(st.trigger, gate, clock=st.clock, timeout_s=scan.first_trigger_timeout_s,
                              should_abort=self._escape_or_stop, on_status=lambda s: None, on_pulse=self._on_pulse,
-                             pump=display.flip)
+                             pump=self._show_waiting)
         except AbortError:
             if self.state.escape_seen:
                 raise AbortError("the operator pressed Escape while waiting for the scanner", reason="escape") from None
@@ -234,6 +234,11 @@ class RunProcedure:
         self.record({"kind": "t0", "t": t0, "pulse_index": gate.t0_pulse_index})
         st.console.say(f"t0 fixed (pulse {gate.t0_pulse_index}); run of {self.plan.timeline.run_length_s:.1f} s begins")
         return t0
+
+    def _show_waiting(self) -> None:
+        """Keep the fixation cross on screen (and the window responsive) while waiting."""
+        assert self.st.display is not None
+        self.st.display.flip()
 
     def _escape_or_stop(self) -> bool:
         roles = self.st.spec.key_roles
