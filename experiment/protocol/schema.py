@@ -88,10 +88,11 @@ class Spec(Generic[T_co]):
     """A field's rules: what it accepts, how it converts (to a T), how it is described."""
 
     description: str = ""
+    kinds: tuple[type, ...] = ()   # the YAML kinds it reads: AnyOf and Nullable choose by them
 
     def accepts(self, value: object) -> bool:
-        """Whether the value is of the YAML kind this spec reads (used by AnyOf and Nullable)."""
-        raise NotImplementedError
+        """Whether the value is of a kind this spec reads (a boolean is never a number)."""
+        return isinstance(value, self.kinds) and (bool in self.kinds or not isinstance(value, bool))
 
     def allowed(self) -> str:
         """What is allowed, as a phrase: 'a number of seconds > 0'."""
@@ -117,6 +118,7 @@ class _Numeric(Spec[T_co]):
 
     noun = "a number"
     json_type = "number"
+    kinds = (int, float)
 
     def __init__(self, description: str = "", *, unit: str = "", minimum: float | None = None,
                  maximum: float | None = None, exclusive_minimum: bool = False) -> None:
@@ -125,9 +127,6 @@ class _Numeric(Spec[T_co]):
         self.minimum = minimum
         self.maximum = maximum
         self.exclusive_minimum = exclusive_minimum
-
-    def accepts(self, value: object) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
 
     def allowed(self) -> str:
         noun = f"{self.noun} of {self.unit}" if self.unit else self.noun
@@ -185,6 +184,8 @@ class Integer(_Numeric[int]):
 class Text(Spec[str]):
     """Text, optionally matching a pattern (described in words for messages)."""
 
+    kinds = (str,)
+
     def __init__(self, description: str = "", *, pattern: str | None = None, pattern_doc: str = "",
                  min_length: int = 1, max_length: int = 2000) -> None:
         self.description = description
@@ -193,9 +194,6 @@ class Text(Spec[str]):
         self.min_length = min_length
         self.max_length = max_length
         self._re = re.compile(pattern) if pattern else None
-
-    def accepts(self, value: object) -> bool:
-        return isinstance(value, str)
 
     def allowed(self) -> str:
         if self.pattern_doc:
@@ -221,12 +219,11 @@ class Text(Spec[str]):
 class Choice(Spec[str]):
     """One of a fixed set of words; a near miss gets a suggestion."""
 
+    kinds = (str,)
+
     def __init__(self, values: Sequence[str], description: str = "") -> None:
         self.values = tuple(values)
         self.description = description
-
-    def accepts(self, value: object) -> bool:
-        return isinstance(value, str)
 
     def allowed(self) -> str:
         return f"one of {_quoted(self.values)}"
@@ -245,12 +242,10 @@ class KeyName(Spec[str]):
     """A keyboard key as PsychoPy names it ('5', 'space', 'escape', 'num_1'); digits may be unquoted."""
 
     _RE = re.compile(r"[a-z0-9_]{1,20}")
+    kinds = (str, int)
 
     def __init__(self, description: str = "") -> None:
         self.description = description
-
-    def accepts(self, value: object) -> bool:
-        return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
     def allowed(self) -> str:
         return "a key name as PsychoPy reports it: lowercase letters, digits or '_' (e.g. '5', 'space', 'escape')"
@@ -268,11 +263,10 @@ class KeyName(Spec[str]):
 
 
 class Boolean(Spec[bool]):
+    kinds = (bool,)
+
     def __init__(self, description: str = "") -> None:
         self.description = description
-
-    def accepts(self, value: object) -> bool:
-        return isinstance(value, bool)
 
     def allowed(self) -> str:
         return "true or false"
@@ -289,15 +283,14 @@ class Boolean(Spec[bool]):
 class ListOf(Spec[tuple[T, ...]]):
     """A list of items (returned as a tuple)."""
 
+    kinds = (list,)
+
     def __init__(self, item: Spec[T], description: str = "", *, min_items: int = 0,
                  max_items: int | None = None) -> None:
         self.item = item
         self.description = description
         self.min_items = min_items
         self.max_items = max_items
-
-    def accepts(self, value: object) -> bool:
-        return isinstance(value, list)
 
     def allowed(self) -> str:
         if self.min_items == self.max_items:
@@ -326,12 +319,11 @@ class ListOf(Spec[tuple[T, ...]]):
 class Pair(Spec[tuple[T, T]]):
     """A list of exactly two items, e.g. [width, height] (returned as a 2-tuple)."""
 
+    kinds = (list,)
+
     def __init__(self, item: Spec[T], description: str = "") -> None:
         self.items = ListOf(item, description, min_items=2, max_items=2)
         self.description = description
-
-    def accepts(self, value: object) -> bool:
-        return self.items.accepts(value)
 
     def allowed(self) -> str:
         return self.items.allowed()
@@ -347,6 +339,8 @@ class Pair(Spec[tuple[T, T]]):
 class MapOf(Spec[dict[str, T]]):
     """A mapping from user-chosen names to values of one spec (order kept)."""
 
+    kinds = (dict,)
+
     def __init__(self, key: Text, value: Spec[T], description: str = "", *, min_items: int = 0,
                  max_items: int = 200, key_label: str = "name") -> None:
         self.key = key
@@ -355,9 +349,6 @@ class MapOf(Spec[dict[str, T]]):
         self.min_items = min_items
         self.max_items = max_items
         self.key_label = key_label
-
-    def accepts(self, value: object) -> bool:
-        return isinstance(value, dict)
 
     def allowed(self) -> str:
         return f"a mapping of {self.key_label} -> entry, each {self.key_label} {self.key.allowed()}"
@@ -390,9 +381,7 @@ class Nullable(Spec[Union[T, None]]):
     def __init__(self, inner: Spec[T], description: str = "") -> None:
         self.inner = inner
         self.description = description or inner.description
-
-    def accepts(self, value: object) -> bool:
-        return value is None or self.inner.accepts(value)
+        self.kinds = (type(None), *inner.kinds)
 
     def allowed(self) -> str:
         return f"{self.inner.allowed()}, or null"
@@ -414,9 +403,7 @@ class AnyOf(Spec[Union[A, B]]):
     def __init__(self, first: Spec[A], second: Spec[B], *, description: str = "") -> None:
         self.alternatives: tuple[Spec[A | B], ...] = (first, second)
         self.description = description
-
-    def accepts(self, value: object) -> bool:
-        return any(a.accepts(value) for a in self.alternatives)
+        self.kinds = first.kinds + second.kinds
 
     def allowed(self) -> str:
         return " or ".join(a.allowed() for a in self.alternatives)
@@ -438,9 +425,7 @@ class Refined(Spec[B], Generic[A, B]):
         self.inner = inner
         self.convert = convert
         self.description = inner.description
-
-    def accepts(self, value: object) -> bool:
-        return self.inner.accepts(value)
+        self.kinds = inner.kinds
 
     def allowed(self) -> str:
         return self.inner.allowed()
@@ -499,14 +484,13 @@ class Record(Spec[T_co]):
     """A mapping with fixed keys -> an instance of a `record` class; unknown keys are refused with
     a suggestion. Fields without a spec (e.g. a file path set later) are not read from YAML."""
 
+    kinds = (dict,)
+
     def __init__(self, cls: type[T_co], description: str = "") -> None:
         self.cls = cls
         self.description = description
         read = dataclasses.fields(cls)  # type: ignore[arg-type]  # a record class is a dataclass
         self.fields: dict[str, Field] = {f.name: f.metadata[_SPEC] for f in read if _SPEC in f.metadata}
-
-    def accepts(self, value: object) -> bool:
-        return isinstance(value, dict)
 
     def allowed(self) -> str:
         return f"a mapping with keys {', '.join(self.fields)}"
@@ -550,13 +534,12 @@ class Record(Spec[T_co]):
 class Tagged(Spec[T_co]):
     """A mapping whose `tag` key selects which record applies (e.g. `dist: uniform`)."""
 
+    kinds = (dict,)
+
     def __init__(self, tag: str, alternatives: Mapping[str, Record[T_co]], description: str = "") -> None:
         self.tag = tag
         self.alternatives = dict(alternatives)
         self.description = description
-
-    def accepts(self, value: object) -> bool:
-        return isinstance(value, dict)
 
     def allowed(self) -> str:
         return f"a mapping with {self.tag}: {' | '.join(self.alternatives)}"
