@@ -29,7 +29,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Mapping, Sequence, TypeVar, Union, cast
+from typing import TYPE_CHECKING, Callable, Generic, Iterator, Mapping, Sequence, TypeVar, Union, cast
 
 from experiment.errors import InputError
 from experiment.protocol.yamlload import FieldPath, Where
@@ -39,7 +39,7 @@ A = TypeVar("A")
 B = TypeVar("B")
 T_co = TypeVar("T_co", covariant=True)
 C = TypeVar("C")
-JSON = dict[str, Any]   # a JSON Schema fragment (output only)
+JSON = dict[str, object]   # a JSON Schema fragment
 
 if TYPE_CHECKING:
     from typing_extensions import dataclass_transform
@@ -517,7 +517,7 @@ class Record(Spec[T_co]):
         return cast(Callable[..., T_co], self.cls)(**values)  # missing keys: the dataclass defaults
 
     def properties(self) -> JSON:
-        props = {}
+        props: JSON = {}
         for name, f in self.fields.items():
             s = f.spec.json_schema()
             props[name] = s if f.required or f.default is None else {**s, "default": f.default}
