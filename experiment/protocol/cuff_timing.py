@@ -1,17 +1,19 @@
 """How much slower than ideal a real cuff inflates and releases: the model pre-flight counts with.
 
-Pure. A site's rig file may override the margins (`cuff_timing`); the schedule's
-inflation checks (`experiment.protocol.schedule`) use it so that a protocol an
-interlock would abort mid-run is refused before it starts.
+Pure. A site's rig file may override the margins (`cuff_timing`, read by `CUFF_TIMING`);
+the schedule's inflation checks (`experiment.protocol.schedule`) use it so that a
+protocol an interlock would abort mid-run is refused before it starts.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import fields
+
+from experiment.protocol.schema import Number, Record, record, spec
 
 
-@dataclass(frozen=True)
+@record
 class CuffTiming:
     """How much slower than ideal a real cuff inflates and releases (pre-flight checks only).
 
@@ -31,10 +33,16 @@ class CuffTiming:
     rate it does not quite keep.
     """
 
-    ramp_margin_s: float = 1.0
-    ramp_margin_fraction: float = 0.1
-    release_margin_s: float = 1.0
-    onset_slack_s: float = 0.05
+    ramp_margin_s: float = spec(Number("a ramp to P kPa at r kPa/s counts as up to P / r x (1 + "
+                                       "ramp_margin_fraction) + this", unit="seconds", minimum=0.0, maximum=30.0),
+                                default=1.0)
+    ramp_margin_fraction: float = spec(Number("how much slower than its commanded rate the cuff may ramp (0.1: "
+                                              "10 %)", minimum=0.0, maximum=1.0), default=0.1)
+    release_margin_s: float = spec(Number("the release after DEFLATE counts as up to P / r x (1 + "
+                                          "ramp_margin_fraction) + this", unit="seconds", minimum=0.0, maximum=30.0),
+                                   default=1.0)
+    onset_slack_s: float = spec(Number("SET to DEFLATE may run this much longer than planned (commands go out on "
+                                       "frame flips)", unit="seconds", minimum=0.0, maximum=1.0), default=0.05)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -53,6 +61,10 @@ class CuffTiming:
     @property
     def slack_ms(self) -> int:
         return _ceil_ms(self.onset_slack_s)
+
+
+CUFF_TIMING = Record(CuffTiming, "how much slower than ideal this rig's cuff is; the pre-flight inflation checks "
+                                 "count with it (docs/protocol-format.md, Pre-flight checks)")
 
 
 def _ceil_ms(seconds: float) -> int:

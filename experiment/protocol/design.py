@@ -22,10 +22,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from experiment.protocol.schedule import Timeline
+
+if TYPE_CHECKING:
+    import pandas as pd  # untyped library (setup.cfg): its values are Any, typed at this module's edge
 
 KEY_REGRESSORS = ("pain_anticipation", "pain", "relief_anticipation")
 R_LIMIT = 0.7
@@ -54,7 +58,7 @@ class Efficiency:
         return "\n".join(lines)
 
 
-def _design(timeline: Timeline):
+def _design(timeline: Timeline) -> pd.DataFrame:
     import pandas as pd
     from nilearn.glm.first_level import make_first_level_design_matrix  # local: nilearn is slow to import
 

@@ -16,6 +16,11 @@ allowed`. Pressures are kPa inside (converted from the unit the file states); du
 are quantised to whole milliseconds. Timing limits that depend on the jitter (worst-case
 run length, inflation time) are checked by `experiment.protocol.schedule`, which needs these
 values first. See docs/protocol-format.md for the format with an annotated example.
+
+Where the file's shape is the value's shape (Metadata, Phase, CueMapping, TrialList, Scan,
+Keys) the value type is a `record` read directly; the other sections are read into
+records "as written" (`...Doc`, e.g. a pressure with its unit) and then built into the
+values the runner uses (kPa, resolved cues, the calibrated start of the rating scale).
 """
 
 from __future__ import annotations
@@ -25,23 +30,28 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping, Union
+from typing import Mapping, Union
 
 from experiment import __version__
 from experiment.errors import InputError
-from experiment.protocol.schema import (AnyOf, Boolean, Choice, Field, KeyName, ListOf, MapOf, Nullable, Number, Object,
-                               Tagged, Text, json_schema_document, suggest)
-from experiment.units import to_kpa
+from experiment.protocol.schema import (AnyOf, Boolean, Choice, Integer, KeyName, ListOf, MapOf, Nullable, Number,
+                                        Pair, Record, Refined, Tagged, Text, json_schema_document, record, spec,
+                                        suggest)
 from experiment.protocol.yamlload import FieldPath, Located, Where, decode_text, parse_yaml
+from experiment.units import to_kpa
 
 HARD_MAX_KPA = 100.0          # no supported cuff goes above 100 kPa (the CPAR's pressure scale, docs/cpar.md)
 MAX_PHASE_S = 600.0
 FIXATION = "fixation"         # the cue shown in the lead-in, the tail and wherever a phase says so
 SCHEMA_ID = "https://github.com/cuedpain/cuedpain/protocols/cuedpain-protocol.schema.json"
 
-# ---------------------------------------------------------------- the format (single source of truth)
+
+def to_ms(seconds: float) -> int:
+    """Seconds -> whole milliseconds (half up): every duration in cuedpain is quantised to this."""
+    return int(math.floor(seconds * 1000.0 + 0.5))
 
 
+# ---------------------------------------------------------------- field specs shared by several sections
 
 def _name(description: str = "") -> Text:
     return Text(description, pattern=r"[a-z][a-z0-9_]{0,39}",
@@ -60,222 +70,27 @@ def _kpa(description: str, *, maximum: float) -> Number:
     return Number(description, unit="kPa", minimum=0.0, exclusive_minimum=True, maximum=maximum)
 
 
-PRESSURE = Object({
-    "value": Field(Number("the pressure in `unit`", minimum=0.0, exclusive_minimum=True), required=True),
-    "unit": Field(Choice(["kPa", "mmHg"], "pressure unit, always explicit"), required=True),
-}, "a pressure with its unit, e.g. {value: 40, unit: kPa}")
+@record
+class Pressure:
+    """A pressure as written in the file: a value and its unit."""
+
+    value: float = spec(Number("the pressure in `unit`", minimum=0.0, exclusive_minimum=True))
+    unit: str = spec(Choice(["kPa", "mmHg"], "pressure unit, always explicit"))
+
+    @property
+    def kpa(self) -> float:
+        return to_kpa(self.value, self.unit)
+
+    @property
+    def as_written(self) -> str:
+        return f"{self.value:g} {self.unit}"
+
+
+PRESSURE = Record(Pressure, "a pressure with its unit, e.g. {value: 40, unit: kPa}")
+
+# ---------------------------------------------------------------- durations
 
 _STEP = Number("grid step of the drawn values (s)", unit="seconds", minimum=0.001, maximum=MAX_PHASE_S)
-
-DURATION = AnyOf(
-    _seconds("fixed duration in seconds"),
-    Tagged("dist", {
-        "uniform": Object({
-            "min": Field(_seconds("smallest value (s)"), required=True),
-            "max": Field(_seconds("largest value (s)"), required=True),
-            "step": Field(_STEP, default=0.001),
-        }, "uniform over min, min+step, ..., max (max - min must be a whole number of steps)"),
-        "choice": Object({
-            "values": Field(ListOf(_seconds("one value (s)"), "the values", min_items=1, max_items=1000),
-                            required=True),
-        }, "the values dealt out as a shuffled deck: each value once per pass through the list, "
-           "so over a multiple of the list length every value occurs equally often"),
-        "truncexp": Object({
-            "mean": Field(_seconds("mean of the drawn values (s); min < mean < (min + max) / 2"), required=True),
-            "min": Field(_seconds("smallest value (s)"), required=True),
-            "max": Field(_seconds("largest value (s)"), required=True),
-            "step": Field(_STEP, default=0.001),
-        }, "exponential from min, truncated at max, scaled so the truncated mean is `mean`; "
-           "values rounded to the step grid from min"),
-    }),
-    description="a phase duration: seconds, or a distribution drawn once per trial")
-
-_COLOR = Text("fill colour: a CSS colour name or '#rrggbb'", pattern=r"#[0-9a-fA-F]{6}|[a-z]{3,30}",
-              pattern_doc="a CSS colour name (e.g. 'orange') or '#rrggbb'")
-_UNITS = Choice(["pix", "norm", "height", "deg", "cm"],
-                "PsychoPy units of size and pos (deg and cm need the monitor in the rig file)")
-_SIZE = AnyOf(Number("one number: width = height (shapes, images) or the letter height (text)",
-                     minimum=0.0, exclusive_minimum=True, maximum=10000.0),
-              ListOf(Number(minimum=0.0, exclusive_minimum=True, maximum=10000.0), min_items=2, max_items=2),
-              description="size in `units`: one number or [width, height]")
-_POS = ListOf(Number(minimum=-10000.0, maximum=10000.0), "centre [x, y] in `units`", min_items=2, max_items=2)
-
-
-def _cue_fields(**specific: Field) -> dict[str, Field]:
-    return {**specific,
-            "size": Field(_SIZE, required=True),
-            "pos": Field(_POS, default=[0, 0]),
-            "units": Field(_UNITS, required=True)}
-
-
-CUE = Tagged("kind", {
-    "shape": Object(_cue_fields(
-        shape=Field(Choice(["circle", "triangle", "square", "cross", "rect"], "the shape drawn"), required=True),
-        color=Field(_COLOR, default="white")), "a drawn shape"),
-    "text": Object(_cue_fields(
-        text=Field(Text("the text shown", max_length=500), required=True),
-        color=Field(_COLOR, default="white")), "a line of text"),
-    "image": Object(_cue_fields(
-        image=Field(Text("image file, relative to the stimuli directory, '/' separators",
-                         pattern=r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*",
-                         pattern_doc="a relative path of letters, digits, '_', '-', '.' and '/'"), required=True)),
-        "an image file from the stimuli directory"),
-}, "a visual cue")
-
-CUE_MAPPING = Object({
-    "select": Field(Choice(["participant_hash", "participant_number"],
-                           "how a participant gets a mapping: SHA-256 of the label, or the label's "
-                           "trailing number (P01 -> first mapping, P02 -> second, ...)"), default="participant_hash"),
-    "mappings": Field(ListOf(MapOf(NAME, _name("a cue name"), "role -> cue name", min_items=1, key_label="role"),
-                             "the mappings; every one maps the same roles", min_items=1, max_items=24),
-                      required=True),
-}, "cue-mapping counterbalancing: phases name a role; each participant gets one mapping of roles to cues")
-
-PHASE = Object({
-    "name": Field(_name("phase name, unique within the trial type"), required=True),
-    "kind": Field(Choice(["cue", "rating"], "cue: show `cue`; rating: the rating scale, then `cue`"),
-                  default="cue"),
-    "cue": Field(Nullable(_name("cue or role shown during the phase (null: blank screen)")), required=True),
-    "duration": Field(DURATION, required=True),
-    "cuff": Field(Choice(["none", "inflate", "hold", "deflate"],
-                         "cuff command at phase start: inflate (deflated -> target), hold (stays inflated), "
-                         "deflate (inflated -> vented), none (stays deflated)"), default="none"),
-    "timed_from": Field(Choice(["onset", "target_reached"],
-                               "target_reached (inflate phases only): the duration counts from the moment the "
-                               "target pressure is reached; the predicted ramp is added to the plan"),
-                        default="onset"),
-    "bids_trial_type": Field(Nullable(Text("trial_type of this phase in events.tsv (null: not an event)",
-                                           pattern=r"[A-Za-z][A-Za-z0-9_]{0,63}",
-                                           pattern_doc="letters, digits and '_', starting with a letter")),
-                             default=None),
-}, "one phase of a trial")
-
-TRIAL_TYPE = Object({
-    "description": Field(Text("what this trial type is", min_length=0, max_length=2000), default=""),
-    "catch": Field(Boolean("a catch trial type (departs from the verified design; give it count 0 to "
-                           "leave it off)"), default=False),
-    "phases": Field(ListOf(PHASE, "the phases in order", min_items=1, max_items=20), required=True),
-}, "a trial type: ordered phases")
-
-TRIALS = Object({
-    "counts": Field(MapOf(NAME, Number("trials of this type per run", integer=True, minimum=0, maximum=500),
-                          "trials per run of every trial type (0 allowed)", key_label="trial type"),
-                    required=True),
-    "max_run_length": Field(Nullable(Number("most trials of one type in a row (null: no limit)", integer=True,
-                                            minimum=1, maximum=500)), default=None),
-    "seed": Field(Number("default randomisation seed (trial order, jitter); `--seed` overrides", integer=True,
-                         minimum=0, maximum=2**63 - 1), default=0),
-}, "the trial list of one run")
-
-RATING = Object({
-    "question": Field(Text("question shown above the scale", max_length=300),
-                      default="How painful was the pressure?"),
-    "low_anchor": Field(Text("label at the low end", max_length=100), default="no pain"),
-    "high_anchor": Field(Text("label at the high end", max_length=100), default="most intense pain imaginable"),
-    "min": Field(Number("lowest rating", integer=True, minimum=0, maximum=1000), default=0),
-    "max": Field(Number("highest rating", integer=True, minimum=1, maximum=1000), default=100),
-    "start": Field(Nullable(Number("where the marker starts (null: the middle)", integer=True, minimum=0,
-                                   maximum=1000)), default=None),
-    "step": Field(Number("rating change per left/right key press", integer=True, minimum=1, maximum=100),
-                  default=5),
-    "timeout_s": Field(_seconds("time to confirm; no confirmation = timed out (at most the rating phase's "
-                                "shortest duration)", maximum=60.0), required=True),
-}, "the rating scale shown in phases of kind rating")
-
-STIMULATION = Object({
-    "target": Field(AnyOf(Choice(["calibrated"], "taken from the participant's calibration at run time"),
-                          PRESSURE, description="target pressure: explicit {value, unit}, or calibrated"),
-                    required=True),
-    "calibrated_fraction": Field(Nullable(Number("target = fraction x calibrated pressure (only with target: "
-                                                 "calibrated; null: 1)", minimum=0.0, exclusive_minimum=True,
-                                                 maximum=1.0)), default=None),
-    "rate_kpa_s": Field(Number("inflation ramp rate", unit="kPa per second", minimum=0.0, exclusive_minimum=True,
-                               maximum=200.0), required=True),
-}, "the pain stimulus")
-
-SAFETY = Object({
-    "max_pressure": Field(Object(PRESSURE.fields, f"pressure ceiling, required, no default (at most "
-                                                  f"{HARD_MAX_KPA:g} kPa); the cuff is armed with it"),
-                          required=True),
-    "max_inflation_per_stimulus_s": Field(_seconds("longest time one stimulus holds air: SET to DEFLATE, ramp "
-                                                   "included, plus the release after it (worst case over the "
-                                                   "jitter, with the rig's cuff_timing)"), default=30.0),
-    "max_cumulative_inflation_per_run_s": Field(_seconds("longest total SET to DEFLATE of all stimuli in one run "
-                                                         "(worst case, with the rig's cuff_timing)",
-                                                         maximum=3600.0), default=360.0),
-    "min_deflated_between_s": Field(_seconds("shortest deflated time between two stimuli (worst case)",
-                                             exclusive=False), default=10.0),
-    "release_threshold_kpa": Field(_kpa("a deflation is complete below this pressure", maximum=20.0),
-                                   default=2.0),
-    "release_deadline_s": Field(_seconds("a deflation must be complete within this time", maximum=30.0),
-                                default=2.0),
-    "compliance_margin_kpa": Field(_kpa("largest allowed deviation of measured from target pressure while "
-                                        "inflated", maximum=20.0), default=2.0),
-    "on_participant_stop": Field(Choice(["end", "continue_without_stimulation"],
-                                        "after the participant's stop key (the cuff is vented at once either way)"),
-                                 default="end"),
-}, "safety ceilings and limits (checked before the run and enforced during it)")
-
-SCAN = Object({
-    "tr_s": Field(_seconds("repetition time", maximum=10.0), required=True),
-    "n_volumes": Field(Number("volumes the scan will record (stored volumes)", integer=True, minimum=1,
-                              maximum=100000), required=True),
-    "discard_pulses": Field(Number("pulses the scanner sends for volumes you discard; the runner skips them "
-                                   "before t0 (a rig file may override)", integer=True, minimum=0, maximum=100),
-                            required=True),
-    "scanner_discarded": Field(Number("volumes the scanner discards without sending pulses (recorded only)",
-                                      integer=True, minimum=0, maximum=100), default=0),
-    "lead_in_s": Field(_seconds("fixation from t0 to the first trial", exclusive=False), required=True),
-    "tail_s": Field(_seconds("fixation after the last trial", exclusive=False), required=True),
-    "first_trigger_timeout_s": Field(_seconds("give up waiting for the first pulse after this", maximum=3600.0),
-                                     default=120.0),
-    "on_scanner_stop": Field(Choice(["end", "continue"], "when pulses stop arriving during the run"),
-                             default="end"),
-    "scanner_stop_trs": Field(Number("pulses are 'stopped' after this many TRs without one", minimum=1.0,
-                                     maximum=100.0), default=3.0),
-}, "the scan")
-
-KEYS_DEFAULT = {"trigger": "5", "stop": "4", "escape": "escape", "left": "1", "right": "2", "confirm": "3"}
-KEYS = Object({
-    "trigger": Field(KeyName("scanner trigger key (keyboard trigger sources)"), default=KEYS_DEFAULT["trigger"]),
-    "stop": Field(KeyName("participant stop key: vents the cuff at once"), default=KEYS_DEFAULT["stop"]),
-    "escape": Field(KeyName("operator abort key"), default=KEYS_DEFAULT["escape"]),
-    "left": Field(KeyName("rating: move left"), default=KEYS_DEFAULT["left"]),
-    "right": Field(KeyName("rating: move right"), default=KEYS_DEFAULT["right"]),
-    "confirm": Field(KeyName("rating: confirm"), default=KEYS_DEFAULT["confirm"]),
-}, "keys (a rig file may override them for its button box); all different")
-
-PROTOCOL_SPEC = Object({
-    "cuedpain_version": Field(Text("the cuedpain version this protocol was checked with, or 'dev'",
-                                   max_length=40), required=True),
-    "metadata": Field(Object({
-        "name": Field(Text("human-readable name", max_length=200), required=True),
-        "task": Field(Text("BIDS task label (task-<label> in file names)", pattern=r"[A-Za-z0-9]{1,64}",
-                           pattern_doc="letters and digits only (a BIDS label), e.g. 'loggia2014'"), required=True),
-        "description": Field(Text("what the protocol does", min_length=0, max_length=5000), default=""),
-        "references": Field(ListOf(Text(max_length=1000), "literature the protocol follows"), default=[]),
-    }, "what the protocol is"), required=True),
-    "stimuli_dir": Field(Text("directory of image cues, relative to this file", max_length=500),
-                         default="../stimuli"),
-    "cues": Field(MapOf(NAME, CUE, "the visual cues; must include 'fixation'", min_items=1, key_label="cue"),
-                  required=True),
-    "cue_mapping": Field(Nullable(CUE_MAPPING), default=None),
-    "trial_types": Field(MapOf(NAME, TRIAL_TYPE, "the trial types", min_items=1, max_items=20,
-                               key_label="trial type"), required=True),
-    "trials": Field(TRIALS, required=True),
-    "rating": Field(Nullable(RATING), default=None),
-    "stimulation": Field(STIMULATION, required=True),
-    "safety": Field(SAFETY, required=True),
-    "scan": Field(SCAN, required=True),
-    "keys": Field(KEYS, default=KEYS_DEFAULT),
-}, "a cuedpain protocol")
-
-
-def protocol_json_schema() -> str:
-    """The protocol format's JSON Schema, as committed in protocols/cuedpain-protocol.schema.json."""
-    return json_schema_document(PROTOCOL_SPEC, title="cuedpain protocol", schema_id=SCHEMA_ID)
-
-# ---------------------------------------------------------------- the validated values
 
 
 @dataclass(frozen=True)
@@ -322,12 +137,313 @@ class TruncExpDuration:
 Duration = Union[FixedDuration, UniformDuration, ChoiceDuration, TruncExpDuration]
 
 
-@dataclass(frozen=True)
+@record
+class UniformDoc:
+    min: float = spec(_seconds("smallest value (s)"))
+    max: float = spec(_seconds("largest value (s)"))
+    step: float = spec(_STEP, default=0.001)
+
+
+@record
+class ChoiceDoc:
+    values: tuple[float, ...] = spec(ListOf(_seconds("one value (s)"), "the values", min_items=1, max_items=1000))
+
+
+@record
+class TruncExpDoc:
+    mean: float = spec(_seconds("mean of the drawn values (s); min < mean < (min + max) / 2"))
+    min: float = spec(_seconds("smallest value (s)"))
+    max: float = spec(_seconds("largest value (s)"))
+    step: float = spec(_STEP, default=0.001)
+
+
+DistDoc = Union[UniformDoc, ChoiceDoc, TruncExpDoc]
+
+
+def _fixed(seconds: float, path: FieldPath, where: Where) -> FixedDuration:
+    if to_ms(seconds) < 1:
+        raise where.error(path, f"must be at least 0.001 s (durations are whole milliseconds), got {seconds!r}")
+    return FixedDuration(to_ms(seconds) / 1000)
+
+
+def _build_duration(d: float | DistDoc, path: FieldPath, where: Where) -> Duration:
+    """A duration as written -> whole milliseconds, refusing empty ranges and steps that do not fit."""
+    if isinstance(d, float):
+        return _fixed(d, path, where)
+    if isinstance(d, ChoiceDoc):
+        return ChoiceDuration(tuple(_fixed(v, path + ("values", i), where).value_s for i, v in enumerate(d.values)))
+    lo, hi, step = to_ms(d.min), to_ms(d.max), to_ms(d.step)
+    if lo < 1:
+        raise where.error(path + ("min",), f"must be at least 0.001 s, got {d.min!r}")
+    if lo > hi:
+        raise where.error(path + ("max",), f"must be >= min ({lo / 1000:g} s), got {d.max!r}")
+    if (hi - lo) % step:
+        raise where.error(path + ("step",), f"max - min ({(hi - lo) / 1000:g} s) must be a whole number of "
+                                            f"steps; step {step / 1000:g} s does not divide it")
+    if isinstance(d, UniformDoc):
+        return UniformDuration(lo / 1000, hi / 1000, step / 1000)
+    mean = to_ms(d.mean)
+    if not lo < mean < (lo + hi) / 2:
+        raise where.error(path + ("mean",), f"must be more than min ({lo / 1000:g} s) and less than "
+                                            f"(min + max) / 2 ({(lo + hi) / 2000:g} s) for a truncated "
+                                            f"exponential, got {d.mean!r}")
+    return TruncExpDuration(mean / 1000, lo / 1000, hi / 1000, step / 1000)
+
+
+_DISTS: dict[str, Record[DistDoc]] = {
+    "uniform": Record(UniformDoc, "uniform over min, min+step, ..., max (max - min must be a whole number of steps)"),
+    "choice": Record(ChoiceDoc, "the values dealt out as a shuffled deck: each value once per pass through the list, "
+                                "so over a multiple of the list length every value occurs equally often"),
+    "truncexp": Record(TruncExpDoc, "exponential from min, truncated at max, scaled so the truncated mean is `mean`; "
+                                    "values rounded to the step grid from min"),
+}
+DURATION = Refined(AnyOf(_seconds("fixed duration in seconds"), Tagged("dist", _DISTS),
+                         description="a phase duration: seconds, or a distribution drawn once per trial"),
+                   _build_duration)
+
+# ---------------------------------------------------------------- cues as written
+
+_COLOR = Text("fill colour: a CSS colour name or '#rrggbb'", pattern=r"#[0-9a-fA-F]{6}|[a-z]{3,30}",
+              pattern_doc="a CSS colour name (e.g. 'orange') or '#rrggbb'")
+_UNITS = Choice(["pix", "norm", "height", "deg", "cm"],
+                "PsychoPy units of size and pos (deg and cm need the monitor in the rig file)")
+_SIZE = AnyOf(Number("one number: width = height (shapes, images) or the letter height (text)",
+                     minimum=0.0, exclusive_minimum=True, maximum=10000.0),
+              Pair(Number(minimum=0.0, exclusive_minimum=True, maximum=10000.0)),
+              description="size in `units`: one number or [width, height]")
+_POS = Pair(Number(minimum=-10000.0, maximum=10000.0), "centre [x, y] in `units`")
+
+
+@record
+class ShapeCueDoc:
+    shape: str = spec(Choice(["circle", "triangle", "square", "cross", "rect"], "the shape drawn"))
+    color: str = spec(_COLOR, default="white")
+    size: float | tuple[float, float] = spec(_SIZE)
+    pos: tuple[float, float] = spec(_POS, default=[0, 0])
+    units: str = spec(_UNITS)
+
+
+@record
+class TextCueDoc:
+    text: str = spec(Text("the text shown", max_length=500))
+    color: str = spec(_COLOR, default="white")
+    size: float | tuple[float, float] = spec(_SIZE)
+    pos: tuple[float, float] = spec(_POS, default=[0, 0])
+    units: str = spec(_UNITS)
+
+
+@record
+class ImageCueDoc:
+    image: str = spec(Text("image file, relative to the stimuli directory, '/' separators",
+                           pattern=r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*",
+                           pattern_doc="a relative path of letters, digits, '_', '-', '.' and '/'"))
+    size: float | tuple[float, float] = spec(_SIZE)
+    pos: tuple[float, float] = spec(_POS, default=[0, 0])
+    units: str = spec(_UNITS)
+
+
+CueDoc = Union[ShapeCueDoc, TextCueDoc, ImageCueDoc]
+_CUE_KINDS: dict[str, Record[CueDoc]] = {
+    "shape": Record(ShapeCueDoc, "a drawn shape"),
+    "text": Record(TextCueDoc, "a line of text"),
+    "image": Record(ImageCueDoc, "an image file from the stimuli directory"),
+}
+CUE = Tagged("kind", _CUE_KINDS, "a visual cue")
+
+# ---------------------------------------------------------------- the other sections
+
+@record
+class CueMapping:
+    """Cue-mapping counterbalancing: role -> cue name, the same roles in each mapping."""
+
+    select: str = spec(Choice(["participant_hash", "participant_number"],
+                              "how a participant gets a mapping: SHA-256 of the label, or the label's "
+                              "trailing number (P01 -> first mapping, P02 -> second, ...)"), default="participant_hash")
+    mappings: tuple[dict[str, str], ...] = spec(ListOf(
+        MapOf(NAME, _name("a cue name"), "role -> cue name", min_items=1, key_label="role"),
+        "the mappings; every one maps the same roles", min_items=1, max_items=24))
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return tuple(self.mappings[0])
+
+
+CUE_MAPPING = Record(CueMapping, "cue-mapping counterbalancing: phases name a role; each participant gets one "
+                                 "mapping of roles to cues")
+
+
+@record
+class Phase:
+    name: str = spec(_name("phase name, unique within the trial type"))
+    kind: str = spec(Choice(["cue", "rating"], "cue: show `cue`; rating: the rating scale, then `cue`"),
+                     default="cue")
+    cue: str | None = spec(Nullable(_name("cue or role shown during the phase (null: blank screen)")))
+    duration: Duration = spec(DURATION)
+    cuff: str = spec(Choice(["none", "inflate", "hold", "deflate"],
+                            "cuff command at phase start: inflate (deflated -> target), hold (stays inflated), "
+                            "deflate (inflated -> vented), none (stays deflated)"), default="none")
+    timed_from: str = spec(Choice(["onset", "target_reached"],
+                                  "target_reached (inflate phases only): the duration counts from the moment the "
+                                  "target pressure is reached; the predicted ramp is added to the plan"),
+                           default="onset")
+    bids_trial_type: str | None = spec(Nullable(Text("trial_type of this phase in events.tsv (null: not an event)",
+                                                     pattern=r"[A-Za-z][A-Za-z0-9_]{0,63}",
+                                                     pattern_doc="letters, digits and '_', starting with a letter")),
+                                       default=None)
+
+
+@record
+class TrialTypeDoc:
+    description: str = spec(Text("what this trial type is", min_length=0, max_length=2000), default="")
+    catch: bool = spec(Boolean("a catch trial type (departs from the verified design; give it count 0 to "
+                               "leave it off)"), default=False)
+    phases: tuple[Phase, ...] = spec(ListOf(Record(Phase, "one phase of a trial"), "the phases in order",
+                                            min_items=1, max_items=20))
+
+
+@record
+class TrialList:
+    counts: dict[str, int] = spec(MapOf(NAME, Integer("trials of this type per run", minimum=0, maximum=500),
+                                        "trials per run of every trial type (0 allowed)", key_label="trial type"))
+    max_run_length: int | None = spec(Nullable(Integer("most trials of one type in a row (null: no limit)",
+                                                       minimum=1, maximum=500)), default=None)
+    seed: int = spec(Integer("default randomisation seed (trial order, jitter); `--seed` overrides",
+                             minimum=0, maximum=2**63 - 1), default=0)
+
+    @property
+    def n_trials(self) -> int:
+        return sum(self.counts.values())
+
+
+@record
+class RatingDoc:
+    question: str = spec(Text("question shown above the scale", max_length=300),
+                         default="How painful was the pressure?")
+    low_anchor: str = spec(Text("label at the low end", max_length=100), default="no pain")
+    high_anchor: str = spec(Text("label at the high end", max_length=100), default="most intense pain imaginable")
+    min: int = spec(Integer("lowest rating", minimum=0, maximum=1000), default=0)
+    max: int = spec(Integer("highest rating", minimum=1, maximum=1000), default=100)
+    start: int | None = spec(Nullable(Integer("where the marker starts (null: the middle)", minimum=0,
+                                              maximum=1000)), default=None)
+    step: int = spec(Integer("rating change per left/right key press", minimum=1, maximum=100), default=5)
+    timeout_s: float = spec(_seconds("time to confirm; no confirmation = timed out (at most the rating phase's "
+                                     "shortest duration)", maximum=60.0))
+
+
+@record
+class StimulationDoc:
+    target: str | Pressure = spec(AnyOf(Choice(["calibrated"], "taken from the participant's calibration at run time"),
+                                        PRESSURE, description="target pressure: explicit {value, unit}, or calibrated"))
+    calibrated_fraction: float | None = spec(Nullable(Number("target = fraction x calibrated pressure (only with "
+                                                             "target: calibrated; null: 1)", minimum=0.0,
+                                                             exclusive_minimum=True, maximum=1.0)), default=None)
+    rate_kpa_s: float = spec(Number("inflation ramp rate", unit="kPa per second", minimum=0.0, exclusive_minimum=True,
+                                    maximum=200.0))
+
+
+@record
+class SafetyDoc:
+    max_pressure: Pressure = spec(Record(Pressure, f"pressure ceiling, required, no default (at most "
+                                                   f"{HARD_MAX_KPA:g} kPa); the cuff is armed with it"))
+    max_inflation_per_stimulus_s: float = spec(_seconds(
+        "longest time one stimulus holds air: SET to DEFLATE, ramp included, plus the release after it (worst case "
+        "over the jitter, with the rig's cuff_timing)"), default=30.0)
+    max_cumulative_inflation_per_run_s: float = spec(_seconds(
+        "longest total SET to DEFLATE of all stimuli in one run (worst case, with the rig's cuff_timing)",
+        maximum=3600.0), default=360.0)
+    min_deflated_between_s: float = spec(_seconds("shortest deflated time between two stimuli (worst case)",
+                                                  exclusive=False), default=10.0)
+    release_threshold_kpa: float = spec(_kpa("a deflation is complete below this pressure", maximum=20.0),
+                                        default=2.0)
+    release_deadline_s: float = spec(_seconds("a deflation must be complete within this time", maximum=30.0),
+                                     default=2.0)
+    compliance_margin_kpa: float = spec(_kpa("largest allowed deviation of measured from target pressure while "
+                                             "inflated", maximum=20.0), default=2.0)
+    on_participant_stop: str = spec(Choice(["end", "continue_without_stimulation"],
+                                           "after the participant's stop key (the cuff is vented at once either "
+                                           "way)"), default="end")
+
+
+@record
+class Scan:
+    tr_s: float = spec(_seconds("repetition time", maximum=10.0))
+    n_volumes: int = spec(Integer("volumes the scan will record (stored volumes)", minimum=1, maximum=100000))
+    discard_pulses: int = spec(Integer("pulses the scanner sends for volumes you discard; the runner skips them "
+                                       "before t0 (a rig file may override)", minimum=0, maximum=100))
+    scanner_discarded: int = spec(Integer("volumes the scanner discards without sending pulses (recorded only)",
+                                          minimum=0, maximum=100), default=0)
+    lead_in_s: float = spec(_seconds("fixation from t0 to the first trial", exclusive=False))
+    tail_s: float = spec(_seconds("fixation after the last trial", exclusive=False))
+    first_trigger_timeout_s: float = spec(_seconds("give up waiting for the first pulse after this", maximum=3600.0),
+                                          default=120.0)
+    on_scanner_stop: str = spec(Choice(["end", "continue"], "when pulses stop arriving during the run"),
+                                default="end")
+    scanner_stop_trs: float = spec(Number("pulses are 'stopped' after this many TRs without one", minimum=1.0,
+                                          maximum=100.0), default=3.0)
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_volumes * self.tr_s
+
+
+KEYS_DEFAULT = {"trigger": "5", "stop": "4", "escape": "escape", "left": "1", "right": "2", "confirm": "3"}
+
+
+@record
+class Keys:
+    trigger: str = spec(KeyName("scanner trigger key (keyboard trigger sources)"), default=KEYS_DEFAULT["trigger"])
+    stop: str = spec(KeyName("participant stop key: vents the cuff at once"), default=KEYS_DEFAULT["stop"])
+    escape: str = spec(KeyName("operator abort key"), default=KEYS_DEFAULT["escape"])
+    left: str = spec(KeyName("rating: move left"), default=KEYS_DEFAULT["left"])
+    right: str = spec(KeyName("rating: move right"), default=KEYS_DEFAULT["right"])
+    confirm: str = spec(KeyName("rating: confirm"), default=KEYS_DEFAULT["confirm"])
+
+
+KEYS = Record(Keys, "keys (a rig file may override them for its button box); all different")
+
+
+@record
 class Metadata:
-    name: str
-    task: str
-    description: str
-    references: tuple[str, ...]
+    name: str = spec(Text("human-readable name", max_length=200))
+    task: str = spec(Text("BIDS task label (task-<label> in file names)", pattern=r"[A-Za-z0-9]{1,64}",
+                          pattern_doc="letters and digits only (a BIDS label), e.g. 'loggia2014'"))
+    description: str = spec(Text("what the protocol does", min_length=0, max_length=5000), default="")
+    references: tuple[str, ...] = spec(ListOf(Text(max_length=1000), "literature the protocol follows"), default=[])
+
+
+@record
+class ProtocolDoc:
+    """A protocol file as written (before the cross-field checks)."""
+
+    cuedpain_version: str = spec(Text("the cuedpain version this protocol was checked with, or 'dev'",
+                                      max_length=40))
+    metadata: Metadata = spec(Record(Metadata, "what the protocol is"))
+    stimuli_dir: str = spec(Text("directory of image cues, relative to this file", max_length=500),
+                            default="../stimuli")
+    cues: dict[str, CueDoc] = spec(MapOf(NAME, CUE, "the visual cues; must include 'fixation'", min_items=1,
+                                         key_label="cue"))
+    cue_mapping: CueMapping | None = spec(Nullable(CUE_MAPPING), default=None)
+    trial_types: dict[str, TrialTypeDoc] = spec(MapOf(NAME, Record(TrialTypeDoc, "a trial type: ordered phases"),
+                                                      "the trial types", min_items=1, max_items=20,
+                                                      key_label="trial type"))
+    trials: TrialList = spec(Record(TrialList, "the trial list of one run"))
+    rating: RatingDoc | None = spec(Nullable(Record(RatingDoc, "the rating scale shown in phases of kind rating")),
+                                    default=None)
+    stimulation: StimulationDoc = spec(Record(StimulationDoc, "the pain stimulus"))
+    safety: SafetyDoc = spec(Record(SafetyDoc, "safety ceilings and limits (checked before the run and enforced "
+                                               "during it)"))
+    scan: Scan = spec(Record(Scan, "the scan"))
+    keys: Keys = spec(KEYS, default=KEYS_DEFAULT)
+
+
+PROTOCOL_SPEC = Record(ProtocolDoc, "a cuedpain protocol")
+
+
+def protocol_json_schema() -> str:
+    """The protocol format's JSON Schema, as committed in protocols/cuedpain-protocol.schema.json."""
+    return json_schema_document(PROTOCOL_SPEC, title="cuedpain protocol", schema_id=SCHEMA_ID)
+
+# ---------------------------------------------------------------- the values built from the sections
 
 
 @dataclass(frozen=True)
@@ -347,27 +463,6 @@ class Cue:
 
 
 @dataclass(frozen=True)
-class CueMapping:
-    select: str                               # participant_hash | participant_number
-    mappings: tuple[dict[str, str], ...]      # role -> cue name, same roles in each
-
-    @property
-    def roles(self) -> tuple[str, ...]:
-        return tuple(self.mappings[0])
-
-
-@dataclass(frozen=True)
-class Phase:
-    name: str
-    kind: str                   # cue | rating
-    cue: str | None             # cue name or cue-mapping role; None = blank screen
-    duration: Duration
-    cuff: str                   # none | inflate | hold | deflate
-    timed_from: str             # onset | target_reached
-    bids_trial_type: str | None
-
-
-@dataclass(frozen=True)
 class TrialType:
     name: str
     description: str
@@ -377,17 +472,6 @@ class TrialType:
     @property
     def inflates(self) -> bool:
         return any(p.cuff == "inflate" for p in self.phases)
-
-
-@dataclass(frozen=True)
-class TrialList:
-    counts: dict[str, int]             # every trial type, in trial_types order
-    max_run_length: int | None
-    seed: int
-
-    @property
-    def n_trials(self) -> int:
-        return sum(self.counts.values())
 
 
 @dataclass(frozen=True)
@@ -424,33 +508,6 @@ class Safety:
     release_deadline_s: float
     compliance_margin_kpa: float
     on_participant_stop: str        # end | continue_without_stimulation
-
-
-@dataclass(frozen=True)
-class Scan:
-    tr_s: float
-    n_volumes: int
-    discard_pulses: int
-    scanner_discarded: int
-    lead_in_s: float
-    tail_s: float
-    first_trigger_timeout_s: float
-    on_scanner_stop: str            # end | continue
-    scanner_stop_trs: float
-
-    @property
-    def duration_s(self) -> float:
-        return self.n_volumes * self.tr_s
-
-
-@dataclass(frozen=True)
-class Keys:
-    trigger: str
-    stop: str
-    escape: str
-    left: str
-    right: str
-    confirm: str
 
 
 @dataclass(frozen=True)
@@ -491,38 +548,6 @@ class Protocol:
 # ---------------------------------------------------------------- building and cross-field checks
 
 
-def to_ms(seconds: float) -> int:
-    """Seconds -> whole milliseconds (half up): every duration in cuedpain is quantised to this."""
-    return int(math.floor(seconds * 1000.0 + 0.5))
-
-
-def _build_duration(d: Any, path: FieldPath, where: Where) -> Duration:
-    if isinstance(d, float):
-        if to_ms(d) < 1:
-            raise where.error(path, f"must be at least 0.001 s (durations are whole milliseconds), got {d!r}")
-        return FixedDuration(to_ms(d) / 1000)
-    kind = d["dist"]
-    if kind == "choice":
-        return ChoiceDuration(tuple(_build_duration(v, path + ("values", i), where).value_s
-                                    for i, v in enumerate(d["values"])))
-    lo, hi, step = to_ms(d["min"]), to_ms(d["max"]), to_ms(d["step"])
-    if lo < 1:
-        raise where.error(path + ("min",), f"must be at least 0.001 s, got {d['min']!r}")
-    if lo > hi:
-        raise where.error(path + ("max",), f"must be >= min ({lo / 1000:g} s), got {d['max']!r}")
-    if (hi - lo) % step:
-        raise where.error(path + ("step",), f"max - min ({(hi - lo) / 1000:g} s) must be a whole number of "
-                                            f"steps; step {step / 1000:g} s does not divide it")
-    if kind == "uniform":
-        return UniformDuration(lo / 1000, hi / 1000, step / 1000)
-    mean = to_ms(d["mean"])
-    if not lo < mean < (lo + hi) / 2:
-        raise where.error(path + ("mean",), f"must be more than min ({lo / 1000:g} s) and less than "
-                                            f"(min + max) / 2 ({(lo + hi) / 2000:g} s) for a truncated "
-                                            f"exponential, got {d['mean']!r}")
-    return TruncExpDuration(mean / 1000, lo / 1000, hi / 1000, step / 1000)
-
-
 def _check_version(pin: str, where: Where) -> None:
     if pin not in (__version__, "dev"):
         raise where.error(("cuedpain_version",),
@@ -539,35 +564,33 @@ def _color_hex(value: str, path: FieldPath, where: Where) -> str:
     if value not in CSS4_COLORS:
         raise where.error(path, f"unknown colour name {value!r}{suggest(value, sorted(CSS4_COLORS))}; "
                                 f"use a CSS colour name or '#rrggbb'")
-    return CSS4_COLORS[value].lower()
+    return str(CSS4_COLORS[value]).lower()
 
 
-def _build_cue(name: str, c: dict, stimuli_dir: Path, path: FieldPath, where: Where) -> Cue:
-    size = c["size"]
+def _build_cue(name: str, c: CueDoc, stimuli_dir: Path, path: FieldPath, where: Where) -> Cue:
+    size = c.size
     if isinstance(size, float):
         size = (size, size)
-    elif c["kind"] == "text":
+    elif isinstance(c, TextCueDoc):
         raise where.error(path + ("size",), "a text cue's size is its letter height: one number, "
                                             f"got [{size[0]:g}, {size[1]:g}]")
-    image_path = None
-    if c["kind"] == "image":
-        parts = PurePosixPath(c["image"]).parts
+    if isinstance(c, ImageCueDoc):
+        parts = PurePosixPath(c.image).parts
         if ".." in parts:
             raise where.error(path + ("image",), f"must stay inside the stimuli directory (no '..'), "
-                                                 f"got {c['image']!r}")
-        image_path = stimuli_dir.joinpath(*parts)
-    color = _color_hex(c["color"], path + ("color",), where) if "color" in c else None
-    return Cue(name=name, kind=c["kind"], size=tuple(size), pos=(float(c["pos"][0]), float(c["pos"][1])),
-               units=c["units"], color=color,
-               shape=c.get("shape"), text=c.get("text"), image=c.get("image"), image_path=image_path)
+                                                 f"got {c.image!r}")
+        return Cue(name=name, kind="image", size=size, pos=c.pos, units=c.units, image=c.image,
+                   image_path=stimuli_dir.joinpath(*parts))
+    color = _color_hex(c.color, path + ("color",), where)
+    if isinstance(c, TextCueDoc):
+        return Cue(name=name, kind="text", size=size, pos=c.pos, units=c.units, color=color, text=c.text)
+    return Cue(name=name, kind="shape", size=size, pos=c.pos, units=c.units, color=color, shape=c.shape)
 
 
-def _build_cue_mapping(m: dict | None, cues: Mapping[str, Cue], where: Where) -> CueMapping | None:
-    if m is None:
-        return None
+def _check_cue_mapping(m: CueMapping, cues: Mapping[str, Cue], where: Where) -> None:
     path = ("cue_mapping", "mappings")
-    roles = list(m["mappings"][0])
-    for i, mapping in enumerate(m["mappings"]):
+    roles = m.roles
+    for i, mapping in enumerate(m.mappings):
         if set(mapping) != set(roles):
             raise where.error(path + (i,), f"must map the same roles as mappings[0] ({', '.join(roles)}), "
                                            f"got {', '.join(mapping)}")
@@ -581,7 +604,6 @@ def _build_cue_mapping(m: dict | None, cues: Mapping[str, Cue], where: Where) ->
                                                     f"cues: {', '.join(cues)}")
         if len(set(mapping.values())) != len(mapping):
             raise where.error(path + (i,), "maps two roles to the same cue; each role needs its own cue")
-    return CueMapping(select=m["select"], mappings=tuple(dict(x) for x in m["mappings"]))
 
 
 _CUFF_NEXT = {  # (state before, action) -> state after; missing pairs are refused
@@ -596,40 +618,37 @@ _CUFF_HINT = {
 }
 
 
-def _build_trial_type(name: str, t: dict, names: set[str], rating: Rating | None, where: Where) -> TrialType:
+def _build_trial_type(name: str, t: TrialTypeDoc, names: set[str], rating: Rating | None,
+                      where: Where) -> TrialType:
     base = ("trial_types", name)
-    phases = []
     state = "deflated"
     seen: set[str] = set()
-    for i, p in enumerate(t["phases"]):
+    for i, p in enumerate(t.phases):
         path = base + ("phases", i)
-        if p["name"] in seen:
-            raise where.error(path + ("name",), f"phase name {p['name']!r} is used twice in this trial type")
-        seen.add(p["name"])
-        if p["cue"] is not None and p["cue"] not in names:
-            raise where.error(path + ("cue",), f"no cue or cue-mapping role named {p['cue']!r}"
-                                               f"{suggest(p['cue'], sorted(names))}; known: {', '.join(sorted(names))}")
-        after = _CUFF_NEXT.get((state, p["cuff"]))
+        if p.name in seen:
+            raise where.error(path + ("name",), f"phase name {p.name!r} is used twice in this trial type")
+        seen.add(p.name)
+        if p.cue is not None and p.cue not in names:
+            raise where.error(path + ("cue",), f"no cue or cue-mapping role named {p.cue!r}"
+                                               f"{suggest(p.cue, sorted(names))}; known: {', '.join(sorted(names))}")
+        after = _CUFF_NEXT.get((state, p.cuff))
         if after is None:
-            raise where.error(path + ("cuff",), _CUFF_HINT[(state, p["cuff"])])
+            raise where.error(path + ("cuff",), _CUFF_HINT[(state, p.cuff)])
         state = after
-        if p["timed_from"] == "target_reached" and p["cuff"] != "inflate":
+        if p.timed_from == "target_reached" and p.cuff != "inflate":
             raise where.error(path + ("timed_from",), "'target_reached' is only for the phase that inflates "
                                                       "the cuff (cuff: inflate); use 'onset'")
-        duration = _build_duration(p["duration"], path + ("duration",), where)
-        if p["kind"] == "rating":
+        if p.kind == "rating":
             if rating is None:
                 raise where.error(path + ("kind",), "a rating phase needs a top-level 'rating' section")
-            if duration.min_s < rating.timeout_s:
+            if p.duration.min_s < rating.timeout_s:
                 raise where.error(path + ("duration",), f"a rating phase must last at least rating.timeout_s "
                                                         f"({rating.timeout_s:g} s); its shortest duration is "
-                                                        f"{duration.min_s:g} s")
-        phases.append(Phase(name=p["name"], kind=p["kind"], cue=p["cue"], duration=duration, cuff=p["cuff"],
-                            timed_from=p["timed_from"], bids_trial_type=p["bids_trial_type"]))
+                                                        f"{p.duration.min_s:g} s")
     if state == "inflated":
         raise where.error(base + ("phases",), "the trial ends with the cuff inflated; add a phase with "
                                               "cuff: deflate")
-    return TrialType(name=name, description=t["description"], catch=t["catch"], phases=tuple(phases))
+    return TrialType(name=name, description=t.description, catch=t.catch, phases=t.phases)
 
 
 def _check_cued(tt: TrialType, mapping: CueMapping | None, where: Where) -> None:
@@ -643,8 +662,11 @@ def _check_cued(tt: TrialType, mapping: CueMapping | None, where: Where) -> None
         raise where.error(base + (0, "cuff"), "the cuff inflates in the first phase, so nothing announces pain "
                                               "onset; put a pain-anticipation phase with a cue before it")
     for resolve in (mapping.mappings if mapping else ({},)):
-        pain = resolve.get(tt.phases[i_inf - 1].cue, tt.phases[i_inf - 1].cue)
-        relief = resolve.get(tt.phases[i_def - 1].cue, tt.phases[i_def - 1].cue)
+        def shown(i: int) -> str | None:
+            cue = tt.phases[i].cue
+            return None if cue is None else resolve.get(cue, cue)
+
+        pain, relief = shown(i_inf - 1), shown(i_def - 1)
         if pain in (None, FIXATION):
             raise where.error(base + (i_inf - 1, "cue"), "the phase before inflation must show the pain-onset "
                                                          "cue (not fixation or a blank screen)")
@@ -653,8 +675,8 @@ def _check_cued(tt: TrialType, mapping: CueMapping | None, where: Where) -> None
                                                          "different from the pain-onset cue and from fixation")
 
 
-def _build_trials(t: dict, types: Mapping[str, TrialType], where: Where) -> TrialList:
-    counts = t["counts"]
+def _build_trials(t: TrialList, types: Mapping[str, TrialType], where: Where) -> TrialList:
+    counts = t.counts
     for name in counts:
         if name not in types:
             raise where.error(("trials", "counts", name), f"no trial type named {name!r}"
@@ -670,7 +692,7 @@ def _build_trials(t: dict, types: Mapping[str, TrialType], where: Where) -> Tria
         raise where.error(("trials", "counts"), "the run has no trials; give at least one trial type a count > 0")
     if total > 500:
         raise where.error(("trials", "counts"), f"{total} trials in one run; at most 500")
-    limit = t["max_run_length"]
+    limit = t.max_run_length
     if limit is not None:
         name, most = max(ordered.items(), key=lambda kv: kv[1])
         others = total - most
@@ -678,59 +700,58 @@ def _build_trials(t: dict, types: Mapping[str, TrialType], where: Where) -> Tria
             raise where.error(("trials", "max_run_length"),
                               f"{most} {name!r} trials cannot be ordered with at most {limit} in a row among "
                               f"{others} other trials (at most {limit * (others + 1)} fit)")
-    return TrialList(counts=ordered, max_run_length=limit, seed=t["seed"])
+    return replace(t, counts=ordered)
 
 
-def _build_rating(r: dict | None, where: Where) -> Rating | None:
+def _build_rating(r: RatingDoc | None, where: Where) -> Rating | None:
     if r is None:
         return None
-    if r["min"] >= r["max"]:
-        raise where.error(("rating", "max"), f"must be more than rating.min ({r['min']}), got {r['max']}")
-    start = (r["min"] + r["max"]) // 2 if r["start"] is None else r["start"]
-    if not r["min"] <= start <= r["max"]:
-        raise where.error(("rating", "start"), f"must be from {r['min']} to {r['max']}, got {start}")
-    return Rating(question=r["question"], low_anchor=r["low_anchor"], high_anchor=r["high_anchor"], min=r["min"],
-                  max=r["max"], start=start, step=r["step"], timeout_s=to_ms(r["timeout_s"]) / 1000)
+    if r.min >= r.max:
+        raise where.error(("rating", "max"), f"must be more than rating.min ({r.min}), got {r.max}")
+    start = (r.min + r.max) // 2 if r.start is None else r.start
+    if not r.min <= start <= r.max:
+        raise where.error(("rating", "start"), f"must be from {r.min} to {r.max}, got {start}")
+    return Rating(question=r.question, low_anchor=r.low_anchor, high_anchor=r.high_anchor, min=r.min,
+                  max=r.max, start=start, step=r.step, timeout_s=to_ms(r.timeout_s) / 1000)
 
 
-def _pressure_kpa(p: dict) -> float:
-    return to_kpa(p["value"], p["unit"])
-
-
-def _build_stimulation_safety(s: dict, f: dict, where: Where) -> tuple[Stimulation, Safety]:
-    max_kpa = _pressure_kpa(f["max_pressure"])
+def _build_stimulation_safety(s: StimulationDoc, f: SafetyDoc, where: Where) -> tuple[Stimulation, Safety]:
+    max_kpa = f.max_pressure.kpa
     if max_kpa > HARD_MAX_KPA:
         raise where.error(("safety", "max_pressure"), f"{max_kpa:.1f} kPa is above {HARD_MAX_KPA:g} kPa, the "
                                                       f"highest any supported cuff allows")
-    target = s["target"]
-    fraction = s["calibrated_fraction"]
-    if target == "calibrated":
-        target_kpa, written = None, "calibrated"
+    fraction = s.calibrated_fraction
+    if isinstance(s.target, str):  # calibrated
+        target_kpa, written = None, s.target
     else:
         if fraction is not None:
             raise where.error(("stimulation", "calibrated_fraction"), "only applies to target: calibrated; "
                                                                       "remove it or make the target calibrated")
-        target_kpa, written = _pressure_kpa(target), f"{target['value']:g} {target['unit']}"
+        target_kpa, written = s.target.kpa, s.target.as_written
         if target_kpa > max_kpa:
             raise where.error(("stimulation", "target"), f"{target_kpa:.1f} kPa is above safety.max_pressure "
                                                          f"({max_kpa:.1f} kPa)")
-    if f["release_threshold_kpa"] >= max_kpa:
+    if f.release_threshold_kpa >= max_kpa:
         raise where.error(("safety", "release_threshold_kpa"), "must be below safety.max_pressure")
     stim = Stimulation(target_kpa=target_kpa, target_as_written=written,
-                       calibrated_fraction=1.0 if fraction is None else fraction, rate_kpa_s=s["rate_kpa_s"])
-    safety = Safety(max_pressure_kpa=max_kpa, **{k: f[k] for k in SAFETY.fields if k != "max_pressure"})
+                       calibrated_fraction=1.0 if fraction is None else fraction, rate_kpa_s=s.rate_kpa_s)
+    safety = Safety(max_pressure_kpa=max_kpa, max_inflation_per_stimulus_s=f.max_inflation_per_stimulus_s,
+                    max_cumulative_inflation_per_run_s=f.max_cumulative_inflation_per_run_s,
+                    min_deflated_between_s=f.min_deflated_between_s, release_threshold_kpa=f.release_threshold_kpa,
+                    release_deadline_s=f.release_deadline_s, compliance_margin_kpa=f.compliance_margin_kpa,
+                    on_participant_stop=f.on_participant_stop)
     return stim, safety
 
 
-def _build_keys(k: dict, where: Where) -> Keys:
+def _check_keys(k: Keys, where: Where) -> None:
     seen: dict[str, str] = {}
-    for role, key in k.items():
+    for role in KEYS.fields:
+        key = getattr(k, role)
         if key in seen:
             raise where.error(("keys", role), f"key {key!r} is already the {seen[key]} key; every key needs "
                                               f"its own role (a trigger key that is also a response key would "
                                               f"count responses as pulses)")
         seen[key] = role
-    return Keys(**k)
 
 
 def build_protocol(doc: Located, *, base_dir: Path) -> Protocol:
@@ -740,32 +761,28 @@ def build_protocol(doc: Located, *, base_dir: Path) -> Protocol:
         raise where.error((), f"a protocol must be a mapping of sections (cuedpain_version, metadata, cues, "
                               f"...); got {'an empty file' if doc.data is None else type(doc.data).__name__}")
     d = PROTOCOL_SPEC.check(doc.data, (), where)
-    _check_version(d["cuedpain_version"], where)
-    stimuli_dir = Path(os.path.normpath(base_dir / d["stimuli_dir"]))
-    cues = {n: _build_cue(n, c, stimuli_dir, ("cues", n), where) for n, c in d["cues"].items()}
+    _check_version(d.cuedpain_version, where)
+    stimuli_dir = Path(os.path.normpath(base_dir / d.stimuli_dir))
+    cues = {n: _build_cue(n, c, stimuli_dir, ("cues", n), where) for n, c in d.cues.items()}
     if FIXATION not in cues:
         raise where.error(("cues",), f"must include a cue named {FIXATION!r} (shown in the lead-in, the tail and "
                                      f"between events)")
-    mapping = _build_cue_mapping(d["cue_mapping"], cues, where)
-    rating = _build_rating(d["rating"], where)
-    names = set(cues) | set(mapping.roles if mapping else ())
-    types = {n: _build_trial_type(n, t, names, rating, where) for n, t in d["trial_types"].items()}
+    if d.cue_mapping is not None:
+        _check_cue_mapping(d.cue_mapping, cues, where)
+    rating = _build_rating(d.rating, where)
+    names = set(cues) | set(d.cue_mapping.roles if d.cue_mapping else ())
+    types = {n: _build_trial_type(n, t, names, rating, where) for n, t in d.trial_types.items()}
     for tt in types.values():
-        _check_cued(tt, mapping, where)
+        _check_cued(tt, d.cue_mapping, where)
     if not any(tt.inflates for tt in types.values()):
         raise where.error(("trial_types",), "no trial type inflates the cuff; a cued pain protocol needs at "
                                             "least one phase with cuff: inflate")
-    trials = _build_trials(d["trials"], types, where)
-    stim, safety = _build_stimulation_safety(d["stimulation"], d["safety"], where)
-    scan = Scan(**{k: d["scan"][k] for k in SCAN.fields})
-    return Protocol(version_pin=d["cuedpain_version"],
-                    metadata=Metadata(name=d["metadata"]["name"], task=d["metadata"]["task"],
-                                      description=d["metadata"]["description"],
-                                      references=tuple(d["metadata"]["references"])),
-                    stimuli_dir=stimuli_dir, cues=cues, cue_mapping=mapping, trial_types=types, trials=trials,
-                    rating=rating, stimulation=stim, safety=safety, scan=scan, keys=_build_keys(d["keys"], where),
-                    where=where)
-
+    trials = _build_trials(d.trials, types, where)
+    stim, safety = _build_stimulation_safety(d.stimulation, d.safety, where)
+    _check_keys(d.keys, where)
+    return Protocol(version_pin=d.cuedpain_version, metadata=d.metadata, stimuli_dir=stimuli_dir, cues=cues,
+                    cue_mapping=d.cue_mapping, trial_types=types, trials=trials, rating=rating, stimulation=stim,
+                    safety=safety, scan=d.scan, keys=d.keys, where=where)
 
 def parse_protocol(text: str, *, file: str = "<protocol>", base_dir: Path | str = ".") -> Protocol:
     """Validate protocol text. Pure: image files are resolved against `base_dir`, not opened."""

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from experiment.errors import InputError
 from experiment.protocol.model import Keys, Protocol
-from experiment.protocol.cuff_timing import CuffTiming
-from experiment.protocol.schema import Boolean, Choice, Field, KeyName, ListOf, Nullable, Number, Object, Text, \
-    json_schema_document
+from experiment.protocol.cuff_timing import CUFF_TIMING, CuffTiming
+from experiment.protocol.schema import (Boolean, Choice, Integer, KeyName, Nullable, Number, Pair, Record, Text,
+                                        json_schema_document, record, spec)
 from experiment.protocol.yamlload import Located, Where, parse_yaml, read_yaml
 
 SCHEMA_ID = "https://github.com/cuedpain/cuedpain/protocols/cuedpain-rig.schema.json"
@@ -35,67 +35,6 @@ CUFF_KINDS = ("sim", "line", "cpar")
 SCANNER_KINDS = ("sim", "keyboard", "serial")
 _PRESET = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _DEFAULT = "<default rig>"
-
-SCREEN = Object({
-    "fullscreen": Field(Boolean("full-screen window"), default=True),
-    "index": Field(Number("which screen (0: the first)", integer=True, minimum=0, maximum=15), default=0),
-    "size": Field(Nullable(ListOf(Number(integer=True, minimum=1, maximum=20000), "[width, height] in pixels "
-                                         "(null: the screen's own)", min_items=2, max_items=2)), default=None),
-    "units": Field(Choice(["pix", "norm", "height", "deg", "cm"], "the window's default units"), default="height"),
-    "refresh_hz": Field(Nullable(Number("expected refresh rate; the runner measures it and warns when it "
-                                        "differs (null: just measure)", minimum=1.0, maximum=1000.0)),
-                        default=None),
-    "width_cm": Field(Nullable(Number("visible width of the screen (needed for deg and cm units)", minimum=0.0,
-                                      exclusive_minimum=True, maximum=2000.0)), default=None),
-    "distance_cm": Field(Nullable(Number("eye to screen distance (needed for deg units)", minimum=0.0,
-                                         exclusive_minimum=True, maximum=5000.0)), default=None),
-}, "the participant's screen")
-SCREEN_DEFAULT = {"fullscreen": True, "index": 0, "size": None, "units": "height", "refresh_hz": None,
-                  "width_cm": None, "distance_cm": None}
-
-_KEY_ROLES = ("trigger", "stop", "left", "right", "confirm")
-RIG_KEYS = Object({role: Field(Nullable(KeyName(f"overrides the protocol's keys.{role}")), default=None)
-                   for role in _KEY_ROLES}, "button box keys; null keeps the protocol's")
-
-_TIMING = CuffTiming()
-CUFF_TIMING = Object({
-    "ramp_margin_s": Field(Number("a ramp to P kPa at r kPa/s counts as up to P / r x (1 + ramp_margin_fraction) "
-                                  "+ this", unit="seconds", minimum=0.0, maximum=30.0),
-                           default=_TIMING.ramp_margin_s),
-    "ramp_margin_fraction": Field(Number("how much slower than its commanded rate the cuff may ramp (0.1: 10 %)",
-                                         minimum=0.0, maximum=1.0), default=_TIMING.ramp_margin_fraction),
-    "release_margin_s": Field(Number("the release after DEFLATE counts as up to P / r x (1 + "
-                                     "ramp_margin_fraction) + this", unit="seconds", minimum=0.0, maximum=30.0),
-                              default=_TIMING.release_margin_s),
-    "onset_slack_s": Field(Number("SET to DEFLATE may run this much longer than planned (commands go out on "
-                                  "frame flips)", unit="seconds", minimum=0.0, maximum=1.0),
-                           default=_TIMING.onset_slack_s),
-}, "how much slower than ideal this rig's cuff is; the pre-flight inflation checks count with it "
-   "(docs/protocol-format.md, Pre-flight checks)")
-CUFF_TIMING_DEFAULT = {"ramp_margin_s": _TIMING.ramp_margin_s, "ramp_margin_fraction": _TIMING.ramp_margin_fraction,
-                       "release_margin_s": _TIMING.release_margin_s, "onset_slack_s": _TIMING.onset_slack_s}
-
-RIG_SPEC = Object({
-    "cuff": Field(Nullable(Text("cuff device: sim | line:PORT | cpar:PORT (null: not configured)",
-                                max_length=300)), default=None),
-    "scanner": Field(Nullable(Text("trigger source: sim | keyboard[:KEY] | serial:PORT[:PRESET] "
-                                   "(null: not configured)", max_length=300)), default=None),
-    "discard_pulses": Field(Nullable(Number("overrides the protocol's scan.discard_pulses for this scanner",
-                                            integer=True, minimum=0, maximum=100)), default=None),
-    "screen": Field(SCREEN, default=SCREEN_DEFAULT),
-    "keys": Field(RIG_KEYS, default={role: None for role in _KEY_ROLES}),
-    "serial_latency_ms": Field(Nullable(Number("USB-serial latency timer setting, recorded in the log (FTDI "
-                                               "default 16 ms; set 1 ms)", minimum=0.0, maximum=100.0)),
-                               default=None),
-    "calibration_max_age_h": Field(Number("a run takes the participant's newest calibration only if it is from "
-                                          "the same session and at most this old; otherwise the operator names it "
-                                          "with --calibration FILE", unit="hours", minimum=0.0,
-                                          exclusive_minimum=True, maximum=24.0 * 365), default=12.0),
-    "cuff_timing": Field(CUFF_TIMING, default=CUFF_TIMING_DEFAULT),
-    "notes": Field(Text("free text about this rig (adapters, latency checks, contacts)", min_length=0,
-                        max_length=5000), default=""),
-}, "a cuedpain rig file (site hardware)")
-
 
 def rig_json_schema() -> str:
     """The rig format's JSON Schema, as committed in protocols/cuedpain-rig.schema.json."""
@@ -175,39 +114,64 @@ def parse_scanner_spec(text: str, *, what: str = "--scanner") -> ScannerSpec:
         raise InputError(f"{what}: {exc}") from None
 
 
-@dataclass(frozen=True)
+_UNITS = ("pix", "norm", "height", "deg", "cm")
+
+
+@record
 class Screen:
-    fullscreen: bool
-    index: int
-    size: tuple[int, int] | None
-    units: str
-    refresh_hz: float | None
-    width_cm: float | None
-    distance_cm: float | None
+    fullscreen: bool = spec(Boolean("full-screen window"), default=True)
+    index: int = spec(Integer("which screen (0: the first)", minimum=0, maximum=15), default=0)
+    size: tuple[int, int] | None = spec(Nullable(Pair(Integer(minimum=1, maximum=20000), "[width, height] in pixels "
+                                                      "(null: the screen's own)")), default=None)
+    units: str = spec(Choice(_UNITS, "the window's default units"), default="height")
+    refresh_hz: float | None = spec(Nullable(Number("expected refresh rate; the runner measures it and warns when "
+                                                    "it differs (null: just measure)", minimum=1.0, maximum=1000.0)),
+                                    default=None)
+    width_cm: float | None = spec(Nullable(Number("visible width of the screen (needed for deg and cm units)",
+                                                  minimum=0.0, exclusive_minimum=True, maximum=2000.0)), default=None)
+    distance_cm: float | None = spec(Nullable(Number("eye to screen distance (needed for deg units)", minimum=0.0,
+                                                     exclusive_minimum=True, maximum=5000.0)), default=None)
 
 
-@dataclass(frozen=True)
+SCREEN = Record(Screen, "the participant's screen")
+
+
+@record
 class RigKeys:
     """Overrides of the protocol's keys; None keeps the protocol's key."""
 
-    trigger: str | None = None
-    stop: str | None = None
-    left: str | None = None
-    right: str | None = None
-    confirm: str | None = None
+    trigger: str | None = spec(Nullable(KeyName("overrides the protocol's keys.trigger")), default=None)
+    stop: str | None = spec(Nullable(KeyName("overrides the protocol's keys.stop")), default=None)
+    left: str | None = spec(Nullable(KeyName("overrides the protocol's keys.left")), default=None)
+    right: str | None = spec(Nullable(KeyName("overrides the protocol's keys.right")), default=None)
+    confirm: str | None = spec(Nullable(KeyName("overrides the protocol's keys.confirm")), default=None)
 
 
-@dataclass(frozen=True)
+RIG_KEYS = Record(RigKeys, "button box keys; null keeps the protocol's")
+
+
+@record
 class Rig:
-    cuff: str | None                    # spec text; None = not configured
-    scanner: str | None                 # spec text; None = not configured
-    discard_pulses: int | None          # None: the protocol's scan.discard_pulses
-    screen: Screen
-    keys: RigKeys
-    serial_latency_ms: float | None
-    notes: str
-    calibration_max_age_h: float = 12.0
-    cuff_timing: CuffTiming = CuffTiming()
+    """A rig file's values; `cuff` and `scanner` are spec text (None: not configured)."""
+
+    cuff: str | None = spec(Nullable(Text("cuff device: sim | line:PORT | cpar:PORT (null: not configured)",
+                                          max_length=300)), default=None)
+    scanner: str | None = spec(Nullable(Text("trigger source: sim | keyboard[:KEY] | serial:PORT[:PRESET] "
+                                             "(null: not configured)", max_length=300)), default=None)
+    discard_pulses: int | None = spec(Nullable(Integer("overrides the protocol's scan.discard_pulses for this "
+                                                       "scanner", minimum=0, maximum=100)), default=None)
+    screen: Screen = spec(SCREEN, default=SCREEN.defaults())
+    keys: RigKeys = spec(RIG_KEYS, default=RIG_KEYS.defaults())
+    serial_latency_ms: float | None = spec(Nullable(Number("USB-serial latency timer setting, recorded in the log "
+                                                           "(FTDI default 16 ms; set 1 ms)", minimum=0.0,
+                                                           maximum=100.0)), default=None)
+    calibration_max_age_h: float = spec(Number("a run takes the participant's newest calibration only if it is from "
+                                               "the same session and at most this old; otherwise the operator names "
+                                               "it with --calibration FILE", unit="hours", minimum=0.0,
+                                               exclusive_minimum=True, maximum=24.0 * 365), default=12.0)
+    cuff_timing: CuffTiming = spec(CUFF_TIMING, default=CUFF_TIMING.defaults())
+    notes: str = spec(Text("free text about this rig (adapters, latency checks, contacts)", min_length=0,
+                           max_length=5000), default="")
     path: Path | None = None
     where: Where = field(default_factory=lambda: Where(_DEFAULT), compare=False, repr=False)
 
@@ -227,6 +191,9 @@ class Rig:
         return None if self.scanner is None else _scanner_spec(self.scanner)
 
 
+RIG_SPEC = Record(Rig, "a cuedpain rig file (site hardware)")
+
+
 def build_rig(doc: Located) -> Rig:
     """Validate parsed YAML (with positions) into a Rig. Pure."""
     where = doc.where
@@ -234,28 +201,23 @@ def build_rig(doc: Located) -> Rig:
     if not isinstance(data, dict):
         raise where.error((), f"a rig file must be a mapping (cuff, scanner, screen, keys, ...); "
                               f"got {type(data).__name__}")
-    d = RIG_SPEC.check(data, (), where)
-    for name, parse in (("cuff", _cuff_spec), ("scanner", _scanner_spec)):
-        if d[name] is not None:
+    rig = replace(RIG_SPEC.check(data, (), where), where=where)
+    for name, text, parse in (("cuff", rig.cuff, _cuff_spec), ("scanner", rig.scanner, _scanner_spec)):
+        if text is not None:
             try:
-                parse(d[name])
+                parse(text)
             except ValueError as exc:
                 raise where.error((name,), str(exc)) from None
-    keys = {k: v for k, v in d["keys"].items() if v is not None}
     seen: dict[str, str] = {}
-    for role, key in keys.items():
+    for role in RIG_KEYS.fields:
+        key = getattr(rig.keys, role)
+        if key is None:
+            continue
         if key in seen:
             raise where.error(("keys", role), f"key {key!r} is already the {seen[key]} key; every key needs its "
                                               f"own role")
         seen[key] = role
-    s = d["screen"]
-    screen = Screen(fullscreen=s["fullscreen"], index=s["index"], size=tuple(s["size"]) if s["size"] else None,
-                    units=s["units"], refresh_hz=s["refresh_hz"], width_cm=s["width_cm"],
-                    distance_cm=s["distance_cm"])
-    return Rig(cuff=d["cuff"], scanner=d["scanner"], discard_pulses=d["discard_pulses"], screen=screen,
-               keys=RigKeys(**keys), serial_latency_ms=d["serial_latency_ms"], notes=d["notes"],
-               calibration_max_age_h=d["calibration_max_age_h"], cuff_timing=CuffTiming(**d["cuff_timing"]),
-               where=where)
+    return rig
 
 
 def parse_rig(text: str, *, file: str = "<rig>") -> Rig:
@@ -276,7 +238,7 @@ def effective_keys(protocol: Protocol, rig: Rig) -> Keys:
     merged = {role: getattr(protocol.keys, role) for role in ("trigger", "stop", "escape", "left", "right",
                                                                 "confirm")}
     source = {role: "protocol" for role in merged}
-    for role in _KEY_ROLES:
+    for role in RIG_KEYS.fields:
         value = getattr(rig.keys, role)
         if value is not None:
             merged[role], source[role] = value, "rig"

@@ -36,7 +36,7 @@ import math
 import random
 import re
 from dataclasses import dataclass, fields
-from typing import Iterable
+from typing import Iterable, Iterator, TypeVar
 
 from experiment.protocol.cuff_timing import CuffTiming
 from experiment.errors import InputError
@@ -44,6 +44,7 @@ from experiment.protocol.identifiers import check_label
 from experiment.protocol.model import (FIXATION, ChoiceDuration, Duration, FixedDuration, Phase, Protocol,
                                  TrialType, TruncExpDuration, UniformDuration, to_ms)
 
+T = TypeVar("T")
 COLUMNS = ("index", "trial", "trial_type", "phase", "onset_s", "duration_s", "cue", "cuff", "target_kpa",
            "rate_kpa_s", "timed_from", "ramp_s", "bids_trial_type", "kind")
 
@@ -76,7 +77,7 @@ class PlannedEvent:
     def end_s(self) -> float:
         return round(self.onset_s + self.duration_s, 3)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
@@ -163,7 +164,7 @@ def _index(rng: random.Random, n: int) -> int:
     return min(int(rng.random() * n), n - 1)
 
 
-def _shuffled(rng: random.Random, items: list) -> list:
+def _shuffled(rng: random.Random, items: list[T]) -> list[T]:
     out = list(items)
     for i in range(len(out) - 1, 0, -1):
         j = _index(rng, i + 1)
@@ -368,9 +369,9 @@ def worst_case(protocol: Protocol, *, pressure_kpa: float | None = None,
              for tt in used if tt.inflates}
     tails = {tt.name: sum(_phase_bound_ms(p, ramp, longest=False) for p in tt.phases[_stimulus_spans(tt)[-1][1]:])
              for tt in used if tt.inflates}
-    for a, tail in tails.items():
-        for b, head in heads.items():
-            if a != b or counts[a] > 1:
+    for before, tail in tails.items():
+        for after, head in heads.items():
+            if before != after or counts[before] > 1:
                 gaps.append(tail + head)
     return WorstCase(run_length_s=run_ms / 1000, inflation_per_stimulus_s=per_stim / 1000,
                      inflation_per_run_s=per_run / 1000, deflated_between_s=min(gaps) / 1000 if gaps else None,
@@ -472,13 +473,10 @@ def check_timeline(timeline: Timeline, protocol: Protocol, *, timing: CuffTiming
                               f"starting at {start:.3f} s")
 
 
-def _event(index: int, t_ms: int, dur_ms: int, **kw) -> PlannedEvent:
-    return PlannedEvent(index=index, onset_s=t_ms / 1000, duration_s=dur_ms / 1000, **kw)
-
-
 def _fixation_event(index: int, t_ms: int, dur_ms: int, phase: str) -> PlannedEvent:
-    return _event(index, t_ms, dur_ms, trial=0, trial_type=None, phase=phase, cue=FIXATION, cuff="none",
-                  target_kpa=0.0, rate_kpa_s=None, timed_from="onset", ramp_s=0.0, bids_trial_type=None)
+    return PlannedEvent(index=index, onset_s=t_ms / 1000, duration_s=dur_ms / 1000, trial=0, trial_type=None,
+                        phase=phase, cue=FIXATION, cuff="none", target_kpa=0.0, rate_kpa_s=None, timed_from="onset",
+                        ramp_s=0.0, bids_trial_type=None)
 
 
 def build_schedule(protocol: Protocol, *, seed: int | None = None, participant: str | None = None,
@@ -500,7 +498,7 @@ def build_schedule(protocol: Protocol, *, seed: int | None = None, participant: 
     _check_worst_case(protocol, worst_case(protocol, pressure_kpa=pressure_kpa, timing=timing), timing)
     mapping_index, mapping = choose_cue_mapping(protocol, participant)
     order = _trial_order(protocol.trials.counts, protocol.trials.max_run_length, _rng(seed, "order"))
-    draws: dict[tuple[str, int], Iterable[int]] = {}
+    draws: dict[tuple[str, int], Iterator[int]] = {}
     for name, tt in protocol.trial_types.items():
         n = protocol.trials.counts[name]
         for j, p in enumerate(tt.phases):
@@ -515,12 +513,12 @@ def build_schedule(protocol: Protocol, *, seed: int | None = None, participant: 
         t = lead_ms
     for trial, name in enumerate(order, start=1):
         for j, p in enumerate(protocol.trial_types[name].phases):
-            dur = next(draws[(name, j)])  # type: ignore[call-overload]
+            dur = next(draws[(name, j)])
             inflate = p.cuff == "inflate"
             if p.timed_from == "target_reached":
                 dur += ramp
-            events.append(_event(
-                len(events), t, dur, trial=trial, trial_type=name, phase=p.name,
+            events.append(PlannedEvent(
+                index=len(events), onset_s=t / 1000, duration_s=dur / 1000, trial=trial, trial_type=name, phase=p.name,
                 cue=mapping.get(p.cue, p.cue) if p.cue is not None else None, cuff=p.cuff,
                 target_kpa=target if p.cuff in ("inflate", "hold") else 0.0,
                 rate_kpa_s=rate if inflate else None, timed_from=p.timed_from,

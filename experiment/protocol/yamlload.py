@@ -3,7 +3,7 @@
 Public API:
     parse_yaml(text, *, file) -> Located      pure: parse text, keep positions
     read_yaml(path) -> Located                 read a file (UTF-8) and parse it
-    Located.data, Located.where                the values and their `Where`
+    Located.data, Located.where                the values (plain dicts, lists, scalars) and their `Where`
     Where.error(path, problem) -> InputError   "FILE:LINE:COL: field.path: problem"
     format_path(path) -> str                   ("trial_types", "pain", "phases", 2) -> "trial_types.pain.phases[2]"
 
@@ -12,6 +12,9 @@ column and the field path. PyYAML's `safe_load` throws positions away, so this m
 composes the node graph and records where each value sits. Duplicate keys (which
 `safe_load` silently resolves to the last one) and non-text keys (YAML 1.1 reads
 `on:`/`yes:` as booleans) are refused here, with their position.
+
+Types: the parsed values are `object` (nothing is known about them before validation);
+PyYAML's constructors return `Any`, and that is the only place `Any` comes in.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import yaml
 from experiment.errors import InputError
 
 PathItem = Union[str, int]
-FieldPath = tuple  # tuple[PathItem, ...]
+FieldPath = tuple[PathItem, ...]
 
 MAX_NODES = 100_000   # guards against alias bombs ("billion laughs") and huge files
 MAX_DEPTH = 40        # no real protocol nests deeper than ~6 levels
@@ -76,7 +79,7 @@ class Where:
 class Located:
     """Parsed YAML values (dicts, lists, scalars) and where each one is."""
 
-    data: Any
+    data: object
     where: Where
 
 
@@ -98,7 +101,7 @@ class _Builder:
         line, col = _mark(node)
         return InputError(f"{self.file}:{line}:{col}: {problem}")
 
-    def build(self, node: yaml.Node, path: FieldPath, key_pos: tuple[int, int] | None) -> Any:
+    def build(self, node: yaml.Node, path: FieldPath, key_pos: tuple[int, int] | None) -> object:
         self.count += 1
         if self.count > MAX_NODES:
             raise self.fail(node, f"too many values (more than {MAX_NODES}, counting repeated aliases); "
@@ -123,12 +126,12 @@ class _Builder:
                 self.loader.flatten_mapping(node)  # resolve `<<` merge keys
             except yaml.YAMLError as exc:
                 raise self.fail(node, f"{format_path(path)}: bad merge key ({_first_line(exc)})") from None
-            out: dict[str, Any] = {}
+            out: dict[str, object] = {}
             for key_node, value_node in node.value:
                 if not isinstance(key_node, yaml.ScalarNode):
                     raise self.fail(key_node, f"{format_path(path)}: a key must be a plain name, not a list or mapping")
                 try:
-                    key = self.loader.construct_object(key_node)
+                    key: Any = self.loader.construct_object(key_node)  # PyYAML: Any
                 except (yaml.YAMLError, ValueError, OverflowError) as exc:
                     raise self.fail(key_node, f"{format_path(path)}: cannot read this key "
                                               f"({_first_line(exc)})") from None
