@@ -126,7 +126,7 @@ def test_simulated_scanner_types_pulses_at_planned_times(window) -> None:
     clock = psychopy_clock()
     plan = ScannerPlan(tr_s=0.05, n_volumes=40, dropped=(7,), start_delay_s=0.1)
     source = open_trigger_source("sim:keyboard", clock=clock, win=window, dry_run=True, plan=plan)
-    assert isinstance(source, DrivenSource) and isinstance(source.driver, XdotoolScanner)
+    assert isinstance(source, DrivenSource) and isinstance(source.driver, XdotoolScanner) and source.reads_keyboard
     try:
         assert source.driver.done.wait(10) and source.driver.error is None
         pulses, _ = _drain(source.source, clock, 39, 0)

@@ -147,11 +147,12 @@ def test_sim_needs_a_plan_and_the_right_clock() -> None:
 
 def test_factory_builds_each_real_source_with_its_settings() -> None:
     kb = make_trigger_source("keyboard:t:event", clock=VirtualClock(), dry_run=False)
-    assert (kb.name, kb.trigger_keys, kb.backend) == ("keyboard", frozenset({"t"}), "event")
+    assert (kb.name, kb.trigger_keys, kb.backend, kb.reads_keyboard) == ("keyboard", frozenset({"t"}), "event", True)
     ser = make_trigger_source("serial:/dev/ttyUSB0:syncbox", clock=VirtualClock(), dry_run=False)
-    assert (ser.port, ser.preset.baud, ser.simulated) == ("/dev/ttyUSB0", 57600, False)
-    assert isinstance(make_trigger_source("sim", clock=VirtualClock(), dry_run=True,
-                                          plan=ScannerPlan(tr_s=1, n_volumes=1)), VirtualScanner)
+    assert (ser.port, ser.preset.baud, ser.simulated, ser.reads_keyboard) == ("/dev/ttyUSB0", 57600, False, False)
+    assert ser.poll_keys() == []
+    virtual = make_trigger_source("sim", clock=VirtualClock(), dry_run=True, plan=ScannerPlan(tr_s=1, n_volumes=1))
+    assert isinstance(virtual, VirtualScanner) and virtual.simulated and not virtual.reads_keyboard
 
 
 @pytest.mark.realtime
@@ -160,7 +161,7 @@ def test_sim_with_a_real_clock_goes_through_a_pty_and_the_serial_reader() -> Non
     plan = ScannerPlan(tr_s=0.03, n_volumes=10, start_delay_s=0.02)
     source = open_trigger_source("sim", clock=clock, dry_run=True, plan=plan)
     assert isinstance(source, DrivenSource) and isinstance(source.source, SerialSource)
-    assert isinstance(source.driver, PtyScanner)
+    assert isinstance(source.driver, PtyScanner) and not source.reads_keyboard
     try:
         assert source.driver.done.wait(5)
         got: list = []

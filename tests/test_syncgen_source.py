@@ -39,7 +39,7 @@ def test_syncgenerator_pulses_reach_t0_after_its_skipped_and_discarded_volumes(w
     clock = psychopy_clock()
     plan = ScannerPlan(tr_s=0.1, n_volumes=8, prep_scans_no_pulse=2, discard_pulses=2)
     source = open_trigger_source("sim:syncgen", clock=clock, win=window, dry_run=True, plan=plan)
-    assert isinstance(source, SyncGenSource)
+    assert isinstance(source, SyncGenSource) and source.reads_keyboard and source.simulated
     opened = clock.now()
     typist = subprocess.Popen(["xdotool", "-"], stdin=subprocess.PIPE, text=True)
     try:

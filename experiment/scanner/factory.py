@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from experiment.clock import Clock
+from experiment.clock import Clock, VirtualClock
 from experiment.errors import InputError
 from experiment.scanner.base import TriggerSource
 from experiment.scanner.keyboard_source import BACKENDS, KeyboardSource
@@ -59,7 +59,10 @@ def make_trigger_source(spec: str, *, clock: Clock, win: Any = None, dry_run: bo
             raise InputError(f"scanner {spec!r}: the '{driver}' simulated scanner "
                              f"{'needs' if driver == 'virtual' else 'cannot run on'} a virtual clock (--headless)")
         if driver == "virtual":
-            return VirtualScanner(plan, clock=clock)  # type: ignore[arg-type]
+            if not isinstance(clock, VirtualClock):
+                raise InputError(f"scanner {spec!r}: the 'virtual' simulated scanner needs "
+                                 f"experiment.clock.VirtualClock")
+            return VirtualScanner(plan, clock=clock)
         if driver == "serial":
             return pty_sim_source(plan, clock=clock)
         if win is None:

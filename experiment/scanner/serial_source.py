@@ -18,11 +18,14 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 from experiment.clock import Clock
 from experiment.errors import DeviceFault, HardwareError, InputError
-from experiment.scanner.base import Pulse, PulseBuffer
+from experiment.scanner.base import KeyPress, Pulse, PulseBuffer
+
+if TYPE_CHECKING:
+    import serial
 
 STANDARD_BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
 
@@ -133,6 +136,7 @@ class SerialSource:
     """
 
     simulated = False
+    reads_keyboard = False
 
     def __init__(self, port: str, *, clock: Clock, preset: SerialPreset, capacity: int = 100_000,
                  name: str = "serial", read_timeout_s: float = 0.2) -> None:
@@ -141,9 +145,9 @@ class SerialSource:
         self.name = name
         self._clock = clock
         self._decoder = TriggerDecoder(preset)
-        self._buffer = PulseBuffer(capacity, what=f"trigger port {port}")
+        self._buffer: PulseBuffer[Pulse] = PulseBuffer(capacity, what=f"trigger port {port}")
         self._read_timeout_s = read_timeout_s
-        self._serial: Any = None
+        self._serial: serial.Serial | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._count = 0
@@ -169,6 +173,7 @@ class SerialSource:
 
     def _read_loop(self) -> None:
         ser = self._serial
+        assert ser is not None
         try:
             while not self._stop.is_set():
                 data = ser.read(ser.in_waiting or 1)
@@ -198,7 +203,10 @@ class SerialSource:
             raise DeviceFault(f"trigger port {self.port!r} lost during the run: {self.lost}")
         return pulses
 
-    def describe(self) -> dict[str, Any]:
+    def poll_keys(self) -> list[KeyPress]:
+        return []  # a serial line carries no keys of the participant
+
+    def describe(self) -> dict[str, str | int | bool | None]:
         """For the log header: what was opened and how."""
         return {"port": self.port, "preset": self.preset.name, "baud": self.preset.baud,
                 "trigger": self.preset.describe(), "low_latency": self.low_latency}

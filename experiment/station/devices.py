@@ -22,6 +22,7 @@ from experiment.station.rating import RatingScale
 
 if TYPE_CHECKING:
     from experiment.protocol.schedule import PlannedEvent
+    from experiment.scanner.base import TriggerSource
 
 
 def safety_limits(protocol: Any) -> Any:
@@ -95,30 +96,29 @@ def _scanner_plan(prep: Any) -> Any:
                        jitter_s=0.0002, seed=prep.seed, start_delay_s=1.0)
 
 
-def open_trigger_source(prep: Any, *, clock: Clock, stack: ExitStack, display: Any) -> Any:
+def open_trigger_source(prep: Any, *, clock: Clock, stack: ExitStack, display: Any) -> TriggerSource:
     from experiment.scanner.factory import open_trigger_source as open_source
 
     win = getattr(display, "win", None)
     source = open_source(prep.scanner_spec, clock=clock, win=win, dry_run=prep.dry_run, plan=_scanner_plan(prep))
     stack.callback(source.close)
-    if not prep.dry_run and getattr(source, "simulated", False):
+    if not prep.dry_run and source.simulated:
         raise HardwareError(f"the trigger source {prep.scanner_spec!r} is simulated; a real run never uses a simulated "
                             "scanner. Use keyboard[:KEY] or serial:PORT[:PRESET], or rehearse with --dry-run")
     return source
 
 
-def key_reader(prep: Any, *, source: Any, display: Any) -> Callable[[], list[tuple[str, float]]]:
+def key_reader(prep: Any, *, source: TriggerSource | None, display: Any) -> Callable[[], list[tuple[str, float]]]:
     """Participant and operator keys (not scanner pulses), stamped on the run's clock.
 
     A run has exactly one KeyboardSource (two would steal keys from each other): the
-    trigger source's when the scanner is a keyboard, else one made here for keys only.
+    trigger source's when it reads the keyboard, else one made here for keys only.
     """
     from experiment.scanner.keyboard_source import KeyboardSource
-    from experiment.scanner.syncgen_source import SyncGenSource
 
     if prep.headless:
         return lambda: []
-    if isinstance(getattr(source, "source", source), (KeyboardSource, SyncGenSource)):
+    if source is not None and source.reads_keyboard:
         return source.poll_keys
     keys = KeyboardSource(display.win, clock=display._clock, trigger_keys=(), name="keys")
     keys.open()

@@ -218,7 +218,7 @@ class Session:
                 participant=prep.run_id.participant, session=prep.run_id.session, run=prep.run_id.run,
                 protocol_path=str(prep.protocol_path), protocol_sha256=p.sha256, pressure=prep.pressure,
                 ceiling_kpa=p.safety.max_pressure_kpa, cuff=cuff.info, trigger_spec=prep.scanner_spec,
-                trigger_simulated=bool(getattr(source, "simulated", False)), dry_run=prep.dry_run)
+                trigger_simulated=source.simulated, dry_run=prep.dry_run)
             self.confirmation = confirm(self.briefing, say=self.console.say, assume_yes=prep.assume_yes)
             # 3. the run directory and the log (all later failures still end in the vent below)
             source_dir = self._start_log(stack, cuff, source, display)
@@ -289,8 +289,7 @@ class Session:
             "rig_path": str(prep.rig_path) if prep.rig_path else None,
             "cuff": asdict(info),
             "briefing": self.briefing.record() if self.briefing else None, "confirmation": self.confirmation,
-            "scanner": {"kind": getattr(source, "name", "?"), "spec": prep.scanner_spec,
-                        "simulated": bool(getattr(source, "simulated", False))},
+            "scanner": {"kind": source.name, "spec": prep.scanner_spec, "simulated": source.simulated},
             "tr_s": p.scan.tr_s, "n_volumes": p.scan.n_volumes, "discard_pulses": self._discard_pulses(),
             "scanner_discarded": p.scan.scanner_discarded,
             "pressure": self.prep.pressure, "cuff_timing": asdict(prep.rig.cuff_timing),
