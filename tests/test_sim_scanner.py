@@ -1,17 +1,21 @@
-"""The simulated scanner: the pure plan, pulses through a real pty into SerialSource,
-the headless VirtualScanner (a full 18,000-pulse session), and the factory."""
+"""The simulated scanner: the pure plan, pulses through a real pty and through a loopback
+socket into SerialSource, the headless VirtualScanner (a full 18,000-pulse session), and
+the factory."""
 
 from __future__ import annotations
+
+import socket
 
 import numpy as np
 import pytest
 
 from experiment.clock import RealClock, VirtualClock
 from experiment.errors import InputError
-from experiment.scanner.factory import make_trigger_source, open_trigger_source
+from experiment.scanner.factory import make_trigger_source, open_trigger_source, resolve_sim_driver
 from experiment.scanner.pulsecheck import PulseMonitor
 from experiment.scanner.serial_source import PRESETS, SerialSource
-from experiment.scanner.sim_scanner import DrivenSource, PtyScanner, ScannerPlan, VirtualScanner
+from experiment.scanner.sim_scanner import (DrivenSource, LoopbackListener, PtyScanner, ScannerPlan, SocketScanner,
+                                            VirtualScanner)
 from experiment.scanner.startgate import StartGate, wait_for_t0
 
 
@@ -93,6 +97,73 @@ def test_pty_scanner_with_dummies_jitter_and_drops_reaches_t0_and_the_monitor(pt
     assert s.tr_mean_s == pytest.approx(0.05, abs=0.001)
 
 
+def _collect(source, n: int, clock: RealClock, timeout_s: float = 5.0) -> list:
+    """Poll until `n` pulses came or the timeout passed."""
+    got: list = []
+    deadline = clock.now() + timeout_s
+    while len(got) < n and clock.now() < deadline:
+        got.extend(source.poll())
+        clock.sleep(0.005)
+    return got
+
+
+@pytest.mark.realtime
+def test_socket_scanner_delivers_the_plan_to_a_serial_source_through_a_socket_url() -> None:
+    clock = RealClock()
+    plan = ScannerPlan(tr_s=0.01, n_volumes=150, prep_scans_no_pulse=1, discard_pulses=2, jitter_s=0.0005,
+                       dropped=(40,), seed=3, start_delay_s=0.05)
+    link = LoopbackListener()
+    source = SerialSource(link.url, clock=clock, preset=PRESETS["forp"])
+    source.open()  # pyserial's socket:// connects; the listener's backlog holds it until accept()
+    scanner = SocketScanner(plan, link.accept(), clock=clock)
+    try:
+        scanner.start()
+        assert scanner.done.wait(10) and scanner.error is None
+        pulses = _collect(source, len(plan.pulse_times_s()), clock)
+        clock.sleep(0.3)
+        assert source.poll() == [] and source.lost is None  # the line stays up after the plan's last pulse
+    finally:
+        scanner.stop()
+        source.close()
+        link.close()
+    assert link.url.startswith("socket://127.0.0.1:") and source.port == link.url
+    assert [p.index for p in pulses] == list(range(len(plan.pulse_times_s())))  # 152 sent, 1 dropped
+    assert scanner.start_t is not None
+    planned = scanner.start_t + plan.pulse_times_s()
+    stamps = np.array([p.t for p in pulses])
+    latency = stamps - np.array(scanner.sent)
+    print(f"serial socket:// latency (writer stamp -> logged): median {np.median(latency) * 1e3:.3f} ms, "
+          f"p99 {np.percentile(latency, 99) * 1e3:.3f} ms, max {latency.max() * 1e3:.3f} ms, n={len(latency)}")
+    assert (latency >= 0).all()  # stamped after the byte was sent, never before
+    assert np.median(latency) < 0.002 and latency.max() < 0.05
+    assert np.median(np.abs(stamps - planned)) < 0.002 and np.abs(stamps - planned).max() < 0.05
+
+
+@pytest.mark.realtime
+def test_sim_socket_reaches_t0_through_the_factory_and_leaves_nothing_listening() -> None:
+    clock = RealClock()
+    plan = ScannerPlan(tr_s=0.03, n_volumes=12, prep_scans_no_pulse=2, discard_pulses=3, start_delay_s=0.05)
+    source = open_trigger_source("sim:socket", clock=clock, dry_run=True, plan=plan)
+    assert isinstance(source, DrivenSource) and isinstance(source.driver, SocketScanner)
+    assert isinstance(source.source, SerialSource) and source.source.port.startswith("socket://127.0.0.1:")
+    port = int(source.source.port.rsplit(":", 1)[1])
+    try:
+        gate = StartGate(3, scanner_discarded=2)
+        seen: list = []
+        t0 = wait_for_t0(source, gate, clock=clock, timeout_s=2.0, should_abort=lambda: False,
+                         on_status=lambda s: None, on_pulse=lambda p, v: seen.append(p))
+        assert source.driver.done.wait(5) and source.driver.error is None
+        seen += _collect(source, 15 - len(seen), clock)
+    finally:
+        source.close()
+    assert gate.t0_pulse_index == 3
+    assert [p.index for p in seen] == list(range(15)) and {p.source for p in seen} == {"sim"}
+    assert source.driver.start_t is not None
+    assert 0 <= t0 - (source.driver.start_t + plan.first_stored_volume_s()) < 0.05
+    with pytest.raises(OSError):  # nothing listens any more
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
 def test_virtual_scanner_runs_a_2_hour_session_at_tr_0_4_with_bounded_timers() -> None:
     clock = VirtualClock()
     plan = ScannerPlan(tr_s=0.4, n_volumes=18_000, discard_pulses=2, jitter_s=0.0002, seed=1, start_delay_s=1.0)
@@ -139,10 +210,27 @@ def test_unknown_specs_list_the_allowed_forms(spec, message) -> None:
 def test_sim_needs_a_plan_and_the_right_clock() -> None:
     with pytest.raises(InputError, match="needs the protocol's TR and volume count"):
         make_trigger_source("sim", clock=VirtualClock(), dry_run=True)
-    with pytest.raises(InputError, match="the 'serial' simulated scanner cannot run on a virtual clock"):
-        make_trigger_source("sim:serial", clock=VirtualClock(), dry_run=True, plan=ScannerPlan(tr_s=1, n_volumes=1))
+    for driver in ("serial", "pty", "socket"):
+        with pytest.raises(InputError, match=f"the '{driver}' simulated scanner cannot run on a virtual clock"):
+            make_trigger_source(f"sim:{driver}", clock=VirtualClock(), dry_run=True,
+                                plan=ScannerPlan(tr_s=1, n_volumes=1))
     with pytest.raises(InputError, match="the 'syncgen' simulated scanner types into the participant window"):
         make_trigger_source("sim:syncgen", clock=RealClock(), dry_run=True, plan=ScannerPlan(tr_s=1, n_volumes=1))
+
+
+@pytest.mark.parametrize("driver, virtual_clock, pty, expected", [
+    (None, True, True, "virtual"),
+    (None, False, True, "pty"),          # POSIX
+    (None, False, False, "socket"),      # Windows: no pseudo-terminals
+    ("serial", False, True, "pty"),
+    ("serial", False, False, "socket"),
+    ("socket", False, True, "socket"),
+    ("pty", False, False, "pty"),        # asked for: refused later by pty_sim_source, never swapped
+    ("keyboard", False, True, "keyboard"),
+])
+def test_the_default_simulated_scanner_is_a_pty_on_posix_and_a_socket_elsewhere(driver, virtual_clock, pty,
+                                                                               expected) -> None:
+    assert resolve_sim_driver(driver, virtual_clock=virtual_clock, pty=pty) == expected
 
 
 def test_factory_builds_each_real_source_with_its_settings() -> None:

@@ -4,7 +4,8 @@ Forms (docs/scanner.md):
     keyboard[:KEY][:BACKEND]   KEY default 5; BACKEND ptb (default) or event
     serial:PORT[:PRESET]       PRESET: syncbox | forp | forp-bitwise | NAME@BAUD | custom:BYTE@BAUD
     sim[:DRIVER]               dry runs only. DRIVER: virtual (default with a virtual clock),
-                               serial (default with a real clock: a pseudo-terminal),
+                               serial (default with a real clock: a pseudo-terminal on POSIX,
+                               a loopback TCP socket elsewhere), pty, socket,
                                keyboard (xdotool key events), syncgen (PsychoPy's SyncGenerator)
 A simulated scanner is never a fallback: `sim` outside a dry run is an input error.
 """
@@ -19,11 +20,21 @@ from experiment.errors import InputError
 from experiment.scanner.base import TriggerSource
 from experiment.scanner.keyboard_source import BACKENDS, KeyboardSource
 from experiment.scanner.serial_source import SerialSource, parse_serial_spec
-from experiment.scanner.sim_scanner import ScannerPlan, VirtualScanner, pty_sim_source, xdotool_sim_source
+from experiment.scanner.sim_scanner import ScannerPlan, VirtualScanner, has_pty, pty_sim_source, \
+    socket_sim_source, xdotool_sim_source
 from experiment.scanner.syncgen_source import SyncGenSource
 
-FORMS = ("keyboard[:KEY][:ptb|event]", "serial:PORT[:PRESET]", "sim[:virtual|serial|keyboard|syncgen] (dry runs only)")
-SIM_DRIVERS = ("virtual", "serial", "keyboard", "syncgen")
+FORMS = ("keyboard[:KEY][:ptb|event]", "serial:PORT[:PRESET]",
+         "sim[:virtual|serial|pty|socket|keyboard|syncgen] (dry runs only)")
+SIM_DRIVERS = ("virtual", "serial", "pty", "socket", "keyboard", "syncgen")
+
+
+def resolve_sim_driver(driver: str | None, *, virtual_clock: bool, pty: bool) -> str:
+    """The driver a `sim` spec gets (pure): none named -> virtual or serial; serial -> pty or socket."""
+    chosen = driver or ("virtual" if virtual_clock else "serial")
+    if chosen == "serial":
+        return "pty" if pty else "socket"
+    return chosen
 
 
 def _unknown(spec: str, why: str) -> InputError:
@@ -58,13 +69,16 @@ def make_trigger_source(spec: str, *, clock: Clock, win: Any = None, dry_run: bo
         if clock.virtual != (driver == "virtual"):
             raise InputError(f"scanner {spec!r}: the '{driver}' simulated scanner "
                              f"{'needs' if driver == 'virtual' else 'cannot run on'} a virtual clock (--headless)")
+        driver = resolve_sim_driver(driver, virtual_clock=clock.virtual, pty=has_pty())
         if driver == "virtual":
             if not isinstance(clock, VirtualClock):
                 raise InputError(f"scanner {spec!r}: the 'virtual' simulated scanner needs "
                                  f"experiment.clock.VirtualClock")
             return VirtualScanner(plan, clock=clock)
-        if driver == "serial":
+        if driver == "pty":
             return pty_sim_source(plan, clock=clock)
+        if driver == "socket":
+            return socket_sim_source(plan, clock=clock)
         if win is None:
             raise InputError(f"scanner {spec!r}: the '{driver}' simulated scanner types into the participant window, "
                              f"which this command does not open")

@@ -6,19 +6,24 @@ pulses). The drivers deliver it:
 
 * `PtyScanner` writes bytes into a pseudo-terminal master at the planned times, so
   `SerialSource` reads them through a real tty (POSIX);
+* `SocketScanner` sends the same bytes on a loopback TCP connection, which
+  `SerialSource` reads through pyserial's `socket://` URL (any platform: Windows has
+  no pseudo-terminals);
 * `XdotoolScanner` types real X key events (XTEST) with one persistent
   `xdotool -` process, so `KeyboardSource` reads them like a trigger box's keys;
 * `VirtualScanner` is itself a trigger source for headless runs: pulses fire on a
   `VirtualClock` through `call_at`, one timer at a time.
 
-`pty_sim_source` and `xdotool_sim_source` pair a driver with the real source it feeds
-(`DrivenSource`); the factory's `sim` spec uses them in dry runs with a real clock.
+`pty_sim_source`, `socket_sim_source` and `xdotool_sim_source` pair a driver with the
+real source it feeds (`DrivenSource`); the factory's `sim` spec uses them in dry runs
+with a real clock.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import threading
 from dataclasses import dataclass, field, replace
@@ -160,6 +165,64 @@ class PtyScanner(_TimedDriver):
 
     def emit(self) -> None:
         os.write(self._fd, self.payload)
+
+
+class SocketScanner(_TimedDriver):
+    """Sends `payload` on a connected TCP socket at each planned pulse.
+
+    The connection is the one `LoopbackListener.accept()` returned; its owner closes it
+    (after the reader), so the reader never sees the line drop at the end of a plan.
+    """
+
+    def __init__(self, plan: ScannerPlan, connection: socket.socket, *, clock: Clock,
+                 payload: bytes = b"5") -> None:
+        super().__init__(plan, clock=clock, name="sim-scanner-socket")
+        self._connection = connection
+        self.payload = payload
+
+    def emit(self) -> None:
+        self._connection.sendall(self.payload)
+
+
+class LoopbackListener:
+    """A TCP listener on 127.0.0.1 (a free port) for one simulated scanner connection.
+
+    `url` is what `SerialSource` opens (`socket://127.0.0.1:PORT`); `accept()` takes its
+    connection, with Nagle's algorithm off so each pulse is sent when it is written.
+    """
+
+    HOST = "127.0.0.1"
+
+    def __init__(self) -> None:
+        self._listener: socket.socket | None = socket.create_server((self.HOST, 0), backlog=1)
+        self.port: int = self._listener.getsockname()[1]
+        self.connection: socket.socket | None = None
+
+    @property
+    def url(self) -> str:
+        return f"socket://{self.HOST}:{self.port}"
+
+    def accept(self, *, timeout_s: float = 5.0) -> socket.socket:
+        """The reader's connection (it connects first: DrivenSource opens the reader before the driver)."""
+        if self._listener is None:
+            raise RuntimeError("LoopbackListener: already accepted or closed")
+        self._listener.settimeout(timeout_s)
+        try:
+            connection, _ = self._listener.accept()
+        except OSError as exc:
+            raise HardwareError(f"the simulated scanner's reader did not connect to {self.url}: {exc}") from exc
+        finally:
+            self._listener.close()
+            self._listener = None
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.connection = connection
+        return connection
+
+    def close(self) -> None:
+        for sock in (self._listener, self.connection):
+            if sock is not None:
+                sock.close()
+        self._listener = self.connection = None
 
 
 class XdotoolScanner(_TimedDriver):
@@ -318,7 +381,8 @@ def pty_sim_source(plan: ScannerPlan, *, clock: Clock) -> DrivenSource:
     from experiment.scanner.serial_source import PRESETS, SerialSource
 
     if not has_pty():
-        raise InputError("the simulated serial scanner needs a POSIX pseudo-terminal; use --headless or sim:syncgen")
+        raise InputError("the simulated scanner 'sim:pty' needs a POSIX pseudo-terminal; use sim:socket, "
+                         "--headless or sim:syncgen")
     fds: list[int] = []
 
     def make_source() -> SerialSource:
@@ -334,6 +398,30 @@ def pty_sim_source(plan: ScannerPlan, *, clock: Clock) -> DrivenSource:
 
     return DrivenSource(make_source=make_source,
                         make_driver=lambda: PtyScanner(plan, fds[0], clock=clock, payload=b"5"),
+                        cleanup=cleanup)
+
+
+def socket_sim_source(plan: ScannerPlan, *, clock: Clock) -> DrivenSource:
+    """The simulated scanner through a loopback TCP socket and SerialSource (any platform).
+
+    At `open()` a `LoopbackListener` listens on 127.0.0.1, `SerialSource` opens its
+    `socket://` URL (pyserial), and the driver takes that connection; `close()` closes
+    the reader, then both sockets.
+    """
+    from experiment.scanner.serial_source import PRESETS, SerialSource
+
+    links: list[LoopbackListener] = []
+
+    def make_source() -> SerialSource:
+        links.append(LoopbackListener())
+        return SerialSource(links[0].url, clock=clock, preset=PRESETS["forp"], name="sim")
+
+    def cleanup() -> None:
+        while links:
+            links.pop().close()
+
+    return DrivenSource(make_source=make_source,
+                        make_driver=lambda: SocketScanner(plan, links[0].accept(), clock=clock, payload=b"5"),
                         cleanup=cleanup)
 
 
