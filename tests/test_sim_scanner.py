@@ -1,6 +1,6 @@
 """The simulated scanner: the pure plan, pulses through a real pty and through a loopback
 socket into SerialSource, the headless VirtualScanner (a full 18,000-pulse session), and
-the factory."""
+the factory (which builds from typed specs; the grammar is tests/test_specs.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from experiment.clock import RealClock, VirtualClock
 from experiment.errors import InputError
+from experiment.protocol.specs import SimDriver, SimSpec, parse_scanner_spec
 from experiment.scanner.factory import make_trigger_source, open_trigger_source, resolve_sim_driver
 from experiment.scanner.pulsecheck import PulseMonitor
 from experiment.scanner.serial_source import PRESETS, SerialSource
@@ -143,7 +144,7 @@ def test_socket_scanner_delivers_the_plan_to_a_serial_source_through_a_socket_ur
 def test_sim_socket_reaches_t0_through_the_factory_and_leaves_nothing_listening() -> None:
     clock = RealClock()
     plan = ScannerPlan(tr_s=0.03, n_volumes=12, prep_scans_no_pulse=2, discard_pulses=3, start_delay_s=0.05)
-    source = open_trigger_source("sim:socket", clock=clock, dry_run=True, plan=plan)
+    source = open_trigger_source(spec("sim:socket"), clock=clock, dry_run=True, plan=plan)
     assert isinstance(source, DrivenSource) and isinstance(source.driver, SocketScanner)
     assert isinstance(source.source, SerialSource) and source.source.port.startswith("socket://127.0.0.1:")
     port = int(source.source.port.rsplit(":", 1)[1])
@@ -188,58 +189,53 @@ def test_virtual_scanner_runs_a_2_hour_session_at_tr_0_4_with_bounded_timers() -
 
 # -- factory --
 
+def spec(text: str):
+    return parse_scanner_spec(text, what="--scanner")
+
+
 def test_sim_is_refused_outside_a_dry_run() -> None:
-    with pytest.raises(InputError, match="the simulated scanner is only allowed in a dry run"):
-        make_trigger_source("sim", clock=VirtualClock(), dry_run=False, plan=ScannerPlan(tr_s=1, n_volumes=1))
-
-
-@pytest.mark.parametrize("spec, message", [
-    ("scanner", r"scanner 'scanner': unknown trigger source; allowed: keyboard\[:KEY\]\[:ptb\|event\] \| "
-                r"serial:PORT\[:PRESET\] \| sim"),
-    ("", "no trigger source given"),
-    ("keyboard:5:pygame", "keyboard backend 'pygame' is not one of ptb, event"),
-    ("keyboard::", "a keyboard spec is keyboard, keyboard:KEY or keyboard:KEY:BACKEND"),
-    ("sim:laser", "simulated scanner driver 'laser' is not one of"),
-    ("serial:/dev/ttyUSB0:syncbx", "unknown trigger preset 'syncbx'"),
-])
-def test_unknown_specs_list_the_allowed_forms(spec, message) -> None:
-    with pytest.raises(InputError, match=message):
-        make_trigger_source(spec, clock=VirtualClock(), dry_run=True, plan=ScannerPlan(tr_s=1, n_volumes=1))
+    with pytest.raises(InputError, match=r"scanner 'sim': the simulated scanner is only allowed in a dry run"):
+        make_trigger_source(SimSpec(), clock=VirtualClock(), dry_run=False, plan=ScannerPlan(tr_s=1, n_volumes=1))
 
 
 def test_sim_needs_a_plan_and_the_right_clock() -> None:
     with pytest.raises(InputError, match="needs the protocol's TR and volume count"):
-        make_trigger_source("sim", clock=VirtualClock(), dry_run=True)
+        make_trigger_source(spec("sim"), clock=VirtualClock(), dry_run=True)
     for driver in ("serial", "pty", "socket"):
         with pytest.raises(InputError, match=f"the '{driver}' simulated scanner cannot run on a virtual clock"):
-            make_trigger_source(f"sim:{driver}", clock=VirtualClock(), dry_run=True,
+            make_trigger_source(spec(f"sim:{driver}"), clock=VirtualClock(), dry_run=True,
                                 plan=ScannerPlan(tr_s=1, n_volumes=1))
+    with pytest.raises(InputError, match="the 'virtual' simulated scanner needs a virtual clock"):
+        make_trigger_source(spec("sim:virtual"), clock=RealClock(), dry_run=True, plan=ScannerPlan(tr_s=1, n_volumes=1))
     with pytest.raises(InputError, match="the 'syncgen' simulated scanner types into the participant window"):
-        make_trigger_source("sim:syncgen", clock=RealClock(), dry_run=True, plan=ScannerPlan(tr_s=1, n_volumes=1))
+        make_trigger_source(spec("sim:syncgen"), clock=RealClock(), dry_run=True, plan=ScannerPlan(tr_s=1, n_volumes=1))
 
 
 @pytest.mark.parametrize("driver, virtual_clock, pty, expected", [
-    (None, True, True, "virtual"),
-    (None, False, True, "pty"),          # POSIX
-    (None, False, False, "socket"),      # Windows: no pseudo-terminals
-    ("serial", False, True, "pty"),
-    ("serial", False, False, "socket"),
-    ("socket", False, True, "socket"),
-    ("pty", False, False, "pty"),        # asked for: refused later by pty_sim_source, never swapped
-    ("keyboard", False, True, "keyboard"),
+    (None, True, True, SimDriver.VIRTUAL),
+    (None, False, True, SimDriver.PTY),          # POSIX
+    (None, False, False, SimDriver.SOCKET),      # Windows: no pseudo-terminals
+    (SimDriver.SERIAL, False, True, SimDriver.PTY),
+    (SimDriver.SERIAL, False, False, SimDriver.SOCKET),
+    (SimDriver.SOCKET, False, True, SimDriver.SOCKET),
+    (SimDriver.PTY, False, False, SimDriver.PTY),   # asked for: refused later by pty_sim_source, never swapped
+    (SimDriver.KEYBOARD, False, True, SimDriver.KEYBOARD),
 ])
 def test_the_default_simulated_scanner_is_a_pty_on_posix_and_a_socket_elsewhere(driver, virtual_clock, pty,
                                                                                expected) -> None:
-    assert resolve_sim_driver(driver, virtual_clock=virtual_clock, pty=pty) == expected
+    assert resolve_sim_driver(driver, virtual_clock=virtual_clock, pty=pty) is expected
 
 
 def test_factory_builds_each_real_source_with_its_settings() -> None:
-    kb = make_trigger_source("keyboard:t:event", clock=VirtualClock(), dry_run=False)
+    kb = make_trigger_source(spec("keyboard:t:event"), clock=VirtualClock(), dry_run=False)
     assert (kb.name, kb.trigger_keys, kb.backend, kb.reads_keyboard) == ("keyboard", frozenset({"t"}), "event", True)
-    ser = make_trigger_source("serial:/dev/ttyUSB0:syncbox", clock=VirtualClock(), dry_run=False)
+    default = make_trigger_source(spec("keyboard"), clock=VirtualClock(), dry_run=False, default_key="t")
+    assert default.trigger_keys == frozenset({"t"})  # the protocol's keys.trigger when the spec names no key
+    ser = make_trigger_source(spec("serial:/dev/ttyUSB0:syncbox"), clock=VirtualClock(), dry_run=False)
     assert (ser.port, ser.preset.baud, ser.simulated, ser.reads_keyboard) == ("/dev/ttyUSB0", 57600, False, False)
     assert ser.poll_keys() == []
-    virtual = make_trigger_source("sim", clock=VirtualClock(), dry_run=True, plan=ScannerPlan(tr_s=1, n_volumes=1))
+    virtual = make_trigger_source(spec("sim"), clock=VirtualClock(), dry_run=True,
+                                  plan=ScannerPlan(tr_s=1, n_volumes=1))
     assert isinstance(virtual, VirtualScanner) and virtual.simulated and not virtual.reads_keyboard
 
 
@@ -247,7 +243,7 @@ def test_factory_builds_each_real_source_with_its_settings() -> None:
 def test_sim_with_a_real_clock_goes_through_a_pty_and_the_serial_reader() -> None:
     clock = RealClock()
     plan = ScannerPlan(tr_s=0.03, n_volumes=10, start_delay_s=0.02)
-    source = open_trigger_source("sim", clock=clock, dry_run=True, plan=plan)
+    source = open_trigger_source(SimSpec(), clock=clock, dry_run=True, plan=plan)
     assert isinstance(source, DrivenSource) and isinstance(source.source, SerialSource)
     assert isinstance(source.driver, PtyScanner) and not source.reads_keyboard
     try:

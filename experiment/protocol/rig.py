@@ -3,8 +3,6 @@
 Public API:
     load_rig(path | None) -> Rig                  None: the defaults (no devices configured)
     parse_rig(text, *, file) -> Rig               pure
-    parse_cuff_spec(text, *, what) -> CuffSpec    'sim' | 'line:PORT' | 'cpar:PORT'
-    parse_scanner_spec(text, *, what) -> ScannerSpec   'sim' | 'keyboard[:KEY]' | 'serial:PORT[:PRESET]'
     effective_keys(protocol, rig) -> Keys         protocol keys with the rig's overrides; all distinct
     check_rig_for_protocol(protocol, rig)         the screen can show the protocol's cue units
     rig_json_schema() -> str                      protocols/cuedpain-rig.schema.json
@@ -12,28 +10,27 @@ Public API:
     Rig.cuff_timing                               the pre-flight's cuff timing model (experiment.protocol.cuff_timing.CuffTiming)
 
 A rig file keeps a protocol portable between labs: ports, trigger source, button box and
-screen live here. A missing `cuff` or `scanner` is None, meaning "not configured": the
-runner then needs --cuff/--scanner or --dry-run, and never falls back to a simulator on
-its own. PORT is a device path, a COM name or a pyserial URL (it may contain ':').
+screen live here. `cuff` and `scanner` are parsed by `experiment.protocol.specs` (the same
+grammar as --cuff and --scanner) into typed specs; an error names the file, line and field.
+A missing one is None, meaning "not configured": the runner then needs --cuff/--scanner
+or --dry-run, and never falls back to a simulator on its own.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from experiment.errors import InputError
 from experiment.protocol.model import Keys, Protocol
 from experiment.protocol.cuff_timing import CuffTiming
+from experiment.protocol.specs import CUFF_FORMS, SCANNER_FORMS, CuffSpec, KeyboardSpec, ScannerSpec, \
+    parse_cuff_spec, parse_scanner_spec
 from experiment.protocol.schema import Boolean, Choice, Field, KeyName, ListOf, Nullable, Number, Object, Text, \
     json_schema_document
 from experiment.protocol.yamlload import Located, Where, parse_yaml, read_yaml
 
 SCHEMA_ID = "https://github.com/cuedpain/cuedpain/protocols/cuedpain-rig.schema.json"
-CUFF_KINDS = ("sim", "line", "cpar")
-SCANNER_KINDS = ("sim", "keyboard", "serial")
-_PRESET = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _DEFAULT = "<default rig>"
 
 SCREEN = Object({
@@ -76,10 +73,10 @@ CUFF_TIMING_DEFAULT = {"ramp_margin_s": _TIMING.ramp_margin_s, "ramp_margin_frac
                        "release_margin_s": _TIMING.release_margin_s, "onset_slack_s": _TIMING.onset_slack_s}
 
 RIG_SPEC = Object({
-    "cuff": Field(Nullable(Text("cuff device: sim | line:PORT | cpar:PORT (null: not configured)",
+    "cuff": Field(Nullable(Text(f"cuff device: {CUFF_FORMS} (null: not configured)",
                                 max_length=300)), default=None),
-    "scanner": Field(Nullable(Text("trigger source: sim | keyboard[:KEY] | serial:PORT[:PRESET] "
-                                   "(null: not configured)", max_length=300)), default=None),
+    "scanner": Field(Nullable(Text(f"trigger source: {SCANNER_FORMS} (null: not configured)",
+                                   max_length=300)), default=None),
     "discard_pulses": Field(Nullable(Number("overrides the protocol's scan.discard_pulses for this scanner",
                                             integer=True, minimum=0, maximum=100)), default=None),
     "screen": Field(SCREEN, default=SCREEN_DEFAULT),
@@ -100,79 +97,6 @@ RIG_SPEC = Object({
 def rig_json_schema() -> str:
     """The rig format's JSON Schema, as committed in protocols/cuedpain-rig.schema.json."""
     return json_schema_document(RIG_SPEC, title="cuedpain rig", schema_id=SCHEMA_ID)
-
-
-@dataclass(frozen=True)
-class CuffSpec:
-    kind: str            # sim | line | cpar
-    port: str | None     # None for sim
-
-
-@dataclass(frozen=True)
-class ScannerSpec:
-    kind: str            # sim | keyboard | serial
-    port: str | None     # serial only
-    key: str | None      # keyboard only (None: the protocol's keys.trigger)
-    preset: str | None   # serial only, optional
-
-
-def _split(text: str, kinds: tuple[str, ...], grammar: str) -> tuple[str, str | None]:
-    kind, sep, rest = text.partition(":")
-    if kind not in kinds:
-        raise ValueError(f"unknown device kind {kind!r} in {text!r}; allowed: {grammar}")
-    return kind, (rest if sep else None)
-
-
-def _cuff_spec(text: str) -> CuffSpec:
-    grammar = "sim | line:PORT | cpar:PORT"
-    kind, rest = _split(text, CUFF_KINDS, grammar)
-    if kind == "sim":
-        if rest is not None:
-            raise ValueError(f"'sim' takes no port, got {text!r}; allowed: {grammar}")
-        return CuffSpec("sim", None)
-    if not rest or rest != rest.strip():
-        raise ValueError(f"{kind!r} needs a port without spaces around it, e.g. '{kind}:/dev/ttyUSB0' or "
-                         f"'{kind}:COM3'; got {text!r}")
-    return CuffSpec(kind, rest)
-
-
-def _scanner_spec(text: str) -> ScannerSpec:
-    grammar = "sim | keyboard[:KEY] | serial:PORT[:PRESET]"
-    kind, rest = _split(text, SCANNER_KINDS, grammar)
-    if kind == "sim":
-        if rest is not None:
-            raise ValueError(f"'sim' takes no argument, got {text!r}; allowed: {grammar}")
-        return ScannerSpec("sim", None, None, None)
-    if kind == "keyboard":
-        if rest is None:
-            return ScannerSpec("keyboard", None, None, None)
-        if not re.fullmatch(r"[a-z0-9_]{1,20}", rest):
-            raise ValueError(f"keyboard trigger key {rest!r} is not a PsychoPy key name (lowercase letters, "
-                             f"digits, '_'), e.g. 'keyboard:5'")
-        return ScannerSpec("keyboard", None, rest, None)
-    if not rest or rest != rest.strip():
-        raise ValueError(f"'serial' needs a port, e.g. 'serial:/dev/ttyACM0' or 'serial:COM4:PRESET'; got {text!r}")
-    port, sep, preset = rest.rpartition(":")
-    if sep and port and _PRESET.fullmatch(preset) and not port.endswith("/"):
-        return ScannerSpec("serial", port, None, preset)
-    return ScannerSpec("serial", rest, None, None)
-
-
-def parse_cuff_spec(text: str, *, what: str = "--cuff") -> CuffSpec:
-    """Parse a cuff device spec; an InputError names `what` (the option or the rig field)."""
-    try:
-        return _cuff_spec(text)
-    except ValueError as exc:
-        raise InputError(f"{what}: {exc}") from None
-
-
-def parse_scanner_spec(text: str, *, what: str = "--scanner") -> ScannerSpec:
-    """Parse a trigger source spec. In serial:PORT:PRESET the part after the last ':' is a preset
-    only when it is a plain name (so 'serial:socket://host:7000' keeps its port number)."""
-    try:
-        return _scanner_spec(text)
-    except ValueError as exc:
-        raise InputError(f"{what}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -199,8 +123,8 @@ class RigKeys:
 
 @dataclass(frozen=True)
 class Rig:
-    cuff: str | None                    # spec text; None = not configured
-    scanner: str | None                 # spec text; None = not configured
+    cuff: CuffSpec | None               # None = not configured
+    scanner: ScannerSpec | None         # None = not configured
     discard_pulses: int | None          # None: the protocol's scan.discard_pulses
     screen: Screen
     keys: RigKeys
@@ -218,13 +142,11 @@ class Rig:
             return str(self.path)
         return "the default rig (no rig file given)" if self.where.file == _DEFAULT else self.where.file
 
-    @property
-    def cuff_spec(self) -> CuffSpec | None:
-        return None if self.cuff is None else _cuff_spec(self.cuff)
 
-    @property
-    def scanner_spec(self) -> ScannerSpec | None:
-        return None if self.scanner is None else _scanner_spec(self.scanner)
+def _field(where: Where, name: str) -> str:
+    """How a spec error names a rig field: `FILE:LINE:COL: name`."""
+    pos = where.position((name,))
+    return f"{where.file}:{pos[0]}:{pos[1]}: {name}" if pos else f"{where.file}: {name}"
 
 
 def build_rig(doc: Located) -> Rig:
@@ -235,12 +157,8 @@ def build_rig(doc: Located) -> Rig:
         raise where.error((), f"a rig file must be a mapping (cuff, scanner, screen, keys, ...); "
                               f"got {type(data).__name__}")
     d = RIG_SPEC.check(data, (), where)
-    for name, parse in (("cuff", _cuff_spec), ("scanner", _scanner_spec)):
-        if d[name] is not None:
-            try:
-                parse(d[name])
-            except ValueError as exc:
-                raise where.error((name,), str(exc)) from None
+    cuff = None if d["cuff"] is None else parse_cuff_spec(d["cuff"], what=_field(where, "cuff"))
+    scanner = None if d["scanner"] is None else parse_scanner_spec(d["scanner"], what=_field(where, "scanner"))
     keys = {k: v for k, v in d["keys"].items() if v is not None}
     seen: dict[str, str] = {}
     for role, key in keys.items():
@@ -252,7 +170,7 @@ def build_rig(doc: Located) -> Rig:
     screen = Screen(fullscreen=s["fullscreen"], index=s["index"], size=tuple(s["size"]) if s["size"] else None,
                     units=s["units"], refresh_hz=s["refresh_hz"], width_cm=s["width_cm"],
                     distance_cm=s["distance_cm"])
-    return Rig(cuff=d["cuff"], scanner=d["scanner"], discard_pulses=d["discard_pulses"], screen=screen,
+    return Rig(cuff=cuff, scanner=scanner, discard_pulses=d["discard_pulses"], screen=screen,
                keys=RigKeys(**keys), serial_latency_ms=d["serial_latency_ms"], notes=d["notes"],
                calibration_max_age_h=d["calibration_max_age_h"], cuff_timing=CuffTiming(**d["cuff_timing"]),
                where=where)
@@ -280,8 +198,8 @@ def effective_keys(protocol: Protocol, rig: Rig) -> Keys:
         value = getattr(rig.keys, role)
         if value is not None:
             merged[role], source[role] = value, "rig"
-    spec = rig.scanner_spec
-    if spec is not None and spec.key is not None:
+    spec = rig.scanner
+    if isinstance(spec, KeyboardSpec) and spec.key is not None:
         merged["trigger"], source["trigger"] = spec.key, "rig scanner"
     seen: dict[str, str] = {}
     for role, key in merged.items():

@@ -28,10 +28,11 @@ from typing import Any, Callable, Sequence
 
 from experiment.clock import Clock
 from experiment.errors import HardwareError, InputError
+from experiment.protocol.specs import KeyBackend
 from experiment.scanner.base import KeyPress, Pulse, PulseBuffer
 
 KeyReader = Callable[[], list[KeyPress]]  # (key name, clock time) oldest first
-BACKENDS = ("ptb", "event")
+BACKENDS = tuple(b.value for b in KeyBackend)
 
 
 class PtbKeyReader:

@@ -100,11 +100,12 @@ def open_trigger_source(prep: Any, *, clock: Clock, stack: ExitStack, display: A
     from experiment.scanner.factory import open_trigger_source as open_source
 
     win = getattr(display, "win", None)
-    source = open_source(prep.scanner_spec, clock=clock, win=win, dry_run=prep.dry_run, plan=_scanner_plan(prep))
+    source = open_source(prep.scanner_spec, clock=clock, win=win, dry_run=prep.dry_run, plan=_scanner_plan(prep),
+                         default_key=keys(prep).trigger)
     stack.callback(source.close)
     if not prep.dry_run and source.simulated:
-        raise HardwareError(f"the trigger source {prep.scanner_spec!r} is simulated; a real run never uses a simulated "
-                            "scanner. Use keyboard[:KEY] or serial:PORT[:PRESET], or rehearse with --dry-run")
+        raise HardwareError(f"the trigger source {str(prep.scanner_spec)!r} is simulated; a real run never uses a "
+                            "simulated scanner. Use keyboard[:KEY] or serial:PORT[:PRESET], or rehearse with --dry-run")
     return source
 
 

@@ -54,6 +54,7 @@ from experiment.outputs.atomic import create_once
 from experiment.protocol.model import HARD_MAX_KPA, KEYS_DEFAULT, Keys, Rating, Safety
 from experiment.station.rating import RatingScale, press, start_rating, timed_out
 from experiment.protocol.rig import load_rig
+from experiment.protocol.specs import SIM_CUFF, CuffSpec, parse_cuff_spec
 from experiment.station.runinfo import check_writable, package_versions, software_revision
 from experiment.procedures.run.session import check_can_confirm, check_display
 from experiment.units import kpa_to_mmhg
@@ -92,7 +93,7 @@ class CalibrationSetup:
     seed: int
     rig: Any
     rig_path: Path | None
-    cuff_spec: str
+    cuff_spec: CuffSpec
     sim: SimSpec | None
     protocol: DeviceNeeds
     stimuli_dir: Path = ROOT / "stimuli"
@@ -153,14 +154,15 @@ def preflight(args: argparse.Namespace) -> CalibrationSetup:
     sim = parse_sim_spec(args.sim_participant) if args.dry_run else None
     rig_path = Path(args.rig) if args.rig else None
     rig = load_rig(rig_path)
-    cuff_spec = args.cuff or rig.cuff
+    cli_cuff = None if args.cuff is None else parse_cuff_spec(args.cuff, what="--cuff")
+    cuff_spec = cli_cuff or rig.cuff
     if args.dry_run:
-        if args.cuff and args.cuff != "sim":
-            raise InputError(f"--dry-run uses the simulated cuff; remove --cuff {args.cuff} or drop --dry-run")
-        cuff_spec = "sim"
-    elif not cuff_spec:
+        if cli_cuff is not None and not cli_cuff.simulated:
+            raise InputError(f"--dry-run uses the simulated cuff; remove --cuff {cli_cuff} or drop --dry-run")
+        cuff_spec = SIM_CUFF
+    elif cuff_spec is None:
         raise InputError("no cuff given: use --cuff line:PORT or cpar:PORT, a rig file, or --dry-run")
-    elif cuff_spec == "sim":
+    elif cuff_spec.simulated:
         raise InputError("--cuff sim is only allowed with --dry-run; a real calibration never uses simulation")
     keys = _keys(rig)
     data_root = Path(args.data) if args.data else default_root(dry_run=args.dry_run)

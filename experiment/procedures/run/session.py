@@ -37,6 +37,7 @@ from experiment.station.recorder import STOPS, Recorder, install_stop_signals, s
 from experiment.outputs.rundir import RunId, create_source_dir, move_to_attempts, resolve_run
 from experiment.station.runinfo import check_writable, package_versions, software_revision
 from experiment.procedures.run.trialloop import LoopHooks, TrialLoop
+from experiment.protocol.specs import SIM_CUFF, CuffSpec, ScannerSpec, SimSpec, parse_cuff_spec, parse_scanner_spec
 
 
 
@@ -54,8 +55,8 @@ class Prepared:
     dry_run: bool
     headless: bool
     seed: int
-    cuff_spec: str
-    scanner_spec: str
+    cuff_spec: CuffSpec
+    scanner_spec: ScannerSpec
     pressure: dict[str, Any]
     stimuli_dir: Path
     assume_yes: bool = False      # --yes: the operator confirmed in advance (recorded)
@@ -81,20 +82,22 @@ def preflight(args: argparse.Namespace) -> Prepared:
     check_root(data_root, dry_run=args.dry_run)
     run_id = resolve_run(data_root, participant=args.participant, session=args.session,
                          task=protocol.task, run=str(args.run))
-    cuff_spec = args.cuff or rig.cuff
-    scanner_spec = args.scanner or rig.scanner
+    cli_cuff = None if args.cuff is None else parse_cuff_spec(args.cuff, what="--cuff")
+    cli_scanner = None if args.scanner is None else parse_scanner_spec(args.scanner, what="--scanner")
+    cuff_spec = cli_cuff or rig.cuff
+    scanner_spec = cli_scanner or rig.scanner
     if args.dry_run:
-        if args.cuff and args.cuff != "sim":
-            raise InputError(f"--dry-run uses the simulated cuff; remove --cuff {args.cuff} or drop --dry-run")
-        cuff_spec, scanner_spec = "sim", (args.scanner or "sim")
+        if cli_cuff is not None and not cli_cuff.simulated:
+            raise InputError(f"--dry-run uses the simulated cuff; remove --cuff {cli_cuff} or drop --dry-run")
+        cuff_spec, scanner_spec = SIM_CUFF, (cli_scanner or SimSpec())
     else:
-        if not cuff_spec:
+        if cuff_spec is None:
             raise InputError("no cuff given: use --cuff line:PORT or cpar:PORT, a rig file, or --dry-run")
-        if not scanner_spec:
+        if scanner_spec is None:
             raise InputError("no trigger source given: use --scanner keyboard|serial:PORT, a rig file, or --dry-run")
         for what, spec in (("--cuff", cuff_spec), ("--scanner", scanner_spec)):
-            if spec == "sim" or spec.startswith("sim:"):
-                raise InputError(f"{what} sim is only allowed with --dry-run; a real run never uses simulation")
+            if spec.simulated:
+                raise InputError(f"{what} {spec} is only allowed with --dry-run; a real run never uses simulation")
     pressure = calibration.resolve_pressure(
         protocol, data_root=data_root, participant=run_id.participant, session=run_id.session,
         dry_run=args.dry_run, calibration_file=Path(args.calibration) if args.calibration else None,
@@ -217,7 +220,7 @@ class Session:
             self.briefing = run_briefing(
                 participant=prep.run_id.participant, session=prep.run_id.session, run=prep.run_id.run,
                 protocol_path=str(prep.protocol_path), protocol_sha256=p.sha256, pressure=prep.pressure,
-                ceiling_kpa=p.safety.max_pressure_kpa, cuff=cuff.info, trigger_spec=prep.scanner_spec,
+                ceiling_kpa=p.safety.max_pressure_kpa, cuff=cuff.info, trigger_spec=str(prep.scanner_spec),
                 trigger_simulated=source.simulated, dry_run=prep.dry_run)
             self.confirmation = confirm(self.briefing, say=self.console.say, assume_yes=prep.assume_yes)
             # 3. the run directory and the log (all later failures still end in the vent below)
@@ -289,7 +292,7 @@ class Session:
             "rig_path": str(prep.rig_path) if prep.rig_path else None,
             "cuff": asdict(info),
             "briefing": self.briefing.record() if self.briefing else None, "confirmation": self.confirmation,
-            "scanner": {"kind": source.name, "spec": prep.scanner_spec, "simulated": source.simulated},
+            "scanner": {"kind": source.name, "spec": str(prep.scanner_spec), "simulated": source.simulated},
             "tr_s": p.scan.tr_s, "n_volumes": p.scan.n_volumes, "discard_pulses": self._discard_pulses(),
             "scanner_discarded": p.scan.scanner_discarded,
             "pressure": self.prep.pressure, "cuff_timing": asdict(prep.rig.cuff_timing),
