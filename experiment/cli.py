@@ -15,7 +15,6 @@ from typing import Sequence
 from experiment import __version__
 from experiment.station.console import ClosedSafeStream
 from experiment.errors import EXIT_ABORTED, EXIT_INPUT, CuedpainError
-from experiment.protocol.specs import CUFF_FORMS, SCANNER_FORMS
 
 # subcommand -> module that implements command(args)
 COMMANDS = {
@@ -42,8 +41,9 @@ class _Parser(argparse.ArgumentParser):
 def _device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rig", metavar="FILE", help="rig file (site hardware: ports, trigger source, screen)")
     p.add_argument("--cuff", metavar="SPEC",
-                   help=f"cuff device: {CUFF_FORMS} (PORT: device path, COM name or pyserial URL)")
-    p.add_argument("--scanner", metavar="SPEC", help=f"trigger source: {SCANNER_FORMS} (docs/scanner.md)")
+                   help="cuff device: sim | line:PORT | cpar:PORT (PORT: device path, COM name or pyserial URL)")
+    p.add_argument("--scanner", metavar="SPEC",
+                   help="trigger source: sim | keyboard[:KEY] | serial:PORT[:PRESET]")
 
 
 def _data_arg(p: argparse.ArgumentParser) -> None:
