@@ -14,7 +14,8 @@ from typing import Any
 def dry_run_spec(protocol: Any, *, seed: int | None = None) -> SimpleNamespace:
     """A dry run of `protocol` with the default rig (simulated cuff and scanner, a window)."""
     from experiment.protocol.rig import load_rig
+    from experiment.protocol.specs import SIM_CUFF, SimSpec
 
-    return SimpleNamespace(protocol=protocol, rig=load_rig(None), cuff_spec="sim", scanner_spec="sim",
+    return SimpleNamespace(protocol=protocol, rig=load_rig(None), cuff_spec=SIM_CUFF, scanner_spec=SimSpec(),
                            dry_run=True, headless=False, stimuli_dir=protocol.stimuli_dir,
                            seed=protocol.seed if seed is None else seed)

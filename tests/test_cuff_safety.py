@@ -26,6 +26,7 @@ from experiment.cuff.safety import CuffSupervisor, SafetyLimits
 from experiment.cuff.simdevice import SimCuffDevice
 from experiment.cuff.simserver import SimServer
 from experiment.cuff.transport import LoopbackTransport
+from experiment.protocol.specs import CuffKind, CuffSpec
 from experiment.errors import AbortError, DeviceFault, HardwareError, InputError
 from tests.cuff_helpers import wait_for
 
@@ -80,7 +81,8 @@ def test_the_device_is_armed_with_the_ceiling_and_its_own_limits_are_set() -> No
 def test_a_target_over_the_ceiling_is_refused_before_anything_is_sent() -> None:
     clock = RealClock()
     server = SimServer(SimCuffDevice(), clock=clock)
-    sup = CuffSupervisor(open_cuff(f"line:{server.path}", clock=clock, dry_run=False), clock=clock, limits=LIMITS)
+    sup = CuffSupervisor(open_cuff(CuffSpec(CuffKind.LINE, server.path), clock=clock, dry_run=False), clock=clock,
+                         limits=LIMITS)
     try:
         sup.start()
         seen = len(server.rx_log)
@@ -154,7 +156,7 @@ def test_the_heartbeat_thread_feeds_the_watchdog_while_the_main_thread_is_blocke
     clock = RealClock()
     server = SimServer(SimCuffDevice(), clock=clock)
     limits = SafetyLimits(ceiling_kpa=40, max_stimulus_s=30, max_run_inflated_s=60, watchdog_ms=300)
-    with CuffSupervisor(open_cuff(f"line:{server.path}", clock=clock, dry_run=False), clock=clock,
+    with CuffSupervisor(open_cuff(CuffSpec(CuffKind.LINE, server.path), clock=clock, dry_run=False), clock=clock,
                         limits=limits) as sup:
         sup.stimulate(10, 50)
         threading.Event().wait(1.5)      # a render loop stuck for 5 watchdog periods
@@ -171,9 +173,11 @@ def test_sigkill_of_the_controlling_process_vents_by_watchdog() -> None:
         "import sys, threading\n"
         "from experiment.clock import RealClock\n"
         "from experiment.cuff.factory import open_cuff\n"
+        "from experiment.protocol.specs import CuffKind, CuffSpec\n"
         "from experiment.cuff.safety import CuffSupervisor, SafetyLimits\n"
         "clock = RealClock()\n"
-        "sup = CuffSupervisor(open_cuff('line:' + sys.argv[1], clock=clock, dry_run=False), clock=clock,\n"
+        "cuff = open_cuff(CuffSpec(CuffKind.LINE, sys.argv[1]), clock=clock, dry_run=False)\n"
+        "sup = CuffSupervisor(cuff, clock=clock,\n"
         "    limits=SafetyLimits(ceiling_kpa=40, max_stimulus_s=60, max_run_inflated_s=120, watchdog_ms=500))\n"
         "sup.start()\n"
         "sup.stimulate(30, 50)\n"
@@ -231,7 +235,7 @@ def test_an_exception_anywhere_vents(exc: BaseException) -> None:
 def test_emergency_vent_from_a_signal_handler_reaches_the_wire_within_100_ms_during_an_outstanding_command() -> None:
     clock = RealClock()
     server = SimServer(SimCuffDevice(), clock=clock)
-    cuff = open_cuff(f"line:{server.path}", clock=clock, dry_run=False, reply_timeout_s=2.0)
+    cuff = open_cuff(CuffSpec(CuffKind.LINE, server.path), clock=clock, dry_run=False, reply_timeout_s=2.0)
     sup = CuffSupervisor(cuff, clock=clock, limits=LIMITS)
     old = signal.signal(signal.SIGUSR1, lambda signum, frame: sup.emergency_vent("sigusr1"))
     latencies_ms: list[float] = []
@@ -287,7 +291,7 @@ def test_a_pulled_cable_trips_and_is_never_taken_as_deflated() -> None:
     server = SimServer(SimCuffDevice(), clock=clock)
     records: list[dict[str, Any]] = []
     limits = SafetyLimits(ceiling_kpa=40, max_stimulus_s=30, max_run_inflated_s=60, watchdog_ms=400)
-    sup = CuffSupervisor(open_cuff(f"line:{server.path}", clock=clock, dry_run=False), clock=clock,
+    sup = CuffSupervisor(open_cuff(CuffSpec(CuffKind.LINE, server.path), clock=clock, dry_run=False), clock=clock,
                          limits=limits, on_record=records.append)
     sup.start()
     sup.stimulate(30, 20)

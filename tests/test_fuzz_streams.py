@@ -28,7 +28,8 @@ from experiment.cuff.simserver import SimServer
 from experiment.cuff.transport import LoopbackTransport, SerialTransport
 from experiment.scanner.base import Pulse
 from experiment.scanner.pulsecheck import PulseMonitor
-from experiment.scanner.serial_source import PRESETS, SerialPreset, SerialSource, TriggerDecoder, parse_preset
+from experiment.protocol.specs import PRESETS, SerialPreset, parse_preset
+from experiment.scanner.serial_source import SerialSource, TriggerDecoder
 from experiment.scanner.startgate import StartGate
 from tests.cuff_helpers import wait_for
 

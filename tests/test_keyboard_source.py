@@ -12,6 +12,7 @@ import pytest
 
 from experiment.clock import VirtualClock, psychopy_clock
 from experiment.errors import InputError
+from experiment.protocol.specs import SimDriver, SimSpec
 from experiment.scanner.factory import open_trigger_source
 from experiment.scanner.keyboard_source import KeyboardSource
 from experiment.scanner.sim_scanner import DrivenSource, ScannerPlan, XdotoolScanner
@@ -125,8 +126,8 @@ def test_event_backend_reads_keys_typed_into_the_focused_window(window) -> None:
 def test_simulated_scanner_types_pulses_at_planned_times(window) -> None:
     clock = psychopy_clock()
     plan = ScannerPlan(tr_s=0.05, n_volumes=40, dropped=(7,), start_delay_s=0.1)
-    source = open_trigger_source("sim:keyboard", clock=clock, win=window, dry_run=True, plan=plan)
-    assert isinstance(source, DrivenSource) and isinstance(source.driver, XdotoolScanner)
+    source = open_trigger_source(SimSpec(SimDriver.KEYBOARD), clock=clock, win=window, dry_run=True, plan=plan)
+    assert isinstance(source, DrivenSource) and isinstance(source.driver, XdotoolScanner) and source.reads_keyboard
     try:
         assert source.driver.done.wait(10) and source.driver.error is None
         pulses, _ = _drain(source.source, clock, 39, 0)

@@ -10,12 +10,13 @@ import pytest
 
 from experiment.clock import RealClock, VirtualClock
 from experiment.cuff.base import DeviceEvent, PressureSample
-from experiment.cuff.factory import open_cuff, parse_cuff_spec
+from experiment.cuff.factory import open_cuff
 from experiment.cuff.line_driver import CommandError, LineCuff
 from experiment.cuff.simdevice import SimCuffDevice
 from experiment.cuff.simserver import SimServer
 from experiment.cuff.transport import LoopbackTransport, SerialTransport
 from experiment.errors import DeviceFault, HardwareError, InputError
+from experiment.protocol.specs import SIM_CUFF, CuffKind, CuffSpec
 from tests.cuff_helpers import wait_for
 from tests.hardware_double import BENCH_NAME, BENCH_SERIAL, BenchCuff
 
@@ -258,42 +259,29 @@ def test_loopback_on_a_virtual_clock_runs_the_same_driver() -> None:
 
 # ---------------------------------------------------------------- open_cuff: no silent fallback
 
-def test_specs_parse_and_bad_specs_are_input_errors() -> None:
-    assert parse_cuff_spec("line:/dev/ttyUSB0") == ("line", "/dev/ttyUSB0")
-    assert parse_cuff_spec("cpar:socket://10.0.0.2:5000") == ("cpar", "socket://10.0.0.2:5000")
-    assert parse_cuff_spec("LINE:COM3") == ("line", "COM3")
-    assert parse_cuff_spec("sim") == ("sim", "")
-    with pytest.raises(InputError, match="unknown kind 'serial'"):
-        parse_cuff_spec("serial:/dev/ttyS0")
-    with pytest.raises(InputError, match="give the port"):
-        parse_cuff_spec("line:")
-    with pytest.raises(InputError, match="'sim' takes no port"):
-        parse_cuff_spec("sim:/dev/pts/3")
-
-
 def test_a_port_that_cannot_open_is_a_hardware_error_never_a_simulation(clock: RealClock) -> None:
     with pytest.raises(HardwareError, match="cannot open cuff port /dev/does-not-exist: .*No such file"):
-        open_cuff("line:/dev/does-not-exist", clock=clock, dry_run=True)
+        open_cuff(CuffSpec(CuffKind.LINE, "/dev/does-not-exist"), clock=clock, dry_run=True)
     with pytest.raises(HardwareError, match="cannot open cuff port socket://127.0.0.1:9: .*"):
-        open_cuff("line:socket://127.0.0.1:9", clock=clock, dry_run=False)
+        open_cuff(CuffSpec(CuffKind.LINE, "socket://127.0.0.1:9"), clock=clock, dry_run=False)
 
 
 def test_sim_is_only_for_dry_runs_and_says_it_is_simulated(clock: RealClock) -> None:
     with pytest.raises(InputError, match="allowed only with --dry-run"):
-        open_cuff("sim", clock=clock, dry_run=False)
-    cuff = open_cuff("sim", clock=clock, dry_run=True)
+        open_cuff(SIM_CUFF, clock=clock, dry_run=False)
+    cuff = open_cuff(SIM_CUFF, clock=clock, dry_run=True)
     try:
         assert cuff.info.simulated and cuff.info.port.startswith("/dev/pts/")
         assert cuff.status().state == "IDLE"
     finally:
         cuff.close()
-    headless = open_cuff("sim", clock=VirtualClock(), dry_run=True)
+    headless = open_cuff(SIM_CUFF, clock=VirtualClock(), dry_run=True)
     assert headless.info.simulated and headless.info.port == "sim:loopback"
     headless.close()
 
 
 def test_line_spec_opens_a_served_device(server: SimServer, clock: RealClock) -> None:
-    cuff = open_cuff(f"line:{server.path}", clock=clock, dry_run=False)
+    cuff = open_cuff(CuffSpec(CuffKind.LINE, server.path), clock=clock, dry_run=False)
     try:
         assert cuff.info.port == server.path and cuff.ping().reply.startswith("OK PING n=")
     finally:

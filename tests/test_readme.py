@@ -37,4 +37,4 @@ def test_rig_example_in_the_readme_is_valid(tmp_path: Path) -> None:
     path = tmp_path / "rig.yaml"
     path.write_text(rig_yaml)
     rig = load_rig(path)
-    assert rig.cuff == "line:/dev/ttyUSB0" and rig.scanner.startswith("serial:")
+    assert str(rig.cuff) == "line:/dev/ttyUSB0" and str(rig.scanner).startswith("serial:")

@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from experiment.errors import InputError
-from experiment.protocol.rig import (RIG_SPEC, CuffSpec, ScannerSpec, check_rig_for_protocol, effective_keys, load_rig,
-                            parse_cuff_spec, parse_rig, parse_scanner_spec, rig_json_schema)
+from experiment.protocol.rig import (RIG_SPEC, check_rig_for_protocol, effective_keys, load_rig, parse_rig,
+                                    rig_json_schema)
+from experiment.protocol.specs import CuffKind, CuffSpec, KeyboardSpec, KeyBackend, ScannerKind, SerialSpec
 from experiment.protocol.schema import GENERATED_BEGIN, GENERATED_END, reference_markdown
 from tests.protocol_samples import DEMO, PROTOCOLS, ROOT, edited, load_dict, protocol_from
 
@@ -21,8 +22,8 @@ EXAMPLE = PROTOCOLS / "rig-example.yaml"
 def test_example_rig():
     rig = load_rig(EXAMPLE)
     assert rig.path == EXAMPLE
-    assert rig.cuff_spec == CuffSpec("line", "/dev/ttyUSB0")
-    assert rig.scanner_spec == ScannerSpec("keyboard", None, "5", None)
+    assert rig.cuff == CuffSpec(CuffKind.LINE, "/dev/ttyUSB0")
+    assert rig.scanner == KeyboardSpec("5")
     assert rig.screen.size == (1920, 1080) and rig.screen.refresh_hz == 60.0 and rig.screen.distance_cm == 100.0
     assert (rig.keys.left, rig.keys.stop, rig.keys.trigger) == ("1", "4", None)
     assert rig.serial_latency_ms == 1.0 and rig.discard_pulses is None and "FTDI" in rig.notes
@@ -30,51 +31,20 @@ def test_example_rig():
 
 def test_no_rig_means_nothing_configured():
     for rig in (load_rig(None), parse_rig(""), parse_rig("# only a comment\n")):
-        assert rig.cuff is None and rig.scanner is None and rig.cuff_spec is None and rig.scanner_spec is None
+        assert rig.cuff is None and rig.scanner is None
         assert rig.screen.fullscreen is True and rig.screen.index == 0 and rig.screen.size is None
         assert rig.screen.units == "height" and rig.discard_pulses is None
         assert rig.keys.left is None
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("sim", CuffSpec("sim", None)),
-    ("line:/dev/ttyUSB0", CuffSpec("line", "/dev/ttyUSB0")),
-    ("cpar:COM3", CuffSpec("cpar", "COM3")),
-    ("line:socket://localhost:7000", CuffSpec("line", "socket://localhost:7000")),
-])
-def test_cuff_specs(text, expected):
-    assert parse_cuff_spec(text) == expected
-
-
-@pytest.mark.parametrize("text,expected", [
-    ("sim", ScannerSpec("sim", None, None, None)),
-    ("keyboard", ScannerSpec("keyboard", None, None, None)),
-    ("keyboard:t", ScannerSpec("keyboard", None, "t", None)),
-    ("serial:/dev/ttyACM0", ScannerSpec("serial", "/dev/ttyACM0", None, None)),
-    ("serial:COM4:syncbox", ScannerSpec("serial", "COM4", None, "syncbox")),
-    ("serial:socket://host:7000", ScannerSpec("serial", "socket://host:7000", None, None)),
-    ("serial:loop://", ScannerSpec("serial", "loop://", None, None)),
-    ("serial:rfc2217://host:2217:forp-ascii", ScannerSpec("serial", "rfc2217://host:2217", None, "forp-ascii")),
-])
-def test_scanner_specs(text, expected):
-    assert parse_scanner_spec(text) == expected
-
-
-@pytest.mark.parametrize("parse,text,message", [
-    (parse_cuff_spec, "usb:/dev/x", r"^--cuff: unknown device kind 'usb' in 'usb:/dev/x'; allowed: sim \| line:PORT "
-                                    r"\| cpar:PORT$"),
-    (parse_cuff_spec, "line", r"^--cuff: 'line' needs a port without spaces around it, e\.g\. 'line:/dev/ttyUSB0'"),
-    (parse_cuff_spec, "cpar: COM3", r"^--cuff: 'cpar' needs a port without spaces around it"),
-    (parse_cuff_spec, "sim:fast", r"^--cuff: 'sim' takes no port, got 'sim:fast'"),
-    (parse_cuff_spec, "Line:COM3", r"^--cuff: unknown device kind 'Line'"),
-    (parse_scanner_spec, "keyboard:Shift", r"^--scanner: keyboard trigger key 'Shift' is not a PsychoPy key name"),
-    (parse_scanner_spec, "serial:", r"^--scanner: 'serial' needs a port, e\.g\. 'serial:/dev/ttyACM0'"),
-    (parse_scanner_spec, "parallel:0x378", r"^--scanner: unknown device kind 'parallel' in 'parallel:0x378'; "
-                                           r"allowed: sim \| keyboard\[:KEY\] \| serial:PORT\[:PRESET\]$"),
-])
-def test_bad_specs(parse, text, message):
-    with pytest.raises(InputError, match=message):
-        parse(text)
+def test_rig_specs_are_typed_and_take_every_form_of_the_grammar():
+    rig = parse_rig("cuff: cpar:socket://10.0.0.2:5000\nscanner: keyboard:t:event\n")
+    assert rig.cuff == CuffSpec(CuffKind.CPAR, "socket://10.0.0.2:5000")
+    assert rig.scanner == KeyboardSpec("t", KeyBackend.EVENT)
+    rig = parse_rig("scanner: serial:rfc2217://10.0.0.5:7000:custom:t@38400\n")
+    assert isinstance(rig.scanner, SerialSpec) and rig.scanner.port == "rfc2217://10.0.0.5:7000"
+    assert (rig.scanner.preset.trigger_byte, rig.scanner.preset.baud) == (ord("t"), 38400)
+    assert str(parse_rig("scanner: sim:syncgen\n").scanner) == "sim:syncgen"
 
 
 RIG = textwrap.dedent("""\
@@ -89,7 +59,9 @@ RIG = textwrap.dedent("""\
 
 @pytest.mark.parametrize("old,new,message", [
     ("cuff: line:/dev/ttyUSB0", "cuff: usb:/dev/ttyUSB0",
-     r"^r\.yaml:1:7: cuff: unknown device kind 'usb' in 'usb:/dev/ttyUSB0'; allowed: sim \| line:PORT \| cpar:PORT$"),
+     r"^r\.yaml:1:7: cuff: unknown cuff kind 'usb' in 'usb:/dev/ttyUSB0'; allowed: sim \| line:PORT \| cpar:PORT$"),
+    ("scanner: serial:/dev/ttyACM0", "scanner: serial:/dev/ttyACM0:syncbx",
+     r"^r\.yaml:2:10: scanner: unknown trigger preset 'syncbx' in 'serial:/dev/ttyACM0:syncbx'; allowed: syncbox "),
     ("scanner: serial:/dev/ttyACM0", "scaner: serial:/dev/ttyACM0",
      r"^r\.yaml:2:1: scaner: unknown key 'scaner' \(did you mean 'scanner'\?\); allowed keys here: cuff, scanner, "),
     ("  size: [800, 600]", "  size: [800]",
@@ -183,9 +155,9 @@ def test_random_rigs_give_a_rig_or_one_input_error(top, screen):
         assert exc.message.startswith("r.yaml") and "\n" not in exc.message
         return
     if rig.cuff is not None:
-        assert rig.cuff_spec.kind in ("sim", "line", "cpar")
+        assert rig.cuff.kind in CuffKind
     if rig.scanner is not None:
-        assert rig.scanner_spec.kind in ("sim", "keyboard", "serial")
+        assert rig.scanner.kind in ScannerKind
 
 
 def test_cuff_timing_defaults_and_overrides():

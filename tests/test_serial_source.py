@@ -1,6 +1,6 @@
 """The serial trigger source through a real pseudo-terminal: timestamps and their
-latency, presets and the spec syntax, the bit-coded rising edge, exclusive opening,
-a lost port and a full queue."""
+latency, the bit-coded rising edge, exclusive opening, a lost port and a full queue.
+The `serial:PORT[:PRESET]` grammar is tested in tests/test_specs.py."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from experiment.clock import RealClock
-from experiment.errors import DeviceFault, HardwareError, InputError
-from experiment.scanner.serial_source import PRESETS, SerialSource, TriggerDecoder, parse_preset, parse_serial_spec
+from experiment.errors import DeviceFault, HardwareError
+from experiment.protocol.specs import PRESETS, parse_preset
+from experiment.scanner.serial_source import SerialSource, TriggerDecoder
 from experiment.scanner.sim_scanner import PtyScanner, ScannerPlan
 
 
@@ -25,35 +26,7 @@ def _collect(source: SerialSource, n: int, clock: RealClock, timeout_s: float = 
     return got
 
 
-# -- spec and presets (pure) --
-
-@pytest.mark.parametrize("rest, port, name, baud, byte, mask", [
-    ("/dev/ttyUSB0", "/dev/ttyUSB0", "forp", 19200, ord("5"), None),
-    ("/dev/ttyUSB0:syncbox", "/dev/ttyUSB0", "syncbox", 57600, ord("s"), None),
-    ("COM3:forp@115200", "COM3", "forp", 115200, ord("5"), None),
-    ("/dev/ttyACM0:forp-bitwise", "/dev/ttyACM0", "forp-bitwise", 19200, None, 0x10),
-    ("/dev/ttyUSB0:custom:0x54@9600", "/dev/ttyUSB0", "custom", 9600, 0x54, None),
-    ("COM4:custom:t@38400", "COM4", "custom", 38400, ord("t"), None),
-    ("socket://127.0.0.1:7000", "socket://127.0.0.1:7000", "forp", 19200, ord("5"), None),
-    ("rfc2217://host:7000:syncbox", "rfc2217://host:7000", "syncbox", 57600, ord("s"), None),
-])
-def test_serial_spec_names_port_and_preset(rest, port, name, baud, byte, mask) -> None:
-    got_port, preset = parse_serial_spec(rest)
-    assert (got_port, preset.name, preset.baud, preset.trigger_byte, preset.trigger_mask) == \
-        (port, name, baud, byte, mask)
-
-
-@pytest.mark.parametrize("rest, message", [
-    ("/dev/ttyUSB0:syncbx", r"unknown trigger preset 'syncbx' in 'serial:/dev/ttyUSB0:syncbx'; allowed: syncbox"),
-    ("/dev/ttyUSB0:forp@12345", r"baud rate 12345 is not a standard rate"),
-    ("/dev/ttyUSB0:custom:0x154@9600", r"unknown trigger preset 'custom:0x154@9600'"),
-    ("/dev/ttyUSB0:custom", r"unknown trigger preset 'custom' in 'serial:/dev/ttyUSB0:custom'"),
-    ("", r"serial trigger source needs a port"),
-])
-def test_bad_serial_specs_say_what_is_allowed(rest, message) -> None:
-    with pytest.raises(InputError, match=message):
-        parse_serial_spec(rest)
-
+# -- the decoder (pure) --
 
 def test_bitwise_decoder_counts_rising_edges_only() -> None:
     dec = TriggerDecoder(PRESETS["forp-bitwise"])

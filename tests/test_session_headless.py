@@ -111,7 +111,7 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path: Path, args: list[str],
     assert not (tmp_path / "data" / "sourcedata").exists()
 
 
-def test_a_cuff_port_that_does_not_open_is_exit_4_and_never_simulated(tmp_path: Path) -> None:
+def test_a_cuff_port_that_does_not_open_is_exit_4_and_never_simulated(tmp_path: Path, xdisplay: str) -> None:
     proc = _cli("run", str(DEMO), "--participant", "P1", "--data", str(tmp_path / "data"),
                 "--cuff", "line:/dev/does-not-exist", "--scanner", "serial:/dev/also-missing", "--yes")
     assert proc.returncode == 4, proc.stderr

@@ -17,6 +17,7 @@ from experiment.cuff.check import latency_advice, latency_timer_path, percentile
 from experiment.cuff.factory import open_cuff
 from experiment.cuff.simdevice import SimCuffDevice
 from experiment.cuff.simserver import SimServer, SimServerProcess, make_device, start_sim_server
+from experiment.protocol.specs import SIM_CUFF, CuffKind, CuffSpec
 from experiment.errors import InputError
 from tests.cuff_helpers import wait_for
 
@@ -83,7 +84,7 @@ def test_simulate_cuff_command_prints_the_path_first_and_serves_until_sigterm() 
         path = proc.stdout.readline().strip()
         assert path.startswith("/dev/pts/")
         clock = RealClock()
-        cuff = open_cuff(f"line:{path}", clock=clock, dry_run=False)
+        cuff = open_cuff(CuffSpec(CuffKind.LINE, path), clock=clock, dry_run=False)
         try:
             assert cuff.info.simulated and cuff.info.hard_limit_kpa == 80.0
             assert cuff.status().state == "IDLE"
@@ -103,7 +104,7 @@ def test_simulate_cuff_command_prints_the_path_first_and_serves_until_sigterm() 
 def test_sim_server_process_api_and_sigint() -> None:
     sim = SimServerProcess(["--leak", "0"])
     clock = RealClock()
-    cuff = open_cuff(f"line:{sim.path}", clock=clock, dry_run=False)
+    cuff = open_cuff(CuffSpec(CuffKind.LINE, sim.path), clock=clock, dry_run=False)
     assert cuff.ping().reply == "OK PING n=1"
     cuff.close()
     sim.proc.send_signal(signal.SIGINT)
@@ -133,7 +134,7 @@ def test_simulate_cuff_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -
 
 def test_rig_check_identifies_times_round_trips_and_gives_a_test_pulse() -> None:
     clock = RealClock()
-    cuff = open_cuff("sim", clock=clock, dry_run=True)
+    cuff = open_cuff(SIM_CUFF, clock=clock, dry_run=True)
     lines: list[str] = []
     try:
         report = run_cuff_check(cuff, clock=clock, pings=120, test_pressure_kpa=8, out=lines.append)
@@ -153,7 +154,7 @@ def test_rig_check_identifies_times_round_trips_and_gives_a_test_pulse() -> None
 
 def test_rig_check_reports_a_leaking_cuff_and_vents_it() -> None:
     clock = VirtualClock()
-    cuff = open_cuff("sim", clock=clock, dry_run=True, sim_options={"leak_kpa_s": 30.0})
+    cuff = open_cuff(SIM_CUFF, clock=clock, dry_run=True, sim_options={"leak_kpa_s": 30.0})
     lines: list[str] = []
     report = run_cuff_check(cuff, clock=clock, pings=100, test_pressure_kpa=10, out=lines.append)
     pulse = report["test_pulse"]
@@ -167,7 +168,7 @@ def test_rig_check_reports_a_leaking_cuff_and_vents_it() -> None:
 
 def test_rig_check_refuses_too_few_pings_and_a_high_test_pressure() -> None:
     clock = VirtualClock()
-    cuff = open_cuff("sim", clock=clock, dry_run=True)
+    cuff = open_cuff(SIM_CUFF, clock=clock, dry_run=True)
     with pytest.raises(InputError, match="--pings must be at least 100, got 99"):
         run_cuff_check(cuff, clock=clock, pings=99, out=lambda s: None)
     with pytest.raises(InputError, match="--test-pressure must be above 0 and at most 20 kPa"):

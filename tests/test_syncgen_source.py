@@ -11,6 +11,7 @@ import pytest
 
 from experiment.clock import psychopy_clock
 from experiment.errors import HardwareError, InputError
+from experiment.protocol.specs import SimDriver, SimSpec
 from experiment.scanner.factory import open_trigger_source
 from experiment.scanner.sim_scanner import ScannerPlan
 from experiment.scanner.startgate import StartGate, wait_for_t0
@@ -38,8 +39,8 @@ def window(xdisplay):
 def test_syncgenerator_pulses_reach_t0_after_its_skipped_and_discarded_volumes(window) -> None:
     clock = psychopy_clock()
     plan = ScannerPlan(tr_s=0.1, n_volumes=8, prep_scans_no_pulse=2, discard_pulses=2)
-    source = open_trigger_source("sim:syncgen", clock=clock, win=window, dry_run=True, plan=plan)
-    assert isinstance(source, SyncGenSource)
+    source = open_trigger_source(SimSpec(SimDriver.SYNCGEN), clock=clock, win=window, dry_run=True, plan=plan)
+    assert isinstance(source, SyncGenSource) and source.reads_keyboard and source.simulated
     opened = clock.now()
     typist = subprocess.Popen(["xdotool", "-"], stdin=subprocess.PIPE, text=True)
     try:

@@ -1,4 +1,6 @@
-"""`open_cuff(spec, ...)`: a connected cuff from `sim`, `line:PORT` or `cpar:PORT`.
+"""`open_cuff(spec, ...)`: a connected cuff from a `CuffSpec` (`sim`, `line:PORT` or `cpar:PORT`).
+
+The spec was parsed where it entered (`experiment.protocol.specs`); this module reads no text.
 
 PORT is a device path, a COM name or a pyserial URL (`socket://host:port`,
 `hwgrep://regexp`). A port that cannot be opened, or a device that does not identify
@@ -22,40 +24,22 @@ from experiment.cuff.line_driver import LineCuff
 from experiment.cuff.simdevice import SimCuffDevice
 from experiment.cuff.transport import LoopbackTransport, SerialTransport
 from experiment.errors import HardwareError, InputError
-
-KINDS = ("sim", "line", "cpar")
-
-
-def parse_cuff_spec(spec: str) -> tuple[str, str]:
-    """`'line:/dev/ttyUSB0'` -> `('line', '/dev/ttyUSB0')`; `'sim'` -> `('sim', '')`."""
-    kind, sep, port = (spec or "").strip().partition(":")
-    kind = kind.lower()
-    if kind == "sim":
-        if port:
-            raise InputError(f"cuff spec {spec!r}: 'sim' takes no port")
-        return kind, ""
-    if kind in ("line", "cpar"):
-        if not port:
-            raise InputError(f"cuff spec {spec!r}: give the port, e.g. {kind}:/dev/ttyUSB0, {kind}:COM3 "
-                             f"or {kind}:socket://host:port")
-        return kind, port
-    if kind == "gated":
-        raise InputError(f"cuff spec {spec!r}: the gated cuff driver is not built; use line:PORT or cpar:PORT")
-    raise InputError(f"cuff spec {spec!r}: unknown kind {kind!r}; allowed: sim, line:PORT, cpar:PORT")
+from experiment.protocol.specs import CuffKind, CuffSpec
 
 
-def open_cuff(spec: str, *, clock: Clock, dry_run: bool, reply_timeout_s: float = 0.5,
+def open_cuff(spec: CuffSpec, *, clock: Clock, dry_run: bool, reply_timeout_s: float = 0.5,
               sim_options: dict[str, Any] | None = None) -> Cuff:
     """Open, identify and return the cuff `spec` names (see the module docstring).
 
     `sim_options` go to `SimCuffDevice` (hard_limit_kpa, leak_kpa_s, seed).
     """
-    kind, port = parse_cuff_spec(spec)
-    if kind == "sim":
+    if spec.simulated:
         if not dry_run:
             raise InputError("--cuff sim is a simulated cuff: it is allowed only with --dry-run")
         return _open_sim(clock=clock, reply_timeout_s=reply_timeout_s, sim_options=sim_options or {})
-    if kind == "line":
+    port = spec.port
+    assert port is not None  # every kind but sim has a port (CuffSpec checks)
+    if spec.kind is CuffKind.LINE:
         cuff: Any = LineCuff(SerialTransport(port, clock=clock), clock=clock, reply_timeout_s=reply_timeout_s)
     else:
         from experiment.cuff.cpar_driver import CparCuff  # only when a CPAR is asked for

@@ -3,8 +3,6 @@
 Public API:
     load_rig(path | None) -> Rig                  None: the defaults (no devices configured)
     parse_rig(text, *, file) -> Rig               pure
-    parse_cuff_spec(text, *, what) -> CuffSpec    'sim' | 'line:PORT' | 'cpar:PORT'
-    parse_scanner_spec(text, *, what) -> ScannerSpec   'sim' | 'keyboard[:KEY]' | 'serial:PORT[:PRESET]'
     effective_keys(protocol, rig) -> Keys         protocol keys with the rig's overrides; all distinct
     check_rig_for_protocol(protocol, rig)         the screen can show the protocol's cue units
     rig_json_schema() -> str                      protocols/cuedpain-rig.schema.json
@@ -12,106 +10,48 @@ Public API:
     Rig.cuff_timing                               the pre-flight's cuff timing model (experiment.protocol.cuff_timing.CuffTiming)
 
 A rig file keeps a protocol portable between labs: ports, trigger source, button box and
-screen live here. A missing `cuff` or `scanner` is None, meaning "not configured": the
-runner then needs --cuff/--scanner or --dry-run, and never falls back to a simulator on
-its own. PORT is a device path, a COM name or a pyserial URL (it may contain ':').
+screen live here. `cuff` and `scanner` are device specs in the one grammar of
+`experiment.protocol.specs` (typed once read); a missing one is None, meaning "not
+configured": the runner then needs --cuff/--scanner or --dry-run, and never falls back to
+a simulator on its own.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from pathlib import Path
 
 from experiment.errors import InputError
 from experiment.protocol.model import Keys, Protocol
 from experiment.protocol.cuff_timing import CUFF_TIMING, CuffTiming
-from experiment.protocol.schema import (Boolean, Choice, Integer, KeyName, Nullable, Number, Pair, Record, Text,
-                                        json_schema_document, record, spec)
-from experiment.protocol.yamlload import Located, Where, parse_yaml, read_yaml
+from experiment.protocol.schema import (Boolean, Choice, Integer, KeyName, Nullable, Number, Pair, Record, Refined,
+                                        Text, json_schema_document, record, spec)
+from experiment.protocol.specs import (CUFF_FORMS, SCANNER_FORMS, CuffSpec, KeyboardSpec, ScannerSpec,
+                                       parse_cuff_spec, parse_scanner_spec)
+from experiment.protocol.yamlload import FieldPath, Located, Where, parse_yaml, read_yaml
 
 SCHEMA_ID = "https://github.com/cuedpain/cuedpain/protocols/cuedpain-rig.schema.json"
-CUFF_KINDS = ("sim", "line", "cpar")
-SCANNER_KINDS = ("sim", "keyboard", "serial")
-_PRESET = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _DEFAULT = "<default rig>"
+
 
 def rig_json_schema() -> str:
     """The rig format's JSON Schema, as committed in protocols/cuedpain-rig.schema.json."""
     return json_schema_document(RIG_SPEC, title="cuedpain rig", schema_id=SCHEMA_ID)
 
 
-@dataclass(frozen=True)
-class CuffSpec:
-    kind: str            # sim | line | cpar
-    port: str | None     # None for sim
+def _field(where: Where, path: FieldPath) -> str:
+    """How a spec error names a rig field: `FILE:LINE:COL: name`."""
+    pos = where.position(path)
+    name = ".".join(str(p) for p in path)
+    return f"{where.file}:{pos[0]}:{pos[1]}: {name}" if pos else f"{where.file}: {name}"
 
 
-@dataclass(frozen=True)
-class ScannerSpec:
-    kind: str            # sim | keyboard | serial
-    port: str | None     # serial only
-    key: str | None      # keyboard only (None: the protocol's keys.trigger)
-    preset: str | None   # serial only, optional
+def _cuff(text: str, path: FieldPath, where: Where) -> CuffSpec:
+    return parse_cuff_spec(text, what=_field(where, path))
 
 
-def _split(text: str, kinds: tuple[str, ...], grammar: str) -> tuple[str, str | None]:
-    kind, sep, rest = text.partition(":")
-    if kind not in kinds:
-        raise ValueError(f"unknown device kind {kind!r} in {text!r}; allowed: {grammar}")
-    return kind, (rest if sep else None)
-
-
-def _cuff_spec(text: str) -> CuffSpec:
-    grammar = "sim | line:PORT | cpar:PORT"
-    kind, rest = _split(text, CUFF_KINDS, grammar)
-    if kind == "sim":
-        if rest is not None:
-            raise ValueError(f"'sim' takes no port, got {text!r}; allowed: {grammar}")
-        return CuffSpec("sim", None)
-    if not rest or rest != rest.strip():
-        raise ValueError(f"{kind!r} needs a port without spaces around it, e.g. '{kind}:/dev/ttyUSB0' or "
-                         f"'{kind}:COM3'; got {text!r}")
-    return CuffSpec(kind, rest)
-
-
-def _scanner_spec(text: str) -> ScannerSpec:
-    grammar = "sim | keyboard[:KEY] | serial:PORT[:PRESET]"
-    kind, rest = _split(text, SCANNER_KINDS, grammar)
-    if kind == "sim":
-        if rest is not None:
-            raise ValueError(f"'sim' takes no argument, got {text!r}; allowed: {grammar}")
-        return ScannerSpec("sim", None, None, None)
-    if kind == "keyboard":
-        if rest is None:
-            return ScannerSpec("keyboard", None, None, None)
-        if not re.fullmatch(r"[a-z0-9_]{1,20}", rest):
-            raise ValueError(f"keyboard trigger key {rest!r} is not a PsychoPy key name (lowercase letters, "
-                             f"digits, '_'), e.g. 'keyboard:5'")
-        return ScannerSpec("keyboard", None, rest, None)
-    if not rest or rest != rest.strip():
-        raise ValueError(f"'serial' needs a port, e.g. 'serial:/dev/ttyACM0' or 'serial:COM4:PRESET'; got {text!r}")
-    port, sep, preset = rest.rpartition(":")
-    if sep and port and _PRESET.fullmatch(preset) and not port.endswith("/"):
-        return ScannerSpec("serial", port, None, preset)
-    return ScannerSpec("serial", rest, None, None)
-
-
-def parse_cuff_spec(text: str, *, what: str = "--cuff") -> CuffSpec:
-    """Parse a cuff device spec; an InputError names `what` (the option or the rig field)."""
-    try:
-        return _cuff_spec(text)
-    except ValueError as exc:
-        raise InputError(f"{what}: {exc}") from None
-
-
-def parse_scanner_spec(text: str, *, what: str = "--scanner") -> ScannerSpec:
-    """Parse a trigger source spec. In serial:PORT:PRESET the part after the last ':' is a preset
-    only when it is a plain name (so 'serial:socket://host:7000' keeps its port number)."""
-    try:
-        return _scanner_spec(text)
-    except ValueError as exc:
-        raise InputError(f"{what}: {exc}") from None
+def _scanner(text: str, path: FieldPath, where: Where) -> ScannerSpec:
+    return parse_scanner_spec(text, what=_field(where, path))
 
 
 _UNITS = ("pix", "norm", "height", "deg", "cm")
@@ -152,12 +92,13 @@ RIG_KEYS = Record(RigKeys, "button box keys; null keeps the protocol's")
 
 @record
 class Rig:
-    """A rig file's values; `cuff` and `scanner` are spec text (None: not configured)."""
+    """A rig file's values; `cuff` and `scanner` are typed device specs (None: not configured)."""
 
-    cuff: str | None = spec(Nullable(Text("cuff device: sim | line:PORT | cpar:PORT (null: not configured)",
-                                          max_length=300)), default=None)
-    scanner: str | None = spec(Nullable(Text("trigger source: sim | keyboard[:KEY] | serial:PORT[:PRESET] "
-                                             "(null: not configured)", max_length=300)), default=None)
+    cuff: CuffSpec | None = spec(Nullable(Refined(Text(f"cuff device: {CUFF_FORMS} (null: not configured)",
+                                                       max_length=300), _cuff)), default=None)
+    scanner: ScannerSpec | None = spec(Nullable(Refined(Text(f"trigger source: {SCANNER_FORMS} (null: not "
+                                                             "configured)", max_length=300), _scanner)),
+                                       default=None)
     discard_pulses: int | None = spec(Nullable(Integer("overrides the protocol's scan.discard_pulses for this "
                                                        "scanner", minimum=0, maximum=100)), default=None)
     screen: Screen = spec(SCREEN, default=SCREEN.defaults())
@@ -182,14 +123,6 @@ class Rig:
             return str(self.path)
         return "the default rig (no rig file given)" if self.where.file == _DEFAULT else self.where.file
 
-    @property
-    def cuff_spec(self) -> CuffSpec | None:
-        return None if self.cuff is None else _cuff_spec(self.cuff)
-
-    @property
-    def scanner_spec(self) -> ScannerSpec | None:
-        return None if self.scanner is None else _scanner_spec(self.scanner)
-
 
 RIG_SPEC = Record(Rig, "a cuedpain rig file (site hardware)")
 
@@ -202,12 +135,6 @@ def build_rig(doc: Located) -> Rig:
         raise where.error((), f"a rig file must be a mapping (cuff, scanner, screen, keys, ...); "
                               f"got {type(data).__name__}")
     rig = replace(RIG_SPEC.check(data, (), where), where=where)
-    for name, text, parse in (("cuff", rig.cuff, _cuff_spec), ("scanner", rig.scanner, _scanner_spec)):
-        if text is not None:
-            try:
-                parse(text)
-            except ValueError as exc:
-                raise where.error((name,), str(exc)) from None
     seen: dict[str, str] = {}
     for role in RIG_KEYS.fields:
         key = getattr(rig.keys, role)
@@ -242,9 +169,9 @@ def effective_keys(protocol: Protocol, rig: Rig) -> Keys:
         value = getattr(rig.keys, role)
         if value is not None:
             merged[role], source[role] = value, "rig"
-    spec = rig.scanner_spec
-    if spec is not None and spec.key is not None:
-        merged["trigger"], source["trigger"] = spec.key, "rig scanner"
+    scanner = rig.scanner
+    if isinstance(scanner, KeyboardSpec) and scanner.key is not None:
+        merged["trigger"], source["trigger"] = scanner.key, "rig scanner"
     seen: dict[str, str] = {}
     for role, key in merged.items():
         if key in seen:

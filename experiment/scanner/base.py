@@ -11,9 +11,11 @@ from __future__ import annotations
 import collections
 import threading
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Generic, Protocol, TypeVar
 
 from experiment.errors import DeviceFault
+
+KeyPress = tuple[str, float]   # (PsychoPy key name, clock time of the key event)
 
 
 @dataclass(frozen=True)
@@ -24,8 +26,24 @@ class Pulse:
 
 
 class TriggerSource(Protocol):
-    name: str
-    simulated: bool
+    """Everything the runner asks of a trigger source, so it never probes for more.
+
+    `reads_keyboard` says whether this source reads the keyboard queue; a run has
+    exactly one keyboard reader (two would steal keys from each other), so when it is
+    True the runner takes the participant's keys from `poll_keys()`, and otherwise it
+    makes its own key reader. A source that does not read the keyboard returns [].
+    """
+
+    @property
+    def name(self) -> str:
+        """What the pulses' `source` says and the log header records."""
+
+    @property
+    def simulated(self) -> bool:
+        """True for a simulated scanner (refused outside a dry run)."""
+
+    @property
+    def reads_keyboard(self) -> bool: ...
 
     def open(self) -> None:
         """Open the line (port, keyboard queue). Raises HardwareError if it cannot."""
@@ -33,10 +51,16 @@ class TriggerSource(Protocol):
     def poll(self) -> list[Pulse]:
         """Pulses that arrived since the last poll, oldest first. Never blocks."""
 
+    def poll_keys(self) -> list[KeyPress]:
+        """Keys that are not pulses, oldest first ([] unless `reads_keyboard`). Never blocks."""
+
     def close(self) -> None: ...
 
 
-class PulseBuffer:
+T = TypeVar("T")
+
+
+class PulseBuffer(Generic[T]):
     """A bounded, thread-safe FIFO between a source's reader and `poll()`.
 
     Never drops silently: when full, the newest item is refused and counted, and
@@ -50,10 +74,10 @@ class PulseBuffer:
         self.capacity = capacity
         self.dropped = 0
         self._what = what
-        self._items: collections.deque[Any] = collections.deque()
+        self._items: collections.deque[T] = collections.deque()
         self._lock = threading.Lock()
 
-    def push(self, item: Any) -> bool:
+    def push(self, item: T) -> bool:
         """Queue one item; False (and counted) when the buffer is full."""
         with self._lock:
             if len(self._items) >= self.capacity:
@@ -62,7 +86,7 @@ class PulseBuffer:
             self._items.append(item)
             return True
 
-    def drain(self) -> list[Any]:
+    def drain(self) -> list[T]:
         """Everything queued, oldest first; raises DeviceFault after an overflow."""
         with self._lock:
             items = list(self._items)

@@ -1,11 +1,11 @@
-"""`--scanner SPEC` -> an opened trigger source.
+"""A typed scanner spec -> a trigger source (built here, opened by the caller or `open_trigger_source`).
 
-Forms (docs/scanner.md):
-    keyboard[:KEY][:BACKEND]   KEY default 5; BACKEND ptb (default) or event
-    serial:PORT[:PRESET]       PRESET: syncbox | forp | forp-bitwise | NAME@BAUD | custom:BYTE@BAUD
-    sim[:DRIVER]               dry runs only. DRIVER: virtual (default with a virtual clock),
-                               serial (default with a real clock: a pseudo-terminal),
-                               keyboard (xdotool key events), syncgen (PsychoPy's SyncGenerator)
+The spec was parsed where it entered (`experiment.protocol.specs`); this module does not
+read text. What it decides is what the spec leaves to the run:
+    keyboard        the key when the spec names none (the protocol's keys.trigger)
+    sim             dry runs only; the driver when the spec names none: `virtual` on a
+                    virtual clock (--headless), else `serial`, which is a pseudo-terminal
+                    where the platform has one (POSIX) and a loopback TCP socket elsewhere
 A simulated scanner is never a fallback: `sim` outside a dry run is an input error.
 """
 
@@ -14,67 +14,72 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from experiment.clock import Clock
+from experiment.clock import Clock, VirtualClock
 from experiment.errors import InputError
+from experiment.protocol.specs import KeyboardSpec, ScannerSpec, SerialSpec, SimDriver, SimSpec
 from experiment.scanner.base import TriggerSource
-from experiment.scanner.keyboard_source import BACKENDS, KeyboardSource
-from experiment.scanner.serial_source import SerialSource, parse_serial_spec
-from experiment.scanner.sim_scanner import ScannerPlan, VirtualScanner, pty_sim_source, xdotool_sim_source
+from experiment.scanner.keyboard_source import KeyboardSource
+from experiment.scanner.serial_source import SerialSource
+from experiment.scanner.sim_scanner import ScannerPlan, VirtualScanner, has_pty, pty_sim_source, \
+    socket_sim_source, xdotool_sim_source
 from experiment.scanner.syncgen_source import SyncGenSource
 
-FORMS = ("keyboard[:KEY][:ptb|event]", "serial:PORT[:PRESET]", "sim[:virtual|serial|keyboard|syncgen] (dry runs only)")
-SIM_DRIVERS = ("virtual", "serial", "keyboard", "syncgen")
+
+def resolve_sim_driver(driver: SimDriver | None, *, virtual_clock: bool, pty: bool) -> SimDriver:
+    """The driver a `sim` spec gets (pure): none named -> virtual or serial; serial -> pty or socket."""
+    chosen = driver or (SimDriver.VIRTUAL if virtual_clock else SimDriver.SERIAL)
+    if chosen is SimDriver.SERIAL:
+        return SimDriver.PTY if pty else SimDriver.SOCKET
+    return chosen
 
 
-def _unknown(spec: str, why: str) -> InputError:
-    return InputError(f"scanner {spec!r}: {why}; allowed: {' | '.join(FORMS)}")
+def make_trigger_source(spec: ScannerSpec, *, clock: Clock, win: Any = None, dry_run: bool,
+                        plan: ScannerPlan | None = None, default_key: str = "5") -> TriggerSource:
+    """Build (not open) the trigger source `spec` names.
+
+    `win` is the PsychoPy window (an object of an untyped library, hence Any), or None
+    when the command opens none; `default_key` is the trigger key of a `keyboard` spec
+    that names none.
+    """
+    if isinstance(spec, KeyboardSpec):
+        return KeyboardSource(win, clock=clock, trigger_keys=(spec.key or default_key,), backend=spec.backend.value)
+    if isinstance(spec, SerialSpec):
+        return SerialSource(spec.port, clock=clock, preset=spec.preset)
+    return _simulated(spec, clock=clock, win=win, dry_run=dry_run, plan=plan)
 
 
-def make_trigger_source(spec: str, *, clock: Clock, win: Any = None, dry_run: bool,
-                        plan: ScannerPlan | None = None) -> TriggerSource:
-    """Build (not open) the trigger source named by `spec`."""
-    kind, _, rest = (spec or "").strip().partition(":")
-    if kind == "keyboard":
-        parts = rest.split(":") if rest else []
-        if len(parts) > 2 or any(p == "" for p in parts):
-            raise _unknown(spec, "a keyboard spec is keyboard, keyboard:KEY or keyboard:KEY:BACKEND")
-        key = parts[0] if parts else "5"
-        backend = parts[1] if len(parts) == 2 else "ptb"
-        if backend not in BACKENDS:
-            raise _unknown(spec, f"keyboard backend {backend!r} is not one of {', '.join(BACKENDS)}")
-        return KeyboardSource(win, clock=clock, trigger_keys=(key,), backend=backend)
-    if kind == "serial":
-        port, preset = parse_serial_spec(rest)
-        return SerialSource(port, clock=clock, preset=preset)
-    if kind == "sim":
-        if not dry_run:
-            raise InputError(f"scanner {spec!r}: the simulated scanner is only allowed in a dry run (--dry-run); "
-                             f"a real run needs keyboard[:KEY] or serial:PORT[:PRESET]")
-        if plan is None:
-            raise InputError(f"scanner {spec!r}: the simulated scanner needs the protocol's TR and volume count")
-        driver = rest or ("virtual" if clock.virtual else "serial")
-        if driver not in SIM_DRIVERS:
-            raise _unknown(spec, f"simulated scanner driver {driver!r} is not one of {', '.join(SIM_DRIVERS)}")
-        if clock.virtual != (driver == "virtual"):
-            raise InputError(f"scanner {spec!r}: the '{driver}' simulated scanner "
-                             f"{'needs' if driver == 'virtual' else 'cannot run on'} a virtual clock (--headless)")
-        if driver == "virtual":
-            return VirtualScanner(plan, clock=clock)  # type: ignore[arg-type]
-        if driver == "serial":
-            return pty_sim_source(plan, clock=clock)
-        if win is None:
-            raise InputError(f"scanner {spec!r}: the '{driver}' simulated scanner types into the participant window, "
-                             f"which this command does not open")
-        if driver == "keyboard":
-            return xdotool_sim_source(plan, clock=clock, win=win)
-        # PsychoPy's emulator keeps its own TR without jitter: the plan's timing jitter does not apply
-        return SyncGenSource(win, clock=clock, plan=replace(plan, jitter_s=0.0))
-    raise _unknown(spec, "unknown trigger source" if kind else "no trigger source given")
+def _simulated(spec: SimSpec, *, clock: Clock, win: Any, dry_run: bool, plan: ScannerPlan | None) -> TriggerSource:
+    if not dry_run:
+        raise InputError(f"scanner {spec.text!r}: the simulated scanner is only allowed in a dry run (--dry-run); "
+                         f"a real run needs keyboard[:KEY] or serial:PORT[:PRESET]")
+    if plan is None:
+        raise InputError(f"scanner {spec.text!r}: the simulated scanner needs the protocol's TR and volume count")
+    named = spec.driver or (SimDriver.VIRTUAL if clock.virtual else SimDriver.SERIAL)
+    if clock.virtual != (named is SimDriver.VIRTUAL):
+        raise InputError(f"scanner {spec.text!r}: the '{named.value}' simulated scanner "
+                         f"{'needs' if named is SimDriver.VIRTUAL else 'cannot run on'} a virtual clock (--headless)")
+    driver = resolve_sim_driver(named, virtual_clock=clock.virtual, pty=has_pty())
+    if driver is SimDriver.VIRTUAL:
+        if not isinstance(clock, VirtualClock):
+            raise InputError(f"scanner {spec.text!r}: the 'virtual' simulated scanner needs "
+                             f"experiment.clock.VirtualClock")
+        return VirtualScanner(plan, clock=clock)
+    if driver is SimDriver.PTY:
+        return pty_sim_source(plan, clock=clock)
+    if driver is SimDriver.SOCKET:
+        return socket_sim_source(plan, clock=clock)
+    if win is None:
+        raise InputError(f"scanner {spec.text!r}: the '{driver.value}' simulated scanner types into the participant "
+                         f"window, which this command does not open")
+    if driver is SimDriver.KEYBOARD:
+        return xdotool_sim_source(plan, clock=clock, win=win)
+    # PsychoPy's emulator keeps its own TR without jitter: the plan's timing jitter does not apply
+    return SyncGenSource(win, clock=clock, plan=replace(plan, jitter_s=0.0))
 
 
-def open_trigger_source(spec: str, *, clock: Clock, win: Any = None, dry_run: bool,
-                        plan: ScannerPlan | None = None) -> TriggerSource:
-    """Build and open the trigger source named by `spec`; the caller closes it."""
-    source = make_trigger_source(spec, clock=clock, win=win, dry_run=dry_run, plan=plan)
+def open_trigger_source(spec: ScannerSpec, *, clock: Clock, win: Any = None, dry_run: bool,
+                        plan: ScannerPlan | None = None, default_key: str = "5") -> TriggerSource:
+    """Build and open the trigger source `spec` names; the caller closes it."""
+    source = make_trigger_source(spec, clock=clock, win=win, dry_run=dry_run, plan=plan, default_key=default_key)
     source.open()
     return source

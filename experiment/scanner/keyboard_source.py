@@ -28,10 +28,11 @@ from typing import Any, Callable, Sequence
 
 from experiment.clock import Clock
 from experiment.errors import HardwareError, InputError
-from experiment.scanner.base import Pulse, PulseBuffer
+from experiment.protocol.specs import KeyBackend
+from experiment.scanner.base import KeyPress, Pulse, PulseBuffer
 
-KeyReader = Callable[[], list[tuple[str, float]]]  # (key name, clock time) oldest first
-BACKENDS = ("ptb", "event")
+KeyReader = Callable[[], list[KeyPress]]  # (key name, clock time) oldest first
+BACKENDS = tuple(b.value for b in KeyBackend)
 
 
 class PtbKeyReader:
@@ -61,9 +62,9 @@ class PtbKeyReader:
             raise HardwareError(f"PsychoPy's Keyboard is already using the {backend!r} backend in this process; "
                                 f"the trigger keyboard needs 'ptb' (Psychtoolbox) for per-key timestamps")
         self._kb.clearEvents()
-        self._held: deque[Any] = deque(maxlen=self.MAX_HELD)
+        self._held: deque[Any] = deque(maxlen=self.MAX_HELD)  # PsychoPy KeyPress objects (untyped library)
 
-    def __call__(self) -> list[tuple[str, float]]:
+    def __call__(self) -> list[KeyPress]:
         held = self._kb.getKeys(waitRelease=False, clear=True)
         released = self._kb.getKeys(waitRelease=True, clear=True)
         fresh = list(held)
@@ -91,7 +92,7 @@ class EventKeyReader:
         self._monotonic = ppclock.monotonicClock
         event.clearEvents("keyboard")
 
-    def __call__(self) -> list[tuple[str, float]]:
+    def __call__(self) -> list[KeyPress]:
         # timeStamped=True: [name, time] with time from psychopy.core.getTime(), which is
         # monotonicClock time (zero at PsychoPy's import); add its zero to get getTime's base
         offset = self._monotonic.getLastResetTime()
@@ -107,9 +108,13 @@ def _discard_pyglet_keys() -> None:
 
 
 class KeyboardSource:
-    """Trigger keys as pulses, other keys as (key, t); see the module docstring."""
+    """Trigger keys as pulses, other keys as (key, t); see the module docstring.
+
+    `win` is the PsychoPy window (or None): an object of an untyped library, hence Any.
+    """
 
     simulated = False
+    reads_keyboard = True
 
     def __init__(self, win: Any = None, *, clock: Clock, trigger_keys: Sequence[str] = ("5",),
                  backend: str = "ptb", device: int = -1, reader: KeyReader | None = None,
@@ -124,8 +129,8 @@ class KeyboardSource:
         self._clock = clock
         self._reader = reader
         self._injected = reader is not None
-        self._pulses = PulseBuffer(capacity, what=f"{name} pulse queue")
-        self._keys = PulseBuffer(capacity, what=f"{name} key queue")
+        self._pulses: PulseBuffer[Pulse] = PulseBuffer(capacity, what=f"{name} pulse queue")
+        self._keys: PulseBuffer[KeyPress] = PulseBuffer(capacity, what=f"{name} key queue")
         self._count = 0
 
     def open(self) -> None:
@@ -160,7 +165,7 @@ class KeyboardSource:
         self.pump()
         return self._pulses.drain()
 
-    def poll_keys(self) -> list[tuple[str, float]]:
+    def poll_keys(self) -> list[KeyPress]:
         """Keys that are not trigger keys, (name, clock time), oldest first."""
         self.pump()
         return self._keys.drain()

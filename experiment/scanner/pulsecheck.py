@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
-
 import numpy as np
 
 
@@ -60,7 +58,7 @@ class PulseSummary:
     per_slice: bool            # pulses arrived at slice rate
     stopped: bool              # a scanner_stopped warning was given
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, float | int | bool | None]:
         return asdict(self)
 
 

@@ -1,102 +1,28 @@
-"""Scanner pulses from a serial trigger box: presets, a pure decoder, a reader thread.
+"""Scanner pulses from a serial trigger box: a pure decoder and a reader thread.
 
 A dedicated thread blocks on the port and stamps each read with `clock.now()` as it
 returns, so the pulse time does not depend on how often the runner polls. Bytes read
 together share one stamp (a trigger is one byte; see docs/scanner.md for the FTDI
 latency timer, which delays and batches bytes before they reach the host).
 
-Preset syntax (the part after `serial:PORT:`), see docs/scanner.md:
-    syncbox              NordicNeuroLab SyncBox: 's' at 57600 baud
-    forp                 Current Designs fORP, ASCII mode: '5' at 19200 baud
-    forp-bitwise         fORP bit-coded bytes at 19200: rising edge of bit 0x10
-    NAME@BAUD            any preset at another baud rate, e.g. forp@115200
-    custom:BYTE@BAUD     BYTE as 0xNN or one character, e.g. custom:0x54@9600, custom:t@9600
+Presets (`SerialPreset`, `PRESETS`) and the `serial:PORT[:PRESET]` grammar live in
+`experiment.protocol.specs`; docs/scanner.md lists them.
 """
 
 from __future__ import annotations
 
-import re
 import threading
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 from experiment.clock import Clock
-from experiment.errors import DeviceFault, HardwareError, InputError
-from experiment.scanner.base import Pulse, PulseBuffer
+from experiment.errors import DeviceFault, HardwareError
+from experiment.protocol.specs import PRESETS, SerialPreset
+from experiment.scanner.base import KeyPress, Pulse, PulseBuffer
 
-STANDARD_BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+if TYPE_CHECKING:
+    import serial
 
-
-@dataclass(frozen=True)
-class SerialPreset:
-    """How one kind of box signals a pulse: one byte value, or a bit's rising edge."""
-
-    name: str
-    baud: int
-    trigger_byte: int | None = None   # ASCII boxes: this byte is a pulse
-    trigger_mask: int | None = None   # bit-coded boxes: a byte with this bit set after one without it
-
-    def describe(self) -> str:
-        what = (f"byte 0x{self.trigger_byte:02x}" if self.trigger_byte is not None
-                else f"rising edge of bit 0x{self.trigger_mask:02x}")
-        return f"{self.name} ({what} at {self.baud} baud)"
-
-
-PRESETS: dict[str, SerialPreset] = {
-    "syncbox": SerialPreset("syncbox", 57600, trigger_byte=ord("s")),
-    "forp": SerialPreset("forp", 19200, trigger_byte=ord("5")),
-    "forp-bitwise": SerialPreset("forp-bitwise", 19200, trigger_mask=0x10),
-}
-DEFAULT_PRESET = "forp"
-PRESET_FORMS = "syncbox | forp | forp-bitwise | NAME@BAUD | custom:BYTE@BAUD (BYTE: 0xNN or one character)"
-
-_NAMED = re.compile(r"^(?P<name>[a-z][a-z-]*)(?:@(?P<baud>\d+))?$")
-_CUSTOM = re.compile(r"^custom:(?P<byte>0x[0-9a-fA-F]{1,2}|[^\s:@])@(?P<baud>\d+)$")
-
-
-def _baud(text: str, where: str) -> int:
-    baud = int(text)
-    if baud not in STANDARD_BAUDS:
-        raise InputError(f"{where}: baud rate {baud} is not a standard rate; use one of "
-                         f"{', '.join(map(str, STANDARD_BAUDS))}")
-    return baud
-
-
-def parse_preset(text: str) -> SerialPreset:
-    """`syncbox`, `forp@115200`, `custom:0x54@9600` ... -> SerialPreset (InputError otherwise)."""
-    where = f"trigger preset {text!r}"
-    m = _CUSTOM.match(text)
-    if m:
-        raw = m["byte"]
-        value = int(raw, 16) if raw.lower().startswith("0x") else ord(raw)
-        if value > 0xFF:
-            raise InputError(f"{where}: the trigger byte must be one byte (0x00-0xff)")
-        return SerialPreset("custom", _baud(m["baud"], where), trigger_byte=value)
-    m = _NAMED.match(text)
-    if m and m["name"] in PRESETS:
-        preset = PRESETS[m["name"]]
-        return replace(preset, baud=_baud(m["baud"], where)) if m["baud"] else preset
-    raise InputError(f"unknown {where}; allowed: {PRESET_FORMS}")
-
-
-def parse_serial_spec(rest: str) -> tuple[str, SerialPreset]:
-    """`PORT[:PRESET]` (the part after `serial:`) -> (port, preset).
-
-    The preset is recognised from the right, so a port may contain ':' (pyserial URLs
-    such as socket://host:port). Without a preset the default is `forp`.
-    """
-    if not rest:
-        raise InputError(f"serial trigger source needs a port: serial:PORT[:PRESET], PRESET = {PRESET_FORMS}")
-    m = re.match(r"^(?P<port>.+?):(?P<preset>custom:[^:]+)$", rest)
-    if m:
-        return m["port"], parse_preset(m["preset"])
-    port, sep, last = rest.rpartition(":")
-    named = _NAMED.match(last) if sep else None
-    if named and named["name"] in PRESETS:
-        return port, parse_preset(last)
-    if named and "://" not in port:  # a word after a device path that is no preset: a typo
-        raise InputError(f"unknown trigger preset {last!r} in 'serial:{rest}'; allowed: {PRESET_FORMS}")
-    return rest, PRESETS[DEFAULT_PRESET]
+__all__ = ["PRESETS", "SerialPreset", "SerialSource", "TriggerDecoder"]
 
 
 class TriggerDecoder:
@@ -133,6 +59,7 @@ class SerialSource:
     """
 
     simulated = False
+    reads_keyboard = False
 
     def __init__(self, port: str, *, clock: Clock, preset: SerialPreset, capacity: int = 100_000,
                  name: str = "serial", read_timeout_s: float = 0.2) -> None:
@@ -141,9 +68,9 @@ class SerialSource:
         self.name = name
         self._clock = clock
         self._decoder = TriggerDecoder(preset)
-        self._buffer = PulseBuffer(capacity, what=f"trigger port {port}")
+        self._buffer: PulseBuffer[Pulse] = PulseBuffer(capacity, what=f"trigger port {port}")
         self._read_timeout_s = read_timeout_s
-        self._serial: Any = None
+        self._serial: serial.Serial | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._count = 0
@@ -169,6 +96,7 @@ class SerialSource:
 
     def _read_loop(self) -> None:
         ser = self._serial
+        assert ser is not None
         try:
             while not self._stop.is_set():
                 data = ser.read(ser.in_waiting or 1)
@@ -198,7 +126,10 @@ class SerialSource:
             raise DeviceFault(f"trigger port {self.port!r} lost during the run: {self.lost}")
         return pulses
 
-    def describe(self) -> dict[str, Any]:
+    def poll_keys(self) -> list[KeyPress]:
+        return []  # a serial line carries no keys of the participant
+
+    def describe(self) -> dict[str, str | int | bool | None]:
         """For the log header: what was opened and how."""
         return {"port": self.port, "preset": self.preset.name, "baud": self.preset.baud,
                 "trigger": self.preset.describe(), "low_latency": self.low_latency}

@@ -5,30 +5,38 @@ scans without pulses, pulses the user discards, jitter, dropped pulses, per-slic
 pulses). The drivers deliver it:
 
 * `PtyScanner` writes bytes into a pseudo-terminal master at the planned times, so
-  `SerialSource` reads them through a real tty;
+  `SerialSource` reads them through a real tty (POSIX);
+* `SocketScanner` sends the same bytes on a loopback TCP connection, which
+  `SerialSource` reads through pyserial's `socket://` URL (any platform: Windows has
+  no pseudo-terminals);
 * `XdotoolScanner` types real X key events (XTEST) with one persistent
   `xdotool -` process, so `KeyboardSource` reads them like a trigger box's keys;
 * `VirtualScanner` is itself a trigger source for headless runs: pulses fire on a
   `VirtualClock` through `call_at`, one timer at a time.
 
-`pty_sim_source` and `xdotool_sim_source` pair a driver with the real source it feeds
-(`DrivenSource`); the factory's `sim` spec uses them in dry runs with a real clock.
+`pty_sim_source`, `socket_sim_source` and `xdotool_sim_source` pair a driver with the
+real source it feeds (`DrivenSource`); the factory's `sim` spec uses them in dry runs
+with a real clock.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import threading
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import numpy.typing as npt
 
 from experiment.clock import Clock, VirtualClock
 from experiment.errors import DeviceFault, HardwareError, InputError
-from experiment.scanner.base import Pulse, PulseBuffer
+from experiment.scanner.base import KeyPress, Pulse, PulseBuffer, TriggerSource
+
+Seconds = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -72,29 +80,31 @@ class ScannerPlan:
     def n_pulsed_volumes(self) -> int:
         return self.discard_pulses + self.n_volumes
 
-    def volume_starts_s(self) -> np.ndarray:
+    def volume_starts_s(self) -> Seconds:
         """Start of every acquired volume (prep scans included), from the scan start."""
         n = self.prep_scans_no_pulse + self.n_pulsed_volumes
-        starts = np.arange(n, dtype=np.float64) * self.tr_s
+        starts: Seconds = np.arange(n, dtype=np.float64) * self.tr_s
         if self.jitter_s > 0:
             rng = np.random.default_rng(self.seed)
             starts += np.clip(rng.normal(0.0, self.jitter_s, n), -self.tr_s / 4, self.tr_s / 4)
         return starts
 
-    def sent_pulse_times_s(self) -> np.ndarray:
+    def sent_pulse_times_s(self) -> Seconds:
         """Every pulse the scanner sends, dropped ones included, from the scan start."""
         starts = self.volume_starts_s()[self.prep_scans_no_pulse:]
-        slice_offsets = np.arange(self.slices_per_volume) * (self.tr_s / self.slices_per_volume)
-        return (starts[:, None] + slice_offsets[None, :]).ravel()
+        slice_offsets = np.arange(self.slices_per_volume, dtype=np.float64) * (self.tr_s / self.slices_per_volume)
+        times: Seconds = (starts[:, None] + slice_offsets[None, :]).ravel()
+        return times
 
-    def pulse_times_s(self) -> np.ndarray:
+    def pulse_times_s(self) -> Seconds:
         """The pulses that arrive (dropped ones removed), from the scan start."""
         times = self.sent_pulse_times_s()
         if not self.dropped:
             return times
         keep = np.ones(len(times), dtype=bool)
         keep[[i for i in self.dropped if i < len(times)]] = False
-        return times[keep]
+        kept: Seconds = times[keep]
+        return kept
 
     def first_stored_volume_s(self) -> float:
         """When the first stored volume starts (its pulse is t0), from the scan start."""
@@ -157,6 +167,64 @@ class PtyScanner(_TimedDriver):
         os.write(self._fd, self.payload)
 
 
+class SocketScanner(_TimedDriver):
+    """Sends `payload` on a connected TCP socket at each planned pulse.
+
+    The connection is the one `LoopbackListener.accept()` returned; its owner closes it
+    (after the reader), so the reader never sees the line drop at the end of a plan.
+    """
+
+    def __init__(self, plan: ScannerPlan, connection: socket.socket, *, clock: Clock,
+                 payload: bytes = b"5") -> None:
+        super().__init__(plan, clock=clock, name="sim-scanner-socket")
+        self._connection = connection
+        self.payload = payload
+
+    def emit(self) -> None:
+        self._connection.sendall(self.payload)
+
+
+class LoopbackListener:
+    """A TCP listener on 127.0.0.1 (a free port) for one simulated scanner connection.
+
+    `url` is what `SerialSource` opens (`socket://127.0.0.1:PORT`); `accept()` takes its
+    connection, with Nagle's algorithm off so each pulse is sent when it is written.
+    """
+
+    HOST = "127.0.0.1"
+
+    def __init__(self) -> None:
+        self._listener: socket.socket | None = socket.create_server((self.HOST, 0), backlog=1)
+        self.port: int = self._listener.getsockname()[1]
+        self.connection: socket.socket | None = None
+
+    @property
+    def url(self) -> str:
+        return f"socket://{self.HOST}:{self.port}"
+
+    def accept(self, *, timeout_s: float = 5.0) -> socket.socket:
+        """The reader's connection (it connects first: DrivenSource opens the reader before the driver)."""
+        if self._listener is None:
+            raise RuntimeError("LoopbackListener: already accepted or closed")
+        self._listener.settimeout(timeout_s)
+        try:
+            connection, _ = self._listener.accept()
+        except OSError as exc:
+            raise HardwareError(f"the simulated scanner's reader did not connect to {self.url}: {exc}") from exc
+        finally:
+            self._listener.close()
+            self._listener = None
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.connection = connection
+        return connection
+
+    def close(self) -> None:
+        for sock in (self._listener, self.connection):
+            if sock is not None:
+                sock.close()
+        self._listener = self.connection = None
+
+
 class XdotoolScanner(_TimedDriver):
     """Types `key` as a real X key event at each planned pulse.
 
@@ -204,6 +272,7 @@ class VirtualScanner:
     """A trigger source on a VirtualClock: each planned pulse fires as a timer."""
 
     simulated = True
+    reads_keyboard = False
 
     def __init__(self, plan: ScannerPlan, *, clock: VirtualClock, name: str = "sim", capacity: int = 100_000) -> None:
         if not clock.virtual:
@@ -211,7 +280,7 @@ class VirtualScanner:
         self.plan = plan
         self.name = name
         self._clock = clock
-        self._buffer = PulseBuffer(capacity, what="simulated scanner")
+        self._buffer: PulseBuffer[Pulse] = PulseBuffer(capacity, what="simulated scanner")
         self._times: Iterator[float] = iter(())
         self._handle: int | None = None
         self._count = 0
@@ -234,10 +303,17 @@ class VirtualScanner:
     def poll(self) -> list[Pulse]:
         return self._buffer.drain()
 
+    def poll_keys(self) -> list[KeyPress]:
+        return []
+
     def close(self) -> None:
         if self._handle is not None:
             self._clock.cancel(self._handle)
             self._handle = None
+
+
+def _nothing() -> None:
+    pass
 
 
 @dataclass
@@ -245,37 +321,56 @@ class DrivenSource:
     """A real trigger source fed by a simulated scanner driver; pulses say `sim`.
 
     `make_source` builds the reader and `make_driver` the driver, at `open()`, in
-    that order, so the reader is listening before the first pulse is sent.
+    that order, so the reader is listening before the first pulse is sent. If
+    `open()` fails half-way, what it opened is closed again. `reads_keyboard` is the
+    reader's (known before it is built, so the runner can ask before `open()`).
     """
 
-    make_source: Callable[[], Any]
+    make_source: Callable[[], TriggerSource]
     make_driver: Callable[[], _TimedDriver]
-    cleanup: Callable[[], None] = lambda: None
+    cleanup: Callable[[], None] = _nothing
     name: str = "sim"
-    simulated: bool = True
-    source: Any = field(default=None, init=False)
+    reads_keyboard: bool = False
+    simulated: bool = field(default=True, init=False)
+    source: TriggerSource | None = field(default=None, init=False)
     driver: _TimedDriver | None = field(default=None, init=False)
 
     def open(self) -> None:
-        self.source = self.make_source()
-        self.source.open()
-        self.driver = self.make_driver()
-        self.driver.start()
+        try:
+            self.source = self.make_source()
+            self.source.open()
+            self.driver = self.make_driver()
+            self.driver.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _reader(self) -> TriggerSource:
+        if self.source is None:
+            raise RuntimeError("DrivenSource.open() was not called")
+        return self.source
 
     def poll(self) -> list[Pulse]:
         if self.driver is not None and self.driver.error is not None:
             raise DeviceFault(f"simulated scanner failed: {self.driver.error}")
-        return [replace(p, source=self.name) for p in self.source.poll()]
+        return [replace(p, source=self.name) for p in self._reader().poll()]
 
-    def poll_keys(self) -> list[tuple[str, float]]:
-        return self.source.poll_keys() if hasattr(self.source, "poll_keys") else []
+    def poll_keys(self) -> list[KeyPress]:
+        return self._reader().poll_keys()
 
     def close(self) -> None:
-        if self.driver is not None:
-            self.driver.stop()
-        if self.source is not None:
-            self.source.close()
-        self.cleanup()
+        try:
+            if self.driver is not None:
+                self.driver.stop()
+            if self.source is not None:
+                self.source.close()
+        finally:
+            self.cleanup()
+
+
+def has_pty() -> bool:
+    """Whether this platform has pseudo-terminals (POSIX does, Windows does not)."""
+    return hasattr(os, "openpty")
 
 
 def pty_sim_source(plan: ScannerPlan, *, clock: Clock) -> DrivenSource:
@@ -285,8 +380,9 @@ def pty_sim_source(plan: ScannerPlan, *, clock: Clock) -> DrivenSource:
     """
     from experiment.scanner.serial_source import PRESETS, SerialSource
 
-    if not hasattr(os, "openpty"):
-        raise InputError("the simulated serial scanner needs a POSIX pseudo-terminal; use --headless or sim:syncgen")
+    if not has_pty():
+        raise InputError("the simulated scanner 'sim:pty' needs a POSIX pseudo-terminal; use sim:socket, "
+                         "--headless or sim:syncgen")
     fds: list[int] = []
 
     def make_source() -> SerialSource:
@@ -305,12 +401,37 @@ def pty_sim_source(plan: ScannerPlan, *, clock: Clock) -> DrivenSource:
                         cleanup=cleanup)
 
 
+def socket_sim_source(plan: ScannerPlan, *, clock: Clock) -> DrivenSource:
+    """The simulated scanner through a loopback TCP socket and SerialSource (any platform).
+
+    At `open()` a `LoopbackListener` listens on 127.0.0.1, `SerialSource` opens its
+    `socket://` URL (pyserial), and the driver takes that connection; `close()` closes
+    the reader, then both sockets.
+    """
+    from experiment.scanner.serial_source import PRESETS, SerialSource
+
+    links: list[LoopbackListener] = []
+
+    def make_source() -> SerialSource:
+        links.append(LoopbackListener())
+        return SerialSource(links[0].url, clock=clock, preset=PRESETS["forp"], name="sim")
+
+    def cleanup() -> None:
+        while links:
+            links.pop().close()
+
+    return DrivenSource(make_source=make_source,
+                        make_driver=lambda: SocketScanner(plan, links[0].accept(), clock=clock, payload=b"5"),
+                        cleanup=cleanup)
+
+
 def xdotool_sim_source(plan: ScannerPlan, *, clock: Clock, win: Any = None, key: str = "5",
                        backend: str = "ptb", window: str | None = None) -> DrivenSource:
     """The simulated scanner as real X key events read by KeyboardSource (Linux/X11).
 
     The participant window is focused first (its X id taken from the PsychoPy window
     when `window` is not given), so the keys never land in the operator's terminal.
+    `win` is the PsychoPy window: an object of an untyped library, hence Any.
     """
     from experiment.scanner.keyboard_source import KeyboardSource
 
@@ -321,4 +442,5 @@ def xdotool_sim_source(plan: ScannerPlan, *, clock: Clock, win: Any = None, key:
         raise InputError("the simulated keyboard scanner needs the participant window to type into")
 
     return DrivenSource(make_source=lambda: KeyboardSource(win, clock=clock, trigger_keys=(key,), backend=backend),
-                        make_driver=lambda: XdotoolScanner(plan, clock=clock, key=key, window=window))
+                        make_driver=lambda: XdotoolScanner(plan, clock=clock, key=key, window=window),
+                        reads_keyboard=True)

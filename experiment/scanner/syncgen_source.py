@@ -12,20 +12,37 @@ per-slice pulses; use `sim` for those.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Protocol, cast
 
 from experiment.clock import Clock
 from experiment.errors import HardwareError, InputError
-from experiment.scanner.base import Pulse
+from experiment.scanner.base import KeyPress, Pulse
 from experiment.scanner.keyboard_source import KeyboardSource
 from experiment.scanner.sim_scanner import ScannerPlan
 
 
-def load_sync_generator() -> type:
+class SyncGenerator(Protocol):
+    """What this source uses of PsychoPy's SyncGenerator thread (the library is untyped)."""
+
+    daemon: bool
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+    def is_alive(self) -> bool: ...
+
+
+SyncGeneratorClass = Callable[..., SyncGenerator]   # SyncGenerator(TR=, TA=, volumes=, sync=, skip=)
+
+
+def load_sync_generator() -> SyncGeneratorClass:
     """PsychoPy's SyncGenerator class, from the plugin or an older PsychoPy."""
     try:
-        from psychopy_mri_emulator import SyncGenerator
-        return SyncGenerator
+        from psychopy_mri_emulator import SyncGenerator as plugin
+        return cast(SyncGeneratorClass, plugin)
     except ImportError:
         pass
     try:
@@ -36,13 +53,17 @@ def load_sync_generator() -> type:
     if issubclass(candidate, PluginStub):
         raise HardwareError("PsychoPy's scanner emulator (SyncGenerator) is not installed: "
                             "pip install psychopy-mri-emulator")
-    return candidate  # pragma: no cover - PsychoPy before the plugin split
+    return cast(SyncGeneratorClass, candidate)  # pragma: no cover - PsychoPy before the plugin split
 
 
 class SyncGenSource:
-    """A `SyncGenerator` thread that starts at `open()`, read through the event key buffer."""
+    """A `SyncGenerator` thread that starts at `open()`, read through the event key buffer.
+
+    `win` is the PsychoPy window: an object of an untyped library, hence Any.
+    """
 
     simulated = True
+    reads_keyboard = True
 
     def __init__(self, win: Any, *, clock: Clock, plan: ScannerPlan, key: str = "5",
                  name: str = "syncgenerator") -> None:
@@ -55,7 +76,7 @@ class SyncGenSource:
         self.key = key
         self.name = name
         self._keys = KeyboardSource(win, clock=clock, trigger_keys=(key,), backend="event", name=name)
-        self._generator: Any = None
+        self._generator: SyncGenerator | None = None
 
     def open(self) -> None:
         cls = load_sync_generator()
@@ -72,7 +93,7 @@ class SyncGenSource:
     def poll(self) -> list[Pulse]:
         return self._keys.poll()
 
-    def poll_keys(self) -> list[tuple[str, float]]:
+    def poll_keys(self) -> list[KeyPress]:
         return self._keys.poll_keys()
 
     def close(self) -> None:

@@ -116,11 +116,11 @@ def open_trigger(need: TriggerNeed, *, mode: Mode, clock: Clock, stack: ExitStac
     from experiment.scanner.factory import open_trigger_source
 
     source = open_trigger_source(need.spec, clock=clock, win=getattr(display, "win", None),
-                                 dry_run=mode.simulated, plan=need.plan)
+                                 dry_run=mode.simulated, plan=need.plan, default_key=need.default_key)
     stack.callback(source.close)
     if not mode.simulated and source.simulated:
-        raise HardwareError(f"the trigger source {need.spec!r} is simulated; a real run never uses a simulated "
-                            "scanner. Use keyboard[:KEY] or serial:PORT[:PRESET], or rehearse with --dry-run")
+        raise HardwareError(f"the trigger source {str(need.spec)!r} is simulated; a real run never uses a "
+                            "simulated scanner. Use keyboard[:KEY] or serial:PORT[:PRESET], or rehearse with --dry-run")
     return source
 
 
@@ -132,13 +132,12 @@ def key_reader(*, mode: Mode, trigger: TriggerSource | None, display: Display, c
     headless session has no keyboard: its simulated participant answers through the procedure.
     """
     from experiment.scanner.keyboard_source import KeyboardSource
-    from experiment.scanner.syncgen_source import SyncGenSource
     from experiment.station.station import Mode
 
     if mode is Mode.HEADLESS:
         return lambda: []
-    if trigger is not None and isinstance(getattr(trigger, "source", trigger), (KeyboardSource, SyncGenSource)):
-        return trigger.poll_keys  # type: ignore[attr-defined, no-any-return]
+    if trigger is not None and trigger.reads_keyboard:
+        return trigger.poll_keys
     keys = KeyboardSource(getattr(display, "win", None), clock=clock, trigger_keys=(), name="keys")
     keys.open()
     return keys.poll_keys

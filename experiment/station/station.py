@@ -31,6 +31,7 @@ from experiment.clock import Clock, VirtualClock, psychopy_clock
 from experiment.errors import AbortError
 from experiment.protocol.model import Cue, Keys
 from experiment.protocol.rig import Screen
+from experiment.protocol.specs import CuffSpec, ScannerSpec
 from experiment.station.briefing import Briefing, confirm
 from experiment.station.console import OperatorConsole
 from experiment.station.rating import RatingScale
@@ -74,7 +75,7 @@ class WindowSpec:
 class CuffNeed:
     """A cuff, and the interlock settings it is armed with."""
 
-    spec: str
+    spec: CuffSpec
     limits: SafetyLimits
 
 
@@ -82,8 +83,9 @@ class CuffNeed:
 class TriggerNeed:
     """A trigger source; `plan` drives the simulated scanner of a dry run."""
 
-    spec: str
+    spec: ScannerSpec
     plan: ScannerPlan
+    default_key: str = "5"        # the trigger key of a keyboard spec that names none (the protocol's)
 
 
 @dataclass(frozen=True)

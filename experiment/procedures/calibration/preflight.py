@@ -21,6 +21,7 @@ from experiment.procedures.run.preflight import mode_of
 from experiment.protocol.identifiers import check_label
 from experiment.protocol.model import HARD_MAX_KPA, KEYS_DEFAULT, Cue, Keys, Safety
 from experiment.protocol.rig import Rig, load_rig
+from experiment.protocol.specs import SIM_CUFF, CuffSpec, parse_cuff_spec
 from experiment.station.devices import safety_limits
 from experiment.station.rating import RatingScale
 from experiment.station.runinfo import check_writable
@@ -72,7 +73,7 @@ class CalibrationSetup:
     seed: int
     rig: Rig
     rig_path: Path | None
-    cuff_spec: str
+    cuff_spec: CuffSpec
     sim: SimSpec | None
     keys: Keys
     safety: Safety
@@ -140,16 +141,19 @@ def _checked_values(req: CalibrationRequest) -> tuple[str, str | None, float, fl
     return participant, session, ceiling, target
 
 
-def _cuff_spec(req: CalibrationRequest, rig: Rig) -> str:
+def _cuff_spec(req: CalibrationRequest, rig: Rig) -> CuffSpec:
+    """The cuff spec, parsed once; the simulated cuff only in a dry run."""
+    cli_cuff = None if req.cuff is None else parse_cuff_spec(req.cuff, what="--cuff")
     if req.dry_run:
-        if req.cuff and req.cuff != "sim":
-            raise InputError(f"--dry-run uses the simulated cuff; remove --cuff {req.cuff} or drop --dry-run")
-        return "sim"
-    spec = req.cuff or rig.cuff
-    if not spec:
+        if cli_cuff is not None and not cli_cuff.simulated:
+            raise InputError(f"--dry-run uses the simulated cuff; remove --cuff {cli_cuff} or drop --dry-run")
+        return SIM_CUFF
+    spec = cli_cuff or rig.cuff
+    if spec is None:
         raise InputError("no cuff given: use --cuff line:PORT or cpar:PORT, a rig file, or --dry-run")
-    if spec == "sim":
-        raise InputError("--cuff sim is only allowed with --dry-run; a real calibration never uses simulation")
+    if spec.simulated:
+        where = "--cuff" if cli_cuff is not None else f"{rig.label}: cuff"
+        raise InputError(f"{where} sim is only allowed with --dry-run; a real calibration never uses simulation")
     return spec
 
 

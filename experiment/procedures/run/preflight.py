@@ -20,6 +20,7 @@ from experiment.procedures.run.ratings import rating_scales
 from experiment.protocol.model import Protocol, load_protocol
 from experiment.protocol.rig import Rig, check_rig_for_protocol, effective_keys, load_rig
 from experiment.protocol.schedule import Timeline, build_schedule
+from experiment.protocol.specs import SIM_CUFF, CuffSpec, ScannerSpec, SimSpec, parse_cuff_spec, parse_scanner_spec
 from experiment.scanner.sim_scanner import ScannerPlan
 from experiment.station.devices import safety_limits
 from experiment.station.runinfo import check_writable
@@ -62,8 +63,8 @@ class RunPlan:
     data_root: Path
     mode: Mode
     seed: int
-    cuff_spec: str
-    scanner_spec: str
+    cuff_spec: CuffSpec
+    scanner_spec: ScannerSpec
     pressure: dict[str, Any]            # the pressure and where it came from (log header, briefing)
     assume_yes: bool
 
@@ -87,7 +88,8 @@ class RunPlan:
                            discard_pulses=self.discard_pulses, jitter_s=0.0002, seed=self.seed, start_delay_s=1.0)
         return StationSpec(mode=self.mode, keys=keys, window=window,
                            cuff=CuffNeed(self.cuff_spec, safety_limits(p.safety)),
-                           trigger=TriggerNeed(self.scanner_spec, plan), assume_yes=self.assume_yes)
+                           trigger=TriggerNeed(self.scanner_spec, plan, default_key=keys.trigger),
+                           assume_yes=self.assume_yes)
 
 
 def mode_of(*, dry_run: bool, headless: bool) -> Mode:
@@ -97,20 +99,23 @@ def mode_of(*, dry_run: bool, headless: bool) -> Mode:
     return Mode.HEADLESS if headless else (Mode.DRY_RUN if dry_run else Mode.REAL)
 
 
-def _device_specs(req: RunRequest, rig: Rig) -> tuple[str, str]:
-    """The cuff and trigger specs; simulation only in a dry run, and never instead of a real device."""
+def _device_specs(req: RunRequest, rig: Rig) -> tuple[CuffSpec, ScannerSpec]:
+    """The cuff and trigger specs, parsed once; simulation only in a dry run, never instead of a device."""
+    cli_cuff = None if req.cuff is None else parse_cuff_spec(req.cuff, what="--cuff")
+    cli_scanner = None if req.scanner is None else parse_scanner_spec(req.scanner, what="--scanner")
     if req.dry_run:
-        if req.cuff and req.cuff != "sim":
-            raise InputError(f"--dry-run uses the simulated cuff; remove --cuff {req.cuff} or drop --dry-run")
-        return "sim", req.scanner or "sim"
-    cuff, scanner = req.cuff or rig.cuff, req.scanner or rig.scanner
-    if not cuff:
+        if cli_cuff is not None and not cli_cuff.simulated:
+            raise InputError(f"--dry-run uses the simulated cuff; remove --cuff {cli_cuff} or drop --dry-run")
+        return SIM_CUFF, cli_scanner or SimSpec()
+    cuff, scanner = cli_cuff or rig.cuff, cli_scanner or rig.scanner
+    if cuff is None:
         raise InputError("no cuff given: use --cuff line:PORT or cpar:PORT, a rig file, or --dry-run")
-    if not scanner:
+    if scanner is None:
         raise InputError("no trigger source given: use --scanner keyboard|serial:PORT, a rig file, or --dry-run")
     for what, spec in (("--cuff", cuff), ("--scanner", scanner)):
-        if spec == "sim" or spec.startswith("sim:"):
-            raise InputError(f"{what} sim is only allowed with --dry-run; a real run never uses simulation")
+        if spec.simulated:
+            where = what if spec in (cli_cuff, cli_scanner) else f"{rig.label}: {what[2:]}"
+            raise InputError(f"{where} {spec} is only allowed with --dry-run; a real run never uses simulation")
     return cuff, scanner
 
 
