@@ -9,7 +9,7 @@ import pytest
 
 from experiment.clock import RealClock, VirtualClock
 from experiment.cuff import cpar_codec as codec
-from experiment.cuff.base import DeviceEvent, PressureSample
+from experiment.cuff.base import CuffState, DeviceEvent, EventKind, PressureSample, StopSource
 from experiment.cuff.cpar_driver import CparCuff
 from experiment.cuff.cpar_sim import CparSimDevice
 from experiment.cuff.simserver import SimServer, SimServerProcess
@@ -122,20 +122,20 @@ def test_ramp_to_target_reached_then_vent(cuff, rec, served, clock):
         cuff.arm(50.0)
         cuff.set_rate(20.0)
         result = cuff.set_target(30.0)
-        assert result.fields["tgt"] == "30.0" and result.fields["eta_ms"] == str(round((30 / 20 + 0.05) * 1000))
+        assert result.target_kpa == 30.0 and result.eta_s == round((30 / 20 + 0.05) * 1000) / 1000
         reached = rec.wait_event("TARGET_REACHED")
         dt = reached.t - result.t_write
         # 1.5 s of ramp at 20 kPa/s, then the cuff's first-order lag (tau 0.1 s) and a tick
         assert 1.5 <= dt <= 1.5 + 0.4, dt
-        assert abs(float(reached.fields["p"]) - 30.0) <= 0.5
+        assert abs(float(reached.fields["p"]) - 30.0) <= 0.5 and abs(reached.pressure_kpa - 30.0) <= 0.5
         status = cuff.status()
-        assert (status.state, status.target_kpa, status.armed_max_kpa) == ("HOLD", 30.0, 50.0)
+        assert (status.state, status.target_kpa, status.armed_max_kpa) == (CuffState.HOLD, 30.0, 50.0)
         t_vent = clock.now()
         vent = cuff.vent()
         rec.wait_event("DEFLATED")
         assert served.inspect(lambda d: d.pressure_kpa) == 0.0
         assert dev.vent_log[-1][1] == "CONTROL_SOFTWARE" and t_vent <= dev.vent_log[-1][0] <= vent.t_ack
-        assert cuff.status().state == "ARMED"
+        assert cuff.status().state is CuffState.ARMED
     finally:
         kicker.stop()
     with rec.cond:
@@ -161,11 +161,11 @@ def test_silent_host_trips_the_device_watchdog_and_the_driver_reports_it(cuff, r
     rec.wait_event("DEFLATED")
     assert served.inspect(lambda d: (d.stop_condition, d.pressure_kpa)) == ("COMM_WATCHDOG", 0.0)
     status = cuff.status()
-    assert (status.state, status.error_code) == ("FAULT", 30)
+    assert (status.state, status.error_code) == (CuffState.FAULT, 30)
     with pytest.raises(DeviceFault, match=r"SET 20.0 refused \(LATCHED\): latched FAULT .*nothing was sent"):
         cuff.set_target(20.0)
     cuff.clear()
-    assert cuff.status().state == "IDLE"
+    assert cuff.status().state is CuffState.IDLE
 
 
 @pytest.mark.realtime
@@ -179,7 +179,7 @@ def test_participant_stop_button_is_an_estop(cuff, rec, served):
         dev.press_stop_button()
         rec.wait_event("ESTOP", src="button")
         rec.wait_event("DEFLATED")
-        assert (cuff.status().state, cuff.status().error_code) == ("ESTOP", 31)
+        assert (cuff.status().state, cuff.status().error_code) == (CuffState.ESTOP, 31)
         assert dev.vent_log[-1][1] == "STOP_BUTTON_PRESSED"
         assert rec.names().count("ESTOP") == 1          # event and status stop condition: once
     finally:
@@ -349,12 +349,12 @@ def test_hold_is_bounded_by_max_time_and_its_end_is_a_time_limit():
     cuff.set_rate(20.0)
     cuff.set_max_time(3000)
     result = cuff.set_target(20.0)
-    assert int(result.fields["hold_ms"]) + int(result.fields["eta_ms"]) <= 3000
+    assert result.hold_s + result.eta_s <= 3.0 + 1e-9
     vclock.sleep(4.0)
     limit = next(e for e in rec.events if e.name == "TIME_LIMIT")
     assert limit.fields["src"] == "waveform_end" and 2.9 <= limit.t - result.t_write <= 3.0
     assert rec.names().count("TIME_LIMIT") == 1
-    assert (cuff.status().state, cuff.status().error_code) == ("FAULT", 32)
+    assert (cuff.status().state, cuff.status().error_code) == (CuffState.FAULT, 32)
 
 
 def test_a_lost_event_message_is_recovered_from_the_status_stop_condition():
@@ -369,7 +369,7 @@ def test_a_lost_event_message_is_recovered_from_the_status_stop_condition():
     vclock.sleep(0.2)
     estop = next(e for e in rec.events if e.name == "ESTOP")
     assert estop.fields == {"src": "emergency", "stop": "EMERGENCY_STOP_ACTIVATED"}
-    assert "CPAR_EMERGENCY_ACTIVATED" not in rec.names() and cuff.status().state == "ESTOP"
+    assert "CPAR_EMERGENCY_ACTIVATED" not in rec.names() and cuff.status().state is CuffState.ESTOP
     with pytest.raises(DeviceFault, match=r"CLEAR refused \(CLEAR_REFUSED\): the CPAR's emergency stop is active"):
         cuff.clear()
 
@@ -384,16 +384,17 @@ def test_a_stimulation_shorter_than_one_status_period_is_still_seen_to_stop():
     vclock.sleep(0.2)
     assert [(e.name, e.fields.get("src")) for e in rec.events] == [("ESTOP", "button"), ("DEFLATED", None)]
     status = cuff.status()
-    assert (status.state, status.target_kpa) == ("ESTOP", 0.0)
+    assert (status.state, status.target_kpa) == (CuffState.ESTOP, 0.0)
 
 
 def test_estop_latches_and_reports_src_host():
     cuff, rec, vclock = _loopback(CparSimDevice())
     cuff.arm(50.0)
     result = cuff.estop()
-    assert rec.events[-1] == DeviceEvent(result.t_ack, "ESTOP", {"src": "host"})
-    assert cuff.status().state == "ESTOP"
+    assert rec.events[-1] == DeviceEvent(t=result.t_ack, kind=EventKind.ESTOP, name="ESTOP", fields={"src": "host"},
+                                          source=StopSource.HOST)
+    assert cuff.status().state is CuffState.ESTOP
     with pytest.raises(DeviceFault, match=r"ARM 50 refused \(LATCHED\)"):
         cuff.arm(50)
     cuff.clear()
-    assert cuff.status().state == "IDLE"
+    assert cuff.status().state is CuffState.IDLE

@@ -55,8 +55,9 @@ def open_cuff(spec: str, *, clock: Clock, dry_run: bool, reply_timeout_s: float 
         if not dry_run:
             raise InputError("--cuff sim is a simulated cuff: it is allowed only with --dry-run")
         return _open_sim(clock=clock, reply_timeout_s=reply_timeout_s, sim_options=sim_options or {})
+    cuff: Cuff
     if kind == "line":
-        cuff: Any = LineCuff(SerialTransport(port, clock=clock), clock=clock, reply_timeout_s=reply_timeout_s)
+        cuff = LineCuff(SerialTransport(port, clock=clock), clock=clock, reply_timeout_s=reply_timeout_s)
     else:
         from experiment.cuff.cpar_driver import CparCuff  # only when a CPAR is asked for
         cuff = CparCuff(port, clock=clock, reply_timeout_s=reply_timeout_s)
@@ -80,7 +81,7 @@ def _open_sim(*, clock: Clock, reply_timeout_s: float, sim_options: dict[str, An
     return cuff
 
 
-def _connect(cuff: Any, port: str) -> None:
+def _connect(cuff: Cuff, port: str) -> None:
     try:
         cuff.connect()
     except HardwareError:
@@ -91,7 +92,7 @@ def _connect(cuff: Any, port: str) -> None:
         raise HardwareError(f"cannot open cuff port {port}: {exc}") from exc
 
 
-def _close_quietly(cuff: Any) -> None:
+def _close_quietly(cuff: Cuff) -> None:
     try:
         cuff.close()
     except Exception:  # noqa: BLE001 - the open error is the one to report

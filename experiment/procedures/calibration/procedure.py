@@ -45,6 +45,7 @@ from experiment.procedures.calibration.steps import (Done, Plateau, PlateauOutco
                                                pressure_at, stimulus_records)
 from experiment.station.briefing import Briefing, calibration_briefing, confirm
 from experiment.clock import Clock, VirtualClock, psychopy_clock
+from experiment.cuff.base import EventKind
 from experiment.station.console import OperatorConsole
 from experiment.outputs.dataset import check_root, claim_root, default_root
 from experiment.errors import EXIT_ABORTED, EXIT_OK, AbortError, InputError
@@ -451,7 +452,7 @@ class _Loop:
                 ev = self.cal._events.get_nowait()
             except queue.Empty:
                 break
-            if ev.name == "TARGET_REACHED" and self._target_kpa is not None and self._reached_t is None:
+            if ev.kind is EventKind.TARGET_REACHED and self._target_kpa is not None and self._reached_t is None:
                 self._reached_t = ev.t
         now = self.clock.now()
         p = self.cuff.last_pressure_kpa
@@ -465,7 +466,7 @@ class _Loop:
                 self.cal.record({"kind": "sim", "t": now, "action": "the simulated participant presses the "
                                                                     "cuff's stop button"})
                 assert self.cuff.info.simulated, "the simulated participant needs the simulated cuff"
-                self.cuff.cuff.command("SIM BUTTON")
+                self.cuff.cuff.sim_stop_button()
         responses = []
         for key, t in sorted(keys, key=lambda k: k[1]):
             role = self.roles.get(key, "response")

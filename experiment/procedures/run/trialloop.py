@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol, Sequence
 
 from experiment.clock import Clock
+from experiment.cuff.base import EventKind, StopSource
 from experiment.errors import AbortError
 from experiment.station.rating import RatingScale, RatingState, press, start_rating, timed_out
 
@@ -132,10 +133,10 @@ class TrialLoop:
                     ev = self.device_events.get_nowait()
                 except queue.Empty:
                     break
-                if ev.name == "TARGET_REACHED" and waiting_reach is not None:
+                if ev.kind is EventKind.TARGET_REACHED and waiting_reach is not None:
                     self._reanchor(waiting_reach, ev.t, planned)
                     waiting_reach = None
-                elif ev.name == "ESTOP" and ev.fields.get("src") == "button":
+                elif ev.kind is EventKind.ESTOP and ev.source is StopSource.BUTTON:
                     self.participant_stop("button", ev.t)
             self.hooks.check_safety(now)
             for key, t_key in self.hooks.poll_keys() + self._due_scripted(scripted, now):
