@@ -9,7 +9,8 @@ import pytest
 
 from experiment.clock import RealClock, VirtualClock
 from experiment.cuff import cpar_codec as codec
-from experiment.cuff.base import CuffState, DeviceEvent, EventKind, PressureSample, StopSource
+from experiment.cuff.base import (CommandRefused, CuffState, DeviceEvent, DeviceRestarted, EventKind, PressureSample,
+                                  StopSource)
 from experiment.cuff.cpar_driver import CparCuff
 from experiment.cuff.cpar_sim import CparSimDevice
 from experiment.cuff.simserver import SimServer, SimServerProcess
@@ -177,7 +178,8 @@ def test_participant_stop_button_is_an_estop(cuff, rec, served):
         cuff.set_rate(20.0)
         cuff.set_target(25.0)
         dev.press_stop_button()
-        rec.wait_event("ESTOP", src="button")
+        estop = rec.wait_event("ESTOP", src="button")
+        assert (estop.kind, estop.source) == (EventKind.ESTOP, StopSource.BUTTON)
         rec.wait_event("DEFLATED")
         assert (cuff.status().state, cuff.status().error_code) == (CuffState.ESTOP, 31)
         assert dev.vent_log[-1][1] == "STOP_BUTTON_PRESSED"
@@ -188,8 +190,9 @@ def test_participant_stop_button_is_an_estop(cuff, rec, served):
 
 def test_host_side_refusals_send_nothing(cuff, served):
     before = len(served.rx_log)
-    with pytest.raises(DeviceFault, match=r"ARM 120.0 refused \(OVER_LIMIT\).*0..100 kPa"):
+    with pytest.raises(CommandRefused, match=r"ARM 120.0 refused \(OVER_LIMIT\).*0..100 kPa") as refused:
         cuff.arm(120.0)
+    assert (refused.value.error, refused.value.ack.sent) == ("OVER_LIMIT", False)
     with pytest.raises(DeviceFault, match=r"SET 30.0 refused \(NOT_ARMED\)"):
         cuff.set_target(30.0)
     cuff.arm(40.0)
@@ -199,8 +202,8 @@ def test_host_side_refusals_send_nothing(cuff, served):
         cuff.set_target(30.0)
     with pytest.raises(DeviceFault, match=r"RATE 500 refused \(BAD_ARGUMENT\)"):
         cuff.set_rate(500)
-    cuff.set_rate(1.0)
-    cuff.set_max_time(5000)
+    assert not cuff.set_rate(1.0).sent
+    assert cuff.set_max_time(5000).max_ms == 5000
     # 1 kPa/s is 32.64/256 units per tick, truncated to 32: the ramp runs at 0.98 kPa/s
     with pytest.raises(DeviceFault, match=r"the ramp takes 30.60 s, longer than the stimulus time limit 5.00 s"):
         cuff.set_target(30.0)
@@ -211,8 +214,10 @@ def test_a_nack_is_a_device_fault_naming_the_function(cuff, served):
     cuff.arm(40.0)
     cuff.set_rate(10.0)
     _device(served).inject_nack(codec.ERR_INVALID_CONTENT)
-    with pytest.raises(DeviceFault, match=r"SetWaveformProgram refused by the device: NACK 0x02 invalid content"):
+    with pytest.raises(CommandRefused, match=r"SetWaveformProgram refused by the device: NACK 0x02 invalid content") \
+            as refused:
         cuff.set_target(20.0)
+    assert (refused.value.code, refused.value.ack.command, refused.value.ack.sent) == (2, "SetWaveformProgram", True)
     assert cuff.status().target_kpa == 0.0
 
 
@@ -220,7 +225,7 @@ def test_device_restart_is_detected_by_the_kick_counter(cuff, served, clock):
     cuff.ping()
     cuff.ping()
     served.inspect(lambda d: d.reboot(clock.now()))
-    with pytest.raises(DeviceFault, match=r"device restarted: watchdog counter went from 3 to 1"):
+    with pytest.raises(DeviceRestarted, match=r"device restarted: watchdog counter went from 3 to 1"):
         cuff.ping()
 
 
@@ -398,3 +403,50 @@ def test_estop_latches_and_reports_src_host():
         cuff.arm(50)
     cuff.clear()
     assert cuff.status().state is CuffState.IDLE
+
+
+# ---------------------------------------------------------------- under the supervisor (the run's view)
+
+def _supervised(device: CparSimDevice, **limits: float):
+    from experiment.cuff.safety import CuffSupervisor, SafetyLimits
+
+    vclock = VirtualClock(0.0)
+    records: list[dict] = []
+    cuff = CparCuff(LoopbackTransport(device, clock=vclock), clock=vclock)
+    sup = CuffSupervisor(cuff, clock=vclock, on_record=records.append,
+                         limits=SafetyLimits(ceiling_kpa=50.0, max_stimulus_s=20.0, max_run_inflated_s=60.0,
+                                             planned_rates_kpa_s=(10.0,), **limits))
+    return sup, records, vclock
+
+
+def test_the_supervisor_runs_a_stimulus_on_the_cpar_with_typed_values_only():
+    sup, records, vclock = _supervised(CparSimDevice())
+    info = sup.start()
+    assert info.limits.watchdog_ms is None and 10.0 in info.limits.rate_kpa_s
+    ramp = sup.stimulate(20.0, 10.0, tag=3)
+    assert ramp.target_kpa == 20.0 and ramp.eta_s == pytest.approx(2.05, abs=0.06) and ramp.hold_s > 15.0
+    vclock.sleep(3.0)
+    assert sup.last_pressure_kpa == pytest.approx(20.0, abs=0.5)
+    sup.deflate(tag=4)
+    vclock.sleep(1.0)
+    sup.close()
+    assert sup.safety_tripped is None and not [r for r in records if r["kind"] == "warning"]
+    events = [r["name"] for r in records if r["kind"] == "cuff_event"]
+    assert "TARGET_REACHED" in events and "DEFLATED" in events
+    sent = [(r["command"], r["ok"]) for r in records if r["kind"] == "cuff_cmd"]
+    assert ("ARM 50.0", True) in sent and ("SET 20.0", True) in sent
+
+
+def test_the_supervisor_hears_the_cpar_stop_button_and_a_restart():
+    device = CparSimDevice()
+    sup, records, vclock = _supervised(device)
+    sup.start()
+    sup.stimulate(20.0, 10.0)
+    vclock.sleep(1.0)
+    device.press_stop_button()
+    vclock.sleep(0.3)
+    assert sup.participant_stop_t is not None and sup.safety_tripped is None
+    device.reboot(vclock.now())
+    vclock.sleep(1.0)                           # the next heartbeat sees the kick counter go down
+    assert sup.safety_tripped == "device_reboot"
+    sup.close()

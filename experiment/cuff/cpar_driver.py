@@ -3,20 +3,26 @@
 A thin shell around `cpar_codec` over a byte `Transport` (a pyserial port at 38400 8N1,
 exclusive, DTR on, whose reader thread stamps every chunk with `clock.now()`; or a
 loopback to the simulator on a VirtualClock). One function outstanding at a time with a
-reply timeout (500 ms, as the maker's DeviceMaster); a NACK raises DeviceFault.
+reply timeout (500 ms, as the maker's DeviceMaster); a NACK raises `CommandRefused`.
 
 How our stimulus maps onto the CPAR (details in docs/cpar.md):
 * `set_rate` + `set_target(p)`: upload a waveform to outlet 1 [INC 0 -> p at the rate,
   STEP p held for the rest of the stimulus time limit], an empty program to outlet 2,
-  then StartStimulation with stop criterion 1 (participant's button pressed).
+  then StartStimulation with stop criterion 1 (participant's button pressed). The
+  `RampAck` carries the ramp's `eta_s` and the bounded `hold_s`.
 * `deflate`, `vent`, `disarm`, `estop`: StopStimulation (the CPAR dumps the cuff; it
-  has no slow deflation).
-* `arm`, `set_rate`, `set_watchdog`, `set_max_time`, `stream`, `clear`: host-side only;
-  the CPAR has no such functions. The hard limit is the device's 100 kPa.
-* `ping`: KickWatchdog; a counter that goes down means the device restarted.
-* Events: EventMessages mapped to our names (EVENT_MAP); a stop seen only in a
-  StatusMessage is reported from its stop condition (messages can be lost);
-  TARGET_REACHED and DEFLATED are derived from StatusMessages by the driver.
+  has no slow deflation, and gives no `eta_s`).
+* `arm`, `set_rate`, `set_watchdog`, `set_max_time`, `stream`, `clear`: host-side only
+  (`Ack.sent` False); the CPAR has no such functions, and refusals CUFF/1 firmware
+  would make (not armed, over the ceiling, latched) are made here, nothing sent. The
+  hard limit is the device's 100 kPa; `DeviceLimits` says the watchdog is not settable.
+* `ping`: KickWatchdog, its counter in `PingAck.count`; a counter that goes down raises
+  `DeviceRestarted`.
+* Events: EventMessages translated by EVENT_MAP into `EventKind`s (the stop button is
+  `ESTOP` with `StopSource.BUTTON`); a stop seen only in a StatusMessage is reported from
+  its stop condition (messages can be lost); TARGET_REACHED and DEFLATED are derived from
+  StatusMessages by the driver. WATCHDOG, TIME_LIMIT, COMPLIANCE and ESTOP latch on the
+  host side (`CuffStatus.state` FAULT/ESTOP with its `Fault`) until `clear`.
 """
 
 from __future__ import annotations
@@ -344,29 +350,12 @@ class CparCuff:
         """Upload [INC to target, STEP hold] and start; refused (nothing sent) when
         unarmed, over the ceiling, latched, or while a stimulation runs."""
         command = f"SET {pressure_kpa:.1f}"
-        self._check_not_latched(command)
-        if self._armed_max is None:
-            raise self._refuse(command, "NOT_ARMED", "arm with the session ceiling first")
-        if not 0 <= pressure_kpa <= self._armed_max:
-            raise self._refuse(command, "OVER_LIMIT", f"target outside 0..{self._armed_max:g} kPa (the armed ceiling)")
+        self._check_target(command, pressure_kpa)
         if pressure_kpa == 0:
             stop = self.deflate()
             return RampAck(command=command, t_write=stop.t_write, t_ack=stop.t_ack, reply=stop.reply,
                            target_kpa=0.0, eta_s=None)
-        if self._rate is None:
-            raise self._refuse(command, "BAD_STATE", "no ramp rate set")
-        status = self._status
-        if self._target is not None or (status is not None and status.state != 0):
-            state = status.state_name if status is not None and status.state != 0 else "STIMULATING"
-            raise self._refuse(command, "BAD_STATE", f"device is {state}; the CPAR cannot change "
-                               "a running waveform, deflate first")
-        probe = codec.ramp_hold_program(pressure_kpa, self._rate, hold_s=codec.TICK_S)
-        ramp_s = codec.program_duration_s(probe[:-1])
-        hold_s = self._max_time_s - ramp_s - codec.TICK_S
-        if hold_s < codec.TICK_S:
-            raise self._refuse(command, "BAD_ARGUMENT", f"the ramp takes {ramp_s:.2f} s, longer than the "
-                               f"stimulus time limit {self._max_time_s:.2f} s")
-        program = codec.ramp_hold_program(pressure_kpa, self._rate, hold_s=hold_s)
+        program, ramp_s = self._ramp_hold(command, pressure_kpa)
         crc = self._upload(CUFF_CHANNEL, program)
         self._upload(1 - CUFF_CHANNEL, ())
         with self._lock:
@@ -384,6 +373,32 @@ class CparCuff:
                              f"crc 0x{crc:02X}",
                        target_kpa=float(pressure_kpa), eta_s=round((ramp_s + codec.TICK_S) * 1000) / 1000,
                        hold_s=round(program[-1].duration_s * 1000) / 1000)
+
+    def _check_target(self, command: str, pressure_kpa: float) -> None:
+        """The refusals CUFF/1 firmware would give, made here (the CPAR has no arming)."""
+        self._check_not_latched(command)
+        if self._armed_max is None:
+            raise self._refuse(command, "NOT_ARMED", "arm with the session ceiling first")
+        if not 0 <= pressure_kpa <= self._armed_max:
+            raise self._refuse(command, "OVER_LIMIT", f"target outside 0..{self._armed_max:g} kPa (the armed ceiling)")
+
+    def _ramp_hold(self, command: str, pressure_kpa: float) -> tuple[tuple[codec.Instruction, ...], float]:
+        """The waveform [INC, STEP hold to the time limit] and its ramp time; refused when
+        no rate is set, a waveform runs, or the ramp does not fit the time limit."""
+        if self._rate is None:
+            raise self._refuse(command, "BAD_STATE", "no ramp rate set")
+        status = self._status
+        if self._target is not None or (status is not None and status.state != 0):
+            state = status.state_name if status is not None and status.state != 0 else "STIMULATING"
+            raise self._refuse(command, "BAD_STATE", f"device is {state}; the CPAR cannot change "
+                               "a running waveform, deflate first")
+        probe = codec.ramp_hold_program(pressure_kpa, self._rate, hold_s=codec.TICK_S)
+        ramp_s = codec.program_duration_s(probe[:-1])
+        hold_s = self._max_time_s - ramp_s - codec.TICK_S
+        if hold_s < codec.TICK_S:
+            raise self._refuse(command, "BAD_ARGUMENT", f"the ramp takes {ramp_s:.2f} s, longer than the "
+                               f"stimulus time limit {self._max_time_s:.2f} s")
+        return codec.ramp_hold_program(pressure_kpa, self._rate, hold_s=hold_s), ramp_s
 
     def _upload(self, channel: int, program: tuple[codec.Instruction, ...]) -> int:
         request = codec.waveform_request(self.fw, channel=channel, repeat=1, instructions=program)
