@@ -4,26 +4,36 @@ PORT is a device path, a COM name or a pyserial URL (`socket://host:port`,
 `hwgrep://regexp`). A port that cannot be opened, or a device that does not identify
 itself, is a HardwareError naming the port and the reason: there is never a quiet
 switch to simulation. `sim` is allowed only for dry runs; it serves the simulated
-CUFF/1 firmware on a pseudo-terminal and drives it through the real serial driver (on a
-virtual clock, where threads and real ports make no sense, through an in-process
-loopback instead). Either way the device names itself `cuedpain-sim`, so
+CUFF/1 firmware on a pseudo-terminal, or on a loopback TCP port (`sim_link="socket"`, the
+default where there are no pseudo-terminals), and drives it through the real serial
+driver (on a virtual clock, where threads and real ports make no sense, through an
+in-process loopback instead). Either way the device names itself `cuedpain-sim`, so
 `info.simulated` is True and every output says so.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypedDict
 
 import serial
 
-from experiment.clock import Clock
+from experiment.clock import Clock, VirtualClock
 from experiment.cuff.base import Cuff
 from experiment.cuff.line_driver import LineCuff
 from experiment.cuff.simdevice import SimCuffDevice
+from experiment.cuff.simserver import SimLink, SimServer, default_sim_link
 from experiment.cuff.transport import LoopbackTransport, SerialTransport
 from experiment.errors import HardwareError, InputError
 
 KINDS = ("sim", "line", "cpar")
+
+
+class SimOptions(TypedDict, total=False):
+    """How the simulated cuff of `sim` behaves (keywords of `SimCuffDevice`)."""
+
+    hard_limit_kpa: float
+    leak_kpa_s: float
+    seed: int
 
 
 def parse_cuff_spec(spec: str) -> tuple[str, str]:
@@ -45,16 +55,19 @@ def parse_cuff_spec(spec: str) -> tuple[str, str]:
 
 
 def open_cuff(spec: str, *, clock: Clock, dry_run: bool, reply_timeout_s: float = 0.5,
-              sim_options: dict[str, Any] | None = None) -> Cuff:
+              sim_options: SimOptions | None = None, sim_link: SimLink | None = None) -> Cuff:
     """Open, identify and return the cuff `spec` names (see the module docstring).
 
-    `sim_options` go to `SimCuffDevice` (hard_limit_kpa, leak_kpa_s, seed).
+    `sim_options` go to `SimCuffDevice` (hard_limit_kpa, leak_kpa_s, seed); `sim_link` says
+    where a simulated cuff is served on a real clock ("pty" or "socket"; default: a pty on
+    POSIX, a TCP port elsewhere).
     """
     kind, port = parse_cuff_spec(spec)
     if kind == "sim":
         if not dry_run:
             raise InputError("--cuff sim is a simulated cuff: it is allowed only with --dry-run")
-        return _open_sim(clock=clock, reply_timeout_s=reply_timeout_s, sim_options=sim_options or {})
+        return _open_sim(clock=clock, reply_timeout_s=reply_timeout_s, sim_options=sim_options or {},
+                         link=sim_link or default_sim_link())
     cuff: Cuff
     if kind == "line":
         cuff = LineCuff(SerialTransport(port, clock=clock), clock=clock, reply_timeout_s=reply_timeout_s)
@@ -65,16 +78,14 @@ def open_cuff(spec: str, *, clock: Clock, dry_run: bool, reply_timeout_s: float 
     return cuff
 
 
-def _open_sim(*, clock: Clock, reply_timeout_s: float, sim_options: dict[str, Any]) -> Cuff:
+def _open_sim(*, clock: Clock, reply_timeout_s: float, sim_options: SimOptions, link: SimLink) -> Cuff:
     device = SimCuffDevice(**sim_options)
-    if getattr(clock, "virtual", False):
-        cuff = LineCuff(LoopbackTransport(device, clock=clock, port="sim:loopback"),  # type: ignore[arg-type]
+    if isinstance(clock, VirtualClock):
+        cuff = LineCuff(LoopbackTransport(device, clock=clock, port="sim:loopback"),
                         clock=clock, reply_timeout_s=reply_timeout_s)
         _connect(cuff, "sim:loopback")
         return cuff
-    from experiment.cuff.simserver import SimServer  # POSIX only; imported when a pty is wanted
-
-    server = SimServer(device, clock=clock)
+    server = SimServer(device, clock=clock, link=link)
     cuff = LineCuff(SerialTransport(server.path, clock=clock), clock=clock, reply_timeout_s=reply_timeout_s,
                     on_close=[server.close])
     _connect(cuff, server.path)
