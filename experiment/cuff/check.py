@@ -151,9 +151,9 @@ class _Pulse:
         """As in the `cuff_check` record: timings and error only where there are some."""
         rec: dict[str, object] = {"target_kpa": self.target_kpa, "reached": self.reached,
                                   "released": self.released, "ok": self.ok}
-        for key in ("t_reach_s", "t_release_s", "error"):
-            if getattr(self, key) is not None:
-                rec[key] = getattr(self, key)
+        optional: dict[str, object] = {"t_reach_s": self.t_reach_s, "t_release_s": self.t_release_s,
+                                       "error": self.error}
+        rec.update({k: v for k, v in optional.items() if v is not None})
         rec.update(peak_kpa=self.peak_kpa, tripped=self.tripped)
         return rec
 

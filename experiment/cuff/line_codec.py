@@ -212,6 +212,13 @@ class Command:
     name: str                  # e.g. "SET", "STATUS?", "SIM LEAK"
     arg: float | int | None = None
 
+    @property
+    def value(self) -> float:
+        """The argument of a command that takes one (`parse_command` guarantees it is there)."""
+        if self.arg is None:
+            raise ValueError(f"{self.name} takes no argument")
+        return self.arg
+
 
 def parse_command(data: bytes, *, allow_sim: bool) -> Command | None:
     """One received line -> `Command`; None for a blank line (ignored, no reply).

@@ -50,7 +50,7 @@ HOST_LINE_LIMIT = 256     # the host tolerates longer device lines than it sends
 LIMITS = DeviceLimits(rate_kpa_s=Span(*RATE_KPA_S), watchdog_ms=Span(*WDT_MS), max_time_ms=Span(*MAXTIME_MS))
 
 _NUMBER = re.compile(r"^-?[0-9]{1,7}(\.[0-9]{1,6})?$")   # a finite decimal as CUFF/1 sends them
-_EVENT_KINDS = {k.value: k for k in EventKind if k is not EventKind.OTHER}
+_EVENT_KINDS = {k.name: k for k in EventKind if k is not EventKind.OTHER}
 _SOURCES = {s.value: s for s in StopSource}
 _STATES = {s.value: s for s in CuffState}
 
