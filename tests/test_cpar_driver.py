@@ -9,7 +9,8 @@ import pytest
 
 from experiment.clock import RealClock, VirtualClock
 from experiment.cuff import cpar_codec as codec
-from experiment.cuff.base import DeviceEvent, PressureSample
+from experiment.cuff.base import (CommandRefused, CuffState, DeviceEvent, DeviceRestarted, EventKind, PressureSample,
+                                  StopSource)
 from experiment.cuff.cpar_driver import CparCuff
 from experiment.cuff.cpar_sim import CparSimDevice
 from experiment.cuff.simserver import SimServer, SimServerProcess
@@ -122,20 +123,20 @@ def test_ramp_to_target_reached_then_vent(cuff, rec, served, clock):
         cuff.arm(50.0)
         cuff.set_rate(20.0)
         result = cuff.set_target(30.0)
-        assert result.fields["tgt"] == "30.0" and result.fields["eta_ms"] == str(round((30 / 20 + 0.05) * 1000))
+        assert result.target_kpa == 30.0 and result.eta_s == round((30 / 20 + 0.05) * 1000) / 1000
         reached = rec.wait_event("TARGET_REACHED")
         dt = reached.t - result.t_write
         # 1.5 s of ramp at 20 kPa/s, then the cuff's first-order lag (tau 0.1 s) and a tick
         assert 1.5 <= dt <= 1.5 + 0.4, dt
-        assert abs(float(reached.fields["p"]) - 30.0) <= 0.5
+        assert abs(float(reached.fields["p"]) - 30.0) <= 0.5 and abs(reached.pressure_kpa - 30.0) <= 0.5
         status = cuff.status()
-        assert (status.state, status.target_kpa, status.armed_max_kpa) == ("HOLD", 30.0, 50.0)
+        assert (status.state, status.target_kpa, status.armed_max_kpa) == (CuffState.HOLD, 30.0, 50.0)
         t_vent = clock.now()
         vent = cuff.vent()
         rec.wait_event("DEFLATED")
         assert served.inspect(lambda d: d.pressure_kpa) == 0.0
         assert dev.vent_log[-1][1] == "CONTROL_SOFTWARE" and t_vent <= dev.vent_log[-1][0] <= vent.t_ack
-        assert cuff.status().state == "ARMED"
+        assert cuff.status().state is CuffState.ARMED
     finally:
         kicker.stop()
     with rec.cond:
@@ -161,11 +162,11 @@ def test_silent_host_trips_the_device_watchdog_and_the_driver_reports_it(cuff, r
     rec.wait_event("DEFLATED")
     assert served.inspect(lambda d: (d.stop_condition, d.pressure_kpa)) == ("COMM_WATCHDOG", 0.0)
     status = cuff.status()
-    assert (status.state, status.error_code) == ("FAULT", 30)
+    assert (status.state, status.error_code) == (CuffState.FAULT, 30)
     with pytest.raises(DeviceFault, match=r"SET 20.0 refused \(LATCHED\): latched FAULT .*nothing was sent"):
         cuff.set_target(20.0)
     cuff.clear()
-    assert cuff.status().state == "IDLE"
+    assert cuff.status().state is CuffState.IDLE
 
 
 @pytest.mark.realtime
@@ -177,9 +178,10 @@ def test_participant_stop_button_is_an_estop(cuff, rec, served):
         cuff.set_rate(20.0)
         cuff.set_target(25.0)
         dev.press_stop_button()
-        rec.wait_event("ESTOP", src="button")
+        estop = rec.wait_event("ESTOP", src="button")
+        assert (estop.kind, estop.source) == (EventKind.ESTOP, StopSource.BUTTON)
         rec.wait_event("DEFLATED")
-        assert (cuff.status().state, cuff.status().error_code) == ("ESTOP", 31)
+        assert (cuff.status().state, cuff.status().error_code) == (CuffState.ESTOP, 31)
         assert dev.vent_log[-1][1] == "STOP_BUTTON_PRESSED"
         assert rec.names().count("ESTOP") == 1          # event and status stop condition: once
     finally:
@@ -188,8 +190,9 @@ def test_participant_stop_button_is_an_estop(cuff, rec, served):
 
 def test_host_side_refusals_send_nothing(cuff, served):
     before = len(served.rx_log)
-    with pytest.raises(DeviceFault, match=r"ARM 120.0 refused \(OVER_LIMIT\).*0..100 kPa"):
+    with pytest.raises(CommandRefused, match=r"ARM 120.0 refused \(OVER_LIMIT\).*0..100 kPa") as refused:
         cuff.arm(120.0)
+    assert (refused.value.error, refused.value.ack.sent) == ("OVER_LIMIT", False)
     with pytest.raises(DeviceFault, match=r"SET 30.0 refused \(NOT_ARMED\)"):
         cuff.set_target(30.0)
     cuff.arm(40.0)
@@ -199,8 +202,8 @@ def test_host_side_refusals_send_nothing(cuff, served):
         cuff.set_target(30.0)
     with pytest.raises(DeviceFault, match=r"RATE 500 refused \(BAD_ARGUMENT\)"):
         cuff.set_rate(500)
-    cuff.set_rate(1.0)
-    cuff.set_max_time(5000)
+    assert not cuff.set_rate(1.0).sent
+    assert cuff.set_max_time(5000).max_ms == 5000
     # 1 kPa/s is 32.64/256 units per tick, truncated to 32: the ramp runs at 0.98 kPa/s
     with pytest.raises(DeviceFault, match=r"the ramp takes 30.60 s, longer than the stimulus time limit 5.00 s"):
         cuff.set_target(30.0)
@@ -211,8 +214,10 @@ def test_a_nack_is_a_device_fault_naming_the_function(cuff, served):
     cuff.arm(40.0)
     cuff.set_rate(10.0)
     _device(served).inject_nack(codec.ERR_INVALID_CONTENT)
-    with pytest.raises(DeviceFault, match=r"SetWaveformProgram refused by the device: NACK 0x02 invalid content"):
+    with pytest.raises(CommandRefused, match=r"SetWaveformProgram refused by the device: NACK 0x02 invalid content") \
+            as refused:
         cuff.set_target(20.0)
+    assert (refused.value.code, refused.value.ack.command, refused.value.ack.sent) == (2, "SetWaveformProgram", True)
     assert cuff.status().target_kpa == 0.0
 
 
@@ -220,7 +225,7 @@ def test_device_restart_is_detected_by_the_kick_counter(cuff, served, clock):
     cuff.ping()
     cuff.ping()
     served.inspect(lambda d: d.reboot(clock.now()))
-    with pytest.raises(DeviceFault, match=r"device restarted: watchdog counter went from 3 to 1"):
+    with pytest.raises(DeviceRestarted, match=r"device restarted: watchdog counter went from 3 to 1"):
         cuff.ping()
 
 
@@ -349,12 +354,12 @@ def test_hold_is_bounded_by_max_time_and_its_end_is_a_time_limit():
     cuff.set_rate(20.0)
     cuff.set_max_time(3000)
     result = cuff.set_target(20.0)
-    assert int(result.fields["hold_ms"]) + int(result.fields["eta_ms"]) <= 3000
+    assert result.hold_s + result.eta_s <= 3.0 + 1e-9
     vclock.sleep(4.0)
     limit = next(e for e in rec.events if e.name == "TIME_LIMIT")
     assert limit.fields["src"] == "waveform_end" and 2.9 <= limit.t - result.t_write <= 3.0
     assert rec.names().count("TIME_LIMIT") == 1
-    assert (cuff.status().state, cuff.status().error_code) == ("FAULT", 32)
+    assert (cuff.status().state, cuff.status().error_code) == (CuffState.FAULT, 32)
 
 
 def test_a_lost_event_message_is_recovered_from_the_status_stop_condition():
@@ -369,7 +374,7 @@ def test_a_lost_event_message_is_recovered_from_the_status_stop_condition():
     vclock.sleep(0.2)
     estop = next(e for e in rec.events if e.name == "ESTOP")
     assert estop.fields == {"src": "emergency", "stop": "EMERGENCY_STOP_ACTIVATED"}
-    assert "CPAR_EMERGENCY_ACTIVATED" not in rec.names() and cuff.status().state == "ESTOP"
+    assert "CPAR_EMERGENCY_ACTIVATED" not in rec.names() and cuff.status().state is CuffState.ESTOP
     with pytest.raises(DeviceFault, match=r"CLEAR refused \(CLEAR_REFUSED\): the CPAR's emergency stop is active"):
         cuff.clear()
 
@@ -384,16 +389,64 @@ def test_a_stimulation_shorter_than_one_status_period_is_still_seen_to_stop():
     vclock.sleep(0.2)
     assert [(e.name, e.fields.get("src")) for e in rec.events] == [("ESTOP", "button"), ("DEFLATED", None)]
     status = cuff.status()
-    assert (status.state, status.target_kpa) == ("ESTOP", 0.0)
+    assert (status.state, status.target_kpa) == (CuffState.ESTOP, 0.0)
 
 
 def test_estop_latches_and_reports_src_host():
     cuff, rec, vclock = _loopback(CparSimDevice())
     cuff.arm(50.0)
     result = cuff.estop()
-    assert rec.events[-1] == DeviceEvent(result.t_ack, "ESTOP", {"src": "host"})
-    assert cuff.status().state == "ESTOP"
+    assert rec.events[-1] == DeviceEvent(t=result.t_ack, kind=EventKind.ESTOP, name="ESTOP", fields={"src": "host"},
+                                          source=StopSource.HOST)
+    assert cuff.status().state is CuffState.ESTOP
     with pytest.raises(DeviceFault, match=r"ARM 50 refused \(LATCHED\)"):
         cuff.arm(50)
     cuff.clear()
-    assert cuff.status().state == "IDLE"
+    assert cuff.status().state is CuffState.IDLE
+
+
+# ---------------------------------------------------------------- under the supervisor (the run's view)
+
+def _supervised(device: CparSimDevice, **limits: float):
+    from experiment.cuff.safety import CuffSupervisor, SafetyLimits
+
+    vclock = VirtualClock(0.0)
+    records: list[dict] = []
+    cuff = CparCuff(LoopbackTransport(device, clock=vclock), clock=vclock)
+    sup = CuffSupervisor(cuff, clock=vclock, on_record=records.append,
+                         limits=SafetyLimits(ceiling_kpa=50.0, max_stimulus_s=20.0, max_run_inflated_s=60.0,
+                                             planned_rates_kpa_s=(10.0,), **limits))
+    return sup, records, vclock
+
+
+def test_the_supervisor_runs_a_stimulus_on_the_cpar_with_typed_values_only():
+    sup, records, vclock = _supervised(CparSimDevice())
+    info = sup.start()
+    assert info.limits.watchdog_ms is None and 10.0 in info.limits.rate_kpa_s
+    ramp = sup.stimulate(20.0, 10.0, tag=3)
+    assert ramp.target_kpa == 20.0 and ramp.eta_s == pytest.approx(2.05, abs=0.06) and ramp.hold_s > 15.0
+    vclock.sleep(3.0)
+    assert sup.last_pressure_kpa == pytest.approx(20.0, abs=0.5)
+    sup.deflate(tag=4)
+    vclock.sleep(1.0)
+    sup.close()
+    assert sup.safety_tripped is None and not [r for r in records if r["kind"] == "warning"]
+    events = [r["name"] for r in records if r["kind"] == "cuff_event"]
+    assert "TARGET_REACHED" in events and "DEFLATED" in events
+    sent = [(r["command"], r["ok"]) for r in records if r["kind"] == "cuff_cmd"]
+    assert ("ARM 50.0", True) in sent and ("SET 20.0", True) in sent
+
+
+def test_the_supervisor_hears_the_cpar_stop_button_and_a_restart():
+    device = CparSimDevice()
+    sup, records, vclock = _supervised(device)
+    sup.start()
+    sup.stimulate(20.0, 10.0)
+    vclock.sleep(1.0)
+    device.press_stop_button()
+    vclock.sleep(0.3)
+    assert sup.participant_stop_t is not None and sup.safety_tripped is None
+    device.reboot(vclock.now())
+    vclock.sleep(1.0)                           # the next heartbeat sees the kick counter go down
+    assert sup.safety_tripped == "device_reboot"
+    sup.close()

@@ -12,20 +12,22 @@ import signal
 import statistics
 import subprocess
 import sys
+import dataclasses
 import threading
 from typing import Any
 
 import pytest
 
 from experiment.clock import RealClock, VirtualClock
-from experiment.cuff.base import DeviceEvent
+from experiment.cuff import safety
+from experiment.cuff.base import ArmAck, DeviceEvent, PingAck
 from experiment.cuff.factory import open_cuff
 from experiment.cuff.line_driver import LineCuff
 from experiment.cuff.pneumatics import CuffPneumatics
 from experiment.cuff.safety import CuffSupervisor, SafetyLimits
 from experiment.cuff.simdevice import SimCuffDevice
 from experiment.cuff.simserver import SimServer
-from experiment.cuff.transport import LoopbackTransport
+from experiment.cuff.transport import LoopbackTransport, SerialTransport
 from experiment.protocol.specs import CuffKind, CuffSpec
 from experiment.errors import AbortError, DeviceFault, HardwareError, InputError
 from tests.cuff_helpers import wait_for
@@ -377,7 +379,7 @@ def test_device_compliance_event_vents() -> None:
 def test_host_compliance_check_vents_when_the_target_is_not_reached() -> None:
     rig = Rig(SafetyLimits(ceiling_kpa=40, max_stimulus_s=30, max_run_inflated_s=60, compliance_margin_s=0.5))
     rig.cuff.command("SIM LEAK 20")
-    eta_s = int(rig.sup.stimulate(30, 10).fields["eta_ms"]) / 1000
+    eta_s = rig.sup.stimulate(30, 10).eta_s
     rig.sleep(eta_s + 0.45)
     assert rig.sup.safety_tripped is None
     rig.sleep(0.1)
@@ -409,7 +411,7 @@ def test_a_deflation_that_does_not_release_trips_and_vents() -> None:
     rig = Rig(pneumatics=StuckValve())
     rig.sup.stimulate(20, 20)
     rig.sleep(2.0)
-    eta_s = int(rig.sup.deflate().fields["eta_ms"]) / 1000
+    eta_s = rig.sup.deflate().eta_s
     rig.sleep(eta_s + 1.9)
     assert rig.sup.safety_tripped is None
     rig.sleep(0.2)
@@ -443,3 +445,85 @@ def test_limits_are_checked() -> None:
         SafetyLimits(ceiling_kpa=40, max_stimulus_s=10, max_run_inflated_s=60, watchdog_ms=100).check()
     with pytest.raises(InputError, match="beyond the device's MAXTIME range"):
         SafetyLimits(ceiling_kpa=40, max_stimulus_s=700, max_run_inflated_s=900).check()
+
+
+# ---------------------------------------------------------------- the device's limits, before a run
+
+def test_planned_rates_the_device_does_not_accept_are_refused_at_start() -> None:
+    rig = Rig(dataclasses.replace(LIMITS, planned_rates_kpa_s=(10.0, 150.0)), start=False)
+    with pytest.raises(HardwareError, match=r"the ramp rate 150 kPa/s is outside the 0.1-100 kPa/s the cuff on "):
+        rig.sup.start()
+    assert not rig.kinds("cuff_cmd") and rig.device.state == "IDLE"
+    assert safety.device_problems(dataclasses.replace(LIMITS, planned_rates_kpa_s=(10.0,)), rig.cuff.info) == []
+
+
+class ArmsHigher(LineCuff):
+    """A driver whose device says it armed above the ceiling it was sent."""
+
+    def arm(self, ceiling_kpa: float) -> ArmAck:
+        return dataclasses.replace(super().arm(ceiling_kpa), ceiling_kpa=ceiling_kpa + 20)
+
+
+def test_a_device_that_arms_above_the_ceiling_is_refused_and_left_vented() -> None:
+    clock = VirtualClock()
+    device = SimCuffDevice()
+    sup = CuffSupervisor(ArmsHigher(LoopbackTransport(device, clock=clock), clock=clock), clock=clock, limits=LIMITS)
+    with pytest.raises(HardwareError, match="armed with 60 kPa, above the ceiling 40 kPa it was sent"):
+        sup.start()
+    assert device.vent_log[-1][1] == "VENT" and device.pressure_kpa == 0.0
+    sup.close()
+
+
+# ---------------------------------------------------------------- threads are joined, or said not to stop
+
+def test_the_guards_report_a_thread_that_does_not_stop() -> None:
+    release, entered = threading.Event(), threading.Event()
+
+    def stuck_heartbeat() -> None:
+        entered.set()
+        release.wait(5.0)
+
+    guards = safety._Guards(RealClock(), period_s=0.01, heartbeat=stuck_heartbeat, service=lambda: None)
+    guards.start()
+    try:
+        assert entered.wait(2.0)
+        assert guards.stop(0.05) == ["cuff-heartbeat"]
+    finally:
+        release.set()
+    assert guards.stop(2.0) == []
+
+
+class StuckPing(LineCuff):
+    """A driver whose PING hangs (a wedged USB stack) once `stuck` is set."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stuck, self.entered, self.release = threading.Event(), threading.Event(), threading.Event()
+
+    def ping(self) -> PingAck:
+        if self.stuck.is_set():
+            self.entered.set()
+            self.release.wait(5.0)
+        return super().ping()
+
+
+@pytest.mark.realtime
+def test_a_supervisor_thread_that_does_not_stop_at_close_is_logged(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(safety, "THREAD_JOIN_S", 0.1)
+    clock = RealClock()
+    server = SimServer(SimCuffDevice(), clock=clock)
+    cuff = StuckPing(SerialTransport(server.path, clock=clock), clock=clock)
+    records: list[dict[str, Any]] = []
+    sup = CuffSupervisor(cuff, clock=clock, limits=LIMITS, on_record=records.append)
+    try:
+        sup.start()
+        cuff.stuck.set()
+        assert cuff.entered.wait(2.0)
+        sup.close()
+        warnings = [r for r in records if r["kind"] == "warning"]
+        assert [w["code"] for w in warnings] == ["cuff_thread_not_stopped"]
+        assert "cuff-heartbeat did not stop within 0.1 s" in warnings[0]["message"]
+        assert server.device.state == "IDLE"              # the close sequence ran all the same
+    finally:
+        cuff.release.set()
+        server.close()

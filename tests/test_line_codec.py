@@ -204,3 +204,12 @@ def test_device_line_parser_raises_only_value_error(text: str) -> None:
 def test_formatted_pressures_are_valid_command_arguments(value: float) -> None:
     cmd = parse_command(f"SET {format_kpa(value)}".encode(), allow_sim=False)
     assert cmd is not None and abs(cmd.arg - value) <= 0.05 + 1e-9
+
+
+def test_the_typed_faults_are_cuff1_s_fault_codes_with_their_meanings() -> None:
+    from experiment.cuff.base import CuffState, Fault, FaultKind
+
+    assert FAULT_CODES == {k.name: k.value for k in FaultKind}
+    assert all(ERRORS[k.value] == k.name for k in FaultKind)
+    assert Fault(31).describe(CuffState.ESTOP).startswith("ESTOP (error 31 ESTOP: an emergency stop")
+    assert Fault(39).describe(CuffState.FAULT) == "FAULT (error 39 UNKNOWN: a fault this program does not know)"

@@ -9,9 +9,10 @@ from typing import Callable
 import pytest
 
 from experiment.clock import RealClock, VirtualClock
-from experiment.cuff.base import DeviceEvent, PressureSample
+from experiment.cuff.base import CuffState, DeviceEvent, EventKind, PressureSample, StopSource
 from experiment.cuff.factory import open_cuff
-from experiment.cuff.line_driver import CommandError, LineCuff
+from experiment.cuff.line_codec import EventLine, Reply
+from experiment.cuff.line_driver import CommandError, LineCuff, event_from_line, status_from_reply
 from experiment.cuff.simdevice import SimCuffDevice
 from experiment.cuff.simserver import SimServer
 from experiment.cuff.transport import LoopbackTransport, SerialTransport
@@ -145,18 +146,18 @@ def test_an_error_reply_raises_with_its_code(cuff: LineCuff) -> None:
     cuff.arm(40)
     with pytest.raises(CommandError, match=r"refused 'SET 40.1': ERR 20 OVER_LIMIT max=40.0") as info:
         cuff.set_target(40.1)
-    assert (info.value.code, info.value.name) == (20, "OVER_LIMIT")
-    assert info.value.result.t_ack >= info.value.result.t_write
+    assert (info.value.code, info.value.error) == (20, "OVER_LIMIT")
+    assert info.value.ack.t_ack >= info.value.ack.t_write
 
 
 def test_no_reply_is_a_fault_and_a_late_reply_is_never_taken_for_the_next(cuff: LineCuff) -> None:
-    n0 = int(cuff.ping().fields["n"])
+    n0 = cuff.ping().count
     cuff.command("SIM DELAY 300")
     with pytest.raises(DeviceFault, match=r"no reply within 100 ms to 'PING'"):
         cuff.command("PING", timeout_s=0.1)
     # the late "OK PING" arrives first; it must not stand in for this reply
     assert cuff.command("SIM DELAY 0", timeout_s=1.0).reply == "OK SIM DELAY ms=0"
-    assert int(cuff.ping().fields["n"]) == n0 + 2
+    assert cuff.ping().count == n0 + 2
 
 
 def test_a_silent_device_times_out(cuff: LineCuff) -> None:
@@ -183,7 +184,7 @@ def test_unsolicited_lines_go_to_listeners_and_never_replace_replies(cuff: LineC
     cuff.arm(50)
     cuff.set_rate(50)
     cuff.set_target(20)
-    counts = [int(cuff.ping().fields["n"]) for _ in range(150)]
+    counts = [cuff.ping().count for _ in range(150)]
     assert counts == list(range(counts[0], counts[0] + 150))
     assert wait_for(lambda: any(e.name == "TARGET_REACHED" for e in events), 2.0)
     assert len(samples) > 20
@@ -191,7 +192,7 @@ def test_unsolicited_lines_go_to_listeners_and_never_replace_replies(cuff: LineC
     cuff.command("SIM BUTTON")
     assert wait_for(lambda: events[-1].name == "ESTOP", 1.0)
     assert events[-1].fields == {"src": "button"}
-    assert cuff.status().state == "ESTOP"
+    assert cuff.status().state is CuffState.ESTOP
 
 
 def test_vent_goes_out_while_another_command_waits_for_its_reply(cuff: LineCuff, server: SimServer,
@@ -272,7 +273,7 @@ def test_sim_is_only_for_dry_runs_and_says_it_is_simulated(clock: RealClock) -> 
     cuff = open_cuff(SIM_CUFF, clock=clock, dry_run=True)
     try:
         assert cuff.info.simulated and cuff.info.port.startswith("/dev/pts/")
-        assert cuff.status().state == "IDLE"
+        assert cuff.status().state is CuffState.IDLE
     finally:
         cuff.close()
     headless = open_cuff(SIM_CUFF, clock=VirtualClock(), dry_run=True)
@@ -286,3 +287,44 @@ def test_line_spec_opens_a_served_device(server: SimServer, clock: RealClock) ->
         assert cuff.info.port == server.path and cuff.ping().reply.startswith("OK PING n=")
     finally:
         cuff.close()
+
+
+# ---------------------------------------------------------------- translation into the typed interface
+
+def test_replies_events_and_status_become_typed_values(cuff: LineCuff) -> None:
+    assert cuff.set_watchdog(800).timeout_ms == 800
+    assert cuff.set_max_time(20500).max_ms == 20500
+    armed = cuff.arm(41.27)
+    assert (armed.command, armed.reply, armed.ceiling_kpa) == ("ARM 41.2", "OK ARM max=41.2", 41.2)
+    assert cuff.set_rate(20).rate_kpa_s == 20.0
+    ramp = cuff.set_target(10)
+    assert ramp.target_kpa == 10.0 and ramp.eta_s == pytest.approx(0.5, abs=0.01) and ramp.hold_s is None
+    assert cuff.stream(25).rate_hz == 25
+    status = cuff.status()
+    assert status.state in (CuffState.RAMP, CuffState.HOLD) and status.state.armed and not status.state.latched
+    assert (status.armed_max_kpa, status.fault, status.error_code) == (41.2, None, 0)
+    assert cuff.info is not None and cuff.info.limits.rate_kpa_s.hi == 100.0
+    assert cuff.info.limits.watchdog_ms is not None and 200 in cuff.info.limits.watchdog_ms
+
+
+def test_malformed_values_are_left_out_never_raised_in_the_reader() -> None:
+    ev = event_from_line(EventLine("ESTOP", {"src": "button"}), 1.0)
+    assert (ev.kind, ev.source, ev.name, ev.fields) == (EventKind.ESTOP, StopSource.BUTTON, "ESTOP", {"src": "button"})
+    odd = event_from_line(EventLine("TARGET_REACHED", {"p": "nan"}), 2.0)
+    assert odd.kind is EventKind.TARGET_REACHED and odd.pressure_kpa is None and odd.fields == {"p": "nan"}
+    assert event_from_line(EventLine("NEW_THING", {"a": "b"}), 3.0).kind is EventKind.OTHER
+    assert event_from_line(EventLine("ESTOP", {"src": "elbow"}), 4.0).source is None
+    latched = status_from_reply(Reply("", True, "STATUS", {"st": "FAULT", "p": "0.0", "tgt": "0.0", "max": "0.0",
+                                                             "hard": "100.0", "err": "30"}))
+    assert latched.state.latched and latched.fault is not None and latched.fault.name == "WATCHDOG"
+    with pytest.raises(ValueError):
+        status_from_reply(Reply("", True, "STATUS", {"st": "HOVER", "p": "0.0", "tgt": "0.0", "max": "0.0",
+                                                      "hard": "100.0", "err": "0"}))
+
+
+def test_real_firmware_refuses_the_simulated_stop_button() -> None:
+    vclock = VirtualClock()
+    real = LineCuff(LoopbackTransport(SimCuffDevice(allow_sim=False), clock=vclock), clock=vclock)
+    real.connect()
+    with pytest.raises(CommandError, match="ERR 10 UNKNOWN_COMMAND"):
+        real.sim_stop_button()

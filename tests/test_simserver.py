@@ -13,6 +13,7 @@ import serial
 
 from experiment.cli import main
 from experiment.clock import RealClock, VirtualClock
+from experiment.cuff.base import CuffState
 from experiment.cuff.check import latency_advice, latency_timer_path, percentile, run_cuff_check
 from experiment.cuff.factory import open_cuff
 from experiment.cuff.simdevice import SimCuffDevice
@@ -87,7 +88,7 @@ def test_simulate_cuff_command_prints_the_path_first_and_serves_until_sigterm() 
         cuff = open_cuff(CuffSpec(CuffKind.LINE, path), clock=clock, dry_run=False)
         try:
             assert cuff.info.simulated and cuff.info.hard_limit_kpa == 80.0
-            assert cuff.status().state == "IDLE"
+            assert cuff.status().state is CuffState.IDLE
         finally:
             cuff.close()
         proc.send_signal(signal.SIGTERM)
@@ -173,7 +174,7 @@ def test_rig_check_refuses_too_few_pings_and_a_high_test_pressure() -> None:
         run_cuff_check(cuff, clock=clock, pings=99, out=lambda s: None)
     with pytest.raises(InputError, match="--test-pressure must be above 0 and at most 20 kPa"):
         run_cuff_check(cuff, clock=clock, pings=100, test_pressure_kpa=25, out=lambda s: None)
-    assert cuff.status().state == "IDLE"
+    assert cuff.status().state is CuffState.IDLE
     cuff.close()
 
 

@@ -7,10 +7,14 @@ from typing import Any
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("simulate-cuff", help="serve a simulated cuff on a pseudo-terminal until SIGINT/SIGTERM")
+    p = sub.add_parser("simulate-cuff", help="serve a simulated cuff on a pseudo-terminal (or a loopback TCP port) "
+                                             "until SIGINT/SIGTERM")
     p.add_argument("--protocol", choices=["line", "cpar"], default="line", help="wire protocol (default: line = CUFF/1)")
     p.add_argument("--hard-limit", metavar="KPA", type=float, default=None, help="simulated firmware limit")
     p.add_argument("--leak", metavar="KPA_S", type=float, default=0.0, help="simulated leak rate")
+    p.add_argument("--socket", metavar="PORT", type=int, nargs="?", const=0, default=None,
+                   help="serve on 127.0.0.1:PORT (any free port without PORT) and print socket://127.0.0.1:PORT; "
+                        "the default where there are no pseudo-terminals (Windows)")
 
 
 def command(args: argparse.Namespace) -> int:

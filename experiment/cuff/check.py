@@ -10,14 +10,13 @@ from __future__ import annotations
 import math
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from experiment.clock import Clock
-from experiment.cuff.base import Cuff
-from experiment.cuff.line_codec import LATCHED_STATES, describe_fault
-from experiment.cuff.safety import CuffSupervisor, SafetyLimits
+from experiment.cuff.base import Cuff, CuffStatus, DeviceInfo, Fault, PressureSample
+from experiment.cuff.safety import CuffSupervisor, LogRecord, SafetyLimits
 from experiment.errors import AbortError, DeviceFault, InputError
 
 MIN_PINGS = 100
@@ -66,7 +65,7 @@ def latency_advice(port: str, median_ms: float, p99_ms: float, *, platform: str 
 
 def run_cuff_check(cuff: Cuff, *, clock: Clock, pings: int = 200, test_pressure_kpa: float | None = None,
                    clear_fault: bool = False, out: Callable[[str], None] = print,
-                   record: Callable[[dict[str, Any]], None] = lambda rec: None) -> dict[str, Any]:
+                   record: Callable[[LogRecord], None] = lambda rec: None) -> LogRecord:
     """Check a cuff before the participant is in; returns the facts printed.
 
     A cuff latched in FAULT or ESTOP is unfit (a run refuses it) unless `clear_fault`:
@@ -77,26 +76,47 @@ def run_cuff_check(cuff: Cuff, *, clock: Clock, pings: int = 200, test_pressure_
     info = cuff.info or cuff.connect()
     out(f"cuff: {info.identity()}; hard limit {info.hard_limit_kpa:g} kPa")
     status = cuff.status()
-    out(f"state {status.state}, pressure {status.pressure_kpa:.1f} kPa, armed max {status.armed_max_kpa:g} kPa, "
+    out(f"state {status.state.value}, pressure {status.pressure_kpa:.1f} kPa, armed max {status.armed_max_kpa:g} kPa, "
         f"error code {status.error_code}")
-    latched: str | None = None
-    if status.state in LATCHED_STATES:
-        what = describe_fault(status.state, status.error_code)
+    status, latched = _latch(cuff, status, clear_fault=clear_fault, out=out, record=record)
+    ping, advice = _round_trips(cuff, info, clock=clock, pings=pings, out=out)
+    report: LogRecord = {"device": asdict(info), "status": status.record(), "ping": ping, "latency_advice": advice,
+                         "test_pulse": None, "latched": latched, "ok": latched is None}
+    if test_pressure_kpa is not None and latched is not None:
+        out("test pulse skipped: the cuff is latched")
+    elif test_pressure_kpa is not None:
+        pulse = _test_pulse(cuff, clock=clock, target_kpa=test_pressure_kpa, out=out)
+        report["test_pulse"], report["ok"] = pulse.record(), pulse.ok
+    record({"kind": "cuff_check", **report})
+    return report
+
+
+def _latch(cuff: Cuff, status: CuffStatus, *, clear_fault: bool, out: Callable[[str], None],
+           record: Callable[[LogRecord], None]) -> tuple[CuffStatus, str | None]:
+    """A latched cuff: cleared on purpose (`clear_fault`) or reported. Returns the status
+    after, and what is still latched (None: nothing)."""
+    if not status.state.latched:
         if clear_fault:
-            out(f"the cuff is latched in {what}; clearing it on purpose (--clear-fault)")
-            result = cuff.clear()
-            after = cuff.status()
-            record({"kind": "clear_fault", "t": result.t_ack, "state": status.state, "error_code": status.error_code,
-                    "meaning": what, "reply": result.reply, "state_after": after.state})
-            out(f"cleared: state now {after.state}")
-            status = after
-        else:
-            latched = what
-            out(f"PROBLEM: the cuff is latched in {what}. A run or a calibration will not start until it is "
-                "cleared. Check the cuff and the participant, then clear it on purpose: "
-                "`cuedpain rig-check --clear-fault` (with the same --cuff or --rig)")
-    elif clear_fault:
-        out("no fault to clear: the cuff is not latched")
+            out("no fault to clear: the cuff is not latched")
+        return status, None
+    what = (status.fault or Fault(0)).describe(status.state)
+    if not clear_fault:
+        out(f"PROBLEM: the cuff is latched in {what}. A run or a calibration will not start until it is "
+            "cleared. Check the cuff and the participant, then clear it on purpose: "
+            "`cuedpain rig-check --clear-fault` (with the same --cuff or --rig)")
+        return status, what
+    out(f"the cuff is latched in {what}; clearing it on purpose (--clear-fault)")
+    result = cuff.clear()
+    after = cuff.status()
+    record({"kind": "clear_fault", "t": result.t_ack, "state": status.state.value, "error_code": status.error_code,
+            "meaning": what, "reply": result.reply, "state_after": after.state.value})
+    out(f"cleared: state now {after.state.value}")
+    return after, None
+
+
+def _round_trips(cuff: Cuff, info: DeviceInfo, *, clock: Clock, pings: int,
+                 out: Callable[[str], None]) -> tuple[dict[str, object], str | None]:
+    """`pings` PINGs timed from the call to the reply's arrival, and the latency advice."""
     rtt_ms: list[float] = []
     for _ in range(pings):
         t_before = clock.now()
@@ -107,21 +127,38 @@ def run_cuff_check(cuff: Cuff, *, clock: Clock, pings: int = 200, test_pressure_
     advice = latency_advice(info.port, median_ms, p99_ms)
     if advice:
         out(advice)
-    report: dict[str, Any] = {
-        "device": asdict(info), "status": asdict(status),
-        "ping": {"n": pings, "median_ms": median_ms, "p99_ms": p99_ms, "max_ms": max(rtt_ms)},
-        "latency_advice": advice, "test_pulse": None, "latched": latched, "ok": latched is None,
-    }
-    if test_pressure_kpa is not None and latched is not None:
-        out("test pulse skipped: the cuff is latched")
-    elif test_pressure_kpa is not None:
-        report["test_pulse"] = _test_pulse(cuff, clock=clock, target_kpa=test_pressure_kpa, out=out)
-        report["ok"] = bool(report["test_pulse"]["ok"])
-    record({"kind": "cuff_check", **report})
-    return report
+    return {"n": pings, "median_ms": median_ms, "p99_ms": p99_ms, "max_ms": max(rtt_ms)}, advice
 
 
-def _test_pulse(cuff: Cuff, *, clock: Clock, target_kpa: float, out: Callable[[str], None]) -> dict[str, Any]:
+@dataclass
+class _Pulse:
+    """What the test pulse found."""
+
+    target_kpa: float
+    reached: bool = False
+    released: bool = False
+    t_reach_s: float | None = None
+    t_release_s: float | None = None
+    error: str | None = None
+    peak_kpa: float = 0.0
+    tripped: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reached and self.released and self.tripped is None
+
+    def record(self) -> dict[str, object]:
+        """As in the `cuff_check` record: timings and error only where there are some."""
+        rec: dict[str, object] = {"target_kpa": self.target_kpa, "reached": self.reached,
+                                  "released": self.released, "ok": self.ok}
+        optional: dict[str, object] = {"t_reach_s": self.t_reach_s, "t_release_s": self.t_release_s,
+                                       "error": self.error}
+        rec.update({k: v for k, v in optional.items() if v is not None})
+        rec.update(peak_kpa=self.peak_kpa, tripped=self.tripped)
+        return rec
+
+
+def _test_pulse(cuff: Cuff, *, clock: Clock, target_kpa: float, out: Callable[[str], None]) -> _Pulse:
     """Inflate to a low pressure, hold 1 s, deflate; verify both by read-back."""
     info = cuff.info
     assert info is not None
@@ -133,44 +170,46 @@ def _test_pulse(cuff: Cuff, *, clock: Clock, target_kpa: float, out: Callable[[s
                          f"{info.hard_limit_kpa:g} kPa")
     ramp_s = target_kpa / TEST_RATE_KPA_S
     limits = SafetyLimits(ceiling_kpa=target_kpa, max_stimulus_s=ramp_s + TEST_HOLD_S + 5.0,
-                          max_run_inflated_s=ramp_s + TEST_HOLD_S + 10.0)
-    peak = 0.0
+                          max_run_inflated_s=ramp_s + TEST_HOLD_S + 10.0, planned_rates_kpa_s=(TEST_RATE_KPA_S,))
+    pulse = _Pulse(target_kpa)
 
-    def on_sample(sample: Any) -> None:
-        nonlocal peak
-        peak = max(peak, sample.pressure_kpa)
+    def on_sample(sample: PressureSample) -> None:
+        pulse.peak_kpa = max(pulse.peak_kpa, sample.pressure_kpa)
 
     sup = CuffSupervisor(cuff, clock=clock, limits=limits, on_sample=on_sample, close_cuff=False)
-    result: dict[str, Any] = {"target_kpa": target_kpa, "reached": False, "released": False, "ok": False}
     out(f"test pulse: {target_kpa:g} kPa at {TEST_RATE_KPA_S:g} kPa/s, hold {TEST_HOLD_S:g} s")
     try:
         with sup:
-            t0 = clock.now()
-            sup.stimulate(target_kpa, TEST_RATE_KPA_S)
-            reached = _poll(clock, lambda: _reached(sup, target_kpa) or sup.safety_tripped is not None,
-                            ramp_s + limits.compliance_margin_s + 1.0)
-            if reached and sup.safety_tripped is None:
-                result["reached"], result["t_reach_s"] = True, clock.now() - t0
-                clock.sleep(TEST_HOLD_S)
-                sup.check()
-                t1 = clock.now()
-                sup.deflate()
-                released = _poll(clock, lambda: (sup.last_pressure_kpa or 0.0) < limits.release_threshold_kpa
-                                 and clock.now() - t1 > 0.05, ramp_s + limits.release_deadline_s)
-                result["released"], result["t_release_s"] = released, clock.now() - t1
+            _inflate_hold_release(sup, pulse, clock=clock, ramp_s=ramp_s)
     except (AbortError, DeviceFault) as exc:
-        result["error"] = exc.message
-    result["peak_kpa"] = peak
-    result["tripped"] = sup.safety_tripped
-    result["ok"] = result["reached"] and result["released"] and sup.safety_tripped is None
-    if result["ok"]:
-        out(f"test pulse OK: reached in {result['t_reach_s']:.2f} s (peak {peak:.1f} kPa), "
-            f"released in {result['t_release_s']:.2f} s")
+        pulse.error = exc.message
+    pulse.tripped = sup.safety_tripped
+    if pulse.ok:
+        out(f"test pulse OK: reached in {pulse.t_reach_s or 0.0:.2f} s (peak {pulse.peak_kpa:.1f} kPa), "
+            f"released in {pulse.t_release_s or 0.0:.2f} s")
     else:
-        why = result.get("error") or sup.trip_message or ("target not reached" if not result["reached"]
-                                                          else "release not verified")
+        why = pulse.error or sup.trip_message or ("target not reached" if not pulse.reached
+                                                  else "release not verified")
         out(f"test pulse FAILED: {why}")
-    return result
+    return pulse
+
+
+def _inflate_hold_release(sup: CuffSupervisor, pulse: _Pulse, *, clock: Clock, ramp_s: float) -> None:
+    limits = sup.limits
+    t0 = clock.now()
+    sup.stimulate(pulse.target_kpa, TEST_RATE_KPA_S)
+    reached = _poll(clock, lambda: _reached(sup, pulse.target_kpa) or sup.safety_tripped is not None,
+                    ramp_s + limits.compliance_margin_s + 1.0)
+    if not reached or sup.safety_tripped is not None:
+        return
+    pulse.reached, pulse.t_reach_s = True, clock.now() - t0
+    clock.sleep(TEST_HOLD_S)
+    sup.check()
+    t1 = clock.now()
+    sup.deflate()
+    pulse.released = _poll(clock, lambda: (sup.last_pressure_kpa or 0.0) < limits.release_threshold_kpa
+                           and clock.now() - t1 > 0.05, ramp_s + limits.release_deadline_s)
+    pulse.t_release_s = clock.now() - t1
 
 
 def _reached(sup: CuffSupervisor, target_kpa: float) -> bool:

@@ -502,7 +502,8 @@ def decode_kick_response(data: bytes) -> int:
     """KickWatchdog response: the device's u32 communication counter."""
     if len(data) != 4:
         raise CparFormatError(f"KickWatchdog response of {len(data)} bytes, expected 4")
-    return struct.unpack("<I", data)[0]
+    counter: int = struct.unpack("<I", data)[0]
+    return counter
 
 
 def encode_kick_response(counter: int) -> bytes:

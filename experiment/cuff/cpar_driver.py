@@ -3,31 +3,40 @@
 A thin shell around `cpar_codec` over a byte `Transport` (a pyserial port at 38400 8N1,
 exclusive, DTR on, whose reader thread stamps every chunk with `clock.now()`; or a
 loopback to the simulator on a VirtualClock). One function outstanding at a time with a
-reply timeout (500 ms, as the maker's DeviceMaster); a NACK raises DeviceFault.
+reply timeout (500 ms, as the maker's DeviceMaster); a NACK raises `CommandRefused`.
 
 How our stimulus maps onto the CPAR (details in docs/cpar.md):
 * `set_rate` + `set_target(p)`: upload a waveform to outlet 1 [INC 0 -> p at the rate,
   STEP p held for the rest of the stimulus time limit], an empty program to outlet 2,
-  then StartStimulation with stop criterion 1 (participant's button pressed).
+  then StartStimulation with stop criterion 1 (participant's button pressed). The
+  `RampAck` carries the ramp's `eta_s` and the bounded `hold_s`.
 * `deflate`, `vent`, `disarm`, `estop`: StopStimulation (the CPAR dumps the cuff; it
-  has no slow deflation).
-* `arm`, `set_rate`, `set_watchdog`, `set_max_time`, `stream`, `clear`: host-side only;
-  the CPAR has no such functions. The hard limit is the device's 100 kPa.
-* `ping`: KickWatchdog; a counter that goes down means the device restarted.
-* Events: EventMessages mapped to our names (EVENT_MAP); a stop seen only in a
-  StatusMessage is reported from its stop condition (messages can be lost);
-  TARGET_REACHED and DEFLATED are derived from StatusMessages by the driver.
+  has no slow deflation, and gives no `eta_s`).
+* `arm`, `set_rate`, `set_watchdog`, `set_max_time`, `stream`, `clear`: host-side only
+  (`Ack.sent` False); the CPAR has no such functions, and refusals CUFF/1 firmware
+  would make (not armed, over the ceiling, latched) are made here, nothing sent. The
+  hard limit is the device's 100 kPa; `DeviceLimits` says the watchdog is not settable.
+* `ping`: KickWatchdog, its counter in `PingAck.count`; a counter that goes down raises
+  `DeviceRestarted`.
+* Events: EventMessages translated by EVENT_MAP into `EventKind`s (the stop button is
+  `ESTOP` with `StopSource.BUTTON`); a stop seen only in a StatusMessage is reported from
+  its stop condition (messages can be lost); TARGET_REACHED and DEFLATED are derived from
+  StatusMessages by the driver. WATCHDOG, TIME_LIMIT, COMPLIANCE and ESTOP latch on the
+  host side (`CuffStatus.state` FAULT/ESTOP with its `Fault`) until `clear`.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from experiment.clock import Clock
 from experiment.cuff import cpar_codec as codec
-from experiment.cuff.base import CommandResult, CuffStatus, DeviceEvent, DeviceInfo, PressureSample
+from experiment.cuff.base import (Ack, ArmAck, CommandRefused, CuffState, CuffStatus, DeflateAck, DeviceEvent,
+                                  DeviceInfo, DeviceLimits, DeviceRestarted, EventKind, Fault, FaultKind,
+                                  MaxTimeAck, PingAck, PressureSample, RampAck, RateAck, Span, StopSource,
+                                  StreamAck, WatchdogAck)
 from experiment.cuff.line_codec import format_reading_kpa
 from experiment.cuff.transport import SerialTransport, Transport
 from experiment.errors import DeviceFault, HardwareError
@@ -38,34 +47,60 @@ REACHED_TOLERANCE_KPA = 0.5
 DEFLATED_BELOW_KPA = 1.0
 RATE_RANGE_KPA_S = (0.1, 100.0)
 CUFF_CHANNEL = 0                  # wire channel 0 = outlet/cuff 1; outlet 2 gets an empty program
+# the watchdog is fixed in the firmware; the time limit bounds each waveform's hold (10 min at most)
+LIMITS = DeviceLimits(rate_kpa_s=Span(*RATE_RANGE_KPA_S), watchdog_ms=None,
+                      max_time_ms=Span(1, codec.MAX_STIMULATION_S * 1000))
 
-# CPAR EventID -> (our DeviceEvent name, fields). Unlisted events pass as CPAR_<name>.
-EVENT_MAP: dict[str, tuple[str, dict[str, str]]] = {
-    "STOP_BUTTON_PRESSED": ("ESTOP", {"src": "button"}),
-    "EMERGENCY_ACTIVATED": ("ESTOP", {"src": "emergency"}),
-    "COMM_WATCHDOG_TRIGGERED": ("WATCHDOG", {}),
-    "TIMELIMIT_EXCEEDED": ("TIME_LIMIT", {"src": "device"}),
-    "WAVEFORMS_COMPLETED": ("TIME_LIMIT", {"src": "waveform_end"}),
-    "CUFF01_OUT_OF_COMPLIANCE": ("COMPLIANCE", {"cuff": "1"}),
-    "CUFF02_OUT_OF_COMPLIANCE": ("COMPLIANCE", {"cuff": "2"}),
-    "AIR_LEAK": ("COMPLIANCE", {"src": "air_leak"}),
+
+@dataclass(frozen=True)
+class Meaning:
+    """What a CPAR event or stop condition means in our terms, and how the log words it."""
+
+    kind: EventKind
+    fields: dict[str, str] = field(default_factory=dict)
+    source: StopSource | None = None
+    other_name: str = ""          # the log name of an EventKind.OTHER
+
+    @property
+    def name(self) -> str:
+        return self.other_name or self.kind.value
+
+
+def _estop(src: StopSource) -> Meaning:
+    return Meaning(EventKind.ESTOP, {"src": src.value}, src)
+
+
+# CPAR EventID -> its meaning. Unlisted events pass as OTHER named CPAR_<name>.
+EVENT_MAP: dict[str, Meaning] = {
+    "STOP_BUTTON_PRESSED": _estop(StopSource.BUTTON),
+    "EMERGENCY_ACTIVATED": _estop(StopSource.EMERGENCY),
+    "COMM_WATCHDOG_TRIGGERED": Meaning(EventKind.WATCHDOG),
+    "TIMELIMIT_EXCEEDED": Meaning(EventKind.TIME_LIMIT, {"src": "device"}),
+    "WAVEFORMS_COMPLETED": Meaning(EventKind.TIME_LIMIT, {"src": "waveform_end"}),
+    "CUFF01_OUT_OF_COMPLIANCE": Meaning(EventKind.COMPLIANCE, {"cuff": "1"}),
+    "CUFF02_OUT_OF_COMPLIANCE": Meaning(EventKind.COMPLIANCE, {"cuff": "2"}),
+    "AIR_LEAK": Meaning(EventKind.COMPLIANCE, {"src": "air_leak"}),
 }
 # StatusMessage stop condition -> the event reported when no EventMessage said it first.
-STOP_CONDITION_MAP: dict[str, tuple[str, dict[str, str]]] = {
-    "STOP_BUTTON_PRESSED": ("ESTOP", {"src": "button"}),
-    "MAXIMAL_VAS_SCORED": ("ESTOP", {"src": "vas"}),
-    "STIMULATION_COMPLETED": ("TIME_LIMIT", {"src": "waveform_end"}),
-    "MAXIMAL_TIME_EXCEEDED": ("TIME_LIMIT", {"src": "device"}),
-    "VASMETER_DISCONNECTED": ("CPAR_VASMETER_DISCONNECTED", {}),
-    "EMERGENCY_STOP_ACTIVATED": ("ESTOP", {"src": "emergency"}),
-    "OUT_OF_COMPLIANCE": ("COMPLIANCE", {"cuff": "1"}),
-    "COMM_WATCHDOG": ("WATCHDOG", {}),
-    "12V_POWER_OFF": ("CPAR_12V_POWER_OFF", {}),
+STOP_CONDITION_MAP: dict[str, Meaning] = {
+    "STOP_BUTTON_PRESSED": _estop(StopSource.BUTTON),
+    "MAXIMAL_VAS_SCORED": _estop(StopSource.VAS),
+    "STIMULATION_COMPLETED": Meaning(EventKind.TIME_LIMIT, {"src": "waveform_end"}),
+    "MAXIMAL_TIME_EXCEEDED": Meaning(EventKind.TIME_LIMIT, {"src": "device"}),
+    "VASMETER_DISCONNECTED": Meaning(EventKind.OTHER, other_name="CPAR_VASMETER_DISCONNECTED"),
+    "EMERGENCY_STOP_ACTIVATED": _estop(StopSource.EMERGENCY),
+    "OUT_OF_COMPLIANCE": Meaning(EventKind.COMPLIANCE, {"cuff": "1"}),
+    "COMM_WATCHDOG": Meaning(EventKind.WATCHDOG),
+    "12V_POWER_OFF": Meaning(EventKind.OTHER, other_name="CPAR_12V_POWER_OFF"),
 }
-STOP_CAUSES = frozenset(name for name, _ in STOP_CONDITION_MAP.values())
-# Host-side latch per event (as CUFF/1 latches FAULT/ESTOP until CLEAR) and its CUFF/1 error code.
-LATCH = {"ESTOP": ("ESTOP", 31), "WATCHDOG": ("FAULT", 30), "TIME_LIMIT": ("FAULT", 32),
-         "COMPLIANCE": ("FAULT", 34)}
+STOP_CAUSES = frozenset(m.name for m in STOP_CONDITION_MAP.values())
+# Host-side latch per event, as CUFF/1 latches FAULT/ESTOP until CLEAR, with its fault.
+LATCH: dict[EventKind, tuple[CuffState, Fault]] = {
+    EventKind.ESTOP: (CuffState.ESTOP, Fault(FaultKind.ESTOP.value)),
+    EventKind.WATCHDOG: (CuffState.FAULT, Fault(FaultKind.WATCHDOG.value)),
+    EventKind.TIME_LIMIT: (CuffState.FAULT, Fault(FaultKind.TIME_LIMIT.value)),
+    EventKind.COMPLIANCE: (CuffState.FAULT, Fault(FaultKind.COMPLIANCE.value)),
+}
 
 
 class ReplyTimeout(DeviceFault):
@@ -124,8 +159,8 @@ class CparCuff:
         self._running = False                        # a stimulation is (believed) running
         self._reached = False
         self._awaiting_deflated = False
-        self._reported_cause: str | None = None
-        self._latch: tuple[str, int] | None = None
+        self._reported_cause: str | None = None      # log name of a stop cause already reported
+        self._latch: tuple[CuffState, Fault] | None = None
         self._on_event: Callable[[DeviceEvent], None] | None = None
         self._on_sample: Callable[[PressureSample], None] | None = None
         self._on_lost: Callable[[BaseException], None] | None = None
@@ -150,7 +185,7 @@ class CparCuff:
         name = f"{ident.manufacturer} {ident.device}".strip() or f"CPAR serial {ident.serial_number}"
         self.info = DeviceInfo(kind="cpar", port=self.port, name=name, firmware=ident.version_text,
                                hard_limit_kpa=HARD_LIMIT_KPA, simulated=codec.is_simulator(self.fw, ident),
-                               serial=str(ident.serial_number))
+                               serial=str(ident.serial_number), limits=LIMITS)
         return self.info
 
     def _identify(self) -> codec.Identification:
@@ -216,7 +251,11 @@ class CparCuff:
                 raise DeviceFault(f"cpar: port {self.port} lost during {name}: {self._lost}")
             raise ReplyTimeout(f"cpar: no reply to {name} within {self.reply_timeout_s * 1000:.0f} ms on {self.port}")
         if answer.is_nack:
-            raise DeviceFault(f"cpar: {name} refused by the device: NACK {codec.nack_text(answer)}")
+            text = f"NACK {codec.nack_text(answer)}"
+            raise CommandRefused(f"cpar: {name} refused by the device: {text}",
+                                 ack=Ack(command=name, t_write=t_write, t_ack=slot.t_ack, reply=text),
+                                 code=answer.data[0] if answer.data else -1,
+                                 error=codec.NACK_ERRORS.get(answer.data[0] if answer.data else -1, "device-specific"))
         return answer, t_write, slot.t_ack
 
     def _take_reply(self, pkt: codec.Packet, t: float) -> None:
@@ -233,77 +272,119 @@ class CparCuff:
             if match[0].name in ("StartStimulation", "ForceStartStimulation") and not pkt.is_nack:
                 self._running = True     # every StatusMessage from here on is post-start
 
-    def _stop_stimulation(self, command: str) -> CommandResult:
+    def _stop_stimulation(self, command: str) -> DeflateAck:
+        """StopStimulation: the CPAR dumps the cuff at once and gives no estimate of how long it takes."""
         with self._lock:
             self._target = None
             self._awaiting_deflated = True
         _, t_write, t_ack = self._call("StopStimulation")
-        return CommandResult(command=command, t_write=t_write, t_ack=t_ack, reply="StopStimulation ok",
-                             fields={"mode": "dump"})
+        return DeflateAck(command=command, t_write=t_write, t_ack=t_ack, reply="StopStimulation ok (dump)",
+                          eta_s=None)
 
-    def _host_side(self, command: str, reply: str, **fields: str) -> CommandResult:
+    def _host_side(self, command: str, reply: str) -> Ack:
+        """What a command handled on the host side only acknowledges (nothing went on the wire)."""
         t = self.clock.now()
-        return CommandResult(command=command, t_write=t, t_ack=t, reply=f"host-side: {reply}", fields=fields)
+        return Ack(command=command, t_write=t, t_ack=t, reply=f"host-side: {reply}", sent=False)
 
-    def _refuse(self, command: str, error: str, detail: str) -> DeviceFault:
-        return DeviceFault(f"cpar: {command} refused ({error}): {detail}; nothing was sent")
+    def _refuse(self, command: str, error: str, detail: str) -> CommandRefused:
+        message = f"cpar: {command} refused ({error}): {detail}; nothing was sent"
+        t = self.clock.now()
+        return CommandRefused(message, code=None, error=error,
+                              ack=Ack(command=command, t_write=t, t_ack=t, reply=f"host-side: refused ({error}): "
+                                      f"{detail}", sent=False))
 
     # ------------------------------------------------------------ the Cuff interface
 
-    def ping(self) -> CommandResult:
-        """KickWatchdog: feeds the device watchdog; a lower counter means a restart."""
+    def ping(self) -> PingAck:
+        """KickWatchdog: feeds the device watchdog; a lower counter means a restart
+        (`DeviceRestarted`: the waveforms and latches this driver set up are gone)."""
         answer, t_write, t_ack = self._call("KickWatchdog")
         counter = codec.decode_kick_response(answer.data)
         previous, self._kick_counter = self._kick_counter, counter
         if previous is not None and counter < previous:
-            raise DeviceFault(f"cpar: device restarted: watchdog counter went from {previous} to {counter}")
-        return CommandResult(command="KickWatchdog", t_write=t_write, t_ack=t_ack,
-                             reply=f"KickWatchdog n={counter}", fields={"n": str(counter)})
+            raise DeviceRestarted(f"cpar: device restarted: watchdog counter went from {previous} to {counter}")
+        return PingAck(command="KickWatchdog", t_write=t_write, t_ack=t_ack, reply=f"KickWatchdog n={counter}",
+                       count=counter)
 
-    def set_watchdog(self, timeout_ms: int) -> CommandResult:
+    def set_watchdog(self, timeout_ms: int) -> WatchdogAck:
         """Host-side only: the CPAR's watchdog timeout is not settable over serial."""
-        return self._host_side(f"WDT {timeout_ms}", "the CPAR watchdog timeout is fixed in its firmware "
-                               "(not published); kick at least every 2 s", ms=str(timeout_ms))
+        ack = self._host_side(f"WDT {timeout_ms}", "the CPAR watchdog timeout is fixed in its firmware "
+                              "(not published); kick at least every 2 s")
+        return WatchdogAck(command=ack.command, t_write=ack.t_write, t_ack=ack.t_ack, reply=ack.reply, sent=False,
+                           timeout_ms=None)
 
-    def set_max_time(self, max_ms: int) -> CommandResult:
+    def set_max_time(self, max_ms: int) -> MaxTimeAck:
         """Bounds the hold of every later waveform (capped by the device's 10 min)."""
         if max_ms <= 0:
             raise self._refuse(f"MAXTIME {max_ms}", "BAD_ARGUMENT", "the time limit must be positive")
         self._max_time_s = min(max_ms / 1000.0, codec.MAX_STIMULATION_S)
-        return self._host_side(f"MAXTIME {max_ms}", "bounds each waveform's hold",
-                               ms=str(round(self._max_time_s * 1000)))
+        ack = self._host_side(f"MAXTIME {max_ms}", "bounds each waveform's hold")
+        return MaxTimeAck(command=ack.command, t_write=ack.t_write, t_ack=ack.t_ack, reply=ack.reply, sent=False,
+                          max_ms=round(self._max_time_s * 1000))
 
-    def arm(self, ceiling_kpa: float) -> CommandResult:
+    def arm(self, ceiling_kpa: float) -> ArmAck:
         self._check_not_latched(f"ARM {ceiling_kpa}")
         if not 0 < ceiling_kpa <= HARD_LIMIT_KPA:
             raise self._refuse(f"ARM {ceiling_kpa}", "OVER_LIMIT",
                                f"ceiling {ceiling_kpa} kPa is outside 0..{HARD_LIMIT_KPA:g} kPa (the CPAR's limit)")
         self._armed_max = float(ceiling_kpa)
-        return self._host_side(f"ARM {ceiling_kpa:.1f}", "the CPAR has no arming", max=f"{ceiling_kpa:.1f}")
+        ack = self._host_side(f"ARM {ceiling_kpa:.1f}", "the CPAR has no arming")
+        return ArmAck(command=ack.command, t_write=ack.t_write, t_ack=ack.t_ack, reply=ack.reply, sent=False,
+                      ceiling_kpa=self._armed_max)
 
-    def disarm(self) -> CommandResult:
+    def disarm(self) -> Ack:
         result = self._stop_stimulation("DISARM")
         self._armed_max = None
         return result
 
-    def set_rate(self, rate_kpa_s: float) -> CommandResult:
+    def set_rate(self, rate_kpa_s: float) -> RateAck:
         lo, hi = RATE_RANGE_KPA_S
         if not lo <= rate_kpa_s <= hi:
             raise self._refuse(f"RATE {rate_kpa_s}", "BAD_ARGUMENT", f"rate outside {lo:g}..{hi:g} kPa/s")
         self._rate = float(rate_kpa_s)
-        return self._host_side(f"RATE {rate_kpa_s}", "used by the next waveform", kpa_s=f"{rate_kpa_s:g}")
+        ack = self._host_side(f"RATE {rate_kpa_s}", "used by the next waveform")
+        return RateAck(command=ack.command, t_write=ack.t_write, t_ack=ack.t_ack, reply=ack.reply, sent=False,
+                       rate_kpa_s=self._rate)
 
-    def set_target(self, pressure_kpa: float) -> CommandResult:
+    def set_target(self, pressure_kpa: float) -> RampAck:
         """Upload [INC to target, STEP hold] and start; refused (nothing sent) when
         unarmed, over the ceiling, latched, or while a stimulation runs."""
         command = f"SET {pressure_kpa:.1f}"
+        self._check_target(command, pressure_kpa)
+        if pressure_kpa == 0:
+            stop = self.deflate()
+            return RampAck(command=command, t_write=stop.t_write, t_ack=stop.t_ack, reply=stop.reply,
+                           target_kpa=0.0, eta_s=None)
+        program, ramp_s = self._ramp_hold(command, pressure_kpa)
+        crc = self._upload(CUFF_CHANNEL, program)
+        self._upload(1 - CUFF_CHANNEL, ())
+        with self._lock:
+            self._target, self._reached = float(pressure_kpa), False
+            self._reported_cause, self._awaiting_deflated = None, False
+        start = codec.start_request(self.fw, stop_criterion=codec.STOP_ON_BUTTON_PRESSED, force=self.force_start)
+        try:
+            _, t_write, t_ack = self._call(self.fw.function_name(start.code), packet=start)
+        except DeviceFault:
+            with self._lock:
+                self._target = None
+            raise
+        return RampAck(command=command, t_write=t_write, t_ack=t_ack,
+                       reply=f"StartStimulation ok; waveform {'; '.join(i.describe() for i in program)}; "
+                             f"crc 0x{crc:02X}",
+                       target_kpa=float(pressure_kpa), eta_s=round((ramp_s + codec.TICK_S) * 1000) / 1000,
+                       hold_s=round(program[-1].duration_s * 1000) / 1000)
+
+    def _check_target(self, command: str, pressure_kpa: float) -> None:
+        """The refusals CUFF/1 firmware would give, made here (the CPAR has no arming)."""
         self._check_not_latched(command)
         if self._armed_max is None:
             raise self._refuse(command, "NOT_ARMED", "arm with the session ceiling first")
         if not 0 <= pressure_kpa <= self._armed_max:
             raise self._refuse(command, "OVER_LIMIT", f"target outside 0..{self._armed_max:g} kPa (the armed ceiling)")
-        if pressure_kpa == 0:
-            return self.deflate()
+
+    def _ramp_hold(self, command: str, pressure_kpa: float) -> tuple[tuple[codec.Instruction, ...], float]:
+        """The waveform [INC, STEP hold to the time limit] and its ramp time; refused when
+        no rate is set, a waveform runs, or the ramp does not fit the time limit."""
         if self._rate is None:
             raise self._refuse(command, "BAD_STATE", "no ramp rate set")
         status = self._status
@@ -317,25 +398,7 @@ class CparCuff:
         if hold_s < codec.TICK_S:
             raise self._refuse(command, "BAD_ARGUMENT", f"the ramp takes {ramp_s:.2f} s, longer than the "
                                f"stimulus time limit {self._max_time_s:.2f} s")
-        program = codec.ramp_hold_program(pressure_kpa, self._rate, hold_s=hold_s)
-        crc = self._upload(CUFF_CHANNEL, program)
-        self._upload(1 - CUFF_CHANNEL, ())
-        with self._lock:
-            self._target, self._reached = float(pressure_kpa), False
-            self._reported_cause, self._awaiting_deflated = None, False
-        start = codec.start_request(self.fw, stop_criterion=codec.STOP_ON_BUTTON_PRESSED, force=self.force_start)
-        try:
-            _, t_write, t_ack = self._call(self.fw.function_name(start.code), packet=start)
-        except DeviceFault:
-            with self._lock:
-                self._target = None
-            raise
-        eta_ms = round((ramp_s + codec.TICK_S) * 1000)
-        return CommandResult(command=command, t_write=t_write, t_ack=t_ack,
-                             reply=f"StartStimulation ok; waveform {'; '.join(i.describe() for i in program)}; "
-                                   f"crc 0x{crc:02X}",
-                             fields={"tgt": f"{pressure_kpa:.1f}", "eta_ms": str(eta_ms),
-                                     "hold_ms": str(round(program[-1].duration_s * 1000))})
+        return codec.ramp_hold_program(pressure_kpa, self._rate, hold_s=hold_s), ramp_s
 
     def _upload(self, channel: int, program: tuple[codec.Instruction, ...]) -> int:
         request = codec.waveform_request(self.fw, channel=channel, repeat=1, instructions=program)
@@ -347,24 +410,29 @@ class CparCuff:
                               f"expected 0x{expected:02X}")
         return crc
 
-    def deflate(self) -> CommandResult:
+    def deflate(self) -> DeflateAck:
         """StopStimulation: the CPAR dumps the cuff at once (no slow deflation)."""
         return self._stop_stimulation("DEFLATE")
 
-    def vent(self) -> CommandResult:
+    def vent(self) -> Ack:
         return self._stop_stimulation("VENT")
 
-    def estop(self) -> CommandResult:
+    def estop(self) -> Ack:
         """StopStimulation, latch ESTOP host-side, and report `ESTOP src=host`."""
         try:
             result = self._stop_stimulation("ESTOP")
         finally:
             with self._lock:
-                self._latch = LATCH["ESTOP"]
-        self._emit([DeviceEvent(result.t_ack, "ESTOP", {"src": "host"})])
+                self._latch = LATCH[EventKind.ESTOP]
+        self._emit([self._event(result.t_ack, _estop(StopSource.HOST))])
         return result
 
-    def clear(self) -> CommandResult:
+    def sim_stop_button(self) -> Ack:
+        """The CPAR simulator's stop button is not reachable over serial (`press_stop_button()`
+        on the simulator object, tests only): refused, nothing sent."""
+        raise self._refuse("SIM BUTTON", "NOT_SUPPORTED", "the CPAR protocol has no simulator commands")
+
+    def clear(self) -> Ack:
         status = self._latest_status()
         if status.state == 2:
             raise self._refuse("CLEAR", "CLEAR_REFUSED", "the CPAR's emergency stop is active; release it first")
@@ -377,16 +445,17 @@ class CparCuff:
     def status(self) -> CuffStatus:
         s = self._latest_status()
         with self._lock:
-            return CuffStatus(state=self._state_name(s), pressure_kpa=s.actual_kpa,
+            return CuffStatus(state=self._state(s), pressure_kpa=s.actual_kpa,
                               target_kpa=self._target if self._target is not None else 0.0,
                               armed_max_kpa=self._armed_max or 0.0, hard_limit_kpa=HARD_LIMIT_KPA,
-                              error_code=self._latch[1] if self._latch else 0)
+                              fault=self._latch[1] if self._latch else None)
 
-    def stream(self, rate_hz: int) -> CommandResult:
+    def stream(self, rate_hz: int) -> StreamAck:
         """Host-side: forward every StatusMessage as a sample (rate_hz > 0) or none (0)."""
         self._streaming = rate_hz > 0
-        return self._host_side(f"STREAM {rate_hz}", "the CPAR sends status messages at its own rate",
-                               hz=str(rate_hz))
+        ack = self._host_side(f"STREAM {rate_hz}", "the CPAR sends status messages at its own rate")
+        return StreamAck(command=ack.command, t_write=ack.t_write, t_ack=ack.t_ack, reply=ack.reply, sent=False,
+                         rate_hz=rate_hz)
 
     # ------------------------------------------------------------ host-side state
 
@@ -394,7 +463,7 @@ class CparCuff:
         with self._lock:
             latch = self._latch
         if latch is not None:
-            raise self._refuse(command, "LATCHED", f"latched {latch[0]} (error {latch[1]}); CLEAR first")
+            raise self._refuse(command, "LATCHED", f"latched {latch[0].value} (error {latch[1].code}); CLEAR first")
 
     def _latest_status(self) -> codec.Status:
         if self._lost is not None:
@@ -406,14 +475,15 @@ class CparCuff:
                               f"within {self.reply_timeout_s * 1000:.0f} ms")
         return status
 
-    def _state_name(self, s: codec.Status) -> str:
+    def _state(self, s: codec.Status) -> CuffState:
+        """The device state in our terms: its emergency, our latch, our stimulus, our arming."""
         if s.state == 2:
-            return "ESTOP"
+            return CuffState.ESTOP
         if self._latch is not None:
             return self._latch[0]
         if s.state == 1:
-            return "HOLD" if self._reached else "RAMP"
-        return "ARMED" if self._armed_max is not None else "IDLE"
+            return CuffState.HOLD if self._reached else CuffState.RAMP
+        return CuffState.ARMED if self._armed_max is not None else CuffState.IDLE
 
     # ------------------------------------------------------------ reader thread
 
@@ -435,9 +505,11 @@ class CparCuff:
                 elif not pkt.is_message:
                     self._take_reply(pkt, t)
                 else:
-                    events.append(DeviceEvent(t, "CPAR_UNKNOWN_MESSAGE", {"code": f"0x{pkt.code:02X}"}))
+                    events.append(self._event(t, Meaning(EventKind.OTHER, {"code": f"0x{pkt.code:02X}"},
+                                                         other_name="CPAR_UNKNOWN_MESSAGE")))
             except codec.CparFormatError as exc:
-                events.append(DeviceEvent(t, "CPAR_BAD_FRAME", {"detail": str(exc)}))
+                events.append(self._event(t, Meaning(EventKind.OTHER, {"detail": str(exc)},
+                                                     other_name="CPAR_BAD_FRAME")))
         self._emit(events)
         if self._on_sample is not None:
             for sample in samples:
@@ -457,45 +529,54 @@ class CparCuff:
             if s.state == 1 and self._target is not None and not self._reached \
                     and abs(s.actual_kpa - self._target) <= REACHED_TOLERANCE_KPA:
                 self._reached = True
-                events.append(DeviceEvent(t, "TARGET_REACHED", {"p": format_reading_kpa(s.actual_kpa)}))
+                events.append(self._event(t, Meaning(EventKind.TARGET_REACHED), pressure_kpa=s.actual_kpa))
             if self._awaiting_deflated and s.state != 1 and s.actual_kpa < DEFLATED_BELOW_KPA:
                 self._awaiting_deflated = False
-                events.append(DeviceEvent(t, "DEFLATED", {"p": format_reading_kpa(s.actual_kpa)}))
+                events.append(self._event(t, Meaning(EventKind.DEFLATED), pressure_kpa=s.actual_kpa))
             if not self._streaming:
                 return []
             device_ms = round((self._counter_base + s.update_counter) * codec.TICK_S * 1000)
             return [PressureSample(t=t, device_ms=device_ms, pressure_kpa=s.actual_kpa,
-                                   target_kpa=s.target_kpa, state=self._state_name(s))]
+                                   target_kpa=s.target_kpa, state=self._state(s))]
 
     def _on_stopped(self, s: codec.Status, t: float, events: list[DeviceEvent]) -> None:
         """The device left STIMULATING (caller holds the lock): report a device-side
         cause unless an EventMessage already did."""
         self._target = None
         self._awaiting_deflated = True
-        mapped = STOP_CONDITION_MAP.get(s.stop_condition_name)
-        if mapped is None:                      # NO_CONDITION, CONTROL_SOFTWARE (our stop)
+        meaning = STOP_CONDITION_MAP.get(s.stop_condition_name)
+        if meaning is None:                     # NO_CONDITION, CONTROL_SOFTWARE (our stop)
             return
-        name, fields = mapped
-        self._latch = self._latch or LATCH.get(name)
-        if self._reported_cause == name:
+        self._latch = self._latch or LATCH.get(meaning.kind)
+        if self._reported_cause == meaning.name:
             self._reported_cause = None
             return
-        self._reported_cause = name
-        events.append(DeviceEvent(t, name, {**fields, "stop": s.stop_condition_name}))
+        self._reported_cause = meaning.name
+        events.append(self._event(t, meaning, stop=s.stop_condition_name))
 
     def _on_device_event(self, cpar_name: str, t: float, events: list[DeviceEvent]) -> None:
-        name, fields = EVENT_MAP.get(cpar_name, (f"CPAR_{cpar_name}", {}))
+        meaning = EVENT_MAP.get(cpar_name, Meaning(EventKind.OTHER, other_name=f"CPAR_{cpar_name}"))
         with self._lock:
             stimulating = self._running
-            if name in STOP_CAUSES:
-                if self._reported_cause == name:    # the StatusMessage told us first
+            if meaning.name in STOP_CAUSES:
+                if self._reported_cause == meaning.name:    # the StatusMessage told us first
                     self._reported_cause = None
                     return
                 if stimulating:
-                    self._reported_cause = name
-            if name in LATCH and (stimulating or name == "ESTOP"):
-                self._latch = self._latch or LATCH[name]
-        events.append(DeviceEvent(t, name, {**fields, "cpar": cpar_name}))
+                    self._reported_cause = meaning.name
+            latch = LATCH.get(meaning.kind)
+            if latch is not None and (stimulating or meaning.kind is EventKind.ESTOP):
+                self._latch = self._latch or latch
+        events.append(self._event(t, meaning, cpar=cpar_name))
+
+    @staticmethod
+    def _event(t: float, meaning: Meaning, *, pressure_kpa: float | None = None, **extra: str) -> DeviceEvent:
+        """A typed event; its log fields as CUFF/1 would word them (`p=` rounded down), plus `extra`."""
+        fields = dict(meaning.fields)
+        if pressure_kpa is not None:
+            fields["p"] = format_reading_kpa(pressure_kpa)
+        return DeviceEvent(t=t, kind=meaning.kind, name=meaning.name, fields={**fields, **extra},
+                           pressure_kpa=pressure_kpa, source=meaning.source)
 
     def _emit(self, events: list[DeviceEvent]) -> None:
         if self._on_event is not None:

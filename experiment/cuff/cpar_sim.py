@@ -57,7 +57,7 @@ class _Outlet:
         self.pc, self.target_q8 = 0, 0
         prog = self.program
         self.repeats_left = prog.repeat if prog and prog.instructions else 0
-        self.steps_left = prog.instructions[0].steps if self.repeats_left else 0
+        self.steps_left = prog.instructions[0].steps if prog and self.repeats_left else 0
 
     @property
     def done(self) -> bool:

@@ -6,41 +6,55 @@ PORT is a device path, a COM name or a pyserial URL (`socket://host:port`,
 `hwgrep://regexp`). A port that cannot be opened, or a device that does not identify
 itself, is a HardwareError naming the port and the reason: there is never a quiet
 switch to simulation. `sim` is allowed only for dry runs; it serves the simulated
-CUFF/1 firmware on a pseudo-terminal and drives it through the real serial driver (on a
-virtual clock, where threads and real ports make no sense, through an in-process
-loopback instead). Either way the device names itself `cuedpain-sim`, so
+CUFF/1 firmware on a pseudo-terminal, or on a loopback TCP port (`sim_link="socket"`, the
+default where there are no pseudo-terminals), and drives it through the real serial
+driver (on a virtual clock, where threads and real ports make no sense, through an
+in-process loopback instead). Either way the device names itself `cuedpain-sim`, so
 `info.simulated` is True and every output says so.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypedDict
 
 import serial
 
-from experiment.clock import Clock
+from experiment.clock import Clock, VirtualClock
 from experiment.cuff.base import Cuff
 from experiment.cuff.line_driver import LineCuff
 from experiment.cuff.simdevice import SimCuffDevice
+from experiment.cuff.simserver import SimLink, SimServer, default_sim_link
 from experiment.cuff.transport import LoopbackTransport, SerialTransport
 from experiment.errors import HardwareError, InputError
 from experiment.protocol.specs import CuffKind, CuffSpec
 
 
+class SimOptions(TypedDict, total=False):
+    """How the simulated cuff of `sim` behaves (keywords of `SimCuffDevice`)."""
+
+    hard_limit_kpa: float
+    leak_kpa_s: float
+    seed: int
+
+
 def open_cuff(spec: CuffSpec, *, clock: Clock, dry_run: bool, reply_timeout_s: float = 0.5,
-              sim_options: dict[str, Any] | None = None) -> Cuff:
+              sim_options: SimOptions | None = None, sim_link: SimLink | None = None) -> Cuff:
     """Open, identify and return the cuff `spec` names (see the module docstring).
 
-    `sim_options` go to `SimCuffDevice` (hard_limit_kpa, leak_kpa_s, seed).
+    `sim_options` go to `SimCuffDevice` (hard_limit_kpa, leak_kpa_s, seed); `sim_link` says
+    where a simulated cuff is served on a real clock ("pty" or "socket"; default: a pty on
+    POSIX, a TCP port elsewhere).
     """
     if spec.simulated:
         if not dry_run:
             raise InputError("--cuff sim is a simulated cuff: it is allowed only with --dry-run")
-        return _open_sim(clock=clock, reply_timeout_s=reply_timeout_s, sim_options=sim_options or {})
+        return _open_sim(clock=clock, reply_timeout_s=reply_timeout_s, sim_options=sim_options or {},
+                         link=sim_link or default_sim_link())
     port = spec.port
     assert port is not None  # every kind but sim has a port (CuffSpec checks)
+    cuff: Cuff
     if spec.kind is CuffKind.LINE:
-        cuff: Any = LineCuff(SerialTransport(port, clock=clock), clock=clock, reply_timeout_s=reply_timeout_s)
+        cuff = LineCuff(SerialTransport(port, clock=clock), clock=clock, reply_timeout_s=reply_timeout_s)
     else:
         from experiment.cuff.cpar_driver import CparCuff  # only when a CPAR is asked for
         cuff = CparCuff(port, clock=clock, reply_timeout_s=reply_timeout_s)
@@ -48,23 +62,21 @@ def open_cuff(spec: CuffSpec, *, clock: Clock, dry_run: bool, reply_timeout_s: f
     return cuff
 
 
-def _open_sim(*, clock: Clock, reply_timeout_s: float, sim_options: dict[str, Any]) -> Cuff:
+def _open_sim(*, clock: Clock, reply_timeout_s: float, sim_options: SimOptions, link: SimLink) -> Cuff:
     device = SimCuffDevice(**sim_options)
-    if getattr(clock, "virtual", False):
-        cuff = LineCuff(LoopbackTransport(device, clock=clock, port="sim:loopback"),  # type: ignore[arg-type]
+    if isinstance(clock, VirtualClock):
+        cuff = LineCuff(LoopbackTransport(device, clock=clock, port="sim:loopback"),
                         clock=clock, reply_timeout_s=reply_timeout_s)
         _connect(cuff, "sim:loopback")
         return cuff
-    from experiment.cuff.simserver import SimServer  # POSIX only; imported when a pty is wanted
-
-    server = SimServer(device, clock=clock)
+    server = SimServer(device, clock=clock, link=link)
     cuff = LineCuff(SerialTransport(server.path, clock=clock), clock=clock, reply_timeout_s=reply_timeout_s,
                     on_close=[server.close])
     _connect(cuff, server.path)
     return cuff
 
 
-def _connect(cuff: Any, port: str) -> None:
+def _connect(cuff: Cuff, port: str) -> None:
     try:
         cuff.connect()
     except HardwareError:
@@ -75,7 +87,7 @@ def _connect(cuff: Any, port: str) -> None:
         raise HardwareError(f"cannot open cuff port {port}: {exc}") from exc
 
 
-def _close_quietly(cuff: Any) -> None:
+def _close_quietly(cuff: Cuff) -> None:
     try:
         cuff.close()
     except Exception:  # noqa: BLE001 - the open error is the one to report

@@ -31,25 +31,6 @@ ERRORS: dict[int, str] = {
 FAULT_CODES: dict[str, int] = {"WATCHDOG": 30, "ESTOP": 31, "TIME_LIMIT": 32,
                                "OVERPRESSURE": 33, "COMPLIANCE": 34}
 
-# what each latching fault means, in the operator's words (rig-check, refusals at start)
-FAULT_MEANINGS: dict[int, str] = {
-    30: "the watchdog fired: the host stopped talking to the cuff (program killed or hung, cable pulled) "
-        "and the cuff vented itself",
-    31: "an emergency stop: the participant's stop button or the host's ESTOP",
-    32: "the time limit: the cuff stayed above 1 kPa longer than its MAXTIME and vented itself",
-    33: "over-pressure: the pressure went over the armed ceiling plus its margin and the cuff vented itself",
-    34: "compliance: the target was not reached in time or the pressure sagged (a leak, a loose hose, or the "
-        "cuff is off the limb)",
-}
-
-
-def describe_fault(state: str, code: int) -> str:
-    """`FAULT (error 30 WATCHDOG: the watchdog fired: ...)` for a latched state and its code."""
-    name = ERRORS.get(code, "UNKNOWN")
-    meaning = FAULT_MEANINGS.get(code, "a fault this program does not know")
-    return f"{state} (error {code} {name}: {meaning})"
-
-
 # argument kinds and their ranges (inclusive); numbers are plain decimals, no sign
 WDT_MS = (200, 5000)
 RATE_KPA_S = (0.1, 100.0)
@@ -230,6 +211,13 @@ class Command:
 
     name: str                  # e.g. "SET", "STATUS?", "SIM LEAK"
     arg: float | int | None = None
+
+    @property
+    def value(self) -> float:
+        """The argument of a command that takes one (`parse_command` guarantees it is there)."""
+        if self.arg is None:
+            raise ValueError(f"{self.name} takes no argument")
+        return self.arg
 
 
 def parse_command(data: bytes, *, allow_sim: bool) -> Command | None:

@@ -17,35 +17,46 @@ Rules it keeps (docs/cuff-protocol.md, "Host rules"):
   from the reader thread; they never stand in for a reply.
 * After opening: boards often reset when the port opens, so `connect` sends HELLO, and
   while it gets no answer waits for `!EVT BOOT` or retries, up to `boot_wait_s`.
+
+Translation: replies become typed acknowledgements (`OK ARM max=40.0` -> `ArmAck(ceiling_kpa=
+40.0)`, `eta_ms=` -> `eta_s`, `PING n=` -> `count`); a value a reply lacks or sends malformed is
+the value sent (or None where there is none), never a crash in the caller. `ERR` replies raise
+`CommandError` (a `CommandRefused`). `!EVT` lines become `DeviceEvent`s (kind, `p=` ->
+`pressure_kpa`, `src=` -> `StopSource`), `!P` lines `PressureSample`s; `STATUS` a
+`CuffStatus` with its `CuffState` and `Fault`. The wire text stays on acks and events
+for the log.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from experiment.clock import Clock
-from experiment.cuff.base import CommandResult, CuffStatus, DeviceEvent, DeviceInfo, PressureSample
-from experiment.cuff.line_codec import (SIM_NAME_PREFIX, EventLine, LineSplitter, Reply, Telemetry,
-                                        floor_kpa, format_command, format_kpa, parse_device_line,
-                                        reply_command)
+from experiment.cuff.base import (Ack, ArmAck, CommandRefused, CuffState, CuffStatus, DeflateAck, DeviceEvent,
+                                  DeviceInfo, DeviceLimits, EventKind, Fault, MaxTimeAck, PingAck,
+                                  PressureSample, RampAck, RateAck, Span, StopSource, StreamAck, WatchdogAck)
+from experiment.cuff.line_codec import (MAXTIME_MS, RATE_KPA_S, SIM_NAME_PREFIX, WDT_MS, EventLine, LineSplitter,
+                                        Reply, Telemetry, floor_kpa, format_command, format_kpa,
+                                        parse_device_line, reply_command)
 from experiment.cuff.transport import Transport
 from experiment.errors import CuedpainError, DeviceFault, HardwareError
 
 URGENT = frozenset({"VENT", "ESTOP"})
 HOST_LINE_LIMIT = 256     # the host tolerates longer device lines than it sends
+LIMITS = DeviceLimits(rate_kpa_s=Span(*RATE_KPA_S), watchdog_ms=Span(*WDT_MS), max_time_ms=Span(*MAXTIME_MS))
+
+_NUMBER = re.compile(r"^-?[0-9]{1,7}(\.[0-9]{1,6})?$")   # a finite decimal as CUFF/1 sends them
+_EVENT_KINDS = {k.name: k for k in EventKind if k is not EventKind.OTHER}
+_SOURCES = {s.value: s for s in StopSource}
+_STATES = {s.value: s for s in CuffState}
 
 
-class CommandError(DeviceFault):
-    """The device answered `ERR <code> <NAME>`; `result` holds the exchange."""
-
-    def __init__(self, message: str, *, result: CommandResult, code: int, name: str) -> None:
-        super().__init__(message)
-        self.result = result
-        self.code = code
-        self.name = name
+class CommandError(CommandRefused):
+    """The device answered `ERR <code> <NAME>`; `ack` holds the exchange."""
 
 
 @dataclass
@@ -57,6 +68,66 @@ class _Slot:
     t_ack: float | None = None
     lost: bool = False        # a later command's reply came first: this one's never will
     abandoned: bool = False   # its caller gave up waiting; a late reply is still absorbed
+
+
+@dataclass(frozen=True)
+class _Exchange:
+    """One command and its OK reply."""
+
+    text: str
+    t_write: float
+    t_ack: float
+    reply: Reply
+
+
+# ---------------------------------------------------------------- translation (pure)
+
+
+def number(fields: dict[str, str], key: str) -> float | None:
+    """A well-formed finite number from a CUFF/1 field, or None (absent or malformed)."""
+    text = fields.get(key)
+    return float(text) if text is not None and _NUMBER.match(text) else None
+
+
+def integer(fields: dict[str, str], key: str) -> int | None:
+    """A non-negative integer from a CUFF/1 field, or None (absent or malformed)."""
+    text = fields.get(key)
+    return int(text) if text is not None and text.isdigit() and len(text) <= 9 else None
+
+
+def seconds(fields: dict[str, str], key: str) -> float | None:
+    """A millisecond field (`eta_ms=1500`) in seconds, or None."""
+    ms = integer(fields, key)
+    return None if ms is None else ms / 1000
+
+
+def event_from_line(line: EventLine, t: float) -> DeviceEvent:
+    """`!EVT NAME k=v` -> a typed event; malformed values are left out (the log keeps the text)."""
+    f = line.fields
+    kind = _EVENT_KINDS.get(line.name, EventKind.OTHER)
+    return DeviceEvent(t=t, kind=kind, name=line.name, fields=dict(f), pressure_kpa=number(f, "p"),
+                       target_kpa=number(f, "tgt"), source=_SOURCES.get(f.get("src", "")),
+                       limit_ms=integer(f, "ms"), firmware=f.get("fw"))
+
+
+def sample_from_line(line: Telemetry, t: float) -> PressureSample | None:
+    """`!P` -> a sample; None for a state CUFF/1 does not have (the line counts as garbage)."""
+    state = _STATES.get(line.state)
+    if state is None:
+        return None
+    return PressureSample(t, line.t_ms, line.pressure_kpa, line.target_kpa, state)
+
+
+def status_from_reply(reply: Reply) -> CuffStatus:
+    """`OK STATUS st= p= tgt= max= hard= err=` -> CuffStatus; ValueError when malformed."""
+    f = reply.fields
+    state = _STATES.get(f.get("st", ""))
+    p, tgt, armed, hard = (number(f, k) for k in ("p", "tgt", "max", "hard"))
+    err = integer(f, "err")
+    if state is None or p is None or tgt is None or armed is None or hard is None or err is None:
+        raise ValueError("st, p, tgt, max, hard or err missing or malformed")
+    return CuffStatus(state=state, pressure_kpa=p, target_kpa=tgt, armed_max_kpa=armed, hard_limit_kpa=hard,
+                      fault=Fault(err) if err else None)
 
 
 class LineCuff:
@@ -111,12 +182,22 @@ class LineCuff:
             if isinstance(line, Reply):
                 self._take_reply(line, t)
             elif isinstance(line, EventLine):
-                if line.name == "BOOT":
-                    self._boot_seen = True
-                if self._on_event is not None:
-                    self._on_event(DeviceEvent(t, line.name, dict(line.fields)))
-            elif isinstance(line, Telemetry) and self._on_sample is not None:
-                self._on_sample(PressureSample(t, line.t_ms, line.pressure_kpa, line.target_kpa, line.state))
+                self._take_event(event_from_line(line, t))
+            else:
+                self._take_sample(line, t)
+
+    def _take_event(self, event: DeviceEvent) -> None:
+        if event.kind is EventKind.BOOT:
+            self._boot_seen = True
+        if self._on_event is not None:
+            self._on_event(event)
+
+    def _take_sample(self, line: Telemetry, t: float) -> None:
+        sample = sample_from_line(line, t)
+        if sample is None:
+            self.garbage_lines += 1
+        elif self._on_sample is not None:
+            self._on_sample(sample)
 
     def _take_reply(self, reply: Reply, t: float) -> None:
         with self._io_lock:
@@ -148,11 +229,15 @@ class LineCuff:
 
     # ------------------------------------------------------------ commands
 
-    def command(self, text: str, *, timeout_s: float | None = None) -> CommandResult:
+    def command(self, text: str, *, timeout_s: float | None = None) -> Ack:
         """Send one command line and wait for its reply (ERR -> `CommandError`).
 
-        VENT and ESTOP skip the one-outstanding lock (see the module docstring).
+        The raw CUFF/1 escape hatch (tests, fault injection); VENT and ESTOP skip the
+        one-outstanding lock (see the module docstring).
         """
+        return self._ack(self._send(text, timeout_s))
+
+    def _send(self, text: str, timeout_s: float | None = None) -> _Exchange:
         if not text.split():
             raise ValueError("a CUFF/1 command cannot be blank")
         name = text.split()[0].upper()
@@ -161,7 +246,7 @@ class LineCuff:
         with self._cmd_lock:
             return self._exchange(text, timeout_s)
 
-    def _exchange(self, text: str, timeout_s: float | None) -> CommandResult:
+    def _exchange(self, text: str, timeout_s: float | None) -> _Exchange:
         if self._lost is not None:
             raise DeviceFault(f"cuff on {self.port}: connection lost ({self._lost}); {text!r} not sent")
         words = text.split()
@@ -181,17 +266,24 @@ class LineCuff:
             reply = slot.reply
             slot.abandoned = reply is None
         if reply is None:
-            if self._lost is not None:
-                raise DeviceFault(f"cuff on {self.port}: connection lost ({self._lost}) "
-                                  f"while waiting for the reply to {text!r}")
-            why = "its reply never came (a later reply arrived first)" if slot.lost else \
-                f"no reply within {timeout * 1000:.0f} ms"
-            raise DeviceFault(f"cuff on {self.port}: {why} to {text!r}")
-        result = CommandResult(text, slot.t_write, slot.t_ack or slot.t_write, reply.text, dict(reply.fields))
+            raise self._no_reply(text, slot, timeout)
+        done = _Exchange(text, slot.t_write, slot.t_ack or slot.t_write, reply)
         if not reply.ok:
             raise CommandError(f"cuff on {self.port} refused {text!r}: {reply.text}",
-                               result=result, code=reply.code, name=reply.name)
-        return result
+                               ack=self._ack(done), code=reply.code, error=reply.name)
+        return done
+
+    def _no_reply(self, text: str, slot: _Slot, timeout_s: float) -> DeviceFault:
+        if self._lost is not None:
+            return DeviceFault(f"cuff on {self.port}: connection lost ({self._lost}) "
+                               f"while waiting for the reply to {text!r}")
+        why = "its reply never came (a later reply arrived first)" if slot.lost else \
+            f"no reply within {timeout_s * 1000:.0f} ms"
+        return DeviceFault(f"cuff on {self.port}: {why} to {text!r}")
+
+    @staticmethod
+    def _ack(done: _Exchange) -> Ack:
+        return Ack(command=done.text, t_write=done.t_write, t_ack=done.t_ack, reply=done.reply.text)
 
     # ------------------------------------------------------------ Cuff interface
 
@@ -200,6 +292,11 @@ class LineCuff:
         if not self._opened:
             self._transport.open(self._on_data, self._lost_link)
             self._opened = True
+        self.info = self._identify(self._hello())
+        return self.info
+
+    def _hello(self) -> _Exchange:
+        """HELLO until it is answered; a board that reset on open announces BOOT when it can listen."""
         deadline = self._clock.now() + self._boot_wait_s
         last_error = "no reply"
         while True:
@@ -207,10 +304,9 @@ class LineCuff:
                 self._slots.clear()         # any OK HELLO, also a late one, will do
             self._boot_seen = False
             try:
-                result = self.command("HELLO", timeout_s=self._hello_timeout_s)
-                break
+                return self._send("HELLO", timeout_s=self._hello_timeout_s)
             except CommandError as exc:
-                last_error = exc.result.reply
+                last_error = exc.ack.reply
             except DeviceFault as exc:
                 if self._lost is not None:
                     raise HardwareError(f"cuff on {self.port}: connection lost while identifying it "
@@ -220,72 +316,96 @@ class LineCuff:
                 raise HardwareError(f"cuff on {self.port} did not identify itself within "
                                     f"{self._boot_wait_s:g} s ({last_error} to HELLO); "
                                     "is it a CUFF/1 device and powered?")
-            # a board that reset on open announces BOOT when it can listen: retry then
             self._transport.wait(lambda: self._boot_seen, min(remaining, self._hello_timeout_s))
-        self.info = self._identify(result)
-        return self.info
 
-    def _identify(self, result: CommandResult) -> DeviceInfo:
-        f = result.fields
+    def _identify(self, done: _Exchange) -> DeviceInfo:
+        f = done.reply.fields
         missing = [k for k in ("dev", "fw", "proto", "hard") if k not in f]
         if missing:
-            raise HardwareError(f"cuff on {self.port}: HELLO reply lacks {', '.join(missing)}: {result.reply!r}")
+            raise HardwareError(f"cuff on {self.port}: HELLO reply lacks {', '.join(missing)}: {done.reply.text!r}")
         if f["proto"] != "1":
             raise HardwareError(f"cuff on {self.port} speaks CUFF/{f['proto']}; this program speaks CUFF/1")
-        try:
-            hard = float(f["hard"])
-        except ValueError:
-            raise HardwareError(f"cuff on {self.port}: hard limit {f['hard']!r} is not a number") from None
-        return DeviceInfo(kind=self.kind, port=self.port, name=f["dev"], firmware=f["fw"],
-                          hard_limit_kpa=hard, simulated=f["dev"].lower().startswith(SIM_NAME_PREFIX),
-                          serial=f.get("sn") or None)
+        hard = number(f, "hard")
+        if hard is None:
+            raise HardwareError(f"cuff on {self.port}: hard limit {f['hard']!r} is not a number")
+        return DeviceInfo(kind=self.kind, port=self.port, name=f["dev"], firmware=f["fw"], hard_limit_kpa=hard,
+                          simulated=f["dev"].lower().startswith(SIM_NAME_PREFIX), serial=f.get("sn") or None,
+                          limits=LIMITS)
 
-    def ping(self) -> CommandResult:
-        return self.command("PING")
+    def ping(self) -> PingAck:
+        """PING: `n` counts PINGs since boot (None when the reply lacks it)."""
+        done = self._send("PING")
+        return PingAck(command=done.text, reply=done.reply.text, count=integer(done.reply.fields, "n"),
+                       t_write=done.t_write, t_ack=done.t_ack)
 
-    def set_watchdog(self, timeout_ms: int) -> CommandResult:
-        return self.command(f"WDT {int(timeout_ms)}")
+    def set_watchdog(self, timeout_ms: int) -> WatchdogAck:
+        done = self._send(f"WDT {int(timeout_ms)}")
+        ms = integer(done.reply.fields, "ms")
+        return WatchdogAck(command=done.text, reply=done.reply.text,
+                           timeout_ms=int(timeout_ms) if ms is None else ms, t_write=done.t_write, t_ack=done.t_ack)
 
-    def set_max_time(self, max_ms: int) -> CommandResult:
-        return self.command(f"MAXTIME {int(max_ms)}")
+    def set_max_time(self, max_ms: int) -> MaxTimeAck:
+        done = self._send(f"MAXTIME {int(max_ms)}")
+        ms = integer(done.reply.fields, "ms")
+        return MaxTimeAck(command=done.text, reply=done.reply.text, max_ms=int(max_ms) if ms is None else ms,
+                          t_write=done.t_write, t_ack=done.t_ack)
 
-    def arm(self, ceiling_kpa: float) -> CommandResult:
-        """Armed with the ceiling rounded *down* to the protocol's 0.1 kPa."""
-        return self.command(f"ARM {format_kpa(floor_kpa(ceiling_kpa))}")
+    def arm(self, ceiling_kpa: float) -> ArmAck:
+        """Armed with the ceiling rounded *down* to the protocol's 0.1 kPa (the device's
+        `max=` when it says one)."""
+        sent = floor_kpa(ceiling_kpa)
+        done = self._send(f"ARM {format_kpa(sent)}")
+        armed = number(done.reply.fields, "max")
+        return ArmAck(command=done.text, reply=done.reply.text, ceiling_kpa=sent if armed is None else armed,
+                      t_write=done.t_write, t_ack=done.t_ack)
 
-    def disarm(self) -> CommandResult:
-        return self.command("DISARM")
+    def disarm(self) -> Ack:
+        return self._ack(self._send("DISARM"))
 
-    def set_rate(self, rate_kpa_s: float) -> CommandResult:
-        return self.command(f"RATE {format_kpa(rate_kpa_s)}")
+    def set_rate(self, rate_kpa_s: float) -> RateAck:
+        done = self._send(f"RATE {format_kpa(rate_kpa_s)}")
+        rate = number(done.reply.fields, "kpa_s")
+        return RateAck(command=done.text, reply=done.reply.text,
+                       rate_kpa_s=round(rate_kpa_s, 1) if rate is None else rate, t_write=done.t_write, t_ack=done.t_ack)
 
-    def set_target(self, pressure_kpa: float) -> CommandResult:
-        return self.command(f"SET {format_kpa(pressure_kpa)}")
+    def set_target(self, pressure_kpa: float) -> RampAck:
+        done = self._send(f"SET {format_kpa(pressure_kpa)}")
+        f = done.reply.fields
+        target = number(f, "tgt")
+        return RampAck(command=done.text, reply=done.reply.text,
+                       target_kpa=round(pressure_kpa, 1) if target is None else target,
+                       eta_s=seconds(f, "eta_ms"), t_write=done.t_write, t_ack=done.t_ack)
 
-    def deflate(self) -> CommandResult:
-        return self.command("DEFLATE")
+    def deflate(self) -> DeflateAck:
+        done = self._send("DEFLATE")
+        return DeflateAck(command=done.text, reply=done.reply.text, eta_s=seconds(done.reply.fields, "eta_ms"),
+                          t_write=done.t_write, t_ack=done.t_ack)
 
-    def vent(self) -> CommandResult:
-        return self.command("VENT")
+    def vent(self) -> Ack:
+        return self._ack(self._send("VENT"))
 
-    def estop(self) -> CommandResult:
-        return self.command("ESTOP")
+    def estop(self) -> Ack:
+        return self._ack(self._send("ESTOP"))
 
-    def clear(self) -> CommandResult:
-        return self.command("CLEAR")
+    def clear(self) -> Ack:
+        return self._ack(self._send("CLEAR"))
 
-    def stream(self, rate_hz: int) -> CommandResult:
-        return self.command(f"STREAM {int(rate_hz)}")
+    def sim_stop_button(self) -> Ack:
+        """`SIM BUTTON` (real firmware answers ERR 10: CommandError)."""
+        return self._ack(self._send("SIM BUTTON"))
+
+    def stream(self, rate_hz: int) -> StreamAck:
+        done = self._send(f"STREAM {int(rate_hz)}")
+        hz = integer(done.reply.fields, "hz")
+        return StreamAck(command=done.text, reply=done.reply.text, rate_hz=int(rate_hz) if hz is None else hz,
+                         t_write=done.t_write, t_ack=done.t_ack)
 
     def status(self) -> CuffStatus:
-        result = self.command("STATUS?")
-        f = result.fields
+        done = self._send("STATUS?")
         try:
-            return CuffStatus(state=f["st"], pressure_kpa=float(f["p"]), target_kpa=float(f["tgt"]),
-                              armed_max_kpa=float(f["max"]), hard_limit_kpa=float(f["hard"]),
-                              error_code=int(f["err"]))
-        except (KeyError, ValueError) as exc:
-            raise DeviceFault(f"cuff on {self.port}: malformed STATUS reply {result.reply!r} ({exc})") from None
+            return status_from_reply(done.reply)
+        except ValueError as exc:
+            raise DeviceFault(f"cuff on {self.port}: malformed STATUS reply {done.reply.text!r} ({exc})") from None
 
     def close(self) -> None:
         """Close the port, then whatever was handed over with it (a sim server)."""

@@ -3,9 +3,11 @@
 The runner talks to the cuff only through this class. What it guarantees (each has a
 test in tests/test_cuff_safety.py):
 
-1. Ceiling: the protocol's maximum must not exceed the device's hard limit
-   (HardwareError at start); the device is armed with the ceiling; a target above it is
-   refused before anything is sent (InputError).
+1. Ceiling: the protocol's maximum must not exceed the device's hard limit, and its
+   watchdog, time limit and planned ramp rates must be ones the device accepts
+   (`device_problems`; HardwareError at start); the device is armed with the ceiling (a
+   device that says it armed higher is refused); a target above it is refused before
+   anything is sent (InputError).
 2. Time limits: one stimulus (SET to DEFLATE) and the run's cumulative inflated time,
    checked by the host every 10 ms; the device's own MAXTIME is set just above the
    stimulus limit as a backstop.
@@ -35,9 +37,14 @@ button is different: it vents and records, and sets `participant_stop_t`, but do
 trip, because the protocol decides whether the run ends or goes on without stimulation;
 further stimulation is refused all the same.
 
-Threads: on a real clock the heartbeat and the guard run as daemon threads. On a
-`VirtualClock` (headless runs) both run from clock timers instead, so a headless run
-stays single-threaded and reproducible.
+Threads: on a real clock the heartbeat and the guard run as daemon threads (`_Guards`).
+On a `VirtualClock` (headless runs) both run from clock timers instead, so a headless run
+stays single-threaded and reproducible. `close()` joins every thread the supervisor
+started; one that does not stop in time is named in a `warning` record
+(`cuff_thread_not_stopped`), never forgotten silently.
+
+The supervisor reads only the typed values of `experiment.cuff.base` (states, faults,
+acknowledgements, events); the wire text on them goes into the log untouched.
 """
 
 from __future__ import annotations
@@ -46,31 +53,40 @@ import math
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable, TypeVar, Union
 
-from experiment.clock import Clock
-from experiment.cuff.base import CommandResult, Cuff, DeviceEvent, DeviceInfo, PressureSample
-from experiment.cuff.line_codec import LATCHED_STATES, MAXTIME_MS, RATE_KPA_S, WDT_MS, describe_fault, floor_kpa
+from experiment.clock import Clock, VirtualClock
+from experiment.cuff.base import (Ack, ArmAck, CommandRefused, Cuff, CuffState, CuffStatus, DeflateAck,
+                                  DeviceEvent, DeviceInfo, DeviceRestarted, EventKind, Fault, PingAck,
+                                  PressureSample, RampAck, StopSource)
 from experiment.errors import AbortError, DeviceFault, HardwareError, InputError
 
 GUARD_PERIOD_S = 0.005     # guard thread: vent requests and deadline checks
 VENTED_KPA = 1.0           # CUFF/1's "released" level: ARM needs the cuff below it
-Record = Callable[[dict[str, Any]], None]
+THREAD_JOIN_S = 2.0        # how long close() waits for each of its threads
+WATCHDOG_MS = (200, 5000)  # the heartbeat runs every WDT/4: faster floods the link, slower inflates too long
+MAX_DEVICE_TIME_MS = 600_000  # no supported device times one inflation beyond 10 min
+STREAM_HZ = (20, 100)      # a pressure trace fine enough for the read-back checks
 
-_DEVICE_FAULT_EVENTS = {"WATCHDOG": "device_watchdog", "TIME_LIMIT": "device_time_limit",
-                        "OVERPRESSURE": "device_overpressure", "COMPLIANCE": "device_compliance"}
+LogRecord = dict[str, object]
+Record = Callable[[LogRecord], None]
+_Reply = TypeVar("_Reply", bound=Union[Ack, CuffStatus])
+_T = TypeVar("_T")
+
+_DEVICE_FAULT_EVENTS = {EventKind.WATCHDOG: "device_watchdog", EventKind.TIME_LIMIT: "device_time_limit",
+                        EventKind.OVERPRESSURE: "device_overpressure", EventKind.COMPLIANCE: "device_compliance"}
 
 
 class LatchedFault(HardwareError):
     """The cuff is latched in FAULT or ESTOP from before: nothing starts until the operator
     has checked the cuff and the participant and cleared it on purpose (rig-check --clear-fault)."""
 
-    def __init__(self, state: str, code: int, info: DeviceInfo) -> None:
-        super().__init__(f"the cuff on {info.port} ({info.name}) is latched in {describe_fault(state, code)}; "
+    def __init__(self, state: CuffState, fault: Fault, info: DeviceInfo) -> None:
+        super().__init__(f"the cuff on {info.port} ({info.name}) is latched in {fault.describe(state)}; "
                          "nothing was started. Check the cuff and the participant, then clear the fault on purpose "
                          "with `cuedpain rig-check --clear-fault` (with the same --cuff or --rig)")
         self.state = state
-        self.code = code
+        self.fault = fault
 
 
 @dataclass(frozen=True)
@@ -88,25 +104,67 @@ class SafetyLimits:
     release_deadline_s: float = 2.0   # below the threshold by the device's ETA plus this
     stream_hz: int = 25
     device_time_margin_s: float = 0.5  # device MAXTIME = max_stimulus_s + this
+    planned_rates_kpa_s: tuple[float, ...] = ()  # the protocol's ramp rates, checked against the device at start
+
+    @property
+    def device_time_ms(self) -> int:
+        """The device's own time limit for one inflation (MAXTIME), just above the host's."""
+        return math.ceil((self.max_stimulus_s + self.device_time_margin_s) * 1000)
 
     def check(self) -> None:
         """InputError naming the first bad setting."""
+        problems = [*self._pressure_problems(), *self._time_problems()]
+        if problems:
+            raise InputError("cuff safety limits: " + "; ".join(problems))
+
+    def _pressure_problems(self) -> list[str]:
         problems = []
         if not (math.isfinite(self.ceiling_kpa) and self.ceiling_kpa > 0):
             problems.append(f"ceiling_kpa must be above 0, got {self.ceiling_kpa}")
+        bad_rates = [r for r in self.planned_rates_kpa_s if not (math.isfinite(r) and r > 0)]
+        if bad_rates:
+            problems.append(f"planned ramp rates must be above 0 kPa/s, got {bad_rates[0]}")
+        return problems
+
+    def _time_problems(self) -> list[str]:
+        problems = []
         if not self.max_stimulus_s > 0:
             problems.append(f"max_stimulus_s must be above 0, got {self.max_stimulus_s}")
-        elif (self.max_stimulus_s + self.device_time_margin_s) * 1000 > MAXTIME_MS[1]:
-            problems.append(f"max_stimulus_s {self.max_stimulus_s:g} s is beyond the device's "
-                            f"MAXTIME range ({MAXTIME_MS[1] / 1000 - self.device_time_margin_s:g} s at most)")
+        elif self.device_time_ms > MAX_DEVICE_TIME_MS:
+            problems.append(f"max_stimulus_s {self.max_stimulus_s:g} s is beyond the device's MAXTIME range "
+                            f"({MAX_DEVICE_TIME_MS / 1000 - self.device_time_margin_s:g} s at most)")
         if not self.max_run_inflated_s > 0:
             problems.append(f"max_run_inflated_s must be above 0, got {self.max_run_inflated_s}")
-        if not WDT_MS[0] <= self.watchdog_ms <= WDT_MS[1]:
-            problems.append(f"watchdog_ms must be {WDT_MS[0]}-{WDT_MS[1]}, got {self.watchdog_ms}")
-        if not 20 <= self.stream_hz <= 100:
-            problems.append(f"stream_hz must be 20-100 (pressure trace), got {self.stream_hz}")
-        if problems:
-            raise InputError("cuff safety limits: " + "; ".join(problems))
+        if not WATCHDOG_MS[0] <= self.watchdog_ms <= WATCHDOG_MS[1]:
+            problems.append(f"watchdog_ms must be {WATCHDOG_MS[0]}-{WATCHDOG_MS[1]}, got {self.watchdog_ms}")
+        if not STREAM_HZ[0] <= self.stream_hz <= STREAM_HZ[1]:
+            problems.append(f"stream_hz must be {STREAM_HZ[0]}-{STREAM_HZ[1]} (pressure trace), got {self.stream_hz}")
+        return problems
+
+
+def device_problems(limits: SafetyLimits, info: DeviceInfo) -> list[str]:
+    """What of `limits` the device cannot do, in the operator's words (empty: it fits).
+
+    Pure: the Station may call it as soon as the device is identified, before a run; the
+    supervisor calls it at start. The ceiling against the hard limit is checked first.
+    """
+    problems = []
+    if limits.ceiling_kpa > info.hard_limit_kpa:
+        problems.append(f"the protocol's maximum pressure {limits.ceiling_kpa:g} kPa exceeds the hard limit "
+                        f"{info.hard_limit_kpa:g} kPa of the cuff on {info.port} ({info.name}); "
+                        "lower the protocol's maximum")
+    dev = info.limits
+    if dev.watchdog_ms is not None and limits.watchdog_ms not in dev.watchdog_ms:
+        problems.append(f"the watchdog {limits.watchdog_ms} ms is outside the {dev.watchdog_ms.text('ms')} "
+                        f"the cuff on {info.port} accepts")
+    if dev.max_time_ms is not None and limits.device_time_ms not in dev.max_time_ms:
+        problems.append(f"the time limit {limits.device_time_ms} ms (max_stimulus_s + margin) is outside the "
+                        f"{dev.max_time_ms.text('ms')} the cuff on {info.port} accepts")
+    for rate in sorted(set(limits.planned_rates_kpa_s)):
+        if rate not in dev.rate_kpa_s:
+            problems.append(f"the ramp rate {rate:g} kPa/s is outside the {dev.rate_kpa_s.text('kPa/s')} "
+                            f"the cuff on {info.port} ({info.name}) accepts")
+    return problems
 
 
 @dataclass
@@ -115,6 +173,105 @@ class _Stimulus:
     t_start: float
     reach_deadline: float = math.inf
     reached: bool = False
+
+
+class _Guards:
+    """The heartbeat and the guard: two daemon threads on a real clock, clock timers on a
+    `VirtualClock`. Knows nothing of cuffs: it calls `heartbeat` every `period_s` and
+    `service` every GUARD_PERIOD_S (and at once when woken)."""
+
+    def __init__(self, clock: Clock, *, period_s: float, heartbeat: Callable[[], None],
+                 service: Callable[[], None]) -> None:
+        self._clock = clock
+        self._vclock = clock if isinstance(clock, VirtualClock) else None
+        self._period_s = period_s
+        self._heartbeat = heartbeat
+        self._service = service
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []    # heartbeat and guard, once started
+        self._oneshots: list[threading.Thread] = []   # vents sent while no guard runs
+        self._timer: int | None = None
+        self._next_ping = 0.0
+
+    @property
+    def threaded(self) -> bool:
+        return self._vclock is None
+
+    def start(self) -> None:
+        if self._vclock is not None:
+            self._next_ping = self._vclock.now()
+            self._timer = self._vclock.call_at(self._vclock.now(), self._virtual_tick)
+            return
+        self._threads = [threading.Thread(target=self._heartbeat_loop, name="cuff-heartbeat", daemon=True),
+                         threading.Thread(target=self._guard_loop, name="cuff-guard", daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def call_soon(self) -> None:
+        """Virtual clock: run `service` at the current virtual time. Takes no lock (signal-safe)."""
+        if self._vclock is not None:
+            self._vclock.call_at(self._vclock.now(), self._service)
+
+    def wake(self) -> None:
+        """Run `service` now: at once in virtual time, by the guard thread, or by a one-shot
+        thread when no guard runs (before start, after stop)."""
+        if self._vclock is not None:
+            self.call_soon()
+        elif any(t.is_alive() for t in self._threads):
+            self._wake.set()
+        else:
+            t = threading.Thread(target=self._service, name="cuff-vent", daemon=True)
+            self._oneshots.append(t)
+            t.start()
+
+    def stop(self, join_s: float) -> list[str]:
+        """Stop and join every thread; returns the names of those still running after `join_s` each."""
+        self._stop.set()
+        self._wake.set()
+        if self._vclock is not None and self._timer is not None:
+            self._vclock.cancel(self._timer)
+            self._timer = None
+        stuck = []
+        for t in [*self._threads, *self._oneshots]:
+            if t is not threading.current_thread() and t.ident is not None:
+                t.join(join_s)
+                if t.is_alive():
+                    stuck.append(t.name)
+        self._oneshots = [t for t in self._oneshots if t.is_alive()]
+        return stuck
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self._period_s):
+            self._heartbeat()
+
+    def _guard_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(GUARD_PERIOD_S)
+            self._wake.clear()
+            self._service()
+
+    def _virtual_tick(self) -> None:
+        assert self._vclock is not None
+        if self._stop.is_set():
+            return
+        now = self._vclock.now()
+        if now >= self._next_ping:
+            self._next_ping = max(self._next_ping + self._period_s, now)
+            self._heartbeat()
+        self._service()
+        self._timer = self._vclock.call_at(now + GUARD_PERIOD_S, self._virtual_tick)
+
+
+def _failure_code(exc: DeviceFault, *, lost: bool) -> str:
+    """The `safety` reason of a failed command."""
+    if lost:
+        return "connection_lost"
+    if isinstance(exc, CommandRefused):
+        return "error_reply"
+    if isinstance(exc, DeviceRestarted):
+        return "device_reboot"
+    return "no_reply"
 
 
 class CuffSupervisor:
@@ -136,7 +293,6 @@ class CuffSupervisor:
         self._on_record = on_record
         self._on_sample_cb = on_sample
         self._close_cuff = close_cuff
-        self._threaded = not getattr(clock, "virtual", False)
         self._lock = threading.Lock()
         self._listeners: list[Callable[[DeviceEvent], None]] = []
         self.info: DeviceInfo | None = None
@@ -144,7 +300,7 @@ class CuffSupervisor:
         self.trip_message: str | None = None
         self.participant_stop_t: float | None = None
         self.last_pressure_kpa: float | None = None
-        self.last_state: str | None = None
+        self.last_state: CuffState | None = None
         self.heartbeats = 0
         self._trips: set[str] = set()
         self._armed_kpa = 0.0
@@ -153,15 +309,12 @@ class CuffSupervisor:
         self._active: _Stimulus | None = None
         self._run_inflated_s = 0.0
         self._release_deadline: float | None = None
-        self._last_ping_n: int | None = None
+        self._last_ping_count: int | None = None
         self._lost: BaseException | None = None
         self._vent_requests: deque[tuple[float, str]] = deque()
-        self._vent_event = threading.Event()
-        self._stop = threading.Event()
         self._sample_cond = threading.Condition()
-        self._threads: list[threading.Thread] = []
-        self._timer: int | None = None
-        self._next_ping = 0.0
+        self._guards = _Guards(clock, period_s=limits.watchdog_ms / 4000, heartbeat=self._heartbeat,
+                               service=self._service)
         self._started = False
         self._closed = False
 
@@ -182,44 +335,58 @@ class CuffSupervisor:
         self._listeners.append(fn)
 
     def start(self) -> DeviceInfo:
-        """Identify, check the ceiling, configure (WDT, MAXTIME, ARM, STREAM), start the heartbeat.
+        """Identify, check the device against the limits, configure (WDT, MAXTIME, ARM, STREAM),
+        start the heartbeat.
 
         HardwareError when the device is unfit or fails here; the cuff is left vented.
         """
-        lim = self.limits
         info = self.cuff.info or self.cuff.connect()
         self.info = info
-        if lim.ceiling_kpa > info.hard_limit_kpa:
-            raise HardwareError(f"the protocol's maximum pressure {lim.ceiling_kpa:g} kPa exceeds the hard limit "
-                                f"{info.hard_limit_kpa:g} kPa of the cuff on {info.port} ({info.name}); "
-                                "lower the protocol's maximum")
+        problems = device_problems(self.limits, info)
+        if problems:
+            raise HardwareError("; ".join(problems) if len(problems) == 1 else
+                                f"the cuff on {info.port} ({info.name}) does not fit: " + "; ".join(problems))
         self.cuff.set_listeners(on_event=self._on_event, on_sample=self._on_sample, on_lost=self._on_lost)
         try:
-            status = self._command("STATUS?", self.cuff.status, purpose="start")
-            self._wait_vented_at_start(status.pressure_kpa)
-            if status.state in LATCHED_STATES:
-                raise LatchedFault(status.state, status.error_code, info)
-            if status.state != "IDLE":
-                self._command("VENT", self.cuff.vent, purpose="start: not idle")
-                self._command("DISARM", self.cuff.disarm, purpose="start: not idle")
-            self._command("WDT", lambda: self.cuff.set_watchdog(lim.watchdog_ms), purpose="start")
-            self._start_guards()
-            self._command("MAXTIME", lambda: self.cuff.set_max_time(
-                math.ceil((lim.max_stimulus_s + lim.device_time_margin_s) * 1000)), purpose="start")
-            armed = self._command("ARM", lambda: self.cuff.arm(lim.ceiling_kpa), purpose="start")
-            self._armed_kpa = float(armed.fields.get("max", floor_kpa(lim.ceiling_kpa)))
-            self._command("STREAM", lambda: self.cuff.stream(lim.stream_hz), purpose="start")
+            self._configure(info)
         except LatchedFault as exc:
             self._record({"kind": "safety", "t": self._clock.now(), "reason": "latched_at_start", "action": "refuse",
                           "message": exc.message})
-            self._try(lambda: self.cuff.vent())
+            self._try(self.cuff.vent)
             raise
-        except DeviceFault as exc:
+        except BaseException as exc:
             self._stop_guards()
-            self._try(lambda: self.cuff.vent())
-            raise HardwareError(f"cuff on {info.port} failed while being set up: {exc.message}") from exc
+            self._try(self.cuff.vent)
+            if isinstance(exc, DeviceFault):
+                raise HardwareError(f"cuff on {info.port} failed while being set up: {exc.message}") from exc
+            raise
         self._started = True
         return info
+
+    def _configure(self, info: DeviceInfo) -> None:
+        """The start sequence: refuse a latch, leave a stray state, then WDT, MAXTIME, ARM, STREAM."""
+        lim = self.limits
+        status = self._command("STATUS?", self.cuff.status, purpose="start")
+        self._wait_vented_at_start(status.pressure_kpa)
+        if status.state.latched:
+            raise LatchedFault(status.state, status.fault or Fault(0), info)
+        if status.state is not CuffState.IDLE:
+            self._command("VENT", self.cuff.vent, purpose="start: not idle")
+            self._command("DISARM", self.cuff.disarm, purpose="start: not idle")
+        self._command("WDT", lambda: self.cuff.set_watchdog(lim.watchdog_ms), purpose="start")
+        self._guards.start()
+        self._command("MAXTIME", lambda: self.cuff.set_max_time(lim.device_time_ms), purpose="start")
+        armed = self._command("ARM", lambda: self.cuff.arm(lim.ceiling_kpa), purpose="start")
+        self._armed_kpa = self._checked_ceiling(armed, info)
+        self._command("STREAM", lambda: self.cuff.stream(lim.stream_hz), purpose="start")
+
+    def _checked_ceiling(self, armed: ArmAck, info: DeviceInfo) -> float:
+        """The ceiling the device armed with; a device armed above what was sent is unfit."""
+        if armed.ceiling_kpa > self.limits.ceiling_kpa + 1e-9:
+            raise HardwareError(f"the cuff on {info.port} ({info.name}) armed with {armed.ceiling_kpa:g} kPa, above "
+                                f"the ceiling {self.limits.ceiling_kpa:g} kPa it was sent ({armed.reply!r}); "
+                                "nothing was started")
+        return armed.ceiling_kpa
 
     def _wait_vented_at_start(self, pressure_kpa: float) -> None:
         """A cuff still holding air (a previous run just ended) is vented and waited for."""
@@ -234,48 +401,21 @@ class CuffSupervisor:
             self._clock.sleep(GUARD_PERIOD_S * 5)
             pressure_kpa = self._command("STATUS?", self.cuff.status, purpose="start: wait vented").pressure_kpa
 
-    def stimulate(self, target_kpa: float, rate_kpa_s: float, *, tag: int | None = None) -> CommandResult:
+    def stimulate(self, target_kpa: float, rate_kpa_s: float, *, tag: int | None = None) -> RampAck:
         """Ramp to `target_kpa` at `rate_kpa_s` (RATE if changed, then SET). `tag`: plan index (`i`)."""
         self._require_running("stimulate")
-        if not (math.isfinite(target_kpa) and target_kpa > 0):
-            raise InputError(f"cuff target must be a pressure above 0 kPa, got {target_kpa!r}")
-        if not (math.isfinite(rate_kpa_s) and RATE_KPA_S[0] <= rate_kpa_s <= RATE_KPA_S[1]):
-            raise InputError(f"cuff ramp rate must be {RATE_KPA_S[0]:g}-{RATE_KPA_S[1]:g} kPa/s, got {rate_kpa_s!r}")
-        if round(target_kpa, 1) > self._armed_kpa:
-            message = (f"target {target_kpa:g} kPa is above the ceiling {self._armed_kpa:g} kPa; "
-                       "refused, nothing was sent to the cuff")
-            self._record({"kind": "safety", "t": self._clock.now(), "reason": "over_ceiling", "action": "refuse",
-                          "message": message, "i": tag})
-            raise InputError(message)
-        now = self._clock.now()
-        new = False
-        with self._lock:
-            if self._inflated_total(now) >= self.limits.max_run_inflated_s:
-                budget_spent = True
-            else:
-                budget_spent = False
-                new = self._active is None
-                if new:
-                    self._active = _Stimulus(target_kpa, now)
-                else:
-                    self._active.target_kpa, self._active.reached = target_kpa, False
-                    self._active.reach_deadline = math.inf
-                self._release_deadline = None
-        if budget_spent:
-            self._trip("run_time_limit", f"the run's inflated time limit ({self.limits.max_run_inflated_s:g} s) "
-                       "is used up; no further stimulus", action="stop")
-            raise AbortError(self.trip_message or "run time limit", reason="safety")
+        self._check_request(target_kpa, rate_kpa_s, tag)
+        new = self._begin_stimulus(target_kpa)
         try:
-            if rate_kpa_s != self._rate_kpa_s:
-                self._command("RATE", lambda: self.cuff.set_rate(rate_kpa_s), purpose="stimulate", tag=tag)
-                self._rate_kpa_s = rate_kpa_s
-            result = self._command("SET", lambda: self.cuff.set_target(target_kpa), purpose="stimulate", tag=tag)
+            result = self._ramp(target_kpa, rate_kpa_s, tag)
         except DeviceFault:
-            with self._lock:
-                if new:
+            if new:
+                with self._lock:
                     self._active = None
             raise
-        eta_s = _eta_s(result, fallback_s=abs(target_kpa - (self.last_pressure_kpa or 0.0)) / rate_kpa_s)
+        eta_s = result.eta_s
+        if eta_s is None:
+            eta_s = abs(target_kpa - (self.last_pressure_kpa or 0.0)) / rate_kpa_s
         with self._lock:
             if self._active is not None:
                 if new:
@@ -284,14 +424,53 @@ class CuffSupervisor:
         self._target_kpa = target_kpa
         return result
 
-    def deflate(self, *, tag: int | None = None) -> CommandResult:
+    def _check_request(self, target_kpa: float, rate_kpa_s: float, tag: int | None) -> None:
+        """InputError for a target or rate the run must not send; over the ceiling is recorded."""
+        rates = self._device_info().limits.rate_kpa_s
+        if not (math.isfinite(target_kpa) and target_kpa > 0):
+            raise InputError(f"cuff target must be a pressure above 0 kPa, got {target_kpa!r}")
+        if not (math.isfinite(rate_kpa_s) and rate_kpa_s in rates):
+            raise InputError(f"cuff ramp rate must be {rates.text('kPa/s')}, got {rate_kpa_s!r}")
+        if round(target_kpa, 1) > self._armed_kpa:
+            message = (f"target {target_kpa:g} kPa is above the ceiling {self._armed_kpa:g} kPa; "
+                       "refused, nothing was sent to the cuff")
+            self._record({"kind": "safety", "t": self._clock.now(), "reason": "over_ceiling", "action": "refuse",
+                          "message": message, "i": tag})
+            raise InputError(message)
+
+    def _begin_stimulus(self, target_kpa: float) -> bool:
+        """Open (or retarget) the stimulus' time account; True when it is a new stimulus.
+        AbortError when the run's inflated-time budget is used up."""
+        now = self._clock.now()
+        with self._lock:
+            spent = self._inflated_total(now) >= self.limits.max_run_inflated_s
+            active = self._active
+            if not spent:
+                if active is None:
+                    self._active = _Stimulus(target_kpa, now)
+                else:
+                    active.target_kpa, active.reached, active.reach_deadline = target_kpa, False, math.inf
+                self._release_deadline = None
+        if spent:
+            self._trip("run_time_limit", f"the run's inflated time limit ({self.limits.max_run_inflated_s:g} s) "
+                       "is used up; no further stimulus", action="stop")
+            raise AbortError(self.trip_message or "run time limit", reason="safety")
+        return active is None
+
+    def _ramp(self, target_kpa: float, rate_kpa_s: float, tag: int | None) -> RampAck:
+        if rate_kpa_s != self._rate_kpa_s:
+            self._command("RATE", lambda: self.cuff.set_rate(rate_kpa_s), purpose="stimulate", tag=tag)
+            self._rate_kpa_s = rate_kpa_s
+        return self._command("SET", lambda: self.cuff.set_target(target_kpa), purpose="stimulate", tag=tag)
+
+    def deflate(self, *, tag: int | None = None) -> DeflateAck:
         """Ramp down at the current rate; the release is then verified by read-back."""
         self._require_running("deflate")
         result = self._command("DEFLATE", self.cuff.deflate, purpose="deflate", tag=tag)
-        self._end_stimulus(result, extra_s=_eta_s(result, fallback_s=0.0))
+        self._end_stimulus(result, extra_s=result.eta_s or 0.0)
         return result
 
-    def vent(self, reason: str, *, tag: int | None = None) -> CommandResult:
+    def vent(self, reason: str, *, tag: int | None = None) -> Ack:
         """A planned vent from the run's own thread (not an interlock; no trip)."""
         result = self._command("VENT", self.cuff.vent, purpose=f"vent: {reason}", tag=tag)
         self._end_stimulus(result, extra_s=0.0)
@@ -305,10 +484,9 @@ class CuffSupervisor:
         driver lets past an outstanding command. Trips with `reason`. Before `start()`
         and after `close()` there is nothing armed to vent and nothing happens.
         """
-        now = self._clock.now()
-        self._vent_requests.append((now, reason))
-        if not self._threaded and not self._closed:
-            self._clock.call_at(now, self._service)  # type: ignore[attr-defined]
+        self._vent_requests.append((self._clock.now(), reason))
+        if not self._closed:
+            self._guards.call_soon()
 
     def check(self) -> None:
         """Raise AbortError if an interlock tripped (for loops that prefer raising to polling)."""
@@ -325,29 +503,30 @@ class CuffSupervisor:
         if self._closed:
             return
         self._closed = True
-        lost = self._lost is not None
-        if not lost and self.cuff.info is not None:
-            self._try(lambda: self._send_vent(f"close: {reason}"))
-            status = self._try(lambda: self._command("STATUS?", self.cuff.status, purpose="close"))
-            if status is not None and status.state not in LATCHED_STATES:
-                self._try(lambda: self._command("DISARM", self.cuff.disarm, purpose="close"))
-            released = self._wait_released(self.limits.release_deadline_s)
-            final = self._try(lambda: self._command("STATUS?", self.cuff.status, purpose="close: final"))
-            if final is not None:
-                self.last_pressure_kpa, self.last_state = final.pressure_kpa, final.state
-            if not released and (final is None or final.pressure_kpa >= self.limits.release_threshold_kpa):
-                self._warn("cuff_release_not_verified",
-                           f"after closing, the cuff pressure was not verified below "
-                           f"{self.limits.release_threshold_kpa:g} kPa (last known {self._last_known()}); check the cuff")
-            self._try(lambda: self._command("STREAM", lambda: self.cuff.stream(0), purpose="close"))
-        elif lost:
+        if self._lost is not None:
             self._warn("cuff_state_unknown",
                        f"the cuff connection was lost ({self._lost}); its state is unknown (last known "
                        f"{self._last_known()}); its watchdog ({self.limits.watchdog_ms} ms) should have vented it: "
                        "check that the cuff is deflated")
+        elif self.cuff.info is not None:
+            self._close_cuff_safely(reason)
         self._stop_guards()
         if self._close_cuff:
             self._try(self.cuff.close)
+
+    def _close_cuff_safely(self, reason: str) -> None:
+        """VENT, STATUS?, DISARM (unless latched), the release verified, STREAM 0."""
+        self._try(lambda: self._send_vent(f"close: {reason}"))
+        status = self._try(lambda: self._command("STATUS?", self.cuff.status, purpose="close"))
+        if status is not None and not status.state.latched:
+            self._try(lambda: self._command("DISARM", self.cuff.disarm, purpose="close"))
+        released = self._wait_released(self.limits.release_deadline_s)
+        final = self._try(lambda: self._command("STATUS?", self.cuff.status, purpose="close: final"))
+        if not released and (final is None or final.pressure_kpa >= self.limits.release_threshold_kpa):
+            self._warn("cuff_release_not_verified",
+                       f"after closing, the cuff pressure was not verified below "
+                       f"{self.limits.release_threshold_kpa:g} kPa (last known {self._last_known()}); check the cuff")
+        self._try(lambda: self._command("STREAM", lambda: self.cuff.stream(0), purpose="close"))
 
     def __enter__(self) -> "CuffSupervisor":
         if not self._started:
@@ -355,11 +534,11 @@ class CuffSupervisor:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        self.close("end of run" if exc is None else f"exception: {exc_type.__name__}: {exc}")
+        self.close("end of run" if exc is None else f"exception: {type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------ commands and records
 
-    def _record(self, rec: dict[str, Any]) -> None:
+    def _record(self, rec: LogRecord) -> None:
         if self._on_record is not None:
             try:
                 self._on_record(rec)
@@ -369,42 +548,47 @@ class CuffSupervisor:
     def _warn(self, code: str, message: str) -> None:
         self._record({"kind": "warning", "t": self._clock.now(), "code": code, "message": message})
 
-    def _command(self, name: str, fn: Callable[[], Any], *, purpose: str, tag: int | None = None) -> Any:
+    def _command(self, name: str, fn: Callable[[], _Reply], *, purpose: str, tag: int | None = None) -> _Reply:
         """Run one driver call, log it as `cuff_cmd`, trip on failure (then re-raise)."""
         t_call = self._clock.now()
         try:
             out = fn()
         except DeviceFault as exc:
-            result = getattr(exc, "result", None)
-            self._record({"kind": "cuff_cmd", "t_write": getattr(result, "t_write", None),
-                          "t_ack": getattr(result, "t_ack", None), "command": getattr(result, "command", name),
-                          "reply": getattr(result, "reply", None), "ok": False, "i": tag, "purpose": purpose,
-                          "error": exc.message})
-            code = "connection_lost" if self._lost is not None else ("error_reply" if result is not None else "no_reply")
-            self._trip(code, f"{name} ({purpose}) failed: {exc.message}")
+            self._command_failed(name, exc, purpose=purpose, tag=tag)
             raise
-        if isinstance(out, CommandResult):
-            self._record({"kind": "cuff_cmd", "t_write": out.t_write, "t_ack": out.t_ack,
-                          "command": out.command, "reply": out.reply, "ok": True, "i": tag, "purpose": purpose})
-        else:   # status() returns a CuffStatus: log what it says, timed around the call
+        if isinstance(out, CuffStatus):   # log what it says, timed around the call
             self._record({"kind": "cuff_cmd", "t_write": t_call, "t_ack": self._clock.now(), "command": name,
-                          "reply": f"st={out.state} p={out.pressure_kpa:.1f} tgt={out.target_kpa:.1f} "
-                                   f"max={out.armed_max_kpa:.1f} err={out.error_code}",
-                          "ok": True, "i": tag, "purpose": purpose})
+                          "reply": out.summary(), "ok": True, "i": tag, "purpose": purpose})
             self.last_pressure_kpa, self.last_state = out.pressure_kpa, out.state
             self._note_pressure(out.pressure_kpa)
+        else:
+            self._record({"kind": "cuff_cmd", "t_write": out.t_write, "t_ack": out.t_ack,
+                          "command": out.command, "reply": out.reply, "ok": True, "i": tag, "purpose": purpose})
         return out
 
-    def _try(self, fn: Callable[[], Any]) -> Any:
+    def _command_failed(self, name: str, exc: DeviceFault, *, purpose: str, tag: int | None) -> None:
+        ack = exc.ack if isinstance(exc, CommandRefused) else None
+        self._record({"kind": "cuff_cmd", "t_write": ack.t_write if ack else None, "t_ack": ack.t_ack if ack else None,
+                      "command": ack.command if ack else name, "reply": ack.reply if ack else None, "ok": False,
+                      "i": tag, "purpose": purpose, "error": exc.message})
+        self._trip(_failure_code(exc, lost=self._lost is not None), f"{name} ({purpose}) failed: {exc.message}")
+
+    def _try(self, fn: Callable[[], _T]) -> _T | None:
         try:
             return fn()
         except Exception:  # noqa: BLE001 - cleanup steps are independent; failures are logged where they happen
             return None
 
+    def _device_info(self) -> DeviceInfo:
+        if self.info is None:
+            raise AbortError("the cuff is not identified yet", reason="safety")
+        return self.info
+
     def _last_known(self) -> str:
         if self.last_pressure_kpa is None:
             return "nothing"
-        return f"{self.last_pressure_kpa:.1f} kPa, state {self.last_state or '?'}"
+        state = self.last_state.value if self.last_state is not None else "?"
+        return f"{self.last_pressure_kpa:.1f} kPa, state {state}"
 
     def _require_running(self, what: str) -> None:
         if not self._started:
@@ -436,14 +620,8 @@ class CuffSupervisor:
             self._wake_guard()
 
     def _wake_guard(self) -> None:
-        if self._closed:
-            return
-        if not self._threaded:   # headless: at once in virtual time, from the clock's own loop
-            self._clock.call_at(self._clock.now(), self._service)  # type: ignore[attr-defined]
-        elif any(t.is_alive() for t in self._threads):
-            self._vent_event.set()
-        else:  # before start or after the guards stopped: a one-shot thread does it
-            threading.Thread(target=self._service, name="cuff-vent", daemon=True).start()
+        if not self._closed:
+            self._guards.wake()
 
     def _service(self) -> None:
         """Guard work: queued vents first, then the deadline checks."""
@@ -457,7 +635,7 @@ class CuffSupervisor:
             self._try(lambda: self._send_vent(", ".join(r for _, r in reasons)))
         self._check_deadlines(self._clock.now())
 
-    def _send_vent(self, reason: str) -> CommandResult | None:
+    def _send_vent(self, reason: str) -> Ack | None:
         try:
             result = self._command("VENT", self.cuff.vent, purpose=f"vent: {reason}")
         except DeviceFault as exc:
@@ -467,7 +645,7 @@ class CuffSupervisor:
         self._end_stimulus(result, extra_s=0.0)
         return result
 
-    def _end_stimulus(self, result: CommandResult, *, extra_s: float) -> None:
+    def _end_stimulus(self, result: Ack, *, extra_s: float) -> None:
         """DEFLATE or VENT sent: close the stimulus' time account, expect the release."""
         with self._lock:
             was_active = self._active is not None
@@ -484,61 +662,78 @@ class CuffSupervisor:
         return self._run_inflated_s + active
 
     def _check_deadlines(self, now: float) -> None:
-        lim = self.limits
-        trip: tuple[str, str] | None = None
         with self._lock:
-            st = self._active
-            if st is not None:
-                if now - st.t_start > lim.max_stimulus_s:
-                    trip = ("stimulus_time_limit", f"a stimulus lasted over {lim.max_stimulus_s:g} s")
-                elif self._inflated_total(now) > lim.max_run_inflated_s:
-                    trip = ("run_time_limit", f"the run's inflated time went over {lim.max_run_inflated_s:g} s")
-                elif not st.reached and now > st.reach_deadline:
-                    trip = ("host_compliance", f"target {st.target_kpa:g} kPa not reached in time "
-                            f"(last pressure {self._last_known()}): leak or cuff off?")
-            if trip is None and self._release_deadline is not None and now > self._release_deadline:
-                self._release_deadline = None
-                trip = ("release_not_verified", f"the cuff did not fall below {lim.release_threshold_kpa:g} kPa "
-                        f"in time after deflate/vent (last known {self._last_known()})")
+            trip = self._stimulus_overdue(now) or self._release_overdue(now)
         if trip is not None:
             self._trip(*trip)
+
+    def _stimulus_overdue(self, now: float) -> tuple[str, str] | None:
+        """The time limits and the reach deadline of the active stimulus (caller holds the lock)."""
+        lim, st = self.limits, self._active
+        if st is None:
+            return None
+        if now - st.t_start > lim.max_stimulus_s:
+            return "stimulus_time_limit", f"a stimulus lasted over {lim.max_stimulus_s:g} s"
+        if self._inflated_total(now) > lim.max_run_inflated_s:
+            return "run_time_limit", f"the run's inflated time went over {lim.max_run_inflated_s:g} s"
+        if not st.reached and now > st.reach_deadline:
+            return ("host_compliance", f"target {st.target_kpa:g} kPa not reached in time "
+                    f"(last pressure {self._last_known()}): leak or cuff off?")
+        return None
+
+    def _release_overdue(self, now: float) -> tuple[str, str] | None:
+        """The release after a deflate or vent, not verified by its deadline (caller holds the lock)."""
+        if self._release_deadline is None or now <= self._release_deadline:
+            return None
+        self._release_deadline = None
+        return ("release_not_verified", f"the cuff did not fall below {self.limits.release_threshold_kpa:g} kPa "
+                f"in time after deflate/vent (last known {self._last_known()})")
 
     # ------------------------------------------------------------ reader-thread callbacks
 
     def _on_event(self, ev: DeviceEvent) -> None:
         self._record({"kind": "cuff_event", "t": ev.t, "name": ev.name, "fields": dict(ev.fields)})
-        if ev.name == "TARGET_REACHED":
-            with self._lock:
-                if self._active is not None:
-                    self._active.reached = True
-        elif ev.name == "DEFLATED":
-            self._released()
-        elif ev.name in _DEVICE_FAULT_EVENTS:
-            fields = " ".join(f"{k}={v}" for k, v in ev.fields.items())
-            self._trip(_DEVICE_FAULT_EVENTS[ev.name], f"the cuff reported {ev.name} {fields}".rstrip()
-                       + "; it vented and latched", t=ev.t)
-        elif ev.name == "ESTOP" and ev.fields.get("src") == "button":
-            with self._lock:
-                first = self.participant_stop_t is None
-                if first:
-                    self.participant_stop_t = ev.t
-                    self._trips.add("participant_stop_button")
-            if first:
-                self._record({"kind": "safety", "t": ev.t, "reason": "participant_stop_button", "action": "vent",
-                              "message": "the participant pressed the cuff's stop button; the cuff vented"})
-                self._vent_requests.append((ev.t, "participant_stop_button"))
-                self._wake_guard()
-        elif ev.name == "ESTOP":
-            self._trip("device_estop", f"the cuff latched ESTOP ({ev.fields})", t=ev.t)
-        elif ev.name == "BOOT" and self._started:
-            self._trip("device_reboot", "the cuff rebooted during the run (its settings were lost)", t=ev.t)
+        self._react(ev)
         for fn in list(self._listeners):
             self._try(lambda: fn(ev))
 
+    def _react(self, ev: DeviceEvent) -> None:
+        """What an event means for the run (policy by event kind)."""
+        fault_reason = _DEVICE_FAULT_EVENTS.get(ev.kind)
+        if ev.kind is EventKind.TARGET_REACHED:
+            with self._lock:
+                if self._active is not None:
+                    self._active.reached = True
+        elif ev.kind is EventKind.DEFLATED:
+            self._released()
+        elif fault_reason is not None:
+            self._trip(fault_reason, f"the cuff reported {ev.summary()}; it vented and latched", t=ev.t)
+        elif ev.kind is EventKind.ESTOP and ev.source is StopSource.BUTTON:
+            self._participant_stop(ev.t)
+        elif ev.kind is EventKind.ESTOP:
+            source = ev.source.value if ev.source is not None else "unknown"
+            self._trip("device_estop", f"the cuff latched ESTOP (source: {source})", t=ev.t)
+        elif ev.kind is EventKind.BOOT and self._started:
+            self._trip("device_reboot", "the cuff rebooted during the run (its settings were lost)", t=ev.t)
+
+    def _participant_stop(self, t: float) -> None:
+        """The participant's stop button: the cuff vented itself; record once, vent again, refuse more."""
+        with self._lock:
+            first = self.participant_stop_t is None
+            if first:
+                self.participant_stop_t = t
+                self._trips.add("participant_stop_button")
+        if first:
+            self._record({"kind": "safety", "t": t, "reason": "participant_stop_button", "action": "vent",
+                          "message": "the participant pressed the cuff's stop button; the cuff vented"})
+            self._vent_requests.append((t, "participant_stop_button"))
+            self._wake_guard()
+
     def _on_sample(self, sample: PressureSample) -> None:
         self.last_pressure_kpa, self.last_state = sample.pressure_kpa, sample.state
-        if self._on_sample_cb is not None:
-            self._try(lambda: self._on_sample_cb(sample))
+        callback = self._on_sample_cb
+        if callback is not None:
+            self._try(lambda: callback(sample))
         if sample.pressure_kpa > self._armed_kpa + self.limits.overpressure_margin_kpa and self._started:
             self._trip("host_overpressure", f"pressure {sample.pressure_kpa:.1f} kPa is over the ceiling "
                        f"{self._armed_kpa:g} kPa + {self.limits.overpressure_margin_kpa:g} kPa", t=sample.t)
@@ -563,7 +758,7 @@ class CuffSupervisor:
         def released() -> bool:
             p = self.last_pressure_kpa
             return p is not None and p < self.limits.release_threshold_kpa
-        if not self._threaded:
+        if not self._guards.threaded:
             deadline = self._clock.now() + timeout_s
             while not released() and self._clock.now() < deadline:
                 self._clock.sleep(GUARD_PERIOD_S)
@@ -586,62 +781,24 @@ class CuffSupervisor:
         except DeviceFault as exc:
             self._record({"kind": "cuff_cmd", "t_write": None, "t_ack": None, "command": "PING", "reply": None,
                           "ok": False, "i": None, "purpose": "heartbeat", "error": exc.message})
-            code = "connection_lost" if self._lost is not None else "no_reply"
-            self._trip(code, f"heartbeat failed: {exc.message}")
+            self._trip(_failure_code(exc, lost=self._lost is not None), f"heartbeat failed: {exc.message}")
             return
         self.heartbeats += 1
-        n_text = result.fields.get("n")
-        if n_text is not None and n_text.isdigit():
-            n = int(n_text)
-            if self._last_ping_n is not None and n < self._last_ping_n:
-                self._trip("device_reboot", f"the cuff's PING count went down ({self._last_ping_n} -> {n}): "
-                           "it restarted", t=result.t_ack)
-            self._last_ping_n = n
+        self._check_ping_count(result)
 
-    def _start_guards(self) -> None:
-        period_s = self.limits.watchdog_ms / 4000
-        if not self._threaded:
-            self._next_ping = self._clock.now()
-            self._timer = self._clock.call_at(self._clock.now(), self._virtual_tick)  # type: ignore[attr-defined]
+    def _check_ping_count(self, result: PingAck) -> None:
+        """A ping counter that goes down means the device restarted (its settings are gone)."""
+        n = result.count
+        if n is None:
             return
-
-        def heartbeat_loop() -> None:
-            while not self._stop.wait(period_s):
-                self._heartbeat()
-
-        def guard_loop() -> None:
-            while not self._stop.is_set():
-                self._vent_event.wait(GUARD_PERIOD_S)
-                self._vent_event.clear()
-                self._service()
-
-        self._threads = [threading.Thread(target=heartbeat_loop, name="cuff-heartbeat", daemon=True),
-                         threading.Thread(target=guard_loop, name="cuff-guard", daemon=True)]
-        for t in self._threads:
-            t.start()
-
-    def _virtual_tick(self) -> None:
-        if self._stop.is_set():
-            return
-        now = self._clock.now()
-        if now >= self._next_ping:
-            period_s = self.limits.watchdog_ms / 4000
-            self._next_ping = max(self._next_ping + period_s, now)
-            self._heartbeat()
-        self._service()
-        self._timer = self._clock.call_at(now + GUARD_PERIOD_S, self._virtual_tick)  # type: ignore[attr-defined]
+        if self._last_ping_count is not None and n < self._last_ping_count:
+            self._trip("device_reboot", f"the cuff's PING count went down ({self._last_ping_count} -> {n}): "
+                       "it restarted", t=result.t_ack)
+        self._last_ping_count = n
 
     def _stop_guards(self) -> None:
-        self._stop.set()
-        self._vent_event.set()
-        for t in self._threads:
-            if t is not threading.current_thread():
-                t.join(2.0)
-        if self._timer is not None:
-            self._clock.cancel(self._timer)  # type: ignore[attr-defined]
-            self._timer = None
-
-
-def _eta_s(result: CommandResult, *, fallback_s: float) -> float:
-    eta = result.fields.get("eta_ms")
-    return int(eta) / 1000 if eta is not None and eta.isdigit() else fallback_s
+        """Stop the heartbeat and the guard, and join every thread; one that will not stop is logged."""
+        for name in self._guards.stop(THREAD_JOIN_S):
+            self._warn("cuff_thread_not_stopped",
+                       f"the supervisor's thread {name} did not stop within {THREAD_JOIN_S:g} s of closing (it may "
+                       "be waiting for the cuff); it is a daemon thread and ends with the program")

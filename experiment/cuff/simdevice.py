@@ -253,7 +253,7 @@ class SimCuffDevice:
         return format_err(22, _FAULT_NAMES.get(self._fault, ""))
 
     def _execute(self, cmd: Command, now: float) -> _Result:
-        name, arg = cmd.name, cmd.arg
+        name = cmd.name
         st = self._state
         latched = st in LATCHED_STATES
         if name == "HELLO":
@@ -263,18 +263,18 @@ class SimCuffDevice:
             self._pings += 1
             return format_ok("PING", {"n": self._pings}), None
         if name == "WDT":
-            self._wdt_s = int(arg) / 1000
-            return format_ok("WDT", {"ms": int(arg)}), None
+            self._wdt_s = int(cmd.value) / 1000
+            return format_ok("WDT", {"ms": int(cmd.value)}), None
         if name == "MAXTIME":
-            self._maxtime_s = int(arg) / 1000
-            return format_ok("MAXTIME", {"ms": int(arg)}), None
+            self._maxtime_s = int(cmd.value) / 1000
+            return format_ok("MAXTIME", {"ms": int(cmd.value)}), None
         if name == "RATE":
-            self._rate = float(arg)
+            self._rate = float(cmd.value)
             if st in ("RAMP", "DEFLATING"):
                 self._air.rate_kpa_s = self._rate
             return format_ok("RATE", {"kpa_s": format_kpa(self._rate)}), None
         if name == "STREAM":
-            self._stream_hz = int(arg)
+            self._stream_hz = int(cmd.value)
             self._next_sample = now + (1.0 / self._stream_hz if self._stream_hz else 0.0)
             return format_ok("STREAM", {"hz": self._stream_hz}), None
         if name == "STATUS?":
@@ -302,11 +302,11 @@ class SimCuffDevice:
                 return format_err(13, f"st={st}"), None
             if self._p_meas >= RELEASED_KPA:
                 return format_err(13, f"not vented p={format_reading_kpa(self._p_meas)}"), None
-            if arg > self.hard_limit_kpa:
+            if cmd.value > self.hard_limit_kpa:
                 return format_err(20, f"hard={format_kpa(self.hard_limit_kpa)}"), None
-            if arg <= 0:
+            if cmd.value <= 0:
                 return format_err(11, "ARM needs a ceiling above 0"), None
-            self._state, self._max = "ARMED", float(arg)
+            self._state, self._max = "ARMED", float(cmd.value)
             return format_ok("ARM", {"max": format_kpa(self._max)}), None
         if name == "DISARM":
             if latched:
@@ -319,7 +319,7 @@ class SimCuffDevice:
                 return self._latched_err(), None
             if st == "IDLE":
                 return format_err(21), None
-            return self._set(now, float(arg)) if name == "SET" else self._deflate(now)
+            return self._set(now, float(cmd.value)) if name == "SET" else self._deflate(now)
         return self._execute_sim(cmd, now)
 
     def _set(self, now: float, target_kpa: float) -> _Result:
@@ -342,20 +342,20 @@ class SimCuffDevice:
         return format_ok("DEFLATE", {"eta_ms": eta_ms}), None
 
     def _execute_sim(self, cmd: Command, now: float) -> _Result:
-        name, arg = cmd.name, cmd.arg
+        name = cmd.name
         if name == "SIM BUTTON":
             return format_ok(name), lambda: self._latch("ESTOP", now, {"src": "button"})
         if name == "SIM LEAK":
-            self._air.leak_kpa_s = float(arg)
-            return format_ok(name, {"kpa_s": format_kpa(float(arg))}), None
+            self._air.leak_kpa_s = float(cmd.value)
+            return format_ok(name, {"kpa_s": format_kpa(float(cmd.value))}), None
         if name == "SIM SILENT":
             def go_silent() -> None:
-                self._silent_until = now + int(arg) / 1000
-            return format_ok(name, {"ms": int(arg)}), go_silent
+                self._silent_until = now + int(cmd.value) / 1000
+            return format_ok(name, {"ms": int(cmd.value)}), go_silent
         if name == "SIM DELAY":
             def set_delay() -> None:
-                self._delay_s = int(arg) / 1000
-            return format_ok(name, {"ms": int(arg)}), set_delay
+                self._delay_s = int(cmd.value) / 1000
+            return format_ok(name, {"ms": int(cmd.value)}), set_delay
         if name == "SIM OVERPRESSURE":
             ceiling = self._max if self._state in ARMED_STATES else self.hard_limit_kpa
             return format_ok(name), lambda: self._air.surge(ceiling + OVERPRESSURE_MARGIN_KPA + 5.0)

@@ -1,20 +1,25 @@
-"""Serve a simulated cuff on a pseudo-terminal, and the `simulate-cuff` command.
+"""Serve a simulated cuff on a pseudo-terminal or a loopback TCP port, and the `simulate-cuff` command.
 
-The device sits on the pty master; the host opens the slave path with pyserial like
-any serial port, so dry runs, tests and a rehearsing operator go through the real
-serial driver. One thread moves bytes master <-> device and advances the device every
-few milliseconds on the server's clock.
+The host opens the served port with pyserial like any serial port (a pty's slave path,
+or `socket://127.0.0.1:PORT`), so dry runs, tests and a rehearsing operator go through
+the real serial driver. A TCP port is for systems without pseudo-terminals (Windows
+stimulus computers). One thread moves bytes between the endpoint and the device and
+advances the device every few milliseconds on the server's clock; the device, its byte
+stream and its behaviour are the same on either endpoint.
 
-Port open is seen on the master side: while no process has the slave open, Linux
-reports POLLHUP on the master; when that clears, the server plays a board that resets
-on open: for 30 ms it "boots" (the host's bytes wait in the pty, the device says
-nothing), then the device gets `on_port_open` (the CUFF/1 simulator announces
-`!EVT BOOT`) and the waiting input. The delay also keeps BOOT out of the input flush
-pyserial does while opening. While nobody has the port open the device's output is
-dropped, like a board talking to an unplugged cable.
+Port open is seen on the endpoint: a pty reports POLLHUP on its master while no process
+has the slave open, a TCP port sees the host connect (one host at a time: a second
+connection is closed at once, as an exclusively opened port refuses a second opener).
+Then the server plays a board that resets on open: for 30 ms it "boots" (the host's
+bytes wait in the pty or the socket, the device says nothing), then the device gets
+`on_port_open` (the CUFF/1 simulator announces `!EVT BOOT`) and the waiting input. The
+delay also keeps BOOT out of the input flush pyserial does while opening. While nobody
+has the port open the device's output is dropped, like a board talking to an unplugged
+cable; so is output a host does not read fast enough.
 
-`pull_cable()` closes the master (the host's reads fail at once, as on a hot unplug)
-while the device keeps running, so its watchdog can be seen to vent.
+`pull_cable()` cuts the endpoint (the pty master is closed, the TCP connection and
+listener are closed: the host's reads fail at once, as on a hot unplug) while the device
+keeps running, so its watchdog can be seen to vent.
 """
 
 from __future__ import annotations
@@ -23,11 +28,11 @@ import argparse
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
-import tty
-from typing import Callable, Sequence
+from typing import Callable, Literal, Protocol, Sequence
 
 from experiment.clock import Clock, RealClock
 from experiment.cuff.bytedevice import ByteDevice
@@ -35,26 +40,178 @@ from experiment.errors import HardwareError, InputError
 
 TICK_S = 0.003
 OPEN_SETTLE_S = 0.03   # a "boot" after each port open (see the module docstring)
+LOOPBACK_HOST = "127.0.0.1"
+SimLink = Literal["pty", "socket"]
 
 
-class SimServer:
-    """A `ByteDevice` served on a pty by a thread of its own. Use `.path` as the port."""
+def default_sim_link() -> SimLink:
+    """A pseudo-terminal where there are some (POSIX), a loopback TCP port elsewhere (Windows)."""
+    return "pty" if os.name == "posix" else "socket"
 
-    def __init__(self, device: ByteDevice, *, clock: Clock, tick_s: float = TICK_S) -> None:
+
+class Endpoint(Protocol):
+    """Where the host reaches a served device."""
+
+    port: str   # what the host opens with pyserial
+
+    def poll(self, timeout_s: float, *, read: bool) -> tuple[bool, bytes]:
+        """Wait up to `timeout_s`: (a host has the port open, bytes from it if `read`)."""
+
+    def write(self, data: bytes) -> None:
+        """Device bytes to the host; dropped when nobody reads them."""
+
+    def cut(self) -> None:
+        """Pull the cable: the host's port fails; nothing is served any more."""
+
+
+class PtyEndpoint:
+    """The master side of a pseudo-terminal; the host opens the slave path."""
+
+    def __init__(self) -> None:
         if os.name != "posix":
-            raise HardwareError("serving a simulated cuff on a pseudo-terminal needs a POSIX system")
-        self.device = device
-        self._clock = clock
-        self._tick_s = tick_s
+            raise HardwareError("serving a simulated cuff on a pseudo-terminal needs a POSIX system; "
+                                "serve it on a TCP port instead (simulate-cuff --socket)")
+        import tty  # POSIX only
+
         self._master, slave = os.openpty()
         os.set_blocking(self._master, False)  # a host that stops reading must not stall the device
         tty.setraw(slave)
-        self.path = os.ttyname(slave)
+        self.port = os.ttyname(slave)
         os.close(slave)               # so that POLLHUP tells us when no host has the port open
+        self._poller = select.poll()
+        self._poller.register(self._master, select.POLLIN | select.POLLHUP | select.POLLERR)
+
+    def poll(self, timeout_s: float, *, read: bool) -> tuple[bool, bytes]:
+        if self._master < 0:
+            return False, b""
+        events = self._poller.poll(timeout_s * 1000)
+        hup = any(ev & (select.POLLHUP | select.POLLERR) for _, ev in events)
+        data = b""
+        if read and any(ev & select.POLLIN for _, ev in events):
+            try:
+                data = os.read(self._master, 4096)
+            except OSError:
+                hup = True
+        return not hup, data
+
+    def write(self, data: bytes) -> None:
+        if self._master < 0:
+            return
+        try:
+            os.write(self._master, data)
+        except OSError:
+            pass                       # host gone, or not reading (buffer full): bytes lost, as on a wire
+
+    def cut(self) -> None:
+        if self._master >= 0:
+            master, self._master = self._master, -1
+            try:
+                self._poller.unregister(master)
+                os.close(master)
+            except (OSError, KeyError):
+                pass
+
+
+class SocketEndpoint:
+    """A TCP port on the loopback interface; the host opens `socket://127.0.0.1:PORT`."""
+
+    def __init__(self, tcp_port: int = 0, *, host: str = LOOPBACK_HOST) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if os.name == "posix":   # a fixed port is free again at once after a restart (Windows would share it)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind((host, tcp_port))
+            listener.listen(1)
+        except OSError as exc:
+            listener.close()
+            raise HardwareError(f"cannot serve the simulated cuff on {host}:{tcp_port}: {exc}") from exc
+        listener.setblocking(False)
+        self._listener: socket.socket | None = listener
+        self._conn: socket.socket | None = None
+        self.tcp_port = int(listener.getsockname()[1])
+        self.port = f"socket://{host}:{self.tcp_port}"
+
+    def poll(self, timeout_s: float, *, read: bool) -> tuple[bool, bytes]:
+        listener, conn = self._listener, self._conn
+        if listener is None:
+            return False, b""
+        waits = [listener] + ([conn] if conn is not None and read else [])
+        try:
+            ready, _, _ = select.select(waits, [], [], timeout_s)
+        except (OSError, ValueError):       # closed by cut() meanwhile
+            return False, b""
+        if listener in ready:
+            self._accept(listener)
+        data = b""
+        if conn is not None and conn in ready:
+            data = self._receive(conn)
+        return self._conn is not None, data
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        if self._conn is not None:           # one host at a time
+            conn.close()
+            return
+        conn.setblocking(False)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # a reply goes out at once
+        self._conn = conn
+
+    def _receive(self, conn: socket.socket) -> bytes:
+        """Bytes from the host; b"" and the connection dropped when the host has gone."""
+        try:
+            data = conn.recv(4096)
+        except BlockingIOError:
+            return b""
+        except OSError:
+            data = b""
+        if not data:
+            self._drop()
+        return data
+
+    def write(self, data: bytes) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[conn.send(view):]
+        except OSError:
+            pass        # not reading (buffer full) or gone: the rest is lost, as on a wire
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def cut(self) -> None:
+        self._drop()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+
+
+class SimServer:
+    """A `ByteDevice` served by a thread of its own, on a pty (`link="pty"`) or on a loopback
+    TCP port (`link="socket"`, `tcp_port` 0 for any free one). `.path` is the port a host
+    opens: a device path, or `socket://127.0.0.1:PORT`."""
+
+    def __init__(self, device: ByteDevice, *, clock: Clock, tick_s: float = TICK_S, link: SimLink = "pty",
+                 tcp_port: int = 0) -> None:
+        self.device = device
+        self._clock = clock
+        self._tick_s = tick_s
+        self._endpoint: Endpoint = PtyEndpoint() if link == "pty" else SocketEndpoint(tcp_port)
+        self.link = link
+        self.path = self._endpoint.port
         self.rx_log: list[tuple[float, bytes]] = []   # every host->device chunk, for tests
         self.opens = 0
         self._connected = False
         self._boot_due: float | None = None
+        self._cut = False
         self._stop = threading.Event()
         self._pull = threading.Event()
         self._lock = threading.Lock()  # device access: server thread vs. `inspect`
@@ -63,52 +220,41 @@ class SimServer:
         self._thread.start()
 
     def _device_write(self, data: bytes) -> None:
-        if not self._connected or self._master < 0:
-            return
-        try:
-            os.write(self._master, data)
-        except OSError:
-            pass                       # host gone, or not reading (buffer full): bytes lost, as on a wire
+        if self._connected:
+            self._endpoint.write(data)
 
     def _run(self) -> None:
-        poller = select.poll()
-        poller.register(self._master, select.POLLIN | select.POLLHUP | select.POLLERR)
         while not self._stop.is_set():
-            if self._pull.is_set() and self._master >= 0:
-                poller.unregister(self._master)
-                os.close(self._master)
-                self._master = -1
-                self._connected = False
-            if self._master < 0:
+            if self._pull.is_set() and not self._cut:
+                self._endpoint.cut()
+                self._cut, self._connected = True, False
+            if self._cut:
                 self._stop.wait(self._tick_s)
                 with self._lock:
                     self.device.advance(self._clock.now())
                 continue
-            booting = self._boot_due is not None
-            events = poller.poll(self._tick_s * 1000 if self._connected else 0)
-            hup = any(ev & (select.POLLHUP | select.POLLERR) for _, ev in events)
-            data = b""
-            if self._connected and any(ev & select.POLLIN for _, ev in events):
-                try:
-                    data = os.read(self._master, 4096)
-                except OSError:
-                    hup = True
-            now = self._clock.now()
-            with self._lock:
-                if hup:
-                    self._connected, self._boot_due = False, None
-                elif not self._connected and not booting:
-                    self._boot_due = now + OPEN_SETTLE_S      # the board boots; input waits in the pty
-                    self.opens += 1
-                elif booting and now >= self._boot_due:
-                    self._connected, self._boot_due = True, None
-                    self.device.on_port_open(now)
-                if data:
-                    self.rx_log.append((now, data))
-                    self.device.receive(data, now)
-                self.device.advance(now)
-            if hup or self._boot_due is not None:
-                self._stop.wait(self._tick_s)
+            self._step()
+
+    def _step(self) -> None:
+        """One poll of the endpoint: a host opening or leaving, its bytes, the device moved on."""
+        booting = self._boot_due is not None
+        present, data = self._endpoint.poll(self._tick_s if self._connected else 0.0, read=self._connected)
+        now = self._clock.now()
+        with self._lock:
+            if not present:
+                self._connected, self._boot_due = False, None
+            elif not self._connected and not booting:
+                self._boot_due = now + OPEN_SETTLE_S      # the board boots; input waits in the endpoint
+                self.opens += 1
+            elif self._boot_due is not None and now >= self._boot_due:
+                self._connected, self._boot_due = True, None
+                self.device.on_port_open(now)
+            if data:
+                self.rx_log.append((now, data))
+                self.device.receive(data, now)
+            self.device.advance(now)
+        if not present or self._boot_due is not None:
+            self._stop.wait(self._tick_s)
 
     def inspect(self, fn: Callable[[ByteDevice], object]) -> object:
         """Run `fn(device)` between two server steps (a consistent view for tests)."""
@@ -127,30 +273,27 @@ class SimServer:
         self._stop.set()
         if self._thread is not threading.current_thread():
             self._thread.join(2.0)
-        if self._master >= 0:
-            try:
-                os.close(self._master)
-            except OSError:
-                pass
-            self._master = -1
+        self._endpoint.cut()
+        self._connected = False
 
 
-def start_sim_server(device_factory: Callable[[], ByteDevice], clock: Clock) -> SimServer:
-    """Serve a new device on a pty from a thread of this process (dry runs, tests)."""
-    return SimServer(device_factory(), clock=clock)
+def start_sim_server(device_factory: Callable[[], ByteDevice], clock: Clock, *, link: SimLink = "pty") -> SimServer:
+    """Serve a new device from a thread of this process (dry runs, tests)."""
+    return SimServer(device_factory(), clock=clock, link=link)
 
 
 class SimServerProcess:
-    """`cuedpain simulate-cuff` in a child process; `.path` is its port."""
+    """`cuedpain simulate-cuff` in a child process; `.path` is its port (a device path, or
+    a socket:// URL with `--socket`)."""
 
     def __init__(self, argv: Sequence[str] = (), *, python: str = sys.executable,
                  startup_timeout_s: float = 20.0) -> None:
         self.proc = subprocess.Popen([python, "-m", "experiment", "simulate-cuff", *argv],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = _readline_with_timeout(self.proc, startup_timeout_s)
-        if not line.startswith("/"):
+        if not line.startswith(("/", "socket://")):
             self.close()
-            raise HardwareError(f"simulate-cuff did not print a device path (got {line!r})")
+            raise HardwareError(f"simulate-cuff did not print a port (got {line!r})")
         self.path = line.strip()
 
     def close(self, timeout_s: float = 5.0) -> int:
@@ -168,10 +311,17 @@ class SimServerProcess:
         return self.proc.returncode
 
 
-def _readline_with_timeout(proc: subprocess.Popen, timeout_s: float) -> str:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
-    return proc.stdout.readline() if ready else ""
+def _readline_with_timeout(proc: subprocess.Popen[str], timeout_s: float) -> str:
+    """The child's first line, or "" after `timeout_s` (a thread reads it: pipes cannot be
+    select()ed on Windows)."""
+    stdout = proc.stdout
+    assert stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(stdout.readline()), name="simulate-cuff-stdout",
+                              daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    return lines[0] if lines else ""
 
 
 def make_device(protocol: str, *, clock: Clock, hard_limit_kpa: float | None = None,
@@ -190,11 +340,16 @@ def make_device(protocol: str, *, clock: Clock, hard_limit_kpa: float | None = N
 
 
 def command(args: argparse.Namespace) -> int:
-    """`cuedpain simulate-cuff`: print the device path first, serve until SIGINT/SIGTERM."""
+    """`cuedpain simulate-cuff`: print the port first (a device path, or `socket://127.0.0.1:PORT`
+    with `--socket` and where there are no pseudo-terminals), serve until SIGINT/SIGTERM."""
     if args.leak < 0:
         raise InputError(f"simulate-cuff: --leak must be 0 or more kPa/s, got {args.leak}")
     if args.hard_limit is not None and args.hard_limit <= 0:
         raise InputError(f"simulate-cuff: --hard-limit must be above 0 kPa, got {args.hard_limit}")
+    tcp_port = getattr(args, "socket", None)
+    if tcp_port is not None and not 0 <= tcp_port <= 65535:
+        raise InputError(f"simulate-cuff: --socket PORT must be 0-65535 (0 or none: any free port), got {tcp_port}")
+    link: SimLink = "socket" if tcp_port is not None else default_sim_link()
     clock = RealClock()
     device = make_device(args.protocol, clock=clock, hard_limit_kpa=args.hard_limit, leak_kpa_s=args.leak)
     stop = threading.Event()
@@ -203,19 +358,25 @@ def command(args: argparse.Namespace) -> int:
         stop.set()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    server = SimServer(device, clock=clock)
     try:
-        print(server.path, flush=True)
-        sys.stderr.write(f"simulated cuff ({args.protocol}) on {server.path}; "
-                         f"use --cuff {args.protocol}:{server.path}; Ctrl-C to stop\n")
-        sys.stderr.flush()
-        while not stop.wait(0.5):
-            if not server.alive:
-                raise HardwareError("simulate-cuff: the server thread stopped")
+        server = SimServer(device, clock=clock, link=link, tcp_port=tcp_port or 0)
+        try:
+            _serve(server, args.protocol, stop)
+        finally:
+            server.close()
     finally:
-        server.close()
         for s, handler in old.items():
             signal.signal(s, handler)
     sys.stderr.write(f"simulate-cuff: stopped after {server.opens} connection(s), "
                      f"{len(device.vent_log)} vent(s)\n")
     return 0
+
+
+def _serve(server: SimServer, protocol: str, stop: threading.Event) -> None:
+    print(server.path, flush=True)
+    sys.stderr.write(f"simulated cuff ({protocol}) on {server.path}; "
+                     f"use --cuff {protocol}:{server.path}; Ctrl-C to stop\n")
+    sys.stderr.flush()
+    while not stop.wait(0.5):
+        if not server.alive:
+            raise HardwareError("simulate-cuff: the server thread stopped")

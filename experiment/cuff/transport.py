@@ -8,8 +8,10 @@ times on the run's clock.
 * `SerialTransport` opens a pyserial port (a path, a COM name or a URL such as
   `socket://` or `hwgrep://`), exclusively on POSIX, and reads it from a thread of its
   own in the manner of `serial.threaded.ReaderThread`: `read(in_waiting or 1)` in a
-  loop; a `SerialException` (unplugged adapter, closed pty master) or an exception
-  from the receiver ends the loop and is reported once through `on_lost`.
+  loop; a `SerialException` (unplugged adapter, closed pty master, a TCP peer that
+  closed) or an exception from the receiver ends the loop and is reported once through
+  `on_lost`. On a `socket://` port it turns Nagle's algorithm off, so that a VENT is not
+  held back behind an unacknowledged PING.
 * `LoopbackTransport` connects a driver to a `ByteDevice` in the same thread on a
   `VirtualClock`: writes reach the device at once, the device is advanced by a clock
   timer, and waiting means moving virtual time. Headless runs use it.
@@ -18,6 +20,7 @@ times on the run's clock.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from typing import Callable, Protocol
 
@@ -63,7 +66,8 @@ class SerialTransport:
         self._clock = clock
         self._baudrate = baudrate
         self._exclusive = exclusive and os.name == "posix"
-        self._serial: serial.SerialBase | None = None
+        # pyserial's own type; a URL handler's class (socket://) is another SerialBase without cancel_read
+        self._serial: serial.Serial | None = None
         self._thread: threading.Thread | None = None
         self._cond = threading.Condition()
         self._write_lock = threading.Lock()
@@ -76,6 +80,7 @@ class SerialTransport:
                                         stopbits=1, timeout=self.READ_TIMEOUT_S,
                                         write_timeout=self.WRITE_TIMEOUT_S, do_not_open=True, **kwargs)
             ser.open()
+            _no_delay(ser)
             ser.reset_input_buffer()   # whatever waited in the buffer predates this session
         except (serial.SerialException, OSError, ValueError) as exc:
             raise HardwareError(f"cannot open cuff port {self.port}: {exc}") from exc
@@ -84,7 +89,7 @@ class SerialTransport:
                                         name=f"serial-reader-{self.port}", daemon=True)
         self._thread.start()
 
-    def _read_loop(self, ser: serial.SerialBase, on_data: OnData, on_lost: OnLost) -> None:
+    def _read_loop(self, ser: serial.Serial, on_data: OnData, on_lost: OnLost) -> None:
         try:
             while not self._closing:
                 data = ser.read(ser.in_waiting or 1)
@@ -138,6 +143,13 @@ class SerialTransport:
             pass
 
 
+def _no_delay(ser: serial.Serial) -> None:
+    """TCP_NODELAY on a `socket://` port (pyserial keeps the socket in `_socket`); nothing elsewhere."""
+    sock = getattr(ser, "_socket", None)
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class LoopbackTransport:
     """A `ByteDevice` in the same thread, on a virtual clock (headless runs and tests).
 
@@ -148,7 +160,7 @@ class LoopbackTransport:
 
     def __init__(self, device: ByteDevice, *, clock: VirtualClock, tick_s: float = 0.002,
                  port: str = "loopback") -> None:
-        if not getattr(clock, "virtual", False):
+        if not isinstance(clock, VirtualClock):
             raise TypeError("LoopbackTransport runs on a VirtualClock; use SimServer for real time")
         self.port = port
         self.device = device

@@ -48,15 +48,17 @@ class Display(Protocol):
     def close(self) -> None: ...
 
 
-def safety_limits(safety: Safety) -> SafetyLimits:
-    """The supervisor's interlock settings from a protocol's (or a calibration's) safety section."""
+def safety_limits(safety: Safety, *, rates_kpa_s: tuple[float, ...] = ()) -> SafetyLimits:
+    """The supervisor's interlock settings from a protocol's (or a calibration's) safety section;
+    `rates_kpa_s`, the ramp rates the session will command, are checked against the device at start."""
     from experiment.cuff.safety import SafetyLimits
 
     return SafetyLimits(ceiling_kpa=safety.max_pressure_kpa, max_stimulus_s=safety.max_inflation_per_stimulus_s,
                         max_run_inflated_s=safety.max_cumulative_inflation_per_run_s,
                         release_threshold_kpa=safety.release_threshold_kpa,
                         release_deadline_s=safety.release_deadline_s,
-                        overpressure_margin_kpa=safety.compliance_margin_kpa)
+                        overpressure_margin_kpa=safety.compliance_margin_kpa,
+                        planned_rates_kpa_s=tuple(sorted(set(rates_kpa_s))))
 
 
 def open_cuff(need: CuffNeed, *, mode: Mode, clock: Clock, stack: ExitStack,

@@ -42,7 +42,7 @@ class Recorder:
         """One cuff pressure sample (`experiment.cuff.base.PressureSample`)."""
         if self.pressure_log is not None:
             self.pressure_log.write({"kind": "p", "t": sample.t, "dev_ms": sample.device_ms, "p": sample.pressure_kpa,
-                                     "tgt": sample.target_kpa, "st": sample.state})
+                                     "tgt": sample.target_kpa, "st": sample.state.value})
 
     def check(self) -> None:
         """Raise LogWriteError if either log could not be written (lost data stops the run)."""

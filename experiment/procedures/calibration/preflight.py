@@ -93,7 +93,9 @@ class CalibrationSetup:
         window = WindowSpec(screen=self.rig.screen, cues={"fixation": FIXATION}, stimuli_dir=Path("."),
                             rating_scales=(self.scale,))
         return StationSpec(mode=self.mode, keys=self.keys, window=window,
-                           cuff=CuffNeed(self.cuff_spec, safety_limits(self.safety)), assume_yes=self.assume_yes)
+                           cuff=CuffNeed(self.cuff_spec, safety_limits(self.safety,
+                                                                       rates_kpa_s=(self.settings.rate_kpa_s,))),
+                           assume_yes=self.assume_yes)
 
 
 def method_settings(req: CalibrationRequest) -> Settings:

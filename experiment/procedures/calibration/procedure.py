@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from experiment import __version__
-from experiment.cuff.base import DeviceEvent, PressureSample
+from experiment.cuff.base import DeviceEvent, EventKind, PressureSample
 from experiment.cuff.safety import CuffSupervisor
 from experiment.errors import EXIT_ABORTED, EXIT_OK, AbortError
 from experiment.outputs.atomic import create_once
@@ -331,7 +331,7 @@ class _Loop:
                 ev = self.cal.events.get_nowait()
             except queue.Empty:
                 break
-            if ev.name == "TARGET_REACHED" and self._target_kpa is not None and self._reached_t is None:
+            if ev.kind is EventKind.TARGET_REACHED and self._target_kpa is not None and self._reached_t is None:
                 self._reached_t = ev.t
         now = self.clock.now()
         p = self.cuff.last_pressure_kpa
@@ -344,8 +344,9 @@ class _Loop:
             if self.participant.button_due(now):
                 self.cal.record({"kind": "sim", "t": now, "action": "the simulated participant presses the "
                                                                     "cuff's stop button"})
-                assert self.cuff.info.simulated, "the simulated participant needs the simulated cuff"
-                self.cuff.cuff.command("SIM BUTTON")
+                assert self.cuff.info is not None and self.cuff.info.simulated, \
+                    "the simulated participant needs the simulated cuff"
+                self.cuff.cuff.sim_stop_button()
         responses = []
         for key, t in sorted(keys, key=lambda k: k[1]):
             role = self.roles.get(key, "response")

@@ -78,6 +78,11 @@ class RunPlan:
         rig = self.rig.discard_pulses
         return rig if rig is not None else self.protocol.scan.discard_pulses
 
+    @property
+    def rates_kpa_s(self) -> tuple[float, ...]:
+        """The ramp rates the run will command (the cuff must accept them: checked at start)."""
+        return tuple({e.rate_kpa_s for e in self.timeline.events if e.rate_kpa_s is not None})
+
     def station_spec(self) -> StationSpec:
         """What the run needs from the Station."""
         p, scan = self.protocol, self.protocol.scan
@@ -87,7 +92,7 @@ class RunPlan:
         plan = ScannerPlan(tr_s=scan.tr_s, n_volumes=scan.n_volumes + 2, prep_scans_no_pulse=scan.scanner_discarded,
                            discard_pulses=self.discard_pulses, jitter_s=0.0002, seed=self.seed, start_delay_s=1.0)
         return StationSpec(mode=self.mode, keys=keys, window=window,
-                           cuff=CuffNeed(self.cuff_spec, safety_limits(p.safety)),
+                           cuff=CuffNeed(self.cuff_spec, safety_limits(p.safety, rates_kpa_s=self.rates_kpa_s)),
                            trigger=TriggerNeed(self.scanner_spec, plan, default_key=keys.trigger),
                            assume_yes=self.assume_yes)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from experiment.clock import Clock
-from experiment.cuff.base import DeviceEvent
+from experiment.cuff.base import DeviceEvent, EventKind, StopSource
 from experiment.errors import AbortError
 from experiment.protocol.schedule import PlannedEvent
 from experiment.station.devices import Display
@@ -160,10 +160,10 @@ class TrialLoop:
                 ev = self.device_events.get_nowait()
             except queue.Empty:
                 return
-            if ev.name == "TARGET_REACHED" and self._s.waiting_reach is not None:
+            if ev.kind is EventKind.TARGET_REACHED and self._s.waiting_reach is not None:
                 self._reanchor(self._s.waiting_reach, ev.t)
                 self._s.waiting_reach = None
-            elif ev.name == "ESTOP" and ev.fields.get("src") == "button":
+            elif ev.kind is EventKind.ESTOP and ev.source is StopSource.BUTTON:
                 self.participant_stop("button", ev.t)
 
     def _take_keys(self, now: float) -> None:
