@@ -20,6 +20,7 @@ from experiment.cuff.safety import CuffSupervisor, SafetyLimits
 from experiment.cuff.simdevice import SimCuffDevice
 from experiment.cuff.simserver import SimServer, SimServerProcess, start_sim_server
 from experiment.cuff.transport import SerialTransport
+from experiment.protocol.specs import SIM_CUFF, parse_cuff_spec
 from tests.cuff_helpers import wait_for
 
 WAIT_S = 5.0
@@ -145,7 +146,7 @@ def test_line_cuff_over_a_socket_stimulates_vents_and_its_watchdog_fires_on_a_si
 
 @pytest.mark.realtime
 def test_the_supervisor_over_a_socket_heartbeats_stimulates_and_closes(clock: RealClock) -> None:
-    cuff = open_cuff("sim", clock=clock, dry_run=True, sim_link="socket")
+    cuff = open_cuff(SIM_CUFF, clock=clock, dry_run=True, sim_link="socket")
     assert cuff.info is not None and cuff.info.port.startswith("socket://127.0.0.1:")
     records: list[dict[str, Any]] = []
     limits = SafetyLimits(ceiling_kpa=40, max_stimulus_s=10, max_run_inflated_s=60, watchdog_ms=300)
@@ -196,7 +197,7 @@ def test_simulate_cuff_socket_prints_the_url_and_serves_both_protocols(clock: Re
     sim = SimServerProcess(["--socket"])
     try:
         assert sim.path.startswith("socket://127.0.0.1:")
-        cuff = open_cuff(f"line:{sim.path}", clock=clock, dry_run=False)
+        cuff = open_cuff(parse_cuff_spec(f"line:{sim.path}"), clock=clock, dry_run=False)
         try:
             assert cuff.info is not None and cuff.info.simulated
             assert cuff.ping().reply == "OK PING n=1"
