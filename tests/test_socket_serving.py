@@ -197,7 +197,7 @@ def test_simulate_cuff_socket_prints_the_url_and_serves_both_protocols(clock: Re
     sim = SimServerProcess(["--socket"])
     try:
         assert sim.path.startswith("socket://127.0.0.1:")
-        cuff = open_cuff(parse_cuff_spec(f"line:{sim.path}"), clock=clock, dry_run=False)
+        cuff = open_cuff(parse_cuff_spec(f"line:{sim.path}", what="--cuff"), clock=clock, dry_run=False)
         try:
             assert cuff.info is not None and cuff.info.simulated
             assert cuff.ping().reply == "OK PING n=1"
