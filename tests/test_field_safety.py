@@ -378,3 +378,22 @@ def test_psychopys_sync_generator_drives_a_dry_run(tmp_path: Path, xdisplay: str
     pulses = [r for r in read_records(tmp_path / "d" / "sourcedata" / "sub-P1" / f"sub-P1_task-{TASK}_run-1"
                                       / "log.jsonl") if r.get("kind") == "pulse"]
     assert pulses and {p["source"] for p in pulses} == {"syncgenerator"}
+
+
+@pytest.mark.realtime
+def test_a_whole_dry_run_over_loopback_sockets_as_on_windows(tmp_path: Path, xdisplay: str) -> None:
+    """Windows has no pseudo-terminals: with `sim_link: socket` the simulated cuff and scanner are
+    served on loopback TCP ports (pyserial's socket://) and the run goes through the same drivers."""
+    protocol = tmp_path / "p.yaml"
+    protocol.write_text(protocol_text())
+    rig = tmp_path / "rig.yaml"
+    rig.write_text("sim_link: socket\n")
+    proc = _cli("run", str(protocol), "--participant", "P1", "--dry-run", "--rig", str(rig),
+                "--data", str(tmp_path / "d"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    log = read_log(tmp_path / "d" / "sourcedata" / "sub-P1" / f"sub-P1_task-{TASK}_run-1" / "log.jsonl")
+    assert log.header["cuff"]["port"].startswith("socket://127.0.0.1:")
+    assert log.header["scanner"]["spec"] == "sim:socket"
+    sets = [r for r in log.of_kind("cuff_cmd") if r["command"].startswith("SET")]
+    assert len(sets) == 2 and all(r["ok"] for r in sets)
+    assert len(list(log.of_kind("pulse"))) >= 18 and log.records[-1]["status"] == "completed"

@@ -25,7 +25,7 @@ from experiment.log.eventlog import LogFile
 from experiment.station.runinfo import check_writable, software_revision
 from experiment.protocol.specs import CuffSpec, KeyboardSpec, ScannerSpec, parse_cuff_spec, parse_scanner_spec
 
-Record = Callable[[dict[str, Any]], None]
+Record = Callable[[dict[str, Any]], object]
 
 
 def log_dir(data_root: Path) -> Path:

@@ -111,6 +111,9 @@ class Rig:
                                                "it with --calibration FILE", unit="hours", minimum=0.0,
                                                exclusive_minimum=True, maximum=24.0 * 365), default=12.0)
     cuff_timing: CuffTiming = spec(CUFF_TIMING, default=CUFF_TIMING.defaults())
+    sim_link: str = spec(Choice(["auto", "pty", "socket"], "how a dry run serves its simulated cuff and scanner: "
+                                "a pseudo-terminal (POSIX), a loopback TCP port (socket://, as on Windows), or "
+                                "auto: a pseudo-terminal where there are some"), default="auto")
     notes: str = spec(Text("free text about this rig (adapters, latency checks, contacts)", min_length=0,
                            max_length=5000), default="")
     path: Path | None = None

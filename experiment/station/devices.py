@@ -13,7 +13,7 @@ Every device is registered on the Station's ExitStack; the cuff's closing vents.
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol
 
 from experiment.clock import Clock, VirtualClock
 from experiment.errors import HardwareError
@@ -24,6 +24,7 @@ from experiment.station.rating import RatingState
 if TYPE_CHECKING:
     from experiment.cuff.base import PressureSample
     from experiment.cuff.safety import CuffSupervisor, SafetyLimits
+    from experiment.protocol.specs import ScannerSpec
     from experiment.scanner.base import TriggerSource
     from experiment.station.station import CuffNeed, Mode, TriggerNeed, WindowSpec
 
@@ -63,12 +64,13 @@ def safety_limits(safety: Safety, *, rates_kpa_s: tuple[float, ...] = ()) -> Saf
 
 def open_cuff(need: CuffNeed, *, mode: Mode, clock: Clock, stack: ExitStack,
               on_record: Callable[[dict[str, Any]], None],
-              on_sample: Callable[[PressureSample], None]) -> CuffSupervisor:
+              on_sample: Callable[[PressureSample], None], sim_link: str = "auto") -> CuffSupervisor:
     """The cuff behind its supervisor: identified, real unless rehearsing, limits checked, armed."""
     from experiment.cuff.factory import open_cuff as open_raw
     from experiment.cuff.safety import CuffSupervisor
 
-    raw = open_raw(need.spec, clock=clock, dry_run=mode.simulated)
+    link: Literal["pty", "socket"] | None = "pty" if sim_link == "pty" else "socket" if sim_link == "socket" else None
+    raw = open_raw(need.spec, clock=clock, dry_run=mode.simulated, sim_link=link)
     if not mode.simulated and raw.info is not None and raw.info.simulated:
         raw.close()
         raise HardwareError(f"the cuff on {raw.info.port} identifies itself as a simulator ({raw.info.name}); a real "
@@ -113,17 +115,29 @@ def open_display(window: WindowSpec, *, mode: Mode, clock: Clock, stack: ExitSta
 
 
 def open_trigger(need: TriggerNeed, *, mode: Mode, clock: Clock, stack: ExitStack,
-                 display: Display) -> TriggerSource:
-    """The trigger source; a simulated one only in a rehearsal."""
+                 display: Display, sim_link: str = "auto") -> TriggerSource:
+    """The trigger source; a simulated one only in a rehearsal (on the rig's `sim_link`)."""
     from experiment.scanner.factory import open_trigger_source
 
-    source = open_trigger_source(need.spec, clock=clock, win=getattr(display, "win", None),
+    spec = trigger_spec_for(need.spec, mode=mode, sim_link=sim_link)
+    source = open_trigger_source(spec, clock=clock, win=getattr(display, "win", None),
                                  dry_run=mode.simulated, plan=need.plan, default_key=need.default_key)
     stack.callback(source.close)
     if not mode.simulated and source.simulated:
         raise HardwareError(f"the trigger source {str(need.spec)!r} is simulated; a real run never uses a "
                             "simulated scanner. Use keyboard[:KEY] or serial:PORT[:PRESET], or rehearse with --dry-run")
     return source
+
+
+def trigger_spec_for(spec: ScannerSpec, *, mode: Mode, sim_link: str) -> ScannerSpec:
+    """The spec a trigger source is opened with: a simulated scanner with no driver named goes
+    over the rig's `sim_link` in a real-time dry run."""
+    from experiment.protocol.specs import SimDriver, SimSpec
+    from experiment.station.station import Mode
+
+    if isinstance(spec, SimSpec) and spec.driver is None and sim_link != "auto" and mode is not Mode.HEADLESS:
+        return SimSpec(SimDriver.PTY if sim_link == "pty" else SimDriver.SOCKET)
+    return spec
 
 
 def key_reader(*, mode: Mode, trigger: TriggerSource | None, display: Display, clock: Clock) -> KeyReader:

@@ -98,6 +98,7 @@ class StationSpec:
     cuff: CuffNeed | None = None
     trigger: TriggerNeed | None = None
     assume_yes: bool = False      # --yes: the operator confirmed in advance (recorded)
+    sim_link: str = "auto"        # dry runs: simulated devices on a pty, a loopback socket, or auto
 
     @property
     def key_roles(self) -> dict[str, str]:
@@ -128,6 +129,7 @@ class Station:
         self.cuff: CuffSupervisor | None = None
         self.display: Display | None = None
         self.trigger: TriggerSource | None = None
+        self.trigger_spec: ScannerSpec | None = None   # what the trigger source was opened with
         self.read_keys: KeyReader = lambda: []
         self.signals: StopSignals | None = None
         self.confirmation: Record | None = None
@@ -151,14 +153,15 @@ class Station:
         spec, stack = self.spec, self._life.stack
         if spec.cuff is not None:
             self.cuff = devices.open_cuff(spec.cuff, mode=spec.mode, clock=self.clock, stack=stack,
-                                          on_record=self.record, on_sample=self._sample)
+                                          on_record=self.record, on_sample=self._sample, sim_link=spec.sim_link)
             self.signals = stack.enter_context(StopSignals(vent=self.cuff.emergency_vent, now=self.clock.now))
         else:
             self.signals = stack.enter_context(StopSignals(vent=lambda name: None, now=self.clock.now))
         self.display = devices.open_display(spec.window, mode=spec.mode, clock=self.clock, stack=stack)
         if spec.trigger is not None:
+            self.trigger_spec = devices.trigger_spec_for(spec.trigger.spec, mode=spec.mode, sim_link=spec.sim_link)
             self.trigger = devices.open_trigger(spec.trigger, mode=spec.mode, clock=self.clock, stack=stack,
-                                                display=self.display)
+                                                display=self.display, sim_link=spec.sim_link)
         self.read_keys = devices.key_reader(mode=spec.mode, trigger=self.trigger, display=self.display,
                                             clock=self.clock)
 

@@ -95,7 +95,7 @@ class CalibrationSetup:
         return StationSpec(mode=self.mode, keys=self.keys, window=window,
                            cuff=CuffNeed(self.cuff_spec, safety_limits(self.safety,
                                                                        rates_kpa_s=(self.settings.rate_kpa_s,))),
-                           assume_yes=self.assume_yes)
+                           assume_yes=self.assume_yes, sim_link=self.rig.sim_link)
 
 
 def method_settings(req: CalibrationRequest) -> Settings:

@@ -94,7 +94,7 @@ class RunPlan:
         return StationSpec(mode=self.mode, keys=keys, window=window,
                            cuff=CuffNeed(self.cuff_spec, safety_limits(p.safety, rates_kpa_s=self.rates_kpa_s)),
                            trigger=TriggerNeed(self.scanner_spec, plan, default_key=keys.trigger),
-                           assume_yes=self.assume_yes)
+                           assume_yes=self.assume_yes, sim_link=self.rig.sim_link)
 
 
 def mode_of(*, dry_run: bool, headless: bool) -> Mode:

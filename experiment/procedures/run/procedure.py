@@ -113,7 +113,7 @@ class RunProcedure:
         return run_briefing(participant=plan.run_id.participant, session=plan.run_id.session, run=plan.run_id.run,
                             protocol_path=str(plan.protocol_path), protocol_sha256=plan.protocol.sha256,
                             pressure=plan.pressure, ceiling_kpa=plan.protocol.safety.max_pressure_kpa,
-                            cuff=st.cuff.info, trigger_spec=str(plan.scanner_spec),
+                            cuff=st.cuff.info, trigger_spec=str(st.trigger_spec),
                             trigger_simulated=st.trigger.simulated, dry_run=plan.dry_run)
 
     def _guarded(self) -> Outcome:
@@ -163,7 +163,7 @@ class RunProcedure:
             "protocol_sha256": p.sha256, "rig_path": str(plan.rig_path) if plan.rig_path else None,
             "cuff": asdict(st.cuff.info),
             "briefing": self.briefing.record(), "confirmation": st.confirmation,
-            "scanner": {"kind": st.trigger.name, "spec": str(plan.scanner_spec), "simulated": st.trigger.simulated},
+            "scanner": {"kind": st.trigger.name, "spec": str(st.trigger_spec), "simulated": st.trigger.simulated},
             "tr_s": p.scan.tr_s, "n_volumes": p.scan.n_volumes, "discard_pulses": plan.discard_pulses,
             "scanner_discarded": p.scan.scanner_discarded,
             "pressure": plan.pressure, "cuff_timing": asdict(plan.rig.cuff_timing),
