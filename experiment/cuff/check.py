@@ -65,7 +65,7 @@ def latency_advice(port: str, median_ms: float, p99_ms: float, *, platform: str 
 
 def run_cuff_check(cuff: Cuff, *, clock: Clock, pings: int = 200, test_pressure_kpa: float | None = None,
                    clear_fault: bool = False, out: Callable[[str], None] = print,
-                   record: Callable[[LogRecord], None] = lambda rec: None) -> LogRecord:
+                   record: Callable[[LogRecord], object] = lambda rec: None) -> LogRecord:
     """Check a cuff before the participant is in; returns the facts printed.
 
     A cuff latched in FAULT or ESTOP is unfit (a run refuses it) unless `clear_fault`:
@@ -92,7 +92,7 @@ def run_cuff_check(cuff: Cuff, *, clock: Clock, pings: int = 200, test_pressure_
 
 
 def _latch(cuff: Cuff, status: CuffStatus, *, clear_fault: bool, out: Callable[[str], None],
-           record: Callable[[LogRecord], None]) -> tuple[CuffStatus, str | None]:
+           record: Callable[[LogRecord], object]) -> tuple[CuffStatus, str | None]:
     """A latched cuff: cleared on purpose (`clear_fault`) or reported. Returns the status
     after, and what is still latched (None: nothing)."""
     if not status.state.latched:

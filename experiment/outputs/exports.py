@@ -127,18 +127,22 @@ def _cell(items: Sequence[Any]) -> np.ndarray:
     return cell
 
 
+def _column(values: Sequence[float]) -> np.ndarray:
+    """A column vector, as SPM wants onsets, durations and parametric values."""
+    return np.asarray(values, dtype=float).reshape(-1, 1)
+
+
 def spm_multiple_conditions(conds: Sequence[Condition]) -> dict[str, Any]:
     """The variables of an SPM multiple-conditions file (units: seconds)."""
-    col = lambda xs: np.asarray(xs, dtype=float).reshape(-1, 1)  # noqa: E731 - column vector
     mdict: dict[str, Any] = {"names": _cell([c.name for c in conds]),
-                             "onsets": _cell([col(c.onsets_s) for c in conds]),
-                             "durations": _cell([col(c.durations_s) for c in conds])}
+                             "onsets": _cell([_column(c.onsets_s) for c in conds]),
+                             "durations": _cell([_column(c.durations_s) for c in conds])}
     if any(c.pmods for c in conds):
         pmod = np.zeros((1, len(conds)), dtype=[("name", "O"), ("param", "O"), ("poly", "O")])
         for k, c in enumerate(conds):
             if c.pmods:
                 pmod[0, k]["name"] = _cell([pm.name for pm in c.pmods])
-                pmod[0, k]["param"] = _cell([col(pm.values) for pm in c.pmods])
+                pmod[0, k]["param"] = _cell([_column(pm.values) for pm in c.pmods])
                 pmod[0, k]["poly"] = _cell([1.0 for _ in c.pmods])
             else:
                 for f in ("name", "param", "poly"):
