@@ -72,6 +72,7 @@ BASE = textwrap.dedent("""\
       discard_pulses: 0
       lead_in_s: 2
       tail_s: 3
+    checks: [onset_cue, relief_cue]
     """)
 
 
@@ -100,8 +101,10 @@ def test_base_protocol_values():
     assert phases[0].duration == UniformDuration(2.0, 4.0, 0.5)
     assert phases[1].duration == FixedDuration(3.0) and phases[1].timed_from == "target_reached"
     assert phases[5].duration == ChoiceDuration((5.0, 6.0))
-    assert phases[4].kind == "rating" and p.rating.timeout_s == 3.0 and p.rating.start == 50
-    assert p.stimulation.target_kpa == 20.0 and not p.stimulation.calibrated
+    assert phases[4].kind == "rating" and phases[4].scale == "rating"
+    assert p.scales["rating"].timeout_s == 3.0 and p.scales["rating"].start == 50
+    assert p.stimulation.fixed_kpa == {"target": 20.0} and not p.stimulation.calibrated
+    assert phases[1].level == "target" and p.checks == ("onset_cue", "relief_cue")
     assert p.safety.max_pressure_kpa == 30.0
     assert p.safety.max_inflation_per_stimulus_s == 30.0   # defaults filled
     assert p.safety.release_threshold_kpa == 2.0 and p.safety.on_participant_stop == "end"
@@ -116,16 +119,16 @@ def test_mmhg_is_converted_and_version_pin_accepted():
     text = with_edit("target: {value: 20, unit: kPa}", "target: {value: 150, unit: mmHg}")
     text = with_edit("cuedpain_version: dev", f"cuedpain_version: '{__version__}'", text)
     p = parse(text)
-    assert p.stimulation.target_kpa == pytest.approx(150 / 7.50062)
-    assert p.stimulation.target_as_written == "150 mmHg"
+    assert p.stimulation.fixed_kpa["target"] == pytest.approx(150 / 7.50062)
+    assert p.stimulation.levels["target"].as_written == "150 mmHg"
     assert p.version_pin == __version__
 
 
 def test_calibrated_target_and_fraction():
     text = with_edit("target: {value: 20, unit: kPa}", "target: calibrated\n  calibrated_fraction: 0.8")
     p = parse(text)
-    assert p.stimulation.calibrated and p.stimulation.target_kpa is None
-    assert p.stimulation.calibrated_fraction == 0.8
+    assert p.stimulation.calibrated and p.stimulation.fixed_kpa == {}
+    assert p.stimulation.levels["target"].fraction == 0.8
 
 
 def test_truncexp_and_unquoted_digit_keys():
@@ -163,7 +166,7 @@ CASES = [
     # (old, new, expected message (regex))
     ("        duration: 3\n", "        duraton: 3\n",
      r"^p\.yaml:20:9: trial_types\.pain\.phases\[1\]\.duraton: unknown key 'duraton' \(did you mean 'duration'\?\); "
-     r"allowed keys here: name, kind, cue, duration, cuff, timed_from, bids_trial_type$"),
+     r"allowed keys here: name, kind, cue, duration, cuff, timed_from, bids_trial_type, level, scale$"),
     ("        duration: 3\n", "        duration: -1\n",
      r"^p\.yaml:20:19: trial_types\.pain\.phases\[1\]\.duration: must be a number of seconds more than 0 and at "
      r"most 600, got -1\.0$"),
@@ -268,7 +271,7 @@ CASES = [
      r"^p\.yaml:33:19: trial_types\.pain\.phases\[4\]\.duration: a rating phase must last at least "
      r"rating\.timeout_s \(3 s\); its shortest duration is 2 s$"),
     ("rating:\n  timeout_s: 3\n", "",
-     r"^p\.yaml:31:15: trial_types\.pain\.phases\[4\]\.kind: a rating phase needs a top-level 'rating' section$"),
+     r"^p\.yaml:31:15: trial_types\.pain\.phases\[4\]\.kind: a rating phase needs a rating scale: a top-level 'rating' \(one scale\) or 'ratings' \(named scales\) section$"),
     ("        cue: pain_cue\n", "        cue: fixation\n",
      r"^p\.yaml:13:14: trial_types\.pain\.phases\[0\]\.cue: the phase before inflation must show the pain-onset cue"),
     ("        cue: relief_cue\n", "        cue: pain_cue\n",
@@ -338,7 +341,7 @@ def test_cue_mapping_valid():
     (("{pain_role: pain_cue, relief_role: relief_cue}", "{fixation: pain_cue, relief_role: relief_cue}"),
      r"^p\.yaml:12:8: cue_mapping\.mappings\[0\]\.fixation: role 'fixation' is also a cue name"),
     (("select: participant_number", "select: by_number"),
-     r"^p\.yaml:10:11: cue_mapping\.select: must be one of 'participant_hash', 'participant_number', got 'by_number'"),
+     r"^p\.yaml:10:11: cue_mapping\.select: must be one of 'participant_hash', 'participant_number', 'table', got 'by_number'"),
 ])
 def test_invalid_cue_mapping(edit, message):
     with pytest.raises(InputError, match=message):
@@ -447,7 +450,8 @@ def test_docs_annotated_example_is_a_valid_protocol():
     example = re.search(r"```yaml\n(.*?)```", doc, re.S).group(1)
     p = parse_protocol(example, file="docs example", base_dir=ROOT / "docs")
     # every top-level section of the format appears in the complete example
-    assert set(yaml.safe_load(example)) == set(PROTOCOL_SPEC.fields)
+    # (`ratings` is the named-scales form of `rating`: a file gives one or the other)
+    assert set(yaml.safe_load(example)) | {"ratings"} == set(PROTOCOL_SPEC.fields)
     build_schedule(p, participant="P01")
 
 

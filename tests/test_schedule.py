@@ -232,16 +232,16 @@ def test_calibrated_pressure_placeholder_and_override():
     assert worst_case(p).ramp_s == 0.75
     t25 = build_schedule(p, pressure_kpa=25.0)
     assert t25.target_kpa == 25.0 and {e.ramp_s for e in t25.events if e.cuff == "inflate"} == {0.625}
-    with pytest.raises(InputError, match=r"^<test>:\d+:\d+: safety\.max_pressure: the participant's target "
-                                         r"31 kPa is above safety\.max_pressure \(30 kPa\)$"):
+    with pytest.raises(InputError, match=r"^<test>:\d+:\d+: safety\.max_pressure: the participant's pressure "
+                                         r"for level 'target', 31 kPa, is above safety\.max_pressure \(30 kPa\)$"):
         build_schedule(p, pressure_kpa=31.0)
-    with pytest.raises(InputError, match=r"calibrated pressure must be a number of kPa > 0, got -1"):
+    with pytest.raises(InputError, match=r"calibrated pressure of level 'target' must be a number of kPa > 0, got -1"):
         build_schedule(p, pressure_kpa=-1)
 
 
 def test_explicit_target_refuses_a_calibrated_pressure():
-    with pytest.raises(InputError, match=r"stimulation\.target: the protocol gives an explicit target \(20 kPa\); "
-                                         r"a calibrated pressure applies only to target: calibrated"):
+    with pytest.raises(InputError, match=r"stimulation\.target: the protocol gives its pressures \(20 kPa\); "
+                                         r"one calibrated pressure applies only to target: calibrated"):
         build_schedule(DEMO_P, pressure_kpa=20.0)
 
 
@@ -262,9 +262,12 @@ def test_worst_case_uses_the_deck_exactly():
     # an ideal cuff: the ramp as planned, the release at the commanded rate
     ideal = worst_case(DEMO_P, timing=IDEAL)
     assert (ideal.inflation_per_stimulus_s, ideal.inflation_per_run_s) == (6.0, 11.0)
+    # per level: (planned ramp, ramp counted, release counted)
+    assert wc.levels == {"target": (0.5, 1.55, 1.55)} and ideal.levels == {"target": (0.5, 0.5, 0.5)}
     assert dataclasses.replace(ideal, inflation_per_stimulus_s=0, inflation_per_run_s=0, device_ramp_s=0,
-                               release_s=0) == dataclasses.replace(wc, inflation_per_stimulus_s=0,
-                                                                   inflation_per_run_s=0, device_ramp_s=0, release_s=0)
+                               release_s=0, levels={}) == \
+        dataclasses.replace(wc, inflation_per_stimulus_s=0, inflation_per_run_s=0, device_ramp_s=0, release_s=0,
+                            levels={})
 
 
 def test_cuff_timing_model():

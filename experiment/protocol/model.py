@@ -88,6 +88,26 @@ class Pressure:
 
 PRESSURE = Record(Pressure, "a pressure with its unit, e.g. {value: 40, unit: kPa}")
 
+
+@record
+class LevelDoc:
+    """A pressure level as written: a fixed pressure, or (calibrated protocols) a fraction of the
+    participant's calibrated pressure or the pressure their calibration gives for a rating."""
+
+    value: float | None = spec(Nullable(Number("a fixed pressure in `unit`", minimum=0.0, exclusive_minimum=True)),
+                               default=None)
+    unit: str | None = spec(Nullable(Choice(["kPa", "mmHg"], "the unit of `value`")), default=None)
+    fraction: float | None = spec(Nullable(Number("this fraction of the participant's calibrated pressure",
+                                                  minimum=0.0, exclusive_minimum=True, maximum=1.5)), default=None)
+    rating: float | None = spec(Nullable(Number("the pressure the participant's calibration gives for this "
+                                                "rating (on the calibration's 0-100 scale, below 100)", minimum=0.0,
+                                                exclusive_minimum=True, maximum=100.0)),
+                                default=None)
+
+
+LEVEL = Record(LevelDoc, "one pressure level: {value, unit} (fixed), {fraction} or {rating} (from the "
+                         "participant's calibration)")
+
 # ---------------------------------------------------------------- durations
 
 _STEP = Number("grid step of the drawn values (s)", unit="seconds", minimum=0.001, maximum=MAX_PHASE_S)
@@ -256,12 +276,19 @@ CUE = Tagged("kind", _CUE_KINDS, "a visual cue")
 class CueMapping:
     """Cue-mapping counterbalancing: role -> cue name, the same roles in each mapping."""
 
-    select: str = spec(Choice(["participant_hash", "participant_number"],
-                              "how a participant gets a mapping: SHA-256 of the label, or the label's "
-                              "trailing number (P01 -> first mapping, P02 -> second, ...)"), default="participant_hash")
+    select: str = spec(Choice(["participant_hash", "participant_number", "table"],
+                              "how a participant gets a mapping: SHA-256 of the label, the label's trailing "
+                              "number (P01 -> first mapping, P02 -> second, ...), or a table the lab keeps"),
+                       default="participant_hash")
     mappings: tuple[dict[str, str], ...] = spec(ListOf(
         MapOf(NAME, _name("a cue name"), "role -> cue name", min_items=1, key_label="role"),
         "the mappings; every one maps the same roles", min_items=1, max_items=24))
+    table: str | None = spec(Nullable(Text("select: table only: a TSV file (relative to this protocol) with columns "
+                                           "participant_id and mapping (1 = the first mapping)", max_length=500,
+                                           pattern=r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*",
+                                           pattern_doc="a relative path of letters, digits, '_', '-', '.' and '/'")),
+                             default=None)
+    assignments: dict[str, int] = field(default_factory=dict)   # participant -> mapping index (read from `table`)
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -290,6 +317,10 @@ class Phase:
                                                      pattern=r"[A-Za-z][A-Za-z0-9_]{0,63}",
                                                      pattern_doc="letters, digits and '_', starting with a letter")),
                                        default=None)
+    level: str | None = spec(Nullable(_name("inflate phases: the pressure level (stimulation.levels); null: the "
+                                            "trial type's level")), default=None)
+    scale: str | None = spec(Nullable(_name("rating phases: the scale shown (a key of `ratings`); null: the only "
+                                            "scale")), default=None)
 
 
 @record
@@ -299,6 +330,8 @@ class TrialTypeDoc:
                                "leave it off)"), default=False)
     phases: tuple[Phase, ...] = spec(ListOf(Record(Phase, "one phase of a trial"), "the phases in order",
                                             min_items=1, max_items=20))
+    level: str | None = spec(Nullable(_name("the pressure level of this trial type's stimulus (a key of "
+                                            "stimulation.levels); null: the only level")), default=None)
 
 
 @record
@@ -332,8 +365,14 @@ class RatingDoc:
 
 @record
 class StimulationDoc:
-    target: str | Pressure = spec(AnyOf(Choice(["calibrated"], "taken from the participant's calibration at run time"),
-                                        PRESSURE, description="target pressure: explicit {value, unit}, or calibrated"))
+    target: str | Pressure | None = spec(Nullable(AnyOf(
+        Choice(["calibrated"], "taken from the participant's calibration at run time"),
+        PRESSURE, description="one target pressure for every stimulus: explicit {value, unit}, or calibrated "
+                              "(give this or `levels`)")), default=None)
+    levels: dict[str, LevelDoc] | None = spec(Nullable(MapOf(NAME, LEVEL, "named pressure levels that trial types "
+                                                                          "and inflate phases choose (give this or "
+                                                                          "`target`)", min_items=1, max_items=20,
+                                                             key_label="level")), default=None)
     calibrated_fraction: float | None = spec(Nullable(Number("target = fraction x calibrated pressure (only with "
                                                              "target: calibrated; null: 1)", minimum=0.0,
                                                              exclusive_minimum=True, maximum=1.0)), default=None)
@@ -411,6 +450,25 @@ class Metadata:
     references: tuple[str, ...] = spec(ListOf(Text(max_length=1000), "literature the protocol follows"), default=[])
 
 
+#: checks a protocol can ask for (`checks:`), beyond the always-on rules
+PARADIGM_CHECKS = {
+    "onset_cue": "every trial type that inflates shows a cue (not fixation, not blank) in the phase before inflation",
+    "relief_cue": "every trial type that inflates shows, in the phase before deflation, a cue different from "
+                  "the onset cue and from fixation",
+}
+
+
+@record
+class DesignDoc:
+    contrasts: dict[str, dict[str, float]] = spec(MapOf(
+        NAME, MapOf(Text("a bids_trial_type", pattern=r"[A-Za-z][A-Za-z0-9_]{0,63}",
+                         pattern_doc="letters, digits and '_', starting with a letter"),
+                    Number("the regressor's weight", minimum=-100.0, maximum=100.0),
+                    "bids_trial_type -> weight", min_items=1, key_label="regressor"),
+        "contrasts the design must estimate well, e.g. {high_vs_low: {anticipation_high: 1, anticipation_low: -1}}",
+        key_label="contrast"), default={})
+
+
 @record
 class ProtocolDoc:
     """A protocol file as written (before the cross-field checks)."""
@@ -427,8 +485,18 @@ class ProtocolDoc:
                                                       "the trial types", min_items=1, max_items=20,
                                                       key_label="trial type"))
     trials: TrialList = spec(Record(TrialList, "the trial list of one run"))
-    rating: RatingDoc | None = spec(Nullable(Record(RatingDoc, "the rating scale shown in phases of kind rating")),
+    rating: RatingDoc | None = spec(Nullable(Record(RatingDoc, "the rating scale shown in phases of kind rating "
+                                                               "(one scale; for several, use `ratings`)")),
                                     default=None)
+    ratings: dict[str, RatingDoc] | None = spec(Nullable(MapOf(NAME, Record(RatingDoc, "one rating scale"),
+                                                               "named rating scales; a rating phase names its "
+                                                               "scale (give this or `rating`)", min_items=1,
+                                                               max_items=20, key_label="scale")), default=None)
+    checks: tuple[str, ...] = spec(ListOf(Choice(list(PARADIGM_CHECKS), "a paradigm check this protocol asks for"),
+                                          "paradigm checks beyond the always-on safety and timing rules"),
+                                   default=[])
+    design: DesignDoc | None = spec(Nullable(Record(DesignDoc, "what the design must estimate (plan reports its "
+                                                               "efficiency)")), default=None)
     stimulation: StimulationDoc = spec(Record(StimulationDoc, "the pain stimulus"))
     safety: SafetyDoc = spec(Record(SafetyDoc, "safety ceilings and limits (checked before the run and enforced "
                                                "during it)"))
@@ -467,11 +535,16 @@ class TrialType:
     name: str
     description: str
     catch: bool
-    phases: tuple[Phase, ...]
+    phases: tuple[Phase, ...]      # every inflate phase names its level, every rating phase its scale
 
     @property
     def inflates(self) -> bool:
         return any(p.cuff == "inflate" for p in self.phases)
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        """The pressure levels this trial type's stimuli use, in order."""
+        return tuple(dict.fromkeys(p.level for p in self.phases if p.cuff == "inflate" and p.level))
 
 
 @dataclass(frozen=True)
@@ -487,15 +560,43 @@ class Rating:
 
 
 @dataclass(frozen=True)
+class Level:
+    """A named pressure level: fixed (`kpa`), or from the participant's calibration at run time:
+    `fraction` x the calibrated pressure, or the pressure the calibration's fit gives for `rating`."""
+
+    name: str
+    kpa: float | None = None
+    fraction: float | None = None
+    rating: float | None = None
+    as_written: str = ""            # e.g. "300 mmHg", "0.8 x calibrated", "calibrated for rating 60"
+
+    @property
+    def calibrated(self) -> bool:
+        return self.kpa is None
+
+
+TARGET_LEVEL = "target"   # the one level of a protocol that gives `stimulation.target`
+
+
+@dataclass(frozen=True)
 class Stimulation:
-    target_kpa: float | None        # None: calibrated (from the participant's calibration at run time)
-    target_as_written: str          # e.g. "300 mmHg" or "calibrated"
-    calibrated_fraction: float      # 1.0 unless calibrated with a fraction
+    levels: dict[str, Level]        # in the file's order; a protocol with `target:` has one, named "target"
     rate_kpa_s: float
 
     @property
     def calibrated(self) -> bool:
-        return self.target_kpa is None
+        """Some level's pressure comes from the participant's calibration."""
+        return any(lv.calibrated for lv in self.levels.values())
+
+    @property
+    def fixed_kpa(self) -> dict[str, float]:
+        """The levels whose pressure the protocol fixes, in kPa."""
+        return {n: lv.kpa for n, lv in self.levels.items() if lv.kpa is not None}
+
+    @property
+    def as_written(self) -> str:
+        return ", ".join(lv.as_written if n == TARGET_LEVEL else f"{n}: {lv.as_written}"
+                         for n, lv in self.levels.items())
 
 
 @dataclass(frozen=True)
@@ -519,11 +620,13 @@ class Protocol:
     cue_mapping: CueMapping | None
     trial_types: dict[str, TrialType]
     trials: TrialList
-    rating: Rating | None
+    scales: dict[str, Rating]       # named rating scales (`rating:` gives one named "rating")
     stimulation: Stimulation
     safety: Safety
     scan: Scan
     keys: Keys
+    checks: tuple[str, ...] = ()
+    contrasts: dict[str, dict[str, float]] = field(default_factory=dict)
     path: Path | None = None
     sha256: str = ""
     where: Where = field(default_factory=lambda: Where("<protocol>"), compare=False, repr=False)
@@ -618,11 +721,14 @@ _CUFF_HINT = {
 }
 
 
-def _build_trial_type(name: str, t: TrialTypeDoc, names: set[str], rating: Rating | None,
-                      where: Where) -> TrialType:
+def _build_trial_type(name: str, t: TrialTypeDoc, names: set[str], scales: Mapping[str, Rating],
+                      levels: Mapping[str, Level], where: Where) -> TrialType:
     base = ("trial_types", name)
     state = "deflated"
     seen: set[str] = set()
+    phases = []
+    if t.level is not None:
+        _known(t.level, levels, "pressure level", "stimulation.levels", base + ("level",), where)
     for i, p in enumerate(t.phases):
         path = base + ("phases", i)
         if p.name in seen:
@@ -638,27 +744,75 @@ def _build_trial_type(name: str, t: TrialTypeDoc, names: set[str], rating: Ratin
         if p.timed_from == "target_reached" and p.cuff != "inflate":
             raise where.error(path + ("timed_from",), "'target_reached' is only for the phase that inflates "
                                                       "the cuff (cuff: inflate); use 'onset'")
-        if p.kind == "rating":
-            if rating is None:
-                raise where.error(path + ("kind",), "a rating phase needs a top-level 'rating' section")
-            if p.duration.min_s < rating.timeout_s:
-                raise where.error(path + ("duration",), f"a rating phase must last at least rating.timeout_s "
-                                                        f"({rating.timeout_s:g} s); its shortest duration is "
-                                                        f"{p.duration.min_s:g} s")
+        phases.append(replace(p, level=_phase_level(p, t, levels, path, where),
+                              scale=_phase_scale(p, scales, path, where)))
     if state == "inflated":
         raise where.error(base + ("phases",), "the trial ends with the cuff inflated; add a phase with "
                                               "cuff: deflate")
-    return TrialType(name=name, description=t.description, catch=t.catch, phases=t.phases)
+    return TrialType(name=name, description=t.description, catch=t.catch, phases=tuple(phases))
 
 
-def _check_cued(tt: TrialType, mapping: CueMapping | None, where: Where) -> None:
-    """A trial type that inflates must announce pain onset and offset with distinct cues."""
-    if not tt.inflates:
+def _known(name: str, known: Mapping[str, object], what: str, section: str, path: FieldPath, where: Where) -> None:
+    if name not in known:
+        raise where.error(path, f"no {what} named {name!r}{suggest(name, list(known))}; {section}: "
+                                f"{', '.join(known) or 'none'}")
+
+
+def _phase_level(p: Phase, t: TrialTypeDoc, levels: Mapping[str, Level], path: FieldPath,
+                 where: Where) -> str | None:
+    """An inflate phase's level: its own, its trial type's, or the only one."""
+    if p.cuff != "inflate":
+        if p.level is not None:
+            raise where.error(path + ("level",), "a pressure level is for the phase that inflates the cuff "
+                                                 "(cuff: inflate); remove it here")
+        return None
+    if p.level is not None:
+        _known(p.level, levels, "pressure level", "stimulation.levels", path + ("level",), where)
+        return p.level
+    if t.level is not None:
+        return t.level
+    if len(levels) == 1:
+        return next(iter(levels))
+    raise where.error(path + ("level",), f"which pressure level does this stimulus use? stimulation.levels has "
+                                         f"{', '.join(levels)}: give the phase or its trial type `level:`")
+
+
+def _phase_scale(p: Phase, scales: Mapping[str, Rating], path: FieldPath, where: Where) -> str | None:
+    """A rating phase's scale: its own or the only one; it must last at least the scale's timeout."""
+    if p.kind != "rating":
+        if p.scale is not None:
+            raise where.error(path + ("scale",), "a rating scale is for phases of kind rating; remove it here")
+        return None
+    if not scales:
+        raise where.error(path + ("kind",), "a rating phase needs a rating scale: a top-level 'rating' (one "
+                                            "scale) or 'ratings' (named scales) section")
+    if p.scale is not None:
+        _known(p.scale, scales, "rating scale", "ratings", path + ("scale",), where)
+        name = p.scale
+    elif len(scales) == 1:
+        name = next(iter(scales))
+    else:
+        raise where.error(path + ("scale",), f"which rating scale does this phase show? ratings has "
+                                             f"{', '.join(scales)}: give the phase `scale:`")
+    timeout_s = scales[name].timeout_s
+    if p.duration.min_s < timeout_s:
+        where_timeout = "rating.timeout_s" if name == RATING_SCALE else f"ratings.{name}.timeout_s"
+        raise where.error(path + ("duration",), f"a rating phase must last at least {where_timeout} "
+                                                f"({timeout_s:g} s); its shortest duration is "
+                                                f"{p.duration.min_s:g} s")
+    return name
+
+
+def _check_cued(tt: TrialType, mapping: CueMapping | None, checks: tuple[str, ...], where: Where) -> None:
+    """The paradigm checks the protocol asks for (`checks:`): a trial type that inflates announces
+    pain onset (`onset_cue`) and offset (`relief_cue`) with distinct cues."""
+    if not tt.inflates or not checks:
         return
     idx = {p.cuff: i for i, p in reversed(list(enumerate(tt.phases)))}  # first phase of each action
     base = ("trial_types", tt.name, "phases")
     i_inf, i_def = idx["inflate"], idx["deflate"]
-    if i_inf == 0:
+    onset, relief = "onset_cue" in checks, "relief_cue" in checks
+    if i_inf == 0 and onset:
         raise where.error(base + (0, "cuff"), "the cuff inflates in the first phase, so nothing announces pain "
                                               "onset; put a pain-anticipation phase with a cue before it")
     for resolve in (mapping.mappings if mapping else ({},)):
@@ -666,11 +820,12 @@ def _check_cued(tt: TrialType, mapping: CueMapping | None, where: Where) -> None
             cue = tt.phases[i].cue
             return None if cue is None else resolve.get(cue, cue)
 
-        pain, relief = shown(i_inf - 1), shown(i_def - 1)
-        if pain in (None, FIXATION):
+        pain = shown(i_inf - 1) if i_inf > 0 else None
+        relief_cue = shown(i_def - 1)
+        if onset and pain in (None, FIXATION):
             raise where.error(base + (i_inf - 1, "cue"), "the phase before inflation must show the pain-onset "
                                                          "cue (not fixation or a blank screen)")
-        if relief in (None, FIXATION) or relief == pain:
+        if relief and (relief_cue in (None, FIXATION) or relief_cue == pain):
             raise where.error(base + (i_def - 1, "cue"), "the phase before deflation must show the relief cue, "
                                                          "different from the pain-onset cue and from fixation")
 
@@ -703,16 +858,76 @@ def _build_trials(t: TrialList, types: Mapping[str, TrialType], where: Where) ->
     return replace(t, counts=ordered)
 
 
-def _build_rating(r: RatingDoc | None, where: Where) -> Rating | None:
-    if r is None:
-        return None
+RATING_SCALE = "rating"   # the name of the one scale that a `rating:` section gives
+
+
+def _build_rating(r: RatingDoc, path: FieldPath, where: Where) -> Rating:
     if r.min >= r.max:
-        raise where.error(("rating", "max"), f"must be more than rating.min ({r.min}), got {r.max}")
+        raise where.error(path + ("max",), f"must be more than {'.'.join(map(str, path))}.min ({r.min}), "
+                                           f"got {r.max}")
     start = (r.min + r.max) // 2 if r.start is None else r.start
     if not r.min <= start <= r.max:
-        raise where.error(("rating", "start"), f"must be from {r.min} to {r.max}, got {start}")
+        raise where.error(path + ("start",), f"must be from {r.min} to {r.max}, got {start}")
     return Rating(question=r.question, low_anchor=r.low_anchor, high_anchor=r.high_anchor, min=r.min,
                   max=r.max, start=start, step=r.step, timeout_s=to_ms(r.timeout_s) / 1000)
+
+
+def _build_scales(one: RatingDoc | None, many: dict[str, RatingDoc] | None, where: Where) -> dict[str, Rating]:
+    if one is not None and many is not None:
+        raise where.error(("ratings",), "give either 'rating' (one scale) or 'ratings' (named scales), not both")
+    if one is not None:
+        return {RATING_SCALE: _build_rating(one, ("rating",), where)}
+    return {name: _build_rating(r, ("ratings", name), where) for name, r in (many or {}).items()}
+
+
+def _build_level(name: str, lv: LevelDoc, max_kpa: float, path: FieldPath, where: Where) -> Level:
+    """One level in exactly one form: {value, unit}, {fraction} or {rating}."""
+    forms = [k for k, v in (("value", lv.value), ("fraction", lv.fraction), ("rating", lv.rating)) if v is not None]
+    if len(forms) != 1:
+        raise where.error(path, f"give exactly one of {{value, unit}} (a fixed pressure), {{fraction}} or "
+                                f"{{rating}} (from the participant's calibration); got {', '.join(forms) or 'none'}")
+    if lv.value is not None:
+        if lv.unit is None:
+            raise where.error(path + ("unit",), "required key 'unit' is missing (it must be one of 'kPa', 'mmHg')")
+        fixed = Pressure(value=lv.value, unit=lv.unit)
+        if fixed.kpa > max_kpa:
+            raise where.error(path, f"{fixed.kpa:.1f} kPa is above safety.max_pressure ({max_kpa:.1f} kPa)")
+        return Level(name, kpa=fixed.kpa, as_written=fixed.as_written)
+    if lv.unit is not None:
+        raise where.error(path + ("unit",), "a unit goes with a fixed `value`; remove it")
+    if lv.fraction is not None:
+        return Level(name, fraction=lv.fraction, as_written=f"{lv.fraction:g} x calibrated")
+    assert lv.rating is not None
+    if lv.rating >= 100:
+        raise where.error(path + ("rating",), f"must be below 100 (the top of the calibration's scale), "
+                                              f"got {lv.rating:g}")
+    return Level(name, rating=lv.rating, as_written=f"calibrated for rating {lv.rating:g}")
+
+
+def _build_levels(s: StimulationDoc, max_kpa: float, where: Where) -> dict[str, Level]:
+    """The protocol's pressure levels; `target:` (old form) gives one named "target"."""
+    if (s.target is None) == (s.levels is None):
+        raise where.error(("stimulation", "target" if s.target is None else "levels"),
+                          "give either 'target' (one pressure for every stimulus) or 'levels' (named "
+                          "pressures that trial types choose)" + (", not both" if s.target is not None else ""))
+    fraction = s.calibrated_fraction
+    if s.levels is not None:
+        if fraction is not None:
+            raise where.error(("stimulation", "calibrated_fraction"), "only applies to target: calibrated; "
+                                                                      "give a level {fraction: ...} instead")
+        return {n: _build_level(n, lv, max_kpa, ("stimulation", "levels", n), where) for n, lv in s.levels.items()}
+    if isinstance(s.target, str):  # calibrated
+        f = 1.0 if fraction is None else fraction
+        return {TARGET_LEVEL: Level(TARGET_LEVEL, fraction=f,
+                                    as_written="calibrated" + (f" x {f:g}" if fraction is not None else ""))}
+    assert s.target is not None
+    if fraction is not None:
+        raise where.error(("stimulation", "calibrated_fraction"), "only applies to target: calibrated; "
+                                                                  "remove it or make the target calibrated")
+    if s.target.kpa > max_kpa:
+        raise where.error(("stimulation", "target"), f"{s.target.kpa:.1f} kPa is above safety.max_pressure "
+                                                     f"({max_kpa:.1f} kPa)")
+    return {TARGET_LEVEL: Level(TARGET_LEVEL, kpa=s.target.kpa, as_written=s.target.as_written)}
 
 
 def _build_stimulation_safety(s: StimulationDoc, f: SafetyDoc, where: Where) -> tuple[Stimulation, Safety]:
@@ -720,27 +935,34 @@ def _build_stimulation_safety(s: StimulationDoc, f: SafetyDoc, where: Where) -> 
     if max_kpa > HARD_MAX_KPA:
         raise where.error(("safety", "max_pressure"), f"{max_kpa:.1f} kPa is above {HARD_MAX_KPA:g} kPa, the "
                                                       f"highest any supported cuff allows")
-    fraction = s.calibrated_fraction
-    if isinstance(s.target, str):  # calibrated
-        target_kpa, written = None, s.target
-    else:
-        if fraction is not None:
-            raise where.error(("stimulation", "calibrated_fraction"), "only applies to target: calibrated; "
-                                                                      "remove it or make the target calibrated")
-        target_kpa, written = s.target.kpa, s.target.as_written
-        if target_kpa > max_kpa:
-            raise where.error(("stimulation", "target"), f"{target_kpa:.1f} kPa is above safety.max_pressure "
-                                                         f"({max_kpa:.1f} kPa)")
+    levels = _build_levels(s, max_kpa, where)
     if f.release_threshold_kpa >= max_kpa:
         raise where.error(("safety", "release_threshold_kpa"), "must be below safety.max_pressure")
-    stim = Stimulation(target_kpa=target_kpa, target_as_written=written,
-                       calibrated_fraction=1.0 if fraction is None else fraction, rate_kpa_s=s.rate_kpa_s)
+    stim = Stimulation(levels=levels, rate_kpa_s=s.rate_kpa_s)
     safety = Safety(max_pressure_kpa=max_kpa, max_inflation_per_stimulus_s=f.max_inflation_per_stimulus_s,
                     max_cumulative_inflation_per_run_s=f.max_cumulative_inflation_per_run_s,
                     min_deflated_between_s=f.min_deflated_between_s, release_threshold_kpa=f.release_threshold_kpa,
                     release_deadline_s=f.release_deadline_s, compliance_margin_kpa=f.compliance_margin_kpa,
                     on_participant_stop=f.on_participant_stop)
     return stim, safety
+
+
+def _check_cue_table(m: CueMapping, where: Where) -> None:
+    if (m.select == "table") != (m.table is not None):
+        raise where.error(("cue_mapping", "table" if m.table is None else "select"),
+                          "a counterbalancing table goes with select: table" if m.table is not None else
+                          "select: table needs `table:` (a TSV file with participant_id and mapping columns)")
+
+
+def _check_contrasts(contrasts: Mapping[str, Mapping[str, float]], types: Mapping[str, TrialType],
+                     where: Where) -> None:
+    modelled = {p.bids_trial_type for tt in types.values() for p in tt.phases if p.bids_trial_type}
+    for name, weights in contrasts.items():
+        for regressor in weights:
+            if regressor not in modelled:
+                raise where.error(("design", "contrasts", name, regressor),
+                                  f"no phase has bids_trial_type {regressor!r}{suggest(regressor, sorted(modelled))}; "
+                                  f"modelled: {', '.join(sorted(modelled))}", at_key=True)
 
 
 def _check_keys(k: Keys, where: Where) -> None:
@@ -769,20 +991,24 @@ def build_protocol(doc: Located, *, base_dir: Path) -> Protocol:
                                      f"between events)")
     if d.cue_mapping is not None:
         _check_cue_mapping(d.cue_mapping, cues, where)
-    rating = _build_rating(d.rating, where)
+        _check_cue_table(d.cue_mapping, where)
+    scales = _build_scales(d.rating, d.ratings, where)
+    stim, safety = _build_stimulation_safety(d.stimulation, d.safety, where)
     names = set(cues) | set(d.cue_mapping.roles if d.cue_mapping else ())
-    types = {n: _build_trial_type(n, t, names, rating, where) for n, t in d.trial_types.items()}
+    types = {n: _build_trial_type(n, t, names, scales, stim.levels, where) for n, t in d.trial_types.items()}
     for tt in types.values():
-        _check_cued(tt, d.cue_mapping, where)
+        _check_cued(tt, d.cue_mapping, d.checks, where)
     if not any(tt.inflates for tt in types.values()):
         raise where.error(("trial_types",), "no trial type inflates the cuff; a cued pain protocol needs at "
                                             "least one phase with cuff: inflate")
     trials = _build_trials(d.trials, types, where)
-    stim, safety = _build_stimulation_safety(d.stimulation, d.safety, where)
+    contrasts = d.design.contrasts if d.design is not None else {}
+    _check_contrasts(contrasts, types, where)
     _check_keys(d.keys, where)
     return Protocol(version_pin=d.cuedpain_version, metadata=d.metadata, stimuli_dir=stimuli_dir, cues=cues,
-                    cue_mapping=d.cue_mapping, trial_types=types, trials=trials, rating=rating, stimulation=stim,
-                    safety=safety, scan=d.scan, keys=d.keys, where=where)
+                    cue_mapping=d.cue_mapping, trial_types=types, trials=trials, scales=scales, stimulation=stim,
+                    safety=safety, scan=d.scan, keys=d.keys, checks=tuple(dict.fromkeys(d.checks)),
+                    contrasts=contrasts, where=where)
 
 def parse_protocol(text: str, *, file: str = "<protocol>", base_dir: Path | str = ".") -> Protocol:
     """Validate protocol text. Pure: image files are resolved against `base_dir`, not opened."""
@@ -821,4 +1047,60 @@ def load_protocol(path: str | Path) -> Protocol:
     doc = parse_yaml(decode_text(raw, file=str(p)), file=str(p))
     protocol = build_protocol(doc, base_dir=p.resolve().parent)
     check_cue_files(protocol)
-    return replace(protocol, path=p, sha256=hashlib.sha256(raw).hexdigest())
+    mapping = protocol.cue_mapping
+    if mapping is not None and mapping.table is not None:
+        table = p.resolve().parent / mapping.table
+        mapping = replace(mapping, assignments=read_cue_table(table, n_mappings=len(mapping.mappings)))
+    return replace(protocol, cue_mapping=mapping, path=p, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def read_cue_table(path: Path, *, n_mappings: int) -> dict[str, int]:
+    """A lab's counterbalancing table: TSV with columns participant_id (P01 or sub-P01) and mapping
+    (1 = the first mapping). Returns participant -> 0-based mapping index; InputError naming the line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InputError(f"{path}: the counterbalancing table (cue_mapping.table) cannot be read "
+                         f"({exc.strerror or exc})") from None
+    head = lines[0].split("\t") if lines else []
+    if "participant_id" not in head or "mapping" not in head:
+        raise InputError(f"{path}:1: the counterbalancing table needs the columns participant_id and mapping "
+                         f"(tab-separated), got {', '.join(head) or 'an empty file'}")
+    i_p, i_m = head.index("participant_id"), head.index("mapping")
+    out: dict[str, int] = {}
+    for n, line in enumerate(lines[1:], start=2):
+        cells = line.split("\t")
+        if not line.strip():
+            continue
+        if len(cells) != len(head):
+            raise InputError(f"{path}:{n}: {len(cells)} columns, the header has {len(head)}")
+        who = cells[i_p].removeprefix("sub-")
+        value = cells[i_m].strip()
+        if not value.isdigit() or not 1 <= int(value) <= n_mappings:
+            raise InputError(f"{path}:{n}: mapping must be a number from 1 to {n_mappings} (the mappings of "
+                             f"cue_mapping), got {value!r}")
+        if who in out:
+            raise InputError(f"{path}:{n}: participant {who!r} is in the table twice")
+        out[who] = int(value) - 1
+    return out
+
+
+def describe(protocol: Protocol) -> dict[str, object]:
+    """The protocol's facts that outputs describe themselves with (goes into a run's log header,
+    so that outputs derived from the log alone can say what each trial type, level and scale is)."""
+    return {
+        "description": protocol.metadata.description,
+        "references": list(protocol.metadata.references),
+        "checks": list(protocol.checks),
+        "trial_types": {name: {"description": tt.description, "catch": tt.catch,
+                               "phases": [{"name": p.name, "kind": p.kind, "cue": p.cue, "cuff": p.cuff,
+                                           "level": p.level, "scale": p.scale, "bids_trial_type": p.bids_trial_type}
+                                          for p in tt.phases]}
+                        for name, tt in protocol.trial_types.items()},
+        "levels": {name: {"as_written": lv.as_written, "kpa": lv.kpa, "fraction": lv.fraction, "rating": lv.rating}
+                   for name, lv in protocol.stimulation.levels.items()},
+        "scales": {name: {"question": r.question, "low_anchor": r.low_anchor, "high_anchor": r.high_anchor,
+                          "min": r.min, "max": r.max, "step": r.step, "timeout_s": r.timeout_s}
+                   for name, r in protocol.scales.items()},
+        "contrasts": {name: dict(w) for name, w in protocol.contrasts.items()},
+    }

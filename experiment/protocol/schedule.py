@@ -1,8 +1,11 @@
 """Protocol + seed + participant -> the run's timeline, and the checks that refuse it. Pure.
 
 Public API:
-    build_schedule(protocol, *, seed=None, participant=None, pressure_kpa=None, timing=CuffTiming()) -> Timeline
-    worst_case(protocol, *, pressure_kpa=None, timing=CuffTiming()) -> WorstCase   limits over every jitter draw
+    build_schedule(protocol, *, seed=None, participant=None, pressure_kpa=None, levels_kpa=None,
+                   timing=CuffTiming()) -> Timeline
+    worst_case(protocol, *, pressure_kpa=None, levels_kpa=None, timing=CuffTiming()) -> WorstCase
+                                                               limits over every jitter draw
+    levels_kpa_of(protocol, *, pressure_kpa=None, levels_kpa=None) -> {level: kPa or None}
     volumes_for(run_length_s, tr_s) -> int                    volumes that cover a run
     check_timeline(timeline, protocol, *, timing=CuffTiming()) -> None   pre-flight checks of one timeline
     choose_cue_mapping(protocol, participant) -> (index, mapping)
@@ -10,7 +13,7 @@ Public API:
     Timeline, PlannedEvent (fields as in docs/architecture.md "The timeline", plus `kind`), WorstCase
     CuffTiming                                                 how much slower than ideal a real cuff is
 
-Determinism: the same protocol, seed, participant and pressure give the same Timeline and
+Determinism: the same protocol, seed, participant and pressures give the same Timeline and
 byte-identical `to_tsv()`. Randomness comes only from `random.Random(...).random()` (its
 sequence is guaranteed stable across Python versions); shuffles and draws are built on it
 here. Each stream is seeded from SHA-256 of (seed, purpose), so trial order and every
@@ -35,8 +38,8 @@ import hashlib
 import math
 import random
 import re
-from dataclasses import dataclass, fields
-from typing import Iterable, Iterator, TypeVar
+from dataclasses import dataclass, field, fields
+from typing import Iterable, Iterator, Mapping, TypeVar
 
 from experiment.protocol.cuff_timing import CuffTiming
 from experiment.errors import InputError
@@ -46,7 +49,7 @@ from experiment.protocol.model import (FIXATION, ChoiceDuration, Duration, Fixed
 
 T = TypeVar("T")
 COLUMNS = ("index", "trial", "trial_type", "phase", "onset_s", "duration_s", "cue", "cuff", "target_kpa",
-           "rate_kpa_s", "timed_from", "ramp_s", "bids_trial_type", "kind")
+           "rate_kpa_s", "timed_from", "ramp_s", "bids_trial_type", "kind", "level", "scale")
 
 
 def volumes_for(run_length_s: float, tr_s: float) -> int:
@@ -72,6 +75,8 @@ class PlannedEvent:
     ramp_s: float                 # inflate phases: predicted ramp time target / rate; else 0.0
     bids_trial_type: str | None
     kind: str = "cue"             # cue | rating (the phase's kind; lead_in and tail: cue)
+    level: str | None = None      # inflate/hold: the pressure level (stimulation.levels)
+    scale: str | None = None      # rating phases: the rating scale shown
 
     @property
     def end_s(self) -> float:
@@ -95,7 +100,12 @@ class Timeline:
     cue_mapping: dict[str, str]       # role -> cue name ({} without counterbalancing)
     cue_mapping_index: int | None     # which of protocol.cue_mapping.mappings (None without one)
     trial_order: tuple[str, ...]
-    target_kpa: float | None          # None: calibrated and not given
+    level_kpa: dict[str, float | None]  # pressure of every level (None: calibrated and not given)
+
+    @property
+    def target_kpa(self) -> float | None:
+        """The pressure of a protocol with one level (None: calibrated and not given, or several levels)."""
+        return next(iter(self.level_kpa.values())) if len(self.level_kpa) == 1 else None
 
     def to_tsv(self) -> str:
         """Tab-separated, one row per event, 'n/a' for empty cells; a calibrated target not yet
@@ -147,9 +157,10 @@ class WorstCase:
     inflation_per_stimulus_s: float   # longest single stimulus: SET to DEFLATE, then the release
     inflation_per_run_s: float        # longest total SET to DEFLATE in one run (the host's count)
     deflated_between_s: float | None  # shortest deflated time between two stimuli (None: one stimulus)
-    ramp_s: float                     # predicted ramp used (target or, if calibrated, the ceiling)
+    ramp_s: float                     # predicted ramp of the highest level (the ceiling if calibrated)
     device_ramp_s: float              # the longest the cuff may take for that ramp (CuffTiming)
     release_s: float                  # the longest the cuff may take to release from that pressure
+    levels: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # level -> (ramp, device ramp, release) s
 
 
 # ---------------------------------------------------------------- randomness
@@ -279,6 +290,11 @@ def choose_cue_mapping(protocol: Protocol, participant: str | None) -> tuple[int
     k = len(m.mappings)
     if m.select == "participant_hash":
         index = int.from_bytes(hashlib.sha256(participant.encode()).digest()[:8], "big") % k
+    elif m.select == "table":
+        if participant not in m.assignments:
+            raise InputError(f"sub-{participant} is not in the counterbalancing table {m.table} "
+                             f"(cue_mapping.table); add a row for them (participant_id, mapping)")
+        index = m.assignments[participant]
     else:
         digits = re.search(r"(\d+)$", participant)
         if digits is None:
@@ -288,32 +304,50 @@ def choose_cue_mapping(protocol: Protocol, participant: str | None) -> tuple[int
     return index, dict(m.mappings[index])
 
 
-def _target_kpa(protocol: Protocol, pressure_kpa: float | None) -> float | None:
-    st, where = protocol.stimulation, protocol.where
-    if pressure_kpa is None:
-        return st.target_kpa
-    if not st.calibrated:
-        raise where.error(("stimulation", "target"), f"the protocol gives an explicit target "
-                                                     f"({st.target_as_written}); a calibrated pressure applies "
-                                                     f"only to target: calibrated")
-    if isinstance(pressure_kpa, bool) or not isinstance(pressure_kpa, (int, float)) \
-            or not math.isfinite(pressure_kpa) or pressure_kpa <= 0:
-        raise InputError(f"calibrated pressure must be a number of kPa > 0, got {pressure_kpa!r}")
-    target = round(pressure_kpa, 3)
-    if target > protocol.safety.max_pressure_kpa:
-        raise where.error(("safety", "max_pressure"), f"the participant's target {target:g} kPa is above "
-                                                      f"safety.max_pressure ({protocol.safety.max_pressure_kpa:g} kPa)")
-    return target
+def levels_kpa_of(protocol: Protocol, *, pressure_kpa: float | None = None,
+                  levels_kpa: Mapping[str, float] | None = None) -> dict[str, float | None]:
+    """The pressure of every level: fixed by the protocol, or given for the calibrated ones
+    (`levels_kpa`; `pressure_kpa` is the shorthand for a protocol with one calibrated level).
+    A calibrated level not given stays None (the ceiling stands in for its timing)."""
+    st, where, ceiling = protocol.stimulation, protocol.where, protocol.safety.max_pressure_kpa
+    given = dict(levels_kpa or {})
+    if pressure_kpa is not None:
+        calibrated = [n for n, lv in st.levels.items() if lv.calibrated]
+        if len(st.levels) != 1 or not calibrated:
+            raise where.error(("stimulation", "target"), f"the protocol gives its pressures ({st.as_written}); "
+                                                         f"one calibrated pressure applies only to target: calibrated")
+        given[calibrated[0]] = pressure_kpa
+    out: dict[str, float | None] = {}
+    for name, lv in st.levels.items():
+        value = given.pop(name, None)
+        if lv.kpa is not None:
+            if value is not None:
+                raise where.error(("stimulation", "levels", name), f"level {name!r} is fixed by the protocol "
+                                                                   f"({lv.as_written}); it takes no calibrated pressure")
+            out[name] = lv.kpa
+            continue
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise InputError(f"calibrated pressure of level {name!r} must be a number of kPa > 0, got {value!r}")
+            value = round(value, 3)
+            if value > ceiling:
+                raise where.error(("safety", "max_pressure"), f"the participant's pressure for level {name!r}, "
+                                                              f"{value:g} kPa, is above safety.max_pressure "
+                                                              f"({ceiling:g} kPa)")
+        out[name] = value
+    if given:
+        raise InputError(f"no pressure level named {', '.join(given)}; levels: {', '.join(st.levels)}")
+    return out
 
 
-def _ramp_ms(protocol: Protocol, target_kpa: float | None) -> int:
-    """Predicted ramp time; the ceiling stands in for a calibrated target not yet known."""
-    return to_ms(_stimulus_kpa(protocol, target_kpa) / protocol.stimulation.rate_kpa_s)
+def _stimulus_kpa(protocol: Protocol, level_kpa: float | None) -> float:
+    """The pressure a stimulus reaches; the ceiling for a calibrated level not yet known."""
+    return protocol.safety.max_pressure_kpa if level_kpa is None else level_kpa
 
 
-def _stimulus_kpa(protocol: Protocol, target_kpa: float | None) -> float:
-    """The pressure a stimulus reaches; the ceiling for a calibrated target not yet known."""
-    return protocol.safety.max_pressure_kpa if target_kpa is None else target_kpa
+def _ramp_ms(protocol: Protocol, level_kpa: float | None) -> int:
+    """Predicted ramp time; the ceiling stands in for a calibrated level not yet known."""
+    return to_ms(_stimulus_kpa(protocol, level_kpa) / protocol.stimulation.rate_kpa_s)
 
 
 # ---------------------------------------------------------------- worst case over the jitter
@@ -342,40 +376,64 @@ def _set_to_deflate_ms(phases: Iterable[Phase], device_ramp_ms: int, timing: Cuf
     return sum(_phase_bound_ms(p, device_ramp_ms, longest=True) for p in phases) + timing.slack_ms
 
 
-def worst_case(protocol: Protocol, *, pressure_kpa: float | None = None,
+@dataclass(frozen=True)
+class _LevelTiming:
+    """One level's ramp as planned (`ramp`), as a slow cuff may take it (`device_ramp`), and its release (ms)."""
+
+    ramp: int
+    device_ramp: int
+    release: int
+
+
+def _level_timings(protocol: Protocol, kpa: Mapping[str, float | None], timing: CuffTiming) -> dict[str, _LevelTiming]:
+    rate = protocol.stimulation.rate_kpa_s
+    return {name: _LevelTiming(_ramp_ms(protocol, p), timing.ramp_ms(_stimulus_kpa(protocol, p), rate),
+                               timing.release_ms(_stimulus_kpa(protocol, p), rate)) for name, p in kpa.items()}
+
+
+def _span_level(tt: TrialType, a: int) -> str:
+    level = tt.phases[a].level
+    assert level is not None, "every inflate phase names its level (the protocol loader resolves it)"
+    return level
+
+
+def worst_case(protocol: Protocol, *, pressure_kpa: float | None = None, levels_kpa: Mapping[str, float] | None = None,
                timing: CuffTiming = CuffTiming()) -> WorstCase:
-    """Run length and cuff exposure at their worst over every possible jitter draw."""
-    target = _target_kpa(protocol, pressure_kpa)
-    ramp = _ramp_ms(protocol, target)
-    stim_kpa, rate = _stimulus_kpa(protocol, target), protocol.stimulation.rate_kpa_s
-    device_ramp, release = timing.ramp_ms(stim_kpa, rate), timing.release_ms(stim_kpa, rate)
+    """Run length and cuff exposure at their worst over every possible jitter draw; each stimulus
+    at its own level's pressure (the ceiling for a calibrated level not given)."""
+    lt = _level_timings(protocol, levels_kpa_of(protocol, pressure_kpa=pressure_kpa, levels_kpa=levels_kpa), timing)
+    shortest_ramp = min(t.ramp for t in lt.values())    # for the gaps: the shortest is the worst
     counts = protocol.trials.counts
     used = [tt for name, tt in protocol.trial_types.items() if counts[name] > 0]
     run_ms = to_ms(protocol.scan.lead_in_s) + to_ms(protocol.scan.tail_s)
     per_stim, per_run, gaps = 0, 0, []
     for tt in used:
         n = counts[tt.name]
+        spans = _stimulus_spans(tt)
+        longest_ramp = max((lt[_span_level(tt, a)].ramp for a, _ in spans), default=0)
         for p in tt.phases:
             run_ms += _worst_total_ms(p.duration, n, longest=True)
-            run_ms += n * ramp if p.timed_from == "target_reached" else 0
-        spans = _stimulus_spans(tt)
+            run_ms += n * longest_ramp if p.timed_from == "target_reached" else 0
         for a, b in spans:
-            longest = _set_to_deflate_ms(tt.phases[a:b], device_ramp, timing)
-            per_stim = max(per_stim, longest + release)
+            t = lt[_span_level(tt, a)]
+            longest = _set_to_deflate_ms(tt.phases[a:b], t.device_ramp, timing)
+            per_stim = max(per_stim, longest + t.release)
             per_run += n * longest
         for (_, b), (a2, _) in zip(spans, spans[1:]):
-            gaps.append(sum(_phase_bound_ms(p, ramp, longest=False) for p in tt.phases[b:a2]))
-    heads = {tt.name: sum(_phase_bound_ms(p, ramp, longest=False) for p in tt.phases[:_stimulus_spans(tt)[0][0]])
-             for tt in used if tt.inflates}
-    tails = {tt.name: sum(_phase_bound_ms(p, ramp, longest=False) for p in tt.phases[_stimulus_spans(tt)[-1][1]:])
-             for tt in used if tt.inflates}
+            gaps.append(sum(_phase_bound_ms(p, shortest_ramp, longest=False) for p in tt.phases[b:a2]))
+    heads = {tt.name: sum(_phase_bound_ms(p, shortest_ramp, longest=False)
+                          for p in tt.phases[:_stimulus_spans(tt)[0][0]]) for tt in used if tt.inflates}
+    tails = {tt.name: sum(_phase_bound_ms(p, shortest_ramp, longest=False)
+                          for p in tt.phases[_stimulus_spans(tt)[-1][1]:]) for tt in used if tt.inflates}
     for before, tail in tails.items():
         for after, head in heads.items():
             if before != after or counts[before] > 1:
                 gaps.append(tail + head)
+    top = max(lt.values(), key=lambda t: t.ramp)
     return WorstCase(run_length_s=run_ms / 1000, inflation_per_stimulus_s=per_stim / 1000,
                      inflation_per_run_s=per_run / 1000, deflated_between_s=min(gaps) / 1000 if gaps else None,
-                     ramp_s=ramp / 1000, device_ramp_s=device_ramp / 1000, release_s=release / 1000)
+                     ramp_s=top.ramp / 1000, device_ramp_s=top.device_ramp / 1000, release_s=top.release / 1000,
+                     levels={name: (t.ramp / 1000, t.device_ramp / 1000, t.release / 1000) for name, t in lt.items()})
 
 
 def _check_worst_case(protocol: Protocol, wc: WorstCase, timing: CuffTiming) -> None:
@@ -387,20 +445,20 @@ def _check_worst_case(protocol: Protocol, wc: WorstCase, timing: CuffTiming) -> 
                           f"but {scan.n_volumes} volumes x {scan.tr_s:g} s = {scan.duration_s:g} s are declared; "
                           f"declare at least {need} volumes or shorten the protocol")
     used = [tt for name, tt in protocol.trial_types.items() if protocol.trials.counts[name] > 0]
-    device_ramp, release = to_ms(wc.device_ramp_s), to_ms(wc.release_s)
     limit_ms = to_ms(s.max_inflation_per_stimulus_s)
     for tt in used:
         for a, b in _stimulus_spans(tt):
-            phases = tt.phases[a:b]
-            held = _set_to_deflate_ms(phases, device_ramp, timing)
+            ramp_s, device_ramp_s, release_s = wc.levels[_span_level(tt, a)]
+            phases, release = tt.phases[a:b], to_ms(release_s)
+            held = _set_to_deflate_ms(phases, to_ms(device_ramp_s), timing)
             if held + release > limit_ms:
                 waits = phases[0].timed_from == "target_reached"
-                ramp = (f"the ramp counted as up to {wc.device_ramp_s:g} s, not {wc.ramp_s:g} s, since "
+                ramp = (f"the ramp counted as up to {device_ramp_s:g} s, not {ramp_s:g} s, since "
                         f"{phases[0].name} waits for the target; " if waits else "")
                 raise where.error(("trial_types", tt.name, "phases", a),
                                   f"the cuff can hold air {(held + release) / 1000:g} s (phases {phases[0].name} to "
                                   f"{phases[-1].name} at their longest, {ramp}SET to DEFLATE up to {held / 1000:g} s "
-                                  f"plus up to {wc.release_s:g} s to release), over "
+                                  f"plus up to {release_s:g} s to release), over "
                                   f"safety.max_inflation_per_stimulus_s ({s.max_inflation_per_stimulus_s:g} s)")
     if to_ms(wc.inflation_per_run_s) > to_ms(s.max_cumulative_inflation_per_run_s):
         waits = any(p.timed_from == "target_reached" for tt in used for p in tt.phases)
@@ -422,7 +480,7 @@ def _check_worst_case(protocol: Protocol, wc: WorstCase, timing: CuffTiming) -> 
 def _modelled_ms(inflate: PlannedEvent, planned_ms: int, protocol: Protocol,
                  timing: CuffTiming) -> tuple[int, int]:
     """(SET to DEFLATE, release) of one planned stimulus with a cuff as slow as `timing` allows."""
-    stim_kpa = _stimulus_kpa(protocol, inflate.target_kpa)
+    stim_kpa = _stimulus_kpa(protocol, inflate.target_kpa)   # the ceiling for a calibrated level not given
     rate = inflate.rate_kpa_s or protocol.stimulation.rate_kpa_s
     stretch = 0
     if inflate.timed_from == "target_reached":
@@ -480,22 +538,26 @@ def _fixation_event(index: int, t_ms: int, dur_ms: int, phase: str) -> PlannedEv
 
 
 def build_schedule(protocol: Protocol, *, seed: int | None = None, participant: str | None = None,
-                   pressure_kpa: float | None = None, timing: CuffTiming = CuffTiming()) -> Timeline:
-    """The run's timeline: pure and deterministic in (protocol, seed, participant, pressure_kpa).
+                   pressure_kpa: float | None = None, levels_kpa: Mapping[str, float] | None = None,
+                   timing: CuffTiming = CuffTiming()) -> Timeline:
+    """The run's timeline: pure and deterministic in (protocol, seed, participant, pressures).
 
     seed: None uses protocol.trials.seed. participant: chooses the cue mapping only.
-    pressure_kpa: the participant's target pressure for target: calibrated, i.e. the calibrated
-    pressure x calibrated_fraction (experiment.procedures.calibration.results resolves it); refused for an
-    explicit target. timing: how slow the rig's cuff may be (the rig file's `cuff_timing`);
-    it changes the safety checks only, never the timeline. Raises InputError when a
-    pre-flight check fails.
+    levels_kpa: the participant's pressure for each calibrated level (a fraction of the
+    calibrated pressure, or the calibration fit's pressure for a rating;
+    experiment.procedures.calibration.results resolves them); pressure_kpa is the shorthand for
+    a protocol with one calibrated level; refused for a level the protocol fixes. timing: how
+    slow the rig's cuff may be (the rig file's `cuff_timing`); it changes the safety checks
+    only, never the timeline. Raises InputError when a pre-flight check fails.
     """
     if seed is None:
         seed = protocol.trials.seed
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"seed must be a whole number >= 0, got {seed!r}")
-    target = _target_kpa(protocol, pressure_kpa)
-    _check_worst_case(protocol, worst_case(protocol, pressure_kpa=pressure_kpa, timing=timing), timing)
+    kpa = levels_kpa_of(protocol, pressure_kpa=pressure_kpa, levels_kpa=levels_kpa)
+    _check_worst_case(protocol, worst_case(protocol, levels_kpa={n: p for n, p in kpa.items() if p is not None
+                                                                 and protocol.stimulation.levels[n].calibrated},
+                                           timing=timing), timing)
     mapping_index, mapping = choose_cue_mapping(protocol, participant)
     order = _trial_order(protocol.trials.counts, protocol.trials.max_run_length, _rng(seed, "order"))
     draws: dict[tuple[str, int], Iterator[int]] = {}
@@ -503,27 +565,13 @@ def build_schedule(protocol: Protocol, *, seed: int | None = None, participant: 
         n = protocol.trials.counts[name]
         for j, p in enumerate(tt.phases):
             draws[(name, j)] = iter(_draws_ms(p.duration, n, _rng(seed, f"duration/{name}/{p.name}")))
-    ramp = _ramp_ms(protocol, target)
-    rate = protocol.stimulation.rate_kpa_s
     events: list[PlannedEvent] = []
-    t = 0
     lead_ms, tail_ms = to_ms(protocol.scan.lead_in_s), to_ms(protocol.scan.tail_s)
     if lead_ms:
         events.append(_fixation_event(0, 0, lead_ms, "lead_in"))
-        t = lead_ms
+    t = lead_ms
     for trial, name in enumerate(order, start=1):
-        for j, p in enumerate(protocol.trial_types[name].phases):
-            dur = next(draws[(name, j)])
-            inflate = p.cuff == "inflate"
-            if p.timed_from == "target_reached":
-                dur += ramp
-            events.append(PlannedEvent(
-                index=len(events), onset_s=t / 1000, duration_s=dur / 1000, trial=trial, trial_type=name, phase=p.name,
-                cue=mapping.get(p.cue, p.cue) if p.cue is not None else None, cuff=p.cuff,
-                target_kpa=target if p.cuff in ("inflate", "hold") else 0.0,
-                rate_kpa_s=rate if inflate else None, timed_from=p.timed_from,
-                ramp_s=ramp / 1000 if inflate else 0.0, bids_trial_type=p.bids_trial_type, kind=p.kind))
-            t += dur
+        t = _trial_events(protocol, trial, name, t, draws, mapping, kpa, events)
     if tail_ms:
         events.append(_fixation_event(len(events), t, tail_ms, "tail"))
         t += tail_ms
@@ -531,9 +579,34 @@ def build_schedule(protocol: Protocol, *, seed: int | None = None, participant: 
     timeline = Timeline(events=tuple(events), run_length_s=t / 1000,
                         n_volumes_needed=volumes_for(t / 1000, scan.tr_s), n_volumes=scan.n_volumes,
                         tr_s=scan.tr_s, seed=seed, participant=participant, cue_mapping=mapping,
-                        cue_mapping_index=mapping_index, trial_order=tuple(order), target_kpa=target)
+                        cue_mapping_index=mapping_index, trial_order=tuple(order), level_kpa=kpa)
     check_timeline(timeline, protocol, timing=timing)
     return timeline
+
+
+def _trial_events(protocol: Protocol, trial: int, name: str, t: int, draws: Mapping[tuple[str, int], Iterator[int]],
+                  mapping: Mapping[str, str], kpa: Mapping[str, float | None], events: list[PlannedEvent]) -> int:
+    """Append one trial's events from `t` (ms); returns where the trial ends."""
+    rate = protocol.stimulation.rate_kpa_s
+    level: str | None = None     # the level of the stimulus under way (inflate ... deflate)
+    for j, p in enumerate(protocol.trial_types[name].phases):
+        dur = next(draws[(name, j)])
+        if p.cuff == "inflate":
+            level = p.level
+        ramp = _ramp_ms(protocol, kpa[level]) if p.cuff == "inflate" and level is not None else 0
+        if p.timed_from == "target_reached":
+            dur += ramp
+        held = p.cuff in ("inflate", "hold") and level is not None
+        events.append(PlannedEvent(
+            index=len(events), onset_s=t / 1000, duration_s=dur / 1000, trial=trial, trial_type=name, phase=p.name,
+            cue=mapping.get(p.cue, p.cue) if p.cue is not None else None, cuff=p.cuff,
+            target_kpa=kpa[level] if held and level is not None else 0.0,
+            rate_kpa_s=rate if p.cuff == "inflate" else None, timed_from=p.timed_from, ramp_s=ramp / 1000,
+            bids_trial_type=p.bids_trial_type, kind=p.kind, level=level if held else None, scale=p.scale))
+        if p.cuff == "deflate":
+            level = None
+        t += dur
+    return t
 
 
 def phase_of(protocol: Protocol, event: PlannedEvent) -> Phase | None:

@@ -23,6 +23,7 @@ format (`experiment.protocol.model`, `experiment.protocol.rig`) check them after
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
@@ -471,7 +472,10 @@ def spec(s: Spec[T], *, default: object = REQUIRED) -> T:
     meta = {_SPEC: Field(s, default)}
     if default is REQUIRED:
         return cast(T, dataclasses.field(metadata=meta))
-    return dataclasses.field(default=s.check(default, (), _NOWHERE), metadata=meta)
+    value = s.check(default, (), _NOWHERE)
+    if isinstance(value, (dict, list, set)):   # a mutable default: a fresh copy for every instance
+        return cast(T, dataclasses.field(default_factory=lambda: copy.deepcopy(value), metadata=meta))
+    return dataclasses.field(default=value, metadata=meta)
 
 
 @dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(spec, dataclasses.field))
