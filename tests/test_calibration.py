@@ -305,9 +305,13 @@ def test_an_override_needs_a_reason_which_is_recorded(tmp_path: Path, capsys) ->
     assert "--pressure-override needs --override-reason" in capsys.readouterr().err
     assert main([*run, "--pressure-override", "22", "--override-reason", "cuff calibration device broken"]) == 0
     log = read_log(data / "sourcedata" / "sub-P02" / "sub-P02_task-demo_run-1" / "log.jsonl")
-    assert log.header["pressure"] == {"pressure_kpa": 22.0, "pressure_mmhg": 165.0, "source": "override",
-                                      "reason": "cuff calibration device broken"}
-    assert _sets(log) == [22.0, 22.0]
+    pressure = log.header["pressure"]
+    # The override stands in for the calibrated pressure; the protocol's level (0.8 x) applies to it.
+    assert (pressure["source"], pressure["override_kpa"], pressure["reason"]) == \
+        ("override", 22.0, "cuff calibration device broken")
+    assert pressure["pressure_kpa"] == pytest.approx(17.6) and pressure["levels"]["target"]["source"] == "override"
+    assert _sets(log) == [pytest.approx(17.6), pytest.approx(17.6)]
+    assert "17.6 kPa" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------ real time, through the pty and a window

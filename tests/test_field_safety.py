@@ -272,7 +272,9 @@ def test_the_age_limit_comes_from_the_rig_and_the_newest_file_wins(tmp_path: Pat
 def test_a_fixed_target_is_recorded_as_the_protocols_pressure() -> None:
     fixed = parse_protocol(protocol_text(), base_dir=ROOT / "protocols")
     got = resolve_pressure(fixed, data_root=Path("."), participant="P1")
-    assert got == {"pressure_kpa": 20.0, "pressure_mmhg": 150.0, "source": "protocol", "as_written": "20 kPa"}
+    assert got == {"pressure_kpa": 20.0, "pressure_mmhg": 150.0, "source": "protocol", "as_written": "20 kPa",
+                   "levels": {"target": {"pressure_kpa": 20.0, "pressure_mmhg": 150.0, "as_written": "20 kPa",
+                                         "source": "protocol"}}}
 
 
 # ---------------------------------------------------------------- dry runs keep to their own root

@@ -173,8 +173,8 @@ def test_calibrated_summary_and_picture(tmp_path):
     p = protocol_from(d)
     t = build_schedule(p)
     text = summary(p, t, worst_case(p))
-    assert ("pressure: 0 to at most 30 kPa (225 mmHg); target calibrated at run time (x 0.8), planned with the "
-            "ceiling for timing") in text
+    assert ("pressure: 0 to at most 30 kPa (225 mmHg); target calibrated x 0.8 (at run time); calibrated levels "
+            "are planned with the ceiling for timing") in text
     files = write_plan(p, t, tmp_path)
     assert files.png.read_bytes()[:8] == PNG and "calibrated" in files.tsv.read_text()
 
@@ -220,6 +220,12 @@ def test_vif_matches_the_inverse_correlation_matrix():
 
 
 def test_efficiency_names_a_missing_regressor():
+    # the protocol models relief_anticipation, but this timeline has no such event (a design whose
+    # trial type with that phase was given count 0): the report names it rather than dropping it
     d = edited(load_dict(DEMO), **{"trial_types.pain.phases[2].bids_trial_type": None})
-    eff = design_efficiency(build_schedule(protocol_from(d)))
+    eff = design_efficiency(build_schedule(protocol_from(d)),
+                            regressors=("pain_anticipation", "pain", "relief_anticipation"),
+                            contrasts={"relief_vs_pain": {"relief_anticipation": 1, "pain_anticipation": -1}})
     assert "no events of relief_anticipation in this timeline, so it cannot be estimated" in eff.warnings
+    assert "contrast relief_vs_pain: no events of relief_anticipation in this timeline" in eff.warnings
+    assert eff.contrasts == {}

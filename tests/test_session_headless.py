@@ -189,19 +189,20 @@ def _check_every_rating_kept(data: Path, run_dir: Path) -> None:
     table = pd.read_csv(run_dir / "trials.csv", na_values=["n/a"], keep_default_na=False).set_index("trial")
     assert "rating" not in table.columns
     for (n, phase), r in given.items():
-        assert table.loc[n, f"{phase}_rating"] == pytest.approx(r["rating"], abs=0.005)
+        col = phase if phase.endswith("_rating") else f"{phase}_rating"
+        assert table.loc[n, col] == pytest.approx(r["rating"], abs=0.005)
         assert table.loc[n, f"{phase}_response_time"] == pytest.approx(r["response_time_s"], abs=1e-4)
-        assert not table.loc[n, f"{phase}_rating_timed_out"]
+        assert not table.loc[n, f"{col}_timed_out"]
     pain = events[events["trial_type"] == "pain"]
     mat = loadmat(run_dir / "exports" / f"{stem}_spm_multiple_conditions.mat")
     names = [str(mat["names"][0, k][0]) for k in range(mat["names"].shape[1])]
     pmod = mat["pmod"][0, names.index("pain")]
     params = {str(pmod["name"][0, j][0]): pmod["param"][0, j].ravel() for j in range(pmod["name"].shape[1])}
-    assert set(params) == {"expectation_rating", "pain_rating_rating"}   # the pressure is constant: left out
-    for phase in ("expectation", "pain_rating"):
+    assert set(params) == {"expectation_rating", "pain_rating"}   # the pressure is constant: left out
+    for phase, col in (("expectation", "expectation_rating"), ("pain_rating", "pain_rating")):
         values = np.array([given[(n, phase)]["rating"] for n in pain["trial"]], dtype=float)
-        np.testing.assert_allclose(params[f"{phase}_rating"], values)
-        fsl = np.loadtxt(run_dir / "exports" / "fsl" / f"{stem}_pain_pmod-{phase}_rating.txt", ndmin=2)
+        np.testing.assert_allclose(params[col], values)
+        fsl = np.loadtxt(run_dir / "exports" / "fsl" / f"{stem}_pain_pmod-{col}.txt", ndmin=2)
         np.testing.assert_allclose(fsl[:, 0], pain["onset"], atol=1e-4)
         np.testing.assert_allclose(fsl[:, 2], values - values.mean(), atol=1e-4)
 

@@ -29,6 +29,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--plateau", metavar="S", type=float, default=None,
                    help="staircase: plateau length from target reached (default 5)")
     p.add_argument("--rest", metavar="S", type=float, default=None, help="rest between stimuli (default 10)")
+    p.add_argument("--protocol", metavar="PROTOCOL", default=None,
+                   help="also report the pressure of every calibrated level of this protocol (kept in the result)")
     p.add_argument("--sim-participant", metavar="SPEC", default=None,
                    help="dry runs: the simulated participant, e.g. p50=35,slope=6,noise=5,stop=button@20")
 
@@ -43,5 +45,5 @@ def command(args: argparse.Namespace) -> int:
         target_rating=args.target_rating, rig=options.path(args.rig), cuff=args.cuff, dry_run=args.dry_run,
         headless=args.headless, data=options.path(args.data), seed=args.seed, yes=args.yes, rate_kpa_s=args.rate,
         repeats=args.repeats, start_kpa=args.start, step_kpa=args.step, plateau_s=args.plateau, rest_s=args.rest,
-        sim_participant=args.sim_participant)
+        sim_participant=args.sim_participant, protocol=options.path(args.protocol))
     return Calibration(preflight(request)).execute()

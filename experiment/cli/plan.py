@@ -13,6 +13,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--participant", metavar="ID", default=None, help="participant label (cue counterbalancing)")
     p.add_argument("--out", metavar="DIR", required=True, help="output directory")
     p.add_argument("--rig", metavar="FILE", help="rig file whose cuff_timing the pre-flight checks count with")
+    p.add_argument("--search", metavar="N", type=int, default=None,
+                   help="try N trial orders (seeds from --seed on) and keep the most efficient for the protocol's "
+                        "contrasts (or regressors); reproducible from the seed it reports")
 
 
 def command(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ def add_parser(sub: Any) -> None:
                    help="the calibration to take the pressure from (target: calibrated); needed for one from another "
                         "session or older than the rig's calibration_max_age_h")
     p.add_argument("--pressure-override", metavar="KPA", type=float, default=None,
-                   help="override a calibrated pressure (requires --override-reason)")
+                   help="stand in for the participant's calibrated pressure when there is no usable calibration; the protocol's levels (e.g. 0.8 x calibrated) apply to it and the confirmation shows the result (requires --override-reason)")
     p.add_argument("--override-reason", metavar="TEXT", default=None)
     options.yes(p)
 

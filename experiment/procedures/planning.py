@@ -17,12 +17,15 @@ it is left as it is and the picture is drawn again.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 from experiment.errors import InputError
 from experiment.protocol.model import Protocol, load_protocol
+from experiment.protocol.cuff_timing import CuffTiming
 from experiment.protocol.rig import load_rig
 from experiment.protocol.schedule import Timeline, WorstCase, build_schedule, volumes_for, worst_case
 from experiment.units import kpa_to_mmhg
@@ -40,14 +43,15 @@ def summary(protocol: Protocol, timeline: Timeline, worst: WorstCase) -> str:
     counts = ", ".join(f"{n} {c}" + (" [catch]" if p.trial_types[n].catch else "") for n, c in p.trials.counts.items())
     limit = p.trials.max_run_length
     runs = f"at most {limit} of a type in a row" if limit else "no limit on trials of a type in a row"
+    levels = p.stimulation.levels
+    shown = [f"{n} " if len(levels) > 1 else "" for n in levels]
+    target = "; ".join(f"{label}{_pressure(lv.kpa) if lv.kpa is not None else lv.as_written + ' (at run time)'}"
+                       for label, lv in zip(shown, levels.values()))
     if p.stimulation.calibrated:
-        target = (f"calibrated at run time (x {p.stimulation.calibrated_fraction:g}), planned with the ceiling "
-                  f"for timing")
-        prange = f"0 to at most {_pressure(s.max_pressure_kpa)}"
-    else:
-        assert p.stimulation.target_kpa is not None   # not calibrated: the protocol gives it
-        target = _pressure(p.stimulation.target_kpa)
-        prange = f"0 to {target}"
+        target += "; calibrated levels are planned with the ceiling for timing"
+    fixed = [lv.kpa for lv in levels.values() if lv.kpa is not None]
+    top = s.max_pressure_kpa if p.stimulation.calibrated else max(fixed)
+    prange = f"0 to {'at most ' if p.stimulation.calibrated else ''}{_pressure(top)}"
     inflated = timeline.inflated_s
     lines = [
         f"{p.metadata.name} (task {p.metadata.task}, version pin {p.version_pin})",
@@ -56,7 +60,8 @@ def summary(protocol: Protocol, timeline: Timeline, worst: WorstCase) -> str:
         f"volumes: {timeline.n_volumes_needed} needed (worst case "
         f"{volumes_for(worst.run_length_s, scan.tr_s)}), {scan.n_volumes} declared x TR {scan.tr_s:g} s = "
         f"{scan.duration_s:g} s; {scan.discard_pulses} pulses discarded before t0",
-        f"pressure: {prange}; target {target}; ramp {p.stimulation.rate_kpa_s:g} kPa/s "
+        f"pressure: {prange}; {'levels' if len(levels) > 1 else 'target'} {target}; ramp "
+        f"{p.stimulation.rate_kpa_s:g} kPa/s "
         f"({worst.ramp_s:g} s); ceiling {_pressure(s.max_pressure_kpa)}",
         f"cuff inflated: {inflated:g} s = {100 * inflated / timeline.run_length_s:.1f}% of the run "
         f"(worst case {worst.inflation_per_run_s:g} s, limit {s.max_cumulative_inflation_per_run_s:g} s); "
@@ -72,6 +77,11 @@ def summary(protocol: Protocol, timeline: Timeline, worst: WorstCase) -> str:
         who = f"participant {timeline.participant}" if timeline.participant else "no participant given"
         lines.append(f"cue mapping: {len(p.cue_mapping.mappings)} mappings by {p.cue_mapping.select}; "
                      f"{who}: mapping {timeline.cue_mapping_index} ({chosen})")
+    if p.scales:
+        lines.append("rating scales: " + "; ".join(f"{n}: '{r.question}' {r.min} ({r.low_anchor}) to {r.max} "
+                                                   f"({r.high_anchor})" for n, r in p.scales.items()))
+    lines.append("paradigm checks: " + (", ".join(p.checks) if p.checks else "none asked for (the safety and "
+                                                                              "timing rules always apply)"))
     if any(p.trial_types[n].catch and c > 0 for n, c in p.trials.counts.items()):
         lines.append("note: catch trials are on; they depart from the verified design")
     return "\n".join(lines)
@@ -205,9 +215,50 @@ def write_plan(protocol: Protocol, timeline: Timeline, out_dir: Path) -> PlanFil
     return PlanFiles(tsv=tsv, png=png, tsv_unchanged=unchanged)
 
 
+def modelled(protocol: Protocol) -> tuple[str, ...]:
+    """The protocol's task regressors: every bids_trial_type of a trial type that is run."""
+    return tuple(dict.fromkeys(ph.bids_trial_type for name, tt in protocol.trial_types.items()
+                               if protocol.trials.counts[name] > 0 for ph in tt.phases if ph.bids_trial_type))
+
+
+@dataclass(frozen=True)
+class Search:
+    """The best of several trial orders (seeds) for the protocol's design, and the gain over chance."""
+
+    seed: int
+    score: float
+    median_score: float
+    n: int
+    first_seed: int
+
+    def report(self) -> str:
+        gain = (self.score / self.median_score - 1) * 100 if self.median_score > 0 else math.inf
+        return (f"searched {self.n} orders (seeds {self.first_seed} to {self.first_seed + self.n - 1}): the best is "
+                f"seed {self.seed} (score {self.score:.4g}; median of the orders tried {self.median_score:.4g}, "
+                f"{gain:+.1f}%); run it with --seed {self.seed}")
+
+
+def search_orders(protocol: Protocol, *, first_seed: int, n: int, participant: str | None,
+                  timing: CuffTiming) -> Search:
+    """Try `n` seeds (trial order and jitter) and keep the most efficient design: the worst declared
+    contrast's efficiency, or 1 / the largest VIF without contrasts. Reproducible: a seed is the order."""
+    from experiment.protocol.design import design_efficiency  # local: nilearn takes seconds to import
+
+    if not 1 <= n <= 10_000:
+        raise InputError(f"--search must be from 1 to 10000 orders, got {n}")
+    scores = []
+    for seed in range(first_seed, first_seed + n):
+        timeline = build_schedule(protocol, seed=seed, participant=participant, timing=timing)
+        eff = design_efficiency(timeline, regressors=modelled(protocol), contrasts=protocol.contrasts)
+        scores.append((eff.score, -seed))
+    best, neg_seed = max(scores)
+    return Search(seed=-neg_seed, score=best, median_score=statistics.median(s for s, _ in scores), n=n,
+                  first_seed=first_seed)
+
+
 def command(args: argparse.Namespace) -> int:
     """`cuedpain validate PROTOCOL [--rig FILE]` and
-    `cuedpain plan PROTOCOL [--seed N] [--participant ID] [--rig FILE] --out DIR`.
+    `cuedpain plan PROTOCOL [--seed N] [--participant ID] [--rig FILE] [--search N] --out DIR`.
 
     The rig file's `cuff_timing` (default: `CuffTiming()`) is what the inflation checks count with.
     """
@@ -218,12 +269,19 @@ def command(args: argparse.Namespace) -> int:
         print(f"{args.protocol}: valid")
         print(summary(protocol, timeline, worst_case(protocol, timing=timing)))
         return 0
-    timeline = build_schedule(protocol, seed=args.seed, participant=args.participant, timing=timing)
+    seed = args.seed if args.seed is not None else protocol.seed
+    search = None
+    if getattr(args, "search", None):
+        search = search_orders(protocol, first_seed=seed, n=args.search, participant=args.participant, timing=timing)
+        seed = search.seed
+    timeline = build_schedule(protocol, seed=seed, participant=args.participant, timing=timing)
     files = write_plan(protocol, timeline, Path(args.out))
     from experiment.protocol.design import design_efficiency  # local: nilearn takes seconds to import
 
     print(summary(protocol, timeline, worst_case(protocol, timing=timing)))
     print(f"kept {files.tsv} (it already holds this timeline)" if files.tsv_unchanged else f"wrote {files.tsv}")
     print(f"wrote {files.png}")
-    print(design_efficiency(timeline).report())
+    if search is not None:
+        print(search.report())
+    print(design_efficiency(timeline, regressors=modelled(protocol), contrasts=protocol.contrasts).report())
     return 0

@@ -46,16 +46,32 @@ class Briefing:
 
 def pressure_line(pressure: Mapping[str, Any]) -> str:
     """The pressure and where it came from, in one line for the operator."""
+    levels: Mapping[str, Mapping[str, Any]] = pressure.get("levels") or {}
+    if len(levels) > 1:
+        each = "; ".join(f"{n} {lv['pressure_kpa']:.1f} kPa ({lv['pressure_mmhg']:.0f} mmHg, {lv['as_written']})"
+                         for n, lv in levels.items())
+        return f"{each}; {_source(pressure)}"
     kpa = pressure["pressure_kpa"]
     head = f"{kpa:.1f} kPa ({kpa_to_mmhg(kpa):.0f} mmHg)"
     source = pressure["source"]
     if source == "protocol":
         return f"{head}, fixed by the protocol ({pressure.get('as_written')})"
+    lv = next(iter(levels.values()), {})
     if source == "override":
-        return f"{head}, OPERATOR OVERRIDE: {pressure.get('reason')}"
+        return f"{head} = {lv.get('fraction') or 1:g} x {_source(pressure)}"
+    how = (f"the calibration's pressure for rating {lv['rating']:g}" if lv.get("rating") is not None else
+           f"{lv.get('fraction', pressure.get('fraction')) or 1:g} x {pressure['calibrated_kpa']:.1f} kPa")
+    return f"{head} = {how}, {_source(pressure)}"
+
+
+def _source(pressure: Mapping[str, Any]) -> str:
+    source = pressure["source"]
+    if source == "protocol":
+        return "fixed by the protocol"
+    if source == "override":
+        return f"OPERATOR OVERRIDE of the calibrated pressure ({pressure['override_kpa']:g} kPa): {pressure.get('reason')}"
     named = ", named with --calibration" if pressure.get("named") else ""
-    return (f"{head} = {pressure['fraction']:g} x {pressure['calibrated_kpa']:.1f} kPa from calibration "
-            f"{pressure.get('description')}{named}")
+    return f"from calibration {pressure.get('description')}{named}"
 
 
 def _kpa(p: float) -> str:

@@ -64,7 +64,8 @@ class SimulatedParticipant:
                     expectation: bool = False) -> list[tuple[str, float]]:
         """The presses (key, time) that move the marker to the felt (or, before the stimulus,
         the expected) rating and confirm."""
-        wanted = self.expect(pressure_kpa) if expectation else self.rate(pressure_kpa)
+        value = self.expect(pressure_kpa) if expectation else self.rate(pressure_kpa)   # 0..100
+        wanted = scale.low + (scale.high - scale.low) * value / 100.0                  # on this scale
         steps = round((wanted - scale.start) / scale.step)
         key = scale.right_key if steps > 0 else scale.left_key
         t = t_onset + self.response_delay_s

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from scipy.stats import kendalltau
 
@@ -151,3 +151,21 @@ def fit_pressure_for_rating(pressures_kpa: Sequence[float], ratings: Sequence[fl
     return MonotoneFit(pressure_kpa=pressure, target_rating=float(target_rating), knots_kpa=knots,
                        fitted=fitted, weights=weights, bracket_kpa=bracket,
                        kendall_tau=tau if math.isfinite(tau) else None, max_reversal=fall)
+
+
+def pressure_for(fit: Mapping[str, Any], rating: float) -> float:
+    """The pressure a stored fit (`MonotoneFit.as_dict()`, as in a calibration result file) gives
+    for another rating, by the same inversion; FitError when the rating is outside the ratings
+    the participant gave (never an extrapolation to a pressure they have not felt)."""
+    try:
+        knots = [float(k) for k in fit["knots_kpa"]]
+        fitted = [float(r) for r in fit["fitted_ratings"]]
+        weights = [int(w) for w in fit["weights"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FitError(f"the calibration's fit cannot be read ({exc})") from None
+    if not knots or len(knots) != len(fitted) or len(knots) != len(weights):
+        raise FitError("the calibration's fit is incomplete")
+    if not fitted[0] - _EQ <= rating <= fitted[-1] + _EQ:
+        raise FitError(f"rating {rating:g} is outside what the calibration covered (fitted ratings "
+                       f"{fitted[0]:.0f} to {fitted[-1]:.0f}, {knots[0]:.1f} to {knots[-1]:.1f} kPa)")
+    return invert(knots, fitted, weights, min(max(rating, fitted[0]), fitted[-1]))[0]

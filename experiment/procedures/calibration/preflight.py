@@ -19,7 +19,7 @@ from experiment.procedures.calibration.steps import (RampSettings, Settings, Sta
                                                      inflation_limits_s)
 from experiment.procedures.run.preflight import mode_of
 from experiment.protocol.identifiers import check_label
-from experiment.protocol.model import HARD_MAX_KPA, KEYS_DEFAULT, Cue, Keys, Safety
+from experiment.protocol.model import HARD_MAX_KPA, KEYS_DEFAULT, Cue, Keys, Protocol, Safety, load_protocol
 from experiment.protocol.rig import Rig, load_rig
 from experiment.protocol.specs import SIM_CUFF, CuffSpec, parse_cuff_spec
 from experiment.station.devices import safety_limits
@@ -56,6 +56,7 @@ class CalibrationRequest:
     plateau_s: float | None = None       # staircase
     rest_s: float | None = None
     sim_participant: str | None = None   # dry runs: the simulated participant
+    protocol: Path | None = None         # report the pressure of every calibrated level of this protocol
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class CalibrationSetup:
     safety: Safety
     scale: RatingScale
     assume_yes: bool = False
+    protocol: Protocol | None = None     # whose calibrated levels the result reports
 
     @property
     def dry_run(self) -> bool:
@@ -168,6 +170,10 @@ def preflight(req: CalibrationRequest) -> CalibrationSetup:
     if req.sim_participant is not None and not req.dry_run:
         raise InputError("--sim-participant describes the simulated participant of a dry run: it needs --dry-run")
     sim = parse_sim_spec(req.sim_participant) if req.dry_run else None
+    protocol = None if req.protocol is None else load_protocol(req.protocol)
+    if protocol is not None and not protocol.stimulation.calibrated:
+        raise InputError(f"{req.protocol}: its pressures are fixed ({protocol.stimulation.as_written}); --protocol "
+                         "is for a protocol with calibrated levels")
     rig = load_rig(req.rig)
     cuff_spec = _cuff_spec(req, rig)
     keys = calibration_keys(rig)
@@ -190,4 +196,4 @@ def preflight(req: CalibrationRequest) -> CalibrationSetup:
                             ceiling_kpa=ceiling, settings=settings, data_root=data_root, mode=mode,
                             seed=0 if req.seed is None else req.seed, rig=rig, rig_path=req.rig,
                             cuff_spec=cuff_spec, sim=sim, keys=keys, safety=safety, scale=scale,
-                            assume_yes=req.yes)
+                            assume_yes=req.yes, protocol=protocol)

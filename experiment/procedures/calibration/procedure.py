@@ -41,7 +41,8 @@ from experiment.outputs.dataset import claim_root
 from experiment.procedures.calibration.fit import FitError, MonotoneFit, fit_pressure_for_rating
 from experiment.procedures.calibration.participant import CalibrationParticipant
 from experiment.procedures.calibration.preflight import CalibrationSetup
-from experiment.procedures.calibration.results import calibration_dir, latest_calibration, next_calibration_path
+from experiment.procedures.calibration.results import (calibration_dir, latest_calibration, level_report,
+                                                       next_calibration_path)
 from experiment.procedures.calibration.steps import (Done, Plateau, PlateauOutcome, Ramp, RampOutcome, RampSettings,
                                                      StaircaseSettings,
                                                      fit_points, mean_pressure, next_plateau, next_ramp,
@@ -102,6 +103,7 @@ class Calibration:
         self.result_path: Path | None = None
         self.outcome = Outcome()
         self.crash: BaseException | None = None
+        self.levels: dict[str, dict[str, Any]] = {}    # --protocol: the pressure of each calibrated level
         self.st: Station
         self.briefing: Briefing
 
@@ -143,6 +145,8 @@ class Calibration:
             self.records = stimulus_records(outcomes, target_rating=self.s.target_rating)
             self.record({"kind": "done", "t": self.st.now(), "reason": done.reason, "message": done.message})
             self.fit = self._fit(self.records, done)
+            if self.s.protocol is not None:
+                self.levels = level_report(self.s.protocol, self.fit.as_dict(), self.fit.pressure_kpa)
         except STOPS as exc:
             return Outcome(EXIT_ABORTED, *stop_reason(exc))
         except Exception as exc:  # a bug: the Station vents and ends the log, then the CLI reports it
@@ -177,6 +181,10 @@ class Calibration:
         self.st.console.say(f"calibrated pressure: {self.fit.pressure_kpa:.1f} kPa "
                             f"({kpa_to_mmhg(self.fit.pressure_kpa):.0f} mmHg) for {s.target_rating:g}/100 -> "
                             f"{self.result_path}")
+        for name, lv in self.levels.items():
+            value = "none" if lv["pressure_kpa"] is None else f"{lv['pressure_kpa']:.1f} kPa"
+            self.st.console.say(f"level {name} ({lv['as_written']}): {value}"
+                                + (f"; {lv['problem']}" if lv["problem"] else ""))
         return EXIT_OK
 
     # ------------------------------------------------------------ records
@@ -254,6 +262,8 @@ class Calibration:
             "simulated_device": device["simulated"], "device": device,
             "simulated_participant": None if s.sim is None else s.sim.as_dict(),
             "confirmation": self.st.confirmation,
+            "levels": None if self.s.protocol is None else {"protocol": str(self.s.protocol.path),
+                                                            "levels": self.levels},
             "software": self._software(), "log": self.stem.name + "_log.jsonl" if self.stem else None,
             "created": datetime.now().astimezone().isoformat(timespec="seconds"),
         }

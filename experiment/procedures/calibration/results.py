@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from experiment.errors import InputError
+from experiment.procedures.calibration.fit import FitError, pressure_for
+from experiment.protocol.model import Protocol
 from experiment.units import kpa_to_mmhg
 
 CALIBRATION_MAX_AGE_H = 12.0      # default of the rig's calibration_max_age_h
@@ -53,6 +55,7 @@ class CalibrationFile:
     target_rating: float | None
     ceiling_kpa: float | None
     device: Mapping[str, Any] | None  # the cuff it was made with (name, firmware, serial, port, ...)
+    fit: Mapping[str, Any] | None = None  # the rating curve (MonotoneFit.as_dict): pressures for other ratings
 
     def age_h(self, now: datetime) -> float | None:
         return None if self.created is None else (now - self.created).total_seconds() / 3600
@@ -93,7 +96,7 @@ def read_calibration(path: Path) -> CalibrationFile:
             session=data.get("session") or None, pressure_kpa=pressure,
             dry_run=None if dry is None else bool(dry), created=created, method=data.get("method"),
             target_rating=None if target is None else float(target),
-            ceiling_kpa=None if ceiling is None else float(ceiling), device=data.get("device"))
+            ceiling_kpa=None if ceiling is None else float(ceiling), device=data.get("device"), fit=data.get("fit"))
     except FileNotFoundError:
         raise InputError(f"calibration file {path} not found") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -151,34 +154,82 @@ def check_usable(cal: CalibrationFile, *, participant: str, session: str | None,
                          f"(--calibration {cal.path}), or calibrate again")
 
 
-def resolve_pressure(protocol: Any, *, data_root: Path, participant: str, session: str | None = None,
+def _level(name: str, kpa: float, as_written: str, source: str, **extra: Any) -> dict[str, Any]:
+    return {"pressure_kpa": round(kpa, 3), "pressure_mmhg": round(kpa_to_mmhg(kpa), 1), "as_written": as_written,
+            "source": source, **extra}
+
+
+def _calibrated_levels(protocol: Protocol, base_kpa: float, fit: Mapping[str, Any] | None, *,
+                       source: str) -> dict[str, dict[str, Any]]:
+    """Each calibrated level's pressure: a fraction of the base pressure, or the fit's pressure
+    for a rating (only a calibration has a fit; an override gives one pressure)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, lv in protocol.stimulation.levels.items():
+        if lv.kpa is not None:
+            continue
+        if lv.fraction is not None:
+            out[name] = _level(name, base_kpa * lv.fraction, lv.as_written, source, fraction=lv.fraction)
+            continue
+        assert lv.rating is not None
+        if fit is None:
+            raise InputError(f"level {name!r} asks for the pressure that gives rating {lv.rating:g}; an override "
+                             f"gives one pressure, not a rating curve: name a calibration (--calibration FILE) "
+                             f"or calibrate")
+        try:
+            kpa = pressure_for(fit, lv.rating)
+        except FitError as exc:
+            raise InputError(f"level {name!r} (rating {lv.rating:g}): {exc}; calibrate with a higher ceiling or "
+                             f"target, or change the level") from None
+        out[name] = _level(name, kpa, lv.as_written, source, rating=lv.rating)
+    return out
+
+
+def _fixed_levels(protocol: Protocol) -> dict[str, dict[str, Any]]:
+    return {n: _level(n, lv.kpa, lv.as_written, "protocol") for n, lv in protocol.stimulation.levels.items()
+            if lv.kpa is not None}
+
+
+def _summary(levels: Mapping[str, Mapping[str, Any]], source: str, **facts: Any) -> dict[str, Any]:
+    """The pressure record: every level, and (for one level) its pressure at the top."""
+    first = next(iter(levels.values()))
+    one = len(levels) == 1
+    return {"pressure_kpa": first["pressure_kpa"] if one else None,
+            "pressure_mmhg": first["pressure_mmhg"] if one else None,
+            "source": source, "levels": dict(levels), **facts}
+
+
+def resolve_pressure(protocol: Protocol, *, data_root: Path, participant: str, session: str | None = None,
                      dry_run: bool = False, calibration_file: Path | None = None,
                      max_age_h: float = CALIBRATION_MAX_AGE_H, now: datetime | None = None,
                      override_kpa: float | None = None, override_reason: str | None = None) -> dict[str, Any]:
-    """The pressure for this run and where it came from (log header, confirmation, provenance).
+    """The pressures of this run's levels and where they came from (log header, confirmation, provenance).
 
-    Returns {"pressure_kpa": float, "pressure_mmhg": float, "source": "protocol" | "calibration" |
-    "override", ...} with the calibration's facts or the override's reason. The pressure is
-    checked against the protocol's ceiling later, by the schedule's pre-flight and again by
-    the cuff supervisor.
+    Returns {"pressure_kpa": kPa of the one level (None with several), "pressure_mmhg", "source":
+    "protocol" | "calibration" | "override", "levels": {level: {pressure_kpa, pressure_mmhg,
+    as_written, source, fraction | rating}}, ...} with the calibration's facts or the override's
+    reason. Every level is checked against the protocol's ceiling later, by the schedule's
+    pre-flight and again by the cuff supervisor.
     """
     now = now or datetime.now().astimezone()
     calibrated = protocol.stimulation.calibrated
-    if calibration_file is not None and (override_kpa is not None or not calibrated):
-        raise InputError("--calibration names the calibration a protocol with target: calibrated takes; "
-                         + ("it cannot go with --pressure-override" if calibrated
-                            else "this protocol gives its own pressure"))
+    if not calibrated and (calibration_file is not None or override_kpa is not None):
+        raise InputError(f"this protocol gives its own pressures ({protocol.stimulation.as_written}); "
+                         f"{'--calibration' if calibration_file is not None else '--pressure-override'} applies "
+                         f"only to a protocol whose pressure is calibrated")
+    if calibration_file is not None and override_kpa is not None:
+        raise InputError("--calibration names the calibration the run takes; it cannot go with --pressure-override")
+    if not calibrated:
+        return _summary(_fixed_levels(protocol), "protocol",
+                        as_written=protocol.stimulation.as_written)
     if override_kpa is not None:
         if not override_reason or not override_reason.strip():
             raise InputError("--pressure-override needs --override-reason \"...\" (the reason is recorded)")
         if not (math.isfinite(override_kpa) and override_kpa > 0):
             raise InputError(f"--pressure-override must be > 0 kPa, got {override_kpa:g}")
-        return {"pressure_kpa": float(override_kpa), "pressure_mmhg": round(kpa_to_mmhg(override_kpa), 1),
-                "source": "override", "reason": override_reason.strip()}
-    if not calibrated:
-        target = float(protocol.stimulation.target_kpa)
-        return {"pressure_kpa": target, "pressure_mmhg": round(kpa_to_mmhg(target), 1), "source": "protocol",
-                "as_written": protocol.stimulation.target_as_written}
+        levels = {**_fixed_levels(protocol),
+                  **_calibrated_levels(protocol, float(override_kpa), None, source="override")}
+        return _summary({n: levels[n] for n in protocol.stimulation.levels}, "override",
+                        override_kpa=float(override_kpa), reason=override_reason.strip())
     cal = read_calibration(calibration_file) if calibration_file is not None else \
         latest_calibration(data_root, participant)
     if cal is None:
@@ -188,12 +239,40 @@ def resolve_pressure(protocol: Any, *, data_root: Path, participant: str, sessio
             f"--participant {participant}` first, or give --pressure-override KPA --override-reason TEXT")
     check_usable(cal, participant=participant, session=session, dry_run=dry_run,
                  named=calibration_file is not None, max_age_h=max_age_h, now=now)
-    fraction = protocol.stimulation.calibrated_fraction or 1.0
-    pressure = cal.pressure_kpa * fraction
-    return {"pressure_kpa": pressure, "pressure_mmhg": round(kpa_to_mmhg(pressure), 1), "source": "calibration",
-            "calibration_file": str(cal.path), "calibrated_kpa": cal.pressure_kpa, "fraction": fraction,
-            "named": calibration_file is not None, "calibration_created": None if cal.created is None
-            else cal.created.isoformat(timespec="seconds"), "calibration_session": cal.session,
-            "calibration_dry_run": cal.dry_run, "calibration_method": cal.method,
-            "calibration_ceiling_kpa": cal.ceiling_kpa, "calibration_cuff": cal.device,
-            "description": cal.describe(now)}
+    levels = {**_fixed_levels(protocol), **_calibrated_levels(protocol, cal.pressure_kpa, cal.fit,
+                                                              source="calibration")}
+    first = protocol.stimulation.levels[next(iter(protocol.stimulation.levels))]
+    return _summary({n: levels[n] for n in protocol.stimulation.levels}, "calibration",
+                    calibration_file=str(cal.path), calibrated_kpa=cal.pressure_kpa,
+                    fraction=first.fraction if len(levels) == 1 else None,
+                    named=calibration_file is not None,
+                    calibration_created=None if cal.created is None else cal.created.isoformat(timespec="seconds"),
+                    calibration_session=cal.session, calibration_dry_run=cal.dry_run,
+                    calibration_method=cal.method, calibration_target_rating=cal.target_rating,
+                    calibration_ceiling_kpa=cal.ceiling_kpa, calibration_cuff=cal.device,
+                    description=cal.describe(now))
+
+
+def calibrated_levels_kpa(pressure: Mapping[str, Any], protocol: Protocol) -> dict[str, float]:
+    """From a resolved pressure record: the kPa of each level the protocol leaves to calibration."""
+    return {n: float(pressure["levels"][n]["pressure_kpa"]) for n, lv in protocol.stimulation.levels.items()
+            if lv.calibrated}
+
+
+def level_report(protocol: Protocol, fit: Mapping[str, Any], calibrated_kpa: float) -> dict[str, dict[str, Any]]:
+    """What a new calibration gives each calibrated level of a protocol (shown by `calibrate
+    --protocol`, kept in the result file): its pressure, or why it has none."""
+    out: dict[str, dict[str, Any]] = {}
+    ceiling = protocol.safety.max_pressure_kpa
+    for name, lv in protocol.stimulation.levels.items():
+        if lv.kpa is not None:
+            continue
+        try:
+            kpa = calibrated_kpa * lv.fraction if lv.fraction is not None else pressure_for(fit, float(lv.rating or 0))
+        except FitError as exc:
+            out[name] = {"as_written": lv.as_written, "pressure_kpa": None, "problem": str(exc)}
+            continue
+        problem = (f"above the protocol's ceiling ({ceiling:g} kPa): a run would refuse it" if kpa > ceiling
+                   else None)
+        out[name] = {"as_written": lv.as_written, "pressure_kpa": round(kpa, 2), "problem": problem}
+    return out

@@ -15,7 +15,7 @@ from typing import Any
 from experiment.errors import InputError
 from experiment.outputs.dataset import check_root, default_root
 from experiment.outputs.rundir import RunId, resolve_run
-from experiment.procedures.calibration.results import resolve_pressure
+from experiment.procedures.calibration.results import calibrated_levels_kpa, resolve_pressure
 from experiment.procedures.run.ratings import rating_scales
 from experiment.protocol.model import Protocol, load_protocol
 from experiment.protocol.rig import Rig, check_rig_for_protocol, effective_keys, load_rig
@@ -88,7 +88,7 @@ class RunPlan:
         p, scan = self.protocol, self.protocol.scan
         keys = effective_keys(p, self.rig)
         window = WindowSpec(screen=self.rig.screen, cues=p.cues, stimuli_dir=p.stimuli_dir,
-                            rating_scales=rating_scales(p, keys))
+                            rating_scales=tuple(rating_scales(p, keys).values()))
         plan = ScannerPlan(tr_s=scan.tr_s, n_volumes=scan.n_volumes + 2, prep_scans_no_pulse=scan.scanner_discarded,
                            discard_pulses=self.discard_pulses, jitter_s=0.0002, seed=self.seed, start_delay_s=1.0)
         return StationSpec(mode=self.mode, keys=keys, window=window,
@@ -142,8 +142,7 @@ def preflight(req: RunRequest) -> RunPlan:
                                 override_reason=req.override_reason)
     seed = req.seed if req.seed is not None else protocol.seed
     timeline = build_schedule(protocol, seed=seed, participant=run_id.participant,
-                              pressure_kpa=None if pressure["source"] == "protocol" else pressure["pressure_kpa"],
-                              timing=rig.cuff_timing)
+                              levels_kpa=calibrated_levels_kpa(pressure, protocol), timing=rig.cuff_timing)
     check_stimulus_files(protocol)
     check_can_confirm(dry_run=req.dry_run, assume_yes=req.yes)
     if mode is not Mode.HEADLESS:

@@ -29,8 +29,9 @@ from experiment.errors import EXIT_ABORTED, EXIT_OK, AbortError
 from experiment.outputs.dataset import claim_root
 from experiment.outputs.rundir import create_source_dir, move_to_attempts
 from experiment.procedures.run.preflight import RunPlan
-from experiment.procedures.run.ratings import rating_scale, scripted_ratings
+from experiment.procedures.run.ratings import rating_scales, scripted_ratings
 from experiment.procedures.run.trialloop import LoopHooks, LoopResult, TrialLoop
+from experiment.protocol.model import describe
 from experiment.protocol.schedule import PlannedEvent
 from experiment.scanner.base import Pulse
 from experiment.scanner.pulsecheck import PulseMonitor
@@ -74,7 +75,7 @@ def plan_record(ev: PlannedEvent) -> dict[str, Any]:
     return {"i": ev.index, "trial": ev.trial, "trial_type": ev.trial_type, "phase": ev.phase, "onset_s": ev.onset_s,
             "duration_s": ev.duration_s, "cue": ev.cue, "cuff": ev.cuff, "target_kpa": ev.target_kpa,
             "rate_kpa_s": ev.rate_kpa_s, "timed_from": ev.timed_from, "ramp_s": ev.ramp_s,
-            "bids_trial_type": ev.bids_trial_type, "phase_kind": ev.kind}
+            "bids_trial_type": ev.bids_trial_type, "phase_kind": ev.kind, "level": ev.level, "scale": ev.scale}
 
 
 class RunProcedure:
@@ -167,6 +168,9 @@ class RunProcedure:
             "tr_s": p.scan.tr_s, "n_volumes": p.scan.n_volumes, "discard_pulses": plan.discard_pulses,
             "scanner_discarded": p.scan.scanner_discarded,
             "pressure": plan.pressure, "cuff_timing": asdict(plan.rig.cuff_timing),
+            "protocol": describe(p),
+            "cue_mapping": {"index": plan.timeline.cue_mapping_index, "roles": plan.timeline.cue_mapping,
+                            "select": None if p.cue_mapping is None else p.cue_mapping.select},
             "start_wall": datetime.now().astimezone().isoformat(timespec="seconds"),
             "platform": platform.platform(), "python": sys.version.split()[0], "packages": package_versions(),
             "run_length_s": plan.timeline.run_length_s,
@@ -278,7 +282,7 @@ class RunProcedure:
                           vent=lambda reason: make_safe(cuff, reason), scripted_keys=scripted)
         return TrialLoop(timeline=plan.timeline.events, t0=t0, run_end_s=run_end_s, clock=st.clock,
                          display=st.display, hooks=hooks, log=self.record,
-                         rating_scale=rating_scale(p, st.spec.keys), key_roles=st.spec.key_roles,
+                         rating_scales=rating_scales(p, st.spec.keys), key_roles=st.spec.key_roles,
                          on_participant_stop=p.safety.on_participant_stop)
 
     def _stimulate(self, i: int, target_kpa: float, rate_kpa_s: float) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import queue
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from experiment.clock import Clock
 from experiment.cuff.base import DeviceEvent, EventKind, StopSource
@@ -108,7 +108,7 @@ class TrialLoop:
     display: Display
     hooks: LoopHooks
     log: Log
-    rating_scale: RatingScale
+    rating_scales: Mapping[str, RatingScale]   # scale name -> scale (a rating phase names its scale)
     key_roles: dict[str, str]          # key -> "escape" | "stop" | "response"
     on_participant_stop: str = "end"   # "end" | "continue_without_stimulation"
     device_events: "queue.SimpleQueue[DeviceEvent]" = field(default_factory=queue.SimpleQueue)
@@ -209,7 +209,7 @@ class TrialLoop:
             last = self.timeline[due[-1]]
             self.display.show(last.cue)
             if last.kind == "rating":  # t_onset becomes the flip time after the flip
-                s.rating = _Rating(start_rating(self.rating_scale, t_next), due[-1])
+                s.rating = _Rating(start_rating(self._scale_of(last), t_next), due[-1])
         self.display.show_rating(None if s.rating is None else s.rating.state)
 
     def _started(self, due: list[int], t_flip: float) -> None:
@@ -239,7 +239,7 @@ class TrialLoop:
         if due and s.rating is not None and s.rating.i == due[-1]:
             s.rating.state = replace(s.rating.state, t_onset=t_flip)   # the scale appeared at this flip
             if self.hooks.scripted_keys is not None:
-                s.scripted = self.hooks.scripted_keys(s.rating.i, self.rating_scale, t_flip)
+                s.scripted = self.hooks.scripted_keys(s.rating.i, s.rating.state.scale, t_flip)
         if due and tl[due[0]].trial != (tl[due[0] - 1].trial if due[0] > 0 else None):
             self.log({"kind": "frames", **self.display.stats.summary(t_flip)})
         for t_drop, interval in self.display.stats.take_drops():
@@ -249,6 +249,12 @@ class TrialLoop:
             nxt = s.planned[cur + 1] - t_flip if cur + 1 < len(tl) else self.end_t - t_flip
             self.hooks.status(tl[cur].trial, tl[cur].phase, nxt)
 
+    def _scale_of(self, ev: PlannedEvent) -> RatingScale:
+        if ev.scale is not None:
+            return self.rating_scales[ev.scale]
+        assert len(self.rating_scales) == 1, "a rating phase names its scale when there are several"
+        return next(iter(self.rating_scales.values()))
+
     def _finish_rating(self, now: float) -> None:
         """Log the rating once, with the plan index `i` of the phase that showed the scale
         (a trial may have several rating phases; `trial` alone cannot tell them apart)."""
@@ -257,7 +263,8 @@ class TrialLoop:
             return
         ev, st = self.timeline[r.i], r.state
         self.log({"kind": "rating", "t_onset": st.t_onset, "t_response": st.t_response, "i": r.i,
-                  "trial": ev.trial, "phase": ev.phase, "rating": st.value if st.confirmed else None,
+                  "trial": ev.trial, "phase": ev.phase, "scale": ev.scale,
+                  "rating": st.value if st.confirmed else None,
                   "response_time_s": st.response_time_s, "timed_out": not st.confirmed, "moved": st.moved,
                   "t": now})
         r.logged = True
