@@ -134,15 +134,15 @@ def test_each_rating_phase_modulates_pain_with_its_own_values(tmp_path):
     k = names.index("pain")
     pmods = {str(mat["pmod"][0, k]["name"][0, j][0]): mat["pmod"][0, k]["param"][0, j].ravel()
              for j in range(mat["pmod"][0, k]["name"].shape[1])}
-    assert list(pmods) == ["pressure", "expectation_rating", "pain_rating_rating"]
+    assert list(pmods) == ["pressure", "expectation_rating", "pain_rating"]
     by_phase = {}
-    for phase in ("expectation", "pain_rating"):
+    for phase, column in (("expectation", "expectation_rating"), ("pain_rating", "pain_rating")):
         given = [next(r["rating"] for i, r in run.ratings_at.items()
                       if run.plan[i]["phase"] == phase and r["trial"] == t) for t in pain["trial"]]
         present = [g for g in given if g is not None]
         filled = [np.mean(present) if g is None else g for g in given]   # timed out -> the mean
-        np.testing.assert_allclose(pmods[f"{phase}_rating"], filled, atol=1e-9)
-        ev = read_ev(f"{stem}_pain_pmod-{phase}_rating.txt")
+        np.testing.assert_allclose(pmods[column], filled, atol=1e-9)
+        ev = read_ev(f"{stem}_pain_pmod-{column}.txt")
         np.testing.assert_allclose(ev[:, 0], pain["onset"].astype(float), atol=1e-4)
         np.testing.assert_allclose(ev[:, 2], np.asarray(filled) - np.mean(filled), atol=1e-4)
         by_phase[phase] = given

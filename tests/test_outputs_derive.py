@@ -196,18 +196,19 @@ def test_two_ratings_in_a_trial_get_their_own_trial_columns(tmp_path):
     assert [c.phase for c in data.rating_columns] == ["expectation", "pain_rating"]
     t = data.trials
     assert "rating" not in t.columns and "response_time" not in t.columns
-    for phase in ("expectation", "pain_rating"):
+    # columns named for the phase, `_rating` added unless the name already ends with it
+    for phase, column in (("expectation", "expectation_rating"), ("pain_rating", "pain_rating")):
         given = _rating_records_by_phase(run, phase)
         assert sorted(given) == [1, 3]
         for n, row in zip(t.column("trial"), t.rows):
             row = dict(zip(t.columns, row))
             rec = given.get(n)
             if rec is None:   # the catch trial has no rating phase
-                assert row[f"{phase}_rating"] is None and row[f"{phase}_rating_timed_out"] is None
+                assert row[column] is None and row[f"{column}_timed_out"] is None
                 continue
-            assert row[f"{phase}_rating"] == rec["rating"]
+            assert row[column] == rec["rating"]
             assert row[f"{phase}_response_time"] == rec["response_time_s"]
-            assert row[f"{phase}_rating_timed_out"] is rec["timed_out"]
+            assert row[f"{column}_timed_out"] is rec["timed_out"]
         cols = next(c for c in data.rating_columns if c.phase == phase)
         assert data.ratings_in(cols) == {n: r["rating"] for n, r in given.items() if r["rating"] is not None}
 

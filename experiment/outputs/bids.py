@@ -36,33 +36,16 @@ EVENT_COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("trial", "trial", 0), ("phase", "phase", 0), ("cue", "cue", 0), ("cuff", "cuff", 0),
     ("planned_onset", "planned_onset_s", 4), ("planned_duration", "planned_duration_s", 4),
     ("onset_error", "onset_error_s", 4), ("duration_source", "duration_source", 0),
+    ("pressure_level", "pressure_level", 0),
     ("target_pressure_kpa", "target_pressure_kpa", PRESSURE_DECIMALS),
     ("measured_pressure_kpa", "measured_pressure_kpa", PRESSURE_DECIMALS),
     ("peak_pressure_kpa", "peak_pressure_kpa", PRESSURE_DECIMALS),
     ("rating", "rating", 2), ("response_time", "response_time_s", 4),
 )
 
-TRIAL_TYPE_TEXT = {
-    "pain_anticipation": "Cue announcing the impending onset of cuff-pressure pain; from the cue's first frame "
-                         "until pain onset.",
-    "pain": "Cuff-pressure pain: from the inflation command's frame (ramp included) until the relief cue.",
-    "relief_anticipation": "Cue announcing the impending offset of pain, shown while the cuff is still at target "
-                           "pressure; until deflation starts.",
-    "rating": "Pain rating on a visual analogue scale after the stimulus.",
-}
-# HED 8.4.0 annotations (standard schema only; no pain library exists). Checked with
-# bids-validator-deno in tests/test_outputs_bids.py.
+# HED 8.4.0 annotations (standard schema only; no pain library exists), built from what each
+# phase does (its kind, cue and cuff), never from its name. Checked with bids-validator-deno.
 _PAIN_HED = "Somatic-presentation, Tactile-presentation, (Pain, Tactile-pressure)"
-HED_BY_NAME = {
-    "pain_anticipation": "Sensory-event, Visual-presentation, Cue, "
-                         "Description/Cue announcing the impending onset of cuff-pressure pain",
-    "pain": f"Sensory-event, Experimental-stimulus, {_PAIN_HED}, "
-            "Description/Cuff inflation to the target pressure and the time at target",
-    "relief_anticipation": f"Sensory-event, Visual-presentation, Cue, {_PAIN_HED}, "
-                           "Description/Cue announcing the impending offset of pain while the cuff is still inflated",
-    "rating": "Sensory-event, Visual-presentation, Instructional, Participant-response, "
-              "Description/Pain rating on a visual analogue scale",
-}
 # a level whose phase shows the rating scale (kind: rating) under another name, e.g. an expectation
 RATING_SCALE_HED = "Sensory-event, Visual-presentation, Instructional, Participant-response"
 CUFF_LEVELS = {"none": "cuff deflated, no command in this phase",
@@ -115,15 +98,20 @@ def events_tsv_text(events: Sequence[EventRow]) -> str:
     return tsv_text(columns, rows, decimals=decimals)
 
 
-def hed_for_level(level: str, phases: Sequence[PhaseTiming]) -> str:
-    """HED for one trial_type: by its name, by its phase's name, or by what the phase does."""
-    if level in HED_BY_NAME:
-        return HED_BY_NAME[level]
+def _hed_text(text: str) -> str:
+    """Free text as a HED Description value (no commas, parentheses or other HED syntax)."""
+    return " ".join("".join(ch if ch.isalnum() or ch in " -." else " " for ch in text).split())
+
+
+def hed_for_level(level: str, phases: Sequence[PhaseTiming], facts: Mapping[str, Any] | None = None) -> str:
+    """HED for one trial_type, from what its phases do: a rating scale is a participant
+    response (with the scale's question), an inflating or held cuff is pressure pain, a cue is
+    a visual cue."""
     mine = [p for p in phases if p.bids_trial_type == level]
-    if mine and mine[0].phase in HED_BY_NAME:
-        return HED_BY_NAME[mine[0].phase]
+    scales = (facts or {}).get("scales") or {}
     if mine and mine[0].kind == "rating":
-        return RATING_SCALE_HED
+        question = (scales.get(mine[0].scale or "") or {}).get("question")
+        return RATING_SCALE_HED + (f", Description/{_hed_text(question)}" if question else "")
     cuff = {p.cuff for p in mine}
     parts = ["Sensory-event"]
     if "inflate" in cuff:
@@ -135,16 +123,48 @@ def hed_for_level(level: str, phases: Sequence[PhaseTiming]) -> str:
     return ", ".join(parts)
 
 
-def _level_text(level: str, phases: Sequence[PhaseTiming]) -> str:
-    if level in TRIAL_TYPE_TEXT:
-        return TRIAL_TYPE_TEXT[level]
+def _phase_text(ph: Mapping[str, Any]) -> str:
+    bits = [f"cue {ph.get('cue')}" if ph.get("cue") else "blank screen"]
+    if ph.get("cuff") not in (None, "none"):
+        bits.append(f"cuff {ph['cuff']}" + (f" to level {ph['level']}" if ph.get("level") else ""))
+    if ph.get("kind") == "rating":
+        bits.append(f"rating scale {ph.get('scale')}")
+    return f"{ph.get('name')} ({', '.join(bits)})"
+
+
+def _level_text(level: str, phases: Sequence[PhaseTiming], facts: Mapping[str, Any] | None = None) -> str:
+    """What a trial_type is: the phase(s) it models, and every phase of each trial type it is in,
+    with the trial type's own description (from the protocol the run used)."""
     mine = [p for p in phases if p.bids_trial_type == level]
     if not mine:
         return level
-    p = mine[0]
-    cue = f"cue '{p.cue}'" if p.cue else "no cue"
-    scale = "rating scale in " if p.kind == "rating" else ""
-    return f"{scale}phase '{p.phase}' of '{p.trial_type}' trials ({cue}, cuff {p.cuff})"
+    types = (facts or {}).get("trial_types") or {}
+    out = []
+    for tt in dict.fromkeys(p.trial_type for p in mine):
+        names = sorted({p.phase for p in mine if p.trial_type == tt})
+        t = types.get(tt) or {}
+        seq = " -> ".join(_phase_text(ph) for ph in t.get("phases") or [])
+        what = f"phase {', '.join(names)} of trial type {tt}"
+        desc = f": {t['description']}" if t.get("description") else ""
+        out.append(f"{what}{desc}" + (f" [trial: {seq}]" if seq else ""))
+    return "; ".join(out)
+
+
+def _rating_text(data: RunData) -> str:
+    """The rating column: which phases carry ratings, and each scale's question, range and anchors."""
+    facts = data.header.get("protocol") or {}
+    scales: Mapping[str, Any] = facts.get("scales") or {}
+    rated = [c.phase for c in data.rating_columns if c.phase is not None]
+    head = (f"Rows of the rating phase{'s' if len(rated) > 1 else ''} {', '.join(repr(n) for n in rated)} carry "
+            "ratings, each the rating given on its own scale (one row, and one value, per rating phase). "
+            if rated else "")
+    if not scales:
+        return (f"{head}Rating confirmed on the scale shown in this row's phase, in the protocol's rating units; n/a "
+                "if none was given or the phase shows no scale.")
+    each = "; ".join(f"scale {name}: '{sc['question']}', {sc['min']} = {sc['low_anchor']} to {sc['max']} = "
+                     f"{sc['high_anchor']}" for name, sc in scales.items())
+    return (f"{head}Rating confirmed on the scale shown in this row's phase ({each}); n/a if none was given or the "
+            "phase shows no scale.")
 
 
 def stimulus_presentation(data: RunData) -> dict[str, Any]:
@@ -172,9 +192,37 @@ def run_block(data: RunData, *, run_uid: str, source_log: str) -> dict[str, Any]
     software = header.get("software") or {}
     return {"RunUID": run_uid, "SourceLog": source_log, "DryRun": bool(header.get("dry_run")),
             "Headless": bool(header.get("headless")),
-            "Pressure": header.get("pressure"), "Confirmation": header.get("confirmation"),
+            "Pressure": header.get("pressure"), "CueMapping": header.get("cue_mapping"),
+            "Confirmation": header.get("confirmation"),
             "GeneratedBy": {"Name": software.get("name", "cuedpain"), "Version": software.get("version"),
                             "Revision": software.get("revision")}}
+
+
+def _roles(data: RunData) -> dict[str, str]:
+    """This run's cue mapping, cue -> role (empty without counterbalancing)."""
+    roles = (data.header.get("cue_mapping") or {}).get("roles") or {}
+    return {str(cue): str(role) for role, cue in roles.items()}
+
+
+def _mapping_text(data: RunData) -> str:
+    mapping = data.header.get("cue_mapping") or {}
+    if mapping.get("index") is None:
+        return ""
+    roles = ", ".join(f"{role} = {cue}" for role, cue in (mapping.get("roles") or {}).items())
+    return (f" Cues are counterbalanced: this participant has mapping {int(mapping['index']) + 1} "
+            f"(chosen by {mapping.get('select')}): {roles}.")
+
+
+def _cue_text(cue: str, data: RunData) -> str:
+    role = _roles(data).get(cue)
+    return f"protocol cue '{cue}'" + (f", the {role} of this participant's cue mapping" if role else "")
+
+
+def _pressure_levels(data: RunData) -> dict[str, str]:
+    levels = ((data.header.get("pressure") or {}).get("levels") or {})
+    used = sorted({e.pressure_level for e in data.events if e.pressure_level})
+    return {n: (f"{levels[n]['pressure_kpa']:g} kPa ({levels[n]['as_written']}, {levels[n]['source']})"
+                if n in levels else n) for n in used}
 
 
 def events_sidecar(data: RunData, *, run_uid: str, source_log: str) -> dict[str, Any]:
@@ -183,22 +231,19 @@ def events_sidecar(data: RunData, *, run_uid: str, source_log: str) -> dict[str,
                                                           if p.bids_trial_type})
     phases = sorted({e.phase for e in data.events})
     cues = sorted({e.cue for e in data.events if e.cue})
-    rated = [c.phase for c in data.rating_columns if c.phase is not None]
-    rated_text = (f"Rows of the rating phase{'s' if len(rated) > 1 else ''} {', '.join(repr(n) for n in rated)} "
-                  "carry ratings, each row the rating given on its own scale (a trial with several rating "
-                  "phases has one row, and one value, per phase). " if rated else "")
+    facts = data.header.get("protocol")
     s = {"Units": "s"}
     side: dict[str, Any] = {
         "onset": {"Description": "First frame of the phase on screen (flip timestamp), in seconds from t0, the "
                                  "scanner pulse of the first stored volume.", **s},
         "duration": {"Description": "Seconds until the next phase's first frame (see duration_source).", **s},
         "trial_type": {"Description": "Modelled condition.",
-                       "Levels": {lv: _level_text(lv, data.phases) for lv in levels},
-                       "HED": {lv: hed_for_level(lv, data.phases) for lv in levels}},
+                       "Levels": {lv: _level_text(lv, data.phases, facts) for lv in levels},
+                       "HED": {lv: hed_for_level(lv, data.phases, facts) for lv in levels}},
         "trial": {"Description": "Trial number in the run (1-based)."},
         "phase": {"Description": "Phase of the trial as named in the protocol.", "Levels": {p: p for p in phases}},
-        "cue": {"Description": "Cue on screen during the phase (protocol cue name).",
-                "Levels": {c: f"protocol cue '{c}'" for c in cues}},
+        "cue": {"Description": "Cue on screen during the phase (protocol cue name)." + _mapping_text(data),
+                "Levels": {c: _cue_text(c, data) for c in cues}},
         "cuff": {"Description": "What the cuff did in this phase.",
                  "Levels": dict(CUFF_LEVELS)},
         "planned_onset": {"Description": "Onset the runner aimed at, from t0 (protocol onset, moved later when a "
@@ -206,14 +251,14 @@ def events_sidecar(data: RunData, *, run_uid: str, source_log: str) -> dict[str,
         "planned_duration": {"Description": "Duration in the protocol's timeline.", **s},
         "onset_error": {"Description": "onset minus planned_onset.", **s},
         "duration_source": {"Description": "Where the duration comes from.", "Levels": dict(DURATION_SOURCE_LEVELS)},
+        "pressure_level": {"Description": "The protocol's pressure level of the stimulus in this phase (n/a: the "
+                                          "cuff is deflated).",
+                           "Levels": _pressure_levels(data)},
         "target_pressure_kpa": {"Description": "Commanded cuff pressure in this phase.", "Units": "kPa"},
         "measured_pressure_kpa": {"Description": "Mean measured cuff pressure while the device reported holding "
                                                  "its target during this phase.", "Units": "kPa"},
         "peak_pressure_kpa": {"Description": "Highest measured cuff pressure during this phase.", "Units": "kPa"},
-        "rating": {"Description": f"{rated_text}Rating confirmed on the scale shown in this row's phase, in the "
-                                  "protocol's rating units (rating.min to rating.max; by default 0 = no pain to "
-                                  "100 = most intense pain imaginable); n/a if none was given or the phase shows "
-                                  "no scale.", "Units": "arbitrary"},
+        "rating": {"Description": _rating_text(data), "Units": "arbitrary"},
         "response_time": {"Description": "Time of the key press confirming this row's rating, from this row's "
                                          "onset; n/a = no response before the timeout, or no scale in this phase.",
                           **s},
@@ -263,12 +308,21 @@ def dataset_description(header: Mapping[str, Any]) -> dict[str, Any]:
             "GeneratedBy": [{"Name": software.get("name", "cuedpain"), "Version": str(software.get("version"))}]}
 
 
+def _task_description(header: Mapping[str, Any]) -> str:
+    """The protocol's own description (metadata.description), else what every cued pain task is."""
+    name = header.get("protocol_name")
+    description = str((header.get("protocol") or {}).get("description") or "").strip()
+    if description:
+        return description + (f" (protocol '{name}')" if name else "")
+    return ("Cued pain task: visual cues and cuff-pressure pain on a schedule" + (f" (protocol '{name}')"
+                                                                                   if name else ""))
+
+
 def task_sidecar(header: Mapping[str, Any]) -> dict[str, Any]:
     """Task-level bold sidecar (inherited by every run's bold.json)."""
     name = header.get("protocol_name")
     return {"TaskName": header.get("task"),
-            "TaskDescription": "Cued pain anticipation: visual cues announce the onset and the offset of "
-                               "cuff-pressure pain" + (f" (protocol '{name}')" if name else ""),
+            "TaskDescription": _task_description(header),
             "RepetitionTime": header.get("tr_s"),
             "NumberOfVolumesDiscardedByScanner": int(header.get("scanner_discarded") or 0),
             "NumberOfVolumesDiscardedByUser": int(header.get("discard_pulses") or 0)}

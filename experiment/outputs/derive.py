@@ -57,6 +57,8 @@ class PhaseTiming:
     onset_error_s: float | None
     completed: bool                # the next phase started, or the run completed
     kind: str = "cue"              # cue | rating (the plan's phase_kind; cue when the log has none)
+    level: str | None = None       # inflate/hold phases: the pressure level (logs before levels: None)
+    scale: str | None = None       # rating phases: the scale shown
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class EventRow:
     rating: float | None
     response_time_s: float | None
     i: int | None                  # plan index (None for a rating without a modelled phase)
+    pressure_level: str | None = None  # inflate/hold phases: the protocol's pressure level
 
 
 @dataclass(frozen=True)
@@ -224,8 +227,7 @@ def _num(value: Any) -> float | None:
 
 def record_time(rec: Mapping[str, Any]) -> float | None:
     """The latest clock time a record carries (for 'when did the log stop')."""
-    times = [_num(rec.get(k)) for k in ("t", "t_write", "t_ack", "t_onset", "t_response")]
-    times = [t for t in times if t is not None]
+    times = [t for k in ("t", "t_write", "t_ack", "t_onset", "t_response") if (t := _num(rec.get(k))) is not None]
     return max(times) if times else None
 
 
@@ -280,6 +282,7 @@ def run_status(log: LogContents, phases: Sequence[PhaseTiming], *, t0: float | N
     """Completed/aborted from the `end` record; `incomplete` when there is none."""
     end = next(iter(log.of_kind("end")), None)
     message = None
+    reason: str | None
     if end is None:
         status, reason, exit_code = "incomplete", "the log ends without an end record", None
     else:
@@ -323,7 +326,8 @@ def phase_timings(plan: Sequence[Mapping[str, Any]], onsets: Mapping[int, Mappin
             cue=rec.get("cue"), cuff=str(rec.get("cuff") or "none"),
             plan_onset_s=float(rec.get("onset_s") or 0.0), plan_duration_s=float(rec.get("duration_s") or 0.0),
             target_kpa=_num(rec.get("target_kpa")), planned_onset_s=planned_s, onset_s=onset_s,
-            onset_error_s=error_s, completed=completed, kind=str(rec.get("phase_kind") or "cue")))
+            onset_error_s=error_s, completed=completed, kind=str(rec.get("phase_kind") or "cue"),
+            level=rec.get("level"), scale=rec.get("scale")))
     return tuple(out)
 
 
@@ -345,7 +349,7 @@ def _legacy_rating_phase(phases: Sequence[PhaseTiming], trial: int, onset_s: flo
     scale with that phase's flip); failing that, the trial's phase named or modelled 'rating'.
     """
     mine = [p for p in phases if p.trial == trial and p.onset_s is not None]
-    same = [p for p in mine if onset_s is not None and abs(p.onset_s - onset_s) < 1e-3]
+    same = [p for p in mine if onset_s is not None and p.onset_s is not None and abs(p.onset_s - onset_s) < 1e-3]
     named = [p for p in mine if p.phase == "rating" or p.bids_trial_type == "rating" or p.kind == "rating"]
     candidates = same or named
     return candidates[-1] if candidates else None  # when phases share a flip, the rating phase is the last due
@@ -412,8 +416,11 @@ def rating_columns(phase_names: Sequence[str]) -> tuple[RatingColumns, ...]:
     if len(phase_names) <= 1:
         return (RatingColumns(phase=phase_names[0] if phase_names else None, rating="rating",
                               response_time="response_time", timed_out="rating_timed_out"),)
-    return tuple(RatingColumns(phase=n, rating=f"{n}_rating", response_time=f"{n}_response_time",
-                               timed_out=f"{n}_rating_timed_out") for n in phase_names)
+    def rating_column(name: str) -> str:   # "pain_rating" stays "pain_rating", not "pain_rating_rating"
+        return name if name == "rating" or name.endswith("_rating") else f"{name}_rating"
+
+    return tuple(RatingColumns(phase=n, rating=rating_column(n), response_time=f"{n}_response_time",
+                               timed_out=f"{rating_column(n)}_timed_out") for n in phase_names)
 
 
 def ratings_by_trial(ratings: Sequence[RatingRow], all_columns: Sequence[RatingColumns],
@@ -458,7 +465,7 @@ def event_rows(phases: Sequence[PhaseTiming], ratings: Sequence[RatingRow], *,
             planned_duration_s=p.plan_duration_s, onset_error_s=p.onset_error_s, duration_source=source,
             target_pressure_kpa=p.target_kpa if p.cuff in INFLATED_CUFF else None,
             measured_pressure_kpa=plateau, peak_pressure_kpa=peak, rating=rating,
-            response_time_s=response, i=p.i))
+            response_time_s=response, i=p.i, pressure_level=p.level if p.cuff in INFLATED_CUFF else None))
     for r in ratings:  # a rating whose phase is not modelled still gets a row
         if (r.i is not None and r.i in on_rows) or r.onset_s is None:
             continue
@@ -537,7 +544,8 @@ def trial_table(phases: Sequence[PhaseTiming], ratings: Sequence[RatingRow], *, 
     columns = ["trial", "trial_type", "status"]
     for name in phase_names:
         columns += [f"{name}_planned_onset", f"{name}_onset", f"{name}_onset_error"]
-    columns += ["target_pressure_kpa", "plateau_pressure_kpa", "peak_pressure_kpa", "target_reached_latency"]
+    columns += ["pressure_level", "target_pressure_kpa", "plateau_pressure_kpa", "peak_pressure_kpa",
+                "target_reached_latency"]
     for c in rating_sets:
         columns += [c.rating, c.response_time, c.timed_out]
     arrays = _SampleArrays.of(samples)
@@ -564,6 +572,7 @@ def trial_table(phases: Sequence[PhaseTiming], ratings: Sequence[RatingRow], *, 
             row[f"{p.phase}_onset_error"] = p.onset_error_s
         targets = [p.target_kpa for p in mine if p.cuff in INFLATED_CUFF and p.target_kpa is not None]
         row["target_pressure_kpa"] = max(targets) if targets else None
+        row["pressure_level"] = next((p.level for p in mine if p.cuff == "inflate"), None)
         start = starts[n]
         end = next((starts[m] for m in trial_numbers[pos + 1:] if starts[m] is not None), stop_t)
         if start is not None and end is not None and targets:

@@ -14,6 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 from experiment.errors import InputError
 from experiment.log.eventlog import LogContents, read_log
@@ -74,7 +75,7 @@ def load_run(run_dir: Path) -> tuple[LogContents, LogContents | None]:
     return log, pressure
 
 
-def run_id_of(header: dict) -> RunId:
+def run_id_of(header: Mapping[str, Any]) -> RunId:
     try:
         return RunId(str(header["participant"]), header.get("session") or None, str(header["task"]),
                      int(header["run"]))
@@ -82,7 +83,7 @@ def run_id_of(header: dict) -> RunId:
         raise InputError(f"the log header lacks the run's identity ({exc})") from None
 
 
-def run_uid(header: dict) -> str:
+def run_uid(header: Mapping[str, Any]) -> str:
     """A run's identity: hash of its log header (which includes the start time)."""
     canonical = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
@@ -109,7 +110,9 @@ def pulses_tsv_text(data: RunData) -> str:
 
 def trials_csv_text(data: RunData) -> str:
     dry = bool(data.header.get("dry_run"))
-    return csv_text((*data.trials.columns, "dry_run"), [(*r, dry) for r in data.trials.rows],
+    index = (data.header.get("cue_mapping") or {}).get("index")
+    mapping = None if index is None else int(index) + 1     # 1-based, as the protocol lists them
+    return csv_text((*data.trials.columns, "cue_mapping", "dry_run"), [(*r, mapping, dry) for r in data.trials.rows],
                     decimals={"target_pressure_kpa": 3, "plateau_pressure_kpa": 3, "peak_pressure_kpa": 3,
                               **{c.rating: 2 for c in data.rating_columns}})
 
