@@ -29,16 +29,15 @@ from __future__ import annotations
 import difflib
 import math
 import re
-import sys
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from experiment.errors import InputError
 from experiment.outputs.atomic import OwnedPaths, write_text
 from experiment.protocol.identifiers import check_label
 from experiment.protocol.yamlload import Located, Where, read_yaml
+from experiment.study.filelock import locked
 from experiment.study.jsonio import JsonObject, JsonValue, dumps, load_object, number, obj, text
 
 MISSING = "n/a"
@@ -470,31 +469,6 @@ def read_participants(root: Path) -> ParticipantsFiles:
     return ParticipantsFiles(table=table, declaration=decl, problems=tuple(problems))
 
 
-@contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    """One writer at a time (the operator's page, a calibration and this command may race)."""
-    path = Path(root) / LOCK_PATH
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as fh:
-        if sys.platform == "win32":  # pragma: no cover - not testable here
-            import msvcrt
-
-            msvcrt.locking(fh.fileno(), msvcrt.LK_LOCK, 1)
-            try:
-                yield
-            finally:
-                fh.seek(0)
-                msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def _declaration(root: Path, fields_file: Path | None) -> tuple[Declaration, Declaration | None, JsonObject | None]:
     """(the declaration to use, the one kept so far, the sidecar as it is)."""
     doc, source = _read_sidecar(root)
@@ -517,7 +491,7 @@ def _write(root: Path, table: ParticipantsTable, sidecar: JsonObject, old_sideca
 def declare_fields(root: Path, fields_file: Path) -> Declaration:
     """Keep the lab's declaration in participants.json (and a column per field in participants.tsv)."""
     Path(root).mkdir(parents=True, exist_ok=True)
-    with _locked(root):
+    with locked(Path(root) / LOCK_PATH):
         decl, kept, doc = _declaration(root, fields_file)
         table, dropped = apply_declaration(_read_table(root), decl, kept)
         table = with_rows_for(table, subjects_with_data(root))
@@ -534,7 +508,7 @@ def set_participant(root: Path, participant: str, values: Mapping[str, str], *,
     one writer at a time. InputError (exit 2) naming the field and what it takes."""
     pid = participant_id(participant)
     Path(root).mkdir(parents=True, exist_ok=True)
-    with _locked(root):
+    with locked(Path(root) / LOCK_PATH):
         decl, kept, doc = _declaration(root, fields_file)
         table, dropped = apply_declaration(_read_table(root), decl, kept)
         table = with_rows_for(table, subjects_with_data(root))
