@@ -72,8 +72,8 @@ def _show(root: Path) -> int:
     unlisted = [s for s in subjects_with_data(root) if s not in listed]
     if unlisted:
         out.write(f"not in participants.tsv yet (data, no row): {', '.join(unlisted)}\n")
-    for problem in files.problems:
-        out.write(f"problem: {problem}\n")
+    for name, problem in files.problems:
+        out.write(f"problem: {name}: {problem}\n")
     return 0
 
 

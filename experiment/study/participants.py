@@ -411,7 +411,7 @@ class ParticipantsFiles:
 
     table: ParticipantsTable | None        # None: no participants.tsv, or unreadable
     declaration: Declaration | None        # None: no participants.json, or unreadable
-    problems: tuple[str, ...]
+    problems: tuple[tuple[str, str], ...]  # (file name, what is wrong)
 
 
 def subjects_with_data(root: Path) -> tuple[str, ...]:
@@ -448,24 +448,24 @@ def _read_table(root: Path) -> ParticipantsTable:
 
 def read_participants(root: Path) -> ParticipantsFiles:
     """Both files, leniently: what cannot be read becomes a problem, not an error."""
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []
     table: ParticipantsTable | None = None
     decl: Declaration | None = None
     try:
         if (Path(root) / TSV_NAME).exists():
             table = _read_table(root)
     except InputError as exc:
-        problems.append(exc.message)
+        problems.append((TSV_NAME, exc.message))
     try:
         doc, source = _read_sidecar(root)
         if doc is not None:
             decl, more = declaration_from_sidecar(doc, source)
-            problems += more
+            problems += [(JSON_NAME, m) for m in more]
         elif table is not None:
-            problems.append(f"{Path(root) / JSON_NAME} is missing: the columns of participants.tsv are not "
-                            f"described (declare them: cuedpain participants declare FILE)")
+            problems.append((JSON_NAME, "missing: the columns of participants.tsv are not described (declare them: "
+                                        "cuedpain participants declare FILE)"))
     except InputError as exc:
-        problems.append(exc.message)
+        problems.append((JSON_NAME, exc.message))
     return ParticipantsFiles(table=table, declaration=decl, problems=tuple(problems))
 
 
