@@ -36,7 +36,8 @@ from experiment.study.qc import run_flags
 from tests.logfactory import bids_validate
 from tests.study_dataset import (DISCARD_REASON, GROUPS, OVERRIDE_KPA, OVERRIDE_REASON, ROOT, TASK, Built, build)
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = next((Path(p) for p in ("/usr/bin/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or "")
+                 if p and Path(p).is_file()), Path("/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
