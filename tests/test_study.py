@@ -177,7 +177,7 @@ def test_a_discarded_run_keeps_its_log_and_is_recorded_beside_it_and_in_scans_ts
     for name in ("log.jsonl", "pressure.jsonl"):   # byte for byte what the run wrote
         assert hashlib.sha256((d / name).read_bytes()).hexdigest() == recorded[str((d / name).relative_to(built.root))]
     last = json.loads((d / "annotations.jsonl").read_text().splitlines()[-1])
-    assert (last["kind"], last["reason"], last["by"], last["run_uid"]) == ("discard", DISCARD_REASON, "test operator",
+    assert (last["kind"], last["reason"], last["by"], last["run_uid"]) == ("discarded", DISCARD_REASON, "test operator",
                                                                            prov["run_uid"])
     scans = tsv(built.root / "sub-P04" / "sub-P04_scans.tsv")
     assert {s["filename"] for s in scans} == {f"func/{d.name}_events.tsv", f"func/{d.name}_recording-cuff_stim.tsv.gz"}
@@ -316,7 +316,7 @@ def test_a_discard_taken_back_counts_again(built: Built, tmp_path: Path) -> None
     shutil.copytree(built.root, root, ignore=shutil.ignore_patterns("derivatives"))
     d = root / "sourcedata" / "sub-P04" / f"sub-P04_task-{TASK}_run-1"
     assert main(["discard", str(d), "--undo", "--reason", "the camera was off, not the participant's eyes"]) == 0
-    assert [json.loads(x)["kind"] for x in (d / "annotations.jsonl").read_text().splitlines()] == ["discard", "restore"]
+    assert [json.loads(x)["kind"] for x in (d / "annotations.jsonl").read_text().splitlines()] == ["discarded", "restored"]
     assert {s["discarded"] for s in tsv(root / "sub-P04" / "sub-P04_scans.tsv")} == {"false"}
     assert main(["study", str(root)]) == 0
     control = [r for r in tsv(root / "derivatives" / "cuedpain-study" / "ratings_by_group.tsv") if r["group"] == "control"]
@@ -440,16 +440,22 @@ def test_a_declaration_never_drops_a_field_or_level_in_use() -> None:
 
 
 def test_the_last_discard_or_restore_line_wins_and_other_runs_lines_are_ignored() -> None:
-    lines = [annotation_record("discard", reason="moved", by="a", at="t1", run_uid="u1", stem="s"),
-             annotation_record("discard", reason="not mine", by="b", at="t2", run_uid="u2", stem="s"),
-             annotation_record("restore", reason="camera", by="c", at="t3", run_uid="u1", stem="s"),
-             annotation_record("discard", reason="cuff slipped", by="d", at="t4", run_uid="u1", stem="s")]
+    lines = [annotation_record("discarded", reason="moved", by="a", at="t1", run_uid="u1", stem="s"),
+             annotation_record("discarded", reason="not mine", by="b", at="t2", run_uid="u2", stem="s"),
+             annotation_record("restored", reason="camera", by="c", at="t3", run_uid="u1", stem="s"),
+             annotation_record("discarded", reason="cuff slipped", by="d", at="t4", run_uid="u1", stem="s")]
     text = "\n".join(json.dumps(x) for x in lines) + "\n{\"format\": \"cuedpain-annot"
     annotations, problems = parse_annotations(text, source="a.jsonl", run_uid="u1")
     state = discard_state(annotations)
     assert (state.discarded, state.reason, state.by, len(state.history)) == (True, "cuff slipped", "d", 3)
     assert [p.split(": ", 1)[0] for p in problems] == ["a.jsonl:2", "a.jsonl:5"]
     assert discard_state(annotations[:2]).discarded is False
+
+
+def test_a_minimal_discard_line_without_run_uid_counts_for_its_run() -> None:
+    text = '{"kind": "discarded", "reason": "moved", "at": "2026-12-01T10:00:00+01:00"}\n'
+    annotations, problems = parse_annotations(text, source="a.jsonl", run_uid="u1")
+    assert problems == () and discard_state(annotations).reason == "moved"
 
 
 def test_scans_tsv_keeps_what_others_wrote() -> None:

@@ -10,6 +10,8 @@
   missing from visit plans;
 * `figures`, `page`, `writer` - the plots, the self-contained HTML page, the TSV tables.
 
-May import experiment.outputs, experiment.log, experiment.protocol and the ground modules;
-never experiment.station, experiment.procedures or experiment.cli. Files: docs/outputs.md.
+May import experiment.outputs, experiment.log, experiment.protocol, the pulse checks
+(experiment.scanner.pulsecheck), the calibration result reader
+(experiment.procedures.calibration.results) and the ground modules; never a device, the
+Station or experiment.cli. Files and columns: docs/outputs.md.
 """

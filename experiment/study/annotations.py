@@ -3,11 +3,13 @@
 A run is marked discarded with a reason (the participant moved, the cuff slipped, the wrong
 protocol) by appending one JSON line to `annotations.jsonl` in the run's sourcedata
 directory; `restore` appends a line that takes it back. The file is append-only: the last
-discard or restore line says the run's state, the earlier lines are its history. Each line
-names the run it is about (`run_uid`, the hash of the log header, as in events.json), so a
-line copied next to another run's log is recognised and ignored.
+`discarded` or `restored` line says the run's state, the earlier lines are its history. Each
+line names the run it is about (`run_uid`, the hash of the log header, as in events.json),
+so a line copied next to another run's log is recognised and ignored; a line without
+`run_uid` (the operator station's placeholder writer before this module) is taken as this
+run's.
 
-    {"format": "cuedpain-annotation/1", "kind": "discard" | "restore", "run_uid": "...",
+    {"format": "cuedpain-annotation/1", "kind": "discarded" | "restored", "run_uid": "...",
      "stem": "sub-P01_task-demo_run-1", "reason": "...", "by": "...", "at": "ISO 8601",
      "software": {"name": "cuedpain", "version": "..."}}
 
@@ -45,7 +47,7 @@ from experiment.study.jsonio import JsonObject, JsonValue, dumps, load_object, l
 
 ANNOTATIONS_NAME = "annotations.jsonl"
 ANNOTATION_FORMAT = "cuedpain-annotation/1"
-KINDS = ("discard", "restore")
+KINDS = ("discarded", "restored")
 MAX_REASON_CHARS = 500
 SCANS_LOCK = Path("sourcedata") / ".scans.lock"
 MISSING = "n/a"
@@ -69,7 +71,7 @@ SCAN_DESCRIPTIONS: JsonObject = {
 class Annotation:
     """One discard or restore line."""
 
-    kind: str                 # discard | restore
+    kind: str                 # discarded | restored
     reason: str
     by: str
     at: str                   # ISO 8601 with offset
@@ -100,7 +102,7 @@ def check_reason(reason: str | None) -> str:
 
 
 def annotation_record(kind: str, *, reason: str, by: str, at: str, run_uid: str, stem: str) -> JsonObject:
-    """One annotations.jsonl line as a JSON object."""
+    """One annotations.jsonl line as a JSON object (`kind`: discarded or restored)."""
     if kind not in KINDS:
         raise ValueError(f"annotation kind {kind!r} is not one of {KINDS}")
     return {"format": ANNOTATION_FORMAT, "kind": kind, "run_uid": run_uid, "stem": stem, "reason": reason,
@@ -122,10 +124,10 @@ def parse_annotations(content: str, *, source: str, run_uid: str) -> tuple[tuple
             what = "is cut off (the writer was stopped mid-line)" if (torn and n == len(lines)) else "is not JSON"
             problems.append(f"{source}:{n}: {what}; ignored")
             continue
-        if rec.get("format") != ANNOTATION_FORMAT or rec.get("kind") not in KINDS:
+        if rec.get("format", ANNOTATION_FORMAT) != ANNOTATION_FORMAT or rec.get("kind") not in KINDS:
             problems.append(f"{source}:{n}: not a cuedpain discard/restore record; ignored")
             continue
-        if rec.get("run_uid") != run_uid:
+        if rec.get("run_uid", run_uid) != run_uid:
             problems.append(f"{source}:{n}: about another run (run_uid {rec.get('run_uid')}, this log's is "
                             f"{run_uid}); ignored")
             continue
@@ -139,7 +141,7 @@ def discard_state(annotations: Sequence[Annotation]) -> DiscardState:
     if not annotations:
         return DiscardState()
     last = annotations[-1]
-    if last.kind == "discard":
+    if last.kind == "discarded":
         return DiscardState(True, last.reason, last.by, last.at, tuple(annotations))
     return DiscardState(False, None, last.by, last.at, tuple(annotations))
 
@@ -302,7 +304,7 @@ def _annotate(run_dir: Path, kind: str, reason: str | None, *, by: str | None, n
     clean = check_reason(reason)
     if is_attempt_dir(run_dir):
         raise InputError(f"{run_dir} is an attempt that never reached the first stored volume: it has no BIDS files "
-                         f"and takes no run number, so there is nothing to {kind}")
+                         f"and takes no run number, so it cannot be {kind}")
     log, _ = load_run(run_dir)
     rid = run_id_of(log.header)
     root = data_root_of(run_dir)
@@ -311,7 +313,7 @@ def _annotate(run_dir: Path, kind: str, reason: str | None, *, by: str | None, n
                          f"refusing to annotate a moved run")
     uid = run_uid(log.header)
     before, _ = read_discard(run_dir, uid)
-    if kind == "restore" and not before.discarded:
+    if kind == "restored" and not before.discarded:
         raise InputError(f"{rid.stem} is not discarded; nothing to take back")
     tsv, js = _session_paths(root, rid)
     _read_scans(tsv, js)  # refuse before recording anything when the session's scans file is broken
@@ -327,13 +329,13 @@ def _annotate(run_dir: Path, kind: str, reason: str | None, *, by: str | None, n
 def discard_run(run_dir: Path, reason: str | None, *, by: str | None = None,
                 now: datetime | None = None) -> DiscardOutcome:
     """Mark the run in `run_dir` discarded (again, with a new reason, if it already is)."""
-    return _annotate(run_dir, "discard", reason, by=by, now=now)
+    return _annotate(run_dir, "discarded", reason, by=by, now=now)
 
 
 def restore_run(run_dir: Path, reason: str | None, *, by: str | None = None,
                 now: datetime | None = None) -> DiscardOutcome:
     """Take a discard back (the run counts again); InputError when it is not discarded."""
-    return _annotate(run_dir, "restore", reason, by=by, now=now)
+    return _annotate(run_dir, "restored", reason, by=by, now=now)
 
 
 def dumps_line(record: JsonObject) -> str:

@@ -25,7 +25,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}.meta{color:#444}
 .ok{background:#e6f4ea;padding:.4em}.warn{background:#fde7e7;padding:.4em}
 tr.aborted td,tr.incomplete td,tr.unreadable td{background:#fdecea}tr.discarded td{background:#eeeeee;color:#555}
 .badge{font-weight:bold}nav a{margin-right:.8em}img{max-width:100%;border:1px solid #eee}
-.note{font-size:.85em;color:#444}ul.flags{margin:0;padding-left:1.1em}
+.note{font-size:.85em;color:#444}.nw{white-space:nowrap}ul.flags{margin:0;padding-left:1.1em}
 @media print{body{max-width:none;margin:0}nav{display:none}tr{break-inside:avoid}h2{break-after:avoid}
 img{break-inside:avoid;border:none}}"""
 
@@ -132,14 +132,18 @@ def _runs_html(study: Study) -> str:
         elif r.status == "completed":
             status, cls = "completed", "completed"
         else:
-            status = f"<span class='badge'>{esc(r.status.upper())}</span>: {esc(r.status_text)}"
+            detail = r.status_text
+            for lead in (f"{r.status}: ", f"{r.status} "):   # the summary starts with the status: said once
+                if detail.startswith(lead):
+                    detail = detail[len(lead):]
+            status = f"<span class='badge'>{esc(r.status.upper())}</span> {esc(detail)}"
             cls = r.status
         pressure = _num(r.pressure_kpa, 1)
         if r.pressure_source:
             pressure += f" ({esc(r.pressure_source)}" + (f": {esc(r.pressure_note)}" if r.pressure_source == "override"
                                                          and r.pressure_note else "") + ")"
-        pulses = "n/a" if t is None else (f"{t.volumes_received} / {_num(t.volumes_expected, 0)}; "
-                                          f"{t.missed_pulses} missed; {t.extra_pulses} extra")
+        pulses = "n/a" if t is None else (f"<span class='nw'>{t.volumes_received}/{_num(t.volumes_expected, 0)}"
+                                          f"</span>, {t.missed_pulses}&nbsp;missed, {t.extra_pulses}&nbsp;extra")
         devs = [s.deviation_kpa for s in r.stimuli if s.deviation_kpa is not None]
         flags = ("<ul class='flags'>" + "".join(f"<li><b>{esc(f.code)}</b>: {esc(f.text)}</li>" for f in r.flags)
                  + "</ul>") if r.flags else "none"

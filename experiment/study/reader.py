@@ -310,6 +310,8 @@ def _subject_source(ctx: _Context, subject_dir: Path, runs: list[Path], cals: li
                 cals.extend(read_calibrations(ctx, p, participant))
             elif p.is_dir() and session is None and SESSION.match(p.name):
                 visit(p, p.name[4:])
+            elif p.is_dir() and p.name == "visits":
+                continue   # the records of visits carried out from a visit plan (their reader: plans.py)
             else:
                 ctx.problem(p, "not a run, session, calibration or attempts directory; ignored")
 
@@ -355,7 +357,7 @@ def read_study(root: Path, *, plan_reader: PlanReader = no_plans,
         for d in sorted(source.iterdir()):
             if d.is_dir() and re.match(r"^sub-[A-Za-z0-9]+$", d.name):
                 _subject_source(ctx, d, run_dirs, cals, attempts)
-            elif d.name not in ("cuedpain-dataset.json", "rig-checks") and not d.name.startswith("."):
+            elif d.name not in ("cuedpain-dataset.json", "rig-checks", "station") and not d.name.startswith("."):
                 ctx.problem(d, "not a participant's sourcedata; ignored")
     runs = tuple(read_run(ctx, d) for d in run_dirs)
     _check_bids_tree(ctx, {r.stem for r in runs})
