@@ -116,7 +116,7 @@ def build(data: Path, *, participants: int, runs: int, protocol: Path, workers: 
         p = participant_label(k)
         discard_run(data / "sourcedata" / f"sub-{p}" / f"sub-{p}_task-{task}_run-{runs}", "head motion (benchmark)",
                     by="benchmark")
-    return {"build_s": round(time.perf_counter() - started, 1)}
+    return {"build_s": round(time.perf_counter() - started, 1), "workers": workers}
 
 
 def time_command(data: Path, out: Path, repeats: int) -> list[float]:
@@ -166,7 +166,7 @@ def render_md(result: dict[str, Any]) -> str:
             f"Command: `{result['command']}`\n\n"
             f"Dataset: {b['participants']} participants x {s['runs']} runs of `{s['protocol']}` (`target: calibrated`) "
             f"= {b['runs']} runs, {b['calibrations']} calibrations, all real headless dry runs; built in "
-            f"{result['build']['build_s'] if result['build'] else 'an earlier call'} s with {s['workers']} worker "
+            f"{result['build']['build_s'] if result['build'] else '?'} s with {result['build_workers']} worker "
             f"processes.\n\n"
             f"| measured | value |\n|---|---|\n"
             f"| `cuedpain study DATA --out DIR`, wall time, median of {len(result['command_wall_s'])} (fresh process "
@@ -198,20 +198,22 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data or work / "data"
     built = None
     marker = data / MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == settings:
-        _say(f"reusing the dataset in {data}")
+    kept = json.loads(marker.read_text()) if marker.is_file() else None
+    if isinstance(kept, dict) and kept.get("settings") == settings:
+        built = kept.get("build")
+        _say(f"reusing the dataset in {data} (built in {built['build_s'] if built else '?'} s)")
     else:
         if data.exists() and any(data.iterdir()):
             raise SystemExit(f"{data} is not empty and was not built by this benchmark with these settings")
         protocol = calibrated_protocol(args.protocol.resolve(), work)
         _say(f"building {args.participants} participants x {args.runs} runs in {data} ({args.workers} workers)")
         built = build(data, participants=args.participants, runs=args.runs, protocol=protocol, workers=args.workers)
-        marker.write_text(json.dumps(settings))
+        marker.write_text(json.dumps({"settings": settings, "build": built}))
         _say(f"built in {built['build_s']} s")
     load = load_average()
     out = work / "study-out"
     walls = time_command(data, out, args.repeats)
-    result = {"settings": {**settings, "workers": args.workers}, "build": built,
+    result = {"settings": settings, "build": built, "build_workers": (built or {}).get("workers", args.workers),
               "command": f"python -m experiment study DATA --out DIR",
               "command_wall_s": [round(w, 3) for w in walls], "median_wall_s": round(statistics.median(walls), 3),
               "breakdown": breakdown(data, work / "breakdown"), "load_average_before": load,
