@@ -8,7 +8,8 @@ stopped by a signal, which run meanwhile):
   P02 control  calibration (p50 34 kPa); run 1 completed; run 2 with an operator override
   P03 patient  run 1 stopped by SIGTERM early in trial 1 (aborted); calibration (p50 22 kPa)
   P04 control  calibration (p50 36 kPa); run 1 completed, then discarded with a reason
-  P05 (not in participants.tsv) run 1 killed with SIGKILL during trial 1 (incomplete, no BIDS files)
+  P05 (no group) run 1 killed with SIGKILL during trial 1 (incomplete, no BIDS files)
+  P06 control  session 1: calibration (p50 32 kPa) and run 1 completed
 
 Everything a test checks is read back from the runs' own files, not from here.
 """
@@ -34,10 +35,11 @@ TASK = "demo"
 OVERRIDE_KPA = 22.0
 OVERRIDE_REASON = "participant asked for less pressure after run 1"
 DISCARD_REASON = "participant fell asleep (eyes closed on the camera)"
-GROUPS = {"P01": "patient", "P02": "control", "P03": "patient", "P04": "control"}
+GROUPS = {"P01": "patient", "P02": "control", "P03": "patient", "P04": "control", "P06": "control"}
 FIELDS = {"P01": {"age": "45", "sex": "F"}, "P02": {"age": "38", "sex": "M"}, "P03": {"age": "51", "sex": "F"},
-          "P04": {"age": "29", "sex": "F"}}
-SIM_P50 = {"P01": 24, "P02": 34, "P03": 22, "P04": 36}
+          "P04": {"age": "29", "sex": "F"}, "P06": {"age": "62", "sex": "M"}}
+SIM_P50 = {"P01": 24, "P02": 34, "P03": 22, "P04": 36, "P06": 32}
+SESSION = {"P06": "1"}
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,11 @@ class Built:
     fixed_protocol: Path
 
     def run_dir(self, participant: str, run: int) -> Path:
-        return self.root / "sourcedata" / f"sub-{participant}" / f"sub-{participant}_task-{TASK}_run-{run}"
+        ses = SESSION.get(participant)
+        d = self.root / "sourcedata" / f"sub-{participant}"
+        if ses:
+            return d / f"ses-{ses}" / f"sub-{participant}_ses-{ses}_task-{TASK}_run-{run}"
+        return d / f"sub-{participant}_task-{TASK}_run-{run}"
 
 
 def _protocols(where: Path) -> tuple[Path, Path]:
@@ -117,11 +123,13 @@ def build(root: Path, work: Path) -> Built:
     stops = [_Stopped(["run", str(fixed), "--participant", p, *common, "--run", "1"],
                       built.run_dir(p, 1) / "log.jsonl", s)
              for p, s in (("P03", signal.SIGTERM), ("P05", signal.SIGKILL))]
-    for p in ("P01", "P02", "P04", "P03"):
-        assert cli("calibrate", "--participant", p, *common, "--ceiling", "40",
+    for p in ("P01", "P02", "P04", "P03", "P06"):
+        ses = ["--session", SESSION[p]] if p in SESSION else []
+        assert cli("calibrate", "--participant", p, *ses, *common, "--ceiling", "40",
                    "--sim-participant", f"p50={SIM_P50[p]},slope=4,noise=3") == 0
-    for p, run in (("P01", 1), ("P01", 2), ("P02", 1), ("P04", 1)):
-        assert cli("run", str(calibrated), "--participant", p, *common, "--run", str(run)) == 0
+    for p, run in (("P01", 1), ("P01", 2), ("P02", 1), ("P04", 1), ("P06", 1)):
+        ses = ["--session", SESSION[p]] if p in SESSION else []
+        assert cli("run", str(calibrated), "--participant", p, *ses, *common, "--run", str(run)) == 0
     assert cli("run", str(calibrated), "--participant", "P02", *common, "--run", "2",
                "--pressure-override", str(OVERRIDE_KPA), "--override-reason", OVERRIDE_REASON) == 0
     code, said = stops[0].finish()

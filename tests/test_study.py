@@ -76,7 +76,15 @@ def log_records(path: Path) -> list[dict]:
 
 
 def run_dirs(built: Built) -> list[Path]:
-    return sorted(p.parent for p in (built.root / "sourcedata").glob("sub-*/sub-*_run-*/log.jsonl"))
+    return sorted(p.parent for p in (built.root / "sourcedata").glob("sub-*/**/sub-*_run-*/log.jsonl"))
+
+
+def events_of(built: Built, stem: str) -> Path:
+    return next(built.root.glob(f"sub-*/**/func/{stem}_events.tsv"))
+
+
+def source_of(built: Built, stem: str) -> Path:
+    return next((built.root / "sourcedata").glob(f"sub-*/**/{stem}"))
 
 
 # ---------------------------------------------------------------- the study command
@@ -94,7 +102,7 @@ def test_the_page_and_every_table_are_written_with_n_a_for_missing(out: Path) ->
 
 def test_every_run_is_listed_with_the_status_its_log_says(built: Built, out: Path) -> None:
     dirs = run_dirs(built)
-    assert len(dirs) == 7 and len(tsv(out / "runs.tsv")) == 7
+    assert len(dirs) == 8 and len(tsv(out / "runs.tsv")) == 8
     for d in dirs:
         records = log_records(d / "log.jsonl")
         header, end = records[0], next((r for r in records if r["kind"] == "end"), None)
@@ -103,6 +111,7 @@ def test_every_run_is_listed_with_the_status_its_log_says(built: Built, out: Pat
         assert row["status"].split(" ")[-1].strip("()") == expected
         assert row["group"] == GROUPS.get(header["participant"], "no group")
         assert row["run_dir"] == str(d.relative_to(built.root))
+        assert row["session"] == (header["session"] or "n/a")
     assert run_row(out, "P05", 1)["status"] == "incomplete"
     assert "bids_outputs" in run_row(out, "P05", 1)["flags"]
 
@@ -144,7 +153,7 @@ def test_qc_figures_match_each_runs_own_files(built: Built, out: Path) -> None:
         # pressure: the header's; measured against commanded from events.tsv
         assert float(row["pressure_kpa"]) == pytest.approx(header["pressure"]["pressure_kpa"], abs=0.05)
         assert row["pressure_source"] == header["pressure"]["source"]
-        events = tsv(built.root / f"sub-{header['participant']}" / "func" / f"{d.name}_events.tsv")
+        events = tsv(events_of(built, d.name))
         deviations = [abs(float(e["measured_pressure_kpa"]) - float(e["target_pressure_kpa"])) for e in events
                       if e["cuff"] in ("inflate", "hold") and e["measured_pressure_kpa"] != "n/a"]
         assert num(row["max_deviation_kpa"]) == (pytest.approx(max(deviations), abs=0.0015) if deviations else None)
@@ -188,9 +197,9 @@ def test_a_discarded_run_keeps_its_log_and_is_recorded_beside_it_and_in_scans_ts
                for s in scans)
     row = run_row(out, "P04", 1)
     assert (row["status"], row["discarded"], row["discard_reason"]) == ("discarded (completed)", "true", DISCARD_REASON)
-    # it counts nowhere else: P02 is the only control with ratings
+    # it counts nowhere else: P02 and P06 are the controls with ratings
     control = [r for r in tsv(out / "ratings_by_group.tsv") if r["group"] == "control"]
-    assert [r["participants"] for r in control] == ["1"]
+    assert [r["participants"] for r in control] == ["2"]
 
 
 def test_calibrated_pressures_by_group_match_the_calibration_files(built: Built, out: Path) -> None:
@@ -203,7 +212,7 @@ def test_calibrated_pressures_by_group_match_the_calibration_files(built: Built,
     assert set(rows) == {"patient", "control"}
     for g, row in rows.items():
         xs = [v for p, v in newest.items() if groups[p] == g]
-        assert int(row["participants"]) == len(xs) == 2
+        assert int(row["participants"]) == len(xs) == {"patient": 2, "control": 3}[g]
         assert float(row["mean_kpa"]) == pytest.approx(statistics.mean(xs), abs=0.006)
         assert float(row["sd_kpa"]) == pytest.approx(statistics.stdev(xs), abs=0.006)
         assert (float(row["min_kpa"]), float(row["max_kpa"])) == pytest.approx((min(xs), max(xs)), abs=0.006)
@@ -216,15 +225,14 @@ def test_calibrated_pressures_by_group_match_the_calibration_files(built: Built,
 def test_ratings_by_trial_type_and_group_match_the_events_files(built: Built, out: Path) -> None:
     groups = {r["participant_id"][4:]: r["group"] for r in tsv(built.root / "participants.tsv")}
     discarded = {s["filename"].split("/")[-1].rsplit("_", 1)[0]
-                 for f in built.root.glob("sub-*/sub-*_scans.tsv") for s in tsv(f) if s["discarded"] == "true"}
+                 for f in built.root.glob("sub-*/**/sub-*_scans.tsv") for s in tsv(f) if s["discarded"] == "true"}
     per_participant: dict[tuple[str, str], list[float]] = {}
-    for events in sorted(built.root.glob("sub-*/func/*_events.tsv")):
+    for events in sorted(built.root.glob("sub-*/**/func/*_events.tsv")):
         stem = events.name[: -len("_events.tsv")]
         if stem in discarded:
             continue
         participant = stem.split("_")[0][4:]
-        trial_type = {t["trial"]: t["trial_type"] for t in csv.DictReader(
-            (built.root / "sourcedata" / f"sub-{participant}" / stem / "trials.csv").open())}
+        trial_type = {t["trial"]: t["trial_type"] for t in csv.DictReader((source_of(built, stem) / "trials.csv").open())}
         for e in tsv(events):
             if e["rating"] != "n/a":
                 per_participant.setdefault((participant, trial_type[e["trial"]]), []).append(float(e["rating"]))
@@ -254,9 +262,9 @@ def test_participants_and_scans_files_pass_the_bids_validator(built: Built, tmp_
 
     root = tmp_path / "data"
     shutil.copytree(built.root, root, ignore=shutil.ignore_patterns("derivatives"))
-    for events in root.glob("sub-*/func/*_events.tsv"):   # the images the scanner would have made
+    for events in root.glob("sub-*/**/func/*_events.tsv"):   # the images the scanner would have made
         stem = events.name[: -len("_events.tsv")]
-        n = json.loads((root / "sourcedata" / stem.split("_")[0] / stem / "provenance.json").read_text())[
+        n = json.loads((next((root / "sourcedata").glob(f"sub-*/**/{stem}")) / "provenance.json").read_text())[
             "timing"]["volumes_received"]
         img = nib.Nifti1Image(np.zeros((2, 2, 2, max(n, 1)), dtype=np.int16), np.eye(4))
         img.header.set_zooms((3.0, 3.0, 3.0, 1.0))
@@ -309,7 +317,7 @@ def test_what_cannot_be_read_is_named_on_the_page_and_the_rest_is_shown(built: B
     assert said("participants.tsv", r"no row for sub-P05 .*PARTICIPANT_ID_MISMATCH")
     cut = run_row(out, "P01", 2)
     assert cut["status"] == "incomplete" and "log_cut" in cut["flags"]
-    assert len(tsv(out / "runs.tsv")) == 7
+    assert len(tsv(out / "runs.tsv")) == 8
     page = (out / "study.html").read_text()
     assert "notes.txt" in page and "cut off" in page
 
@@ -323,7 +331,13 @@ def test_a_discard_taken_back_counts_again(built: Built, tmp_path: Path) -> None
     assert {s["discarded"] for s in tsv(root / "sub-P04" / "sub-P04_scans.tsv")} == {"false"}
     assert main(["study", str(root)]) == 0
     control = [r for r in tsv(root / "derivatives" / "cuedpain-study" / "ratings_by_group.tsv") if r["group"] == "control"]
-    assert [r["participants"] for r in control] == ["2"]
+    assert [r["participants"] for r in control] == ["3"]
+    # a run in a session: its session's scans.tsv
+    d6 = root / "sourcedata" / "sub-P06" / "ses-1" / f"sub-P06_ses-1_task-{TASK}_run-1"
+    assert main(["discard", str(d6), "--reason", "wrong protocol"]) == 0
+    scans = tsv(root / "sub-P06" / "ses-1" / "sub-P06_ses-1_scans.tsv")
+    assert scans and all((s["discarded"], s["discard_reason"]) == ("true", "wrong protocol") for s in scans)
+    assert not (root / "sub-P06" / "sub-P06_scans.tsv").exists()
 
 
 # ---------------------------------------------------------------- the page in a browser
@@ -363,10 +377,11 @@ def test_the_page_renders_in_chromium_offline_with_runs_reasons_and_plots(built:
     assert requested == []
     assert shot.stat().st_size > 20_000
     assert len(images) == 4 and all(done and width > 300 for done, width, _ in images), images
-    assert len(runs_rows) == 7
+    assert len(runs_rows) == 8
     by_run = {(r.split("\t")[0], r.split("\t")[4]): r for r in runs_rows}
     assert set(by_run) == {("P01", "1"), ("P01", "2"), ("P02", "1"), ("P02", "2"), ("P03", "1"), ("P04", "1"),
-                           ("P05", "1")}
+                           ("P05", "1"), ("P06", "1")}
+    assert by_run[("P06", "1")].split("\t")[2] == "1"          # its session
     assert "ABORTED" in by_run[("P03", "1")] and "sigterm" in by_run[("P03", "1")].lower()
     assert "DISCARDED" in by_run[("P04", "1")] and DISCARD_REASON in by_run[("P04", "1")]
     assert "INCOMPLETE" in by_run[("P05", "1")]
