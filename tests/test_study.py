@@ -114,6 +114,19 @@ def test_every_run_is_listed_with_the_status_its_log_says(built: Built, out: Pat
         assert row["session"] == (header["session"] or "n/a")
     assert run_row(out, "P05", 1)["status"] == "incomplete"
     assert "bids_outputs" in run_row(out, "P05", 1)["flags"]
+    # the overview counts each participant's runs by the status their logs and annotations give
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for d in dirs:
+        records = log_records(d / "log.jsonl")
+        end = next((r for r in records if r["kind"] == "end"), None)
+        notes = (d / "annotations.jsonl").read_text().splitlines() if (d / "annotations.jsonl").exists() else []
+        kind = "discarded" if notes and json.loads(notes[-1])["kind"] == "discarded" else \
+            ("incomplete" if end is None else end["status"])
+        key = (records[0]["participant"], records[0]["session"] or "n/a")
+        counts.setdefault(key, {})[kind] = counts.setdefault(key, {}).get(kind, 0) + 1
+    for row in tsv(out / "overview.tsv"):
+        got = {k: int(row[k]) for k in ("completed", "aborted", "incomplete", "discarded") if int(row[k])}
+        assert got == counts.get((row["participant"], row["session"]), {}), row
 
 
 def test_the_aborted_run_says_why_and_where_it_stopped_as_its_own_files_do(built: Built, out: Path) -> None:
