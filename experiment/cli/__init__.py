@@ -25,6 +25,7 @@ from experiment.station.console import ClosedSafeStream
 COMMANDS = {
     "validate": "validate", "plan": "plan", "run": "run", "calibrate": "calibrate", "rig-check": "rig_check",
     "simulate-cuff": "simulate_cuff", "report": "report", "rebuild": "rebuild",
+    "participants": "participants", "discard": "discard", "study": "study",
 }
 
 
