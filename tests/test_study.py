@@ -262,10 +262,15 @@ def test_ratings_by_trial_type_and_group_match_the_events_files(built: Built, ou
 
 def test_the_override_and_its_reason_are_shown_with_the_run(built: Built, out: Path) -> None:
     header = log_records(built.run_dir("P02", 2) / "log.jsonl")[0]
-    assert header["pressure"] == {"pressure_kpa": OVERRIDE_KPA, "pressure_mmhg": 165.0, "source": "override",
-                                  "reason": OVERRIDE_REASON}
+    pressure = header["pressure"]
+    assert (pressure["source"], pressure["override_kpa"], pressure["reason"]) == \
+        ("override", OVERRIDE_KPA, OVERRIDE_REASON)
+    level = pressure["levels"]["target"]          # the override stands in for the calibrated pressure
+    given = level["pressure_kpa"]
+    assert given == pytest.approx(OVERRIDE_KPA * (level.get("fraction") or 1), abs=0.051)
     row = next(r for r in tsv(out / "run_pressures.tsv") if (r["participant"], r["run"]) == ("P02", "2"))
-    assert (float(row["pressure_kpa"]), row["source"], row["note"]) == (OVERRIDE_KPA, "override", OVERRIDE_REASON)
+    assert (float(row["pressure_kpa"]), row["level"], row["source"], row["note"]) == \
+        (pytest.approx(given, abs=0.005), "target", "override", OVERRIDE_REASON)
     assert OVERRIDE_REASON in (out / "study.html").read_text()
 
 
@@ -538,3 +543,13 @@ def test_each_flag_names_its_figure_and_limit(timing: Timing | None, stimuli: tu
     assert re.search(text, flags[0].text), flags[0].text
     assert run_flags(_timing(), (Stimulus(1, "pain", 40.0, 39.9, 0.1, 40.1, 8.0),), Limits(30.0, 360.0, 2.0),
                      status="completed", log_cut=False, bids_problem=None) == ()
+
+
+def test_a_run_with_several_pressure_levels_lists_each_and_an_old_log_its_one_pressure() -> None:
+    from experiment.study.reader import _pressure_levels
+
+    two = {"pressure_kpa": None, "source": "calibration",
+           "levels": {"low": {"pressure_kpa": 24.5}, "high": {"pressure_kpa": 41.0}}}
+    assert _pressure_levels(two) == (("low", 24.5), ("high", 41.0))
+    assert _pressure_levels({"pressure_kpa": 30.0, "source": "protocol"}) == (("target", 30.0),)
+    assert _pressure_levels({"source": "protocol"}) == ()

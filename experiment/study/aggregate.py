@@ -75,7 +75,7 @@ RUN_COLUMNS: tuple[tuple[str, str] | tuple[str, str, int], ...] = (
     ("status_detail", "the run's own status summary: why it ended and where it stopped"),
     ("discarded", "marked discarded (cuedpain discard)"), ("discard_reason", "why, as recorded"),
     ("started", "start time (log header, local time)"),
-    ("pressure_kpa", "pressure the run gave (kPa)", 1),
+    ("pressure_kpa", "pressure the run gave (kPa; 'level kPa, ...' for a design with several levels)"),
     ("pressure_source", "protocol, calibration or override"),
     ("pressure_note", "override reason, or the calibration file used"),
     ("onset_error_median_ms", "median onset error of the trials' cues (ms)", 2),
@@ -103,7 +103,7 @@ def runs_table(study: Study) -> StudyTable:
         devs = [s.deviation_kpa for s in r.stimuli if s.deviation_kpa is not None]
         rows.append((
             r.participant, study.group_of(r.participant), r.session, r.task, r.run, status_word(r), r.status_text,
-            r.discard.discarded, r.discard.reason, r.start_wall, r.pressure_kpa, r.pressure_source, r.pressure_note,
+            r.discard.discarded, r.discard.reason, r.start_wall, r.pressure_text or None, r.pressure_source, r.pressure_note,
             t.onset_error_median_ms if t else None, t.onset_error_max_ms if t else None, t.frame_ms if t else None,
             t.dropped_frames if t else None, t.volumes_received if t else None, t.volumes_expected if t else None,
             t.missed_pulses if t else None, t.extra_pulses if t else None, t.tr_s if t else None,
@@ -189,12 +189,14 @@ def calibration_groups_table(study: Study) -> StudyTable:
 
 
 def run_pressure_table(study: Study) -> StudyTable:
-    rows = [(r.participant, study.group_of(r.participant), r.session, r.task, r.run, r.pressure_kpa, r.pressure_source,
-             r.pressure_note) for r in study.runs if r.pressure_kpa is not None]
+    rows = [(r.participant, study.group_of(r.participant), r.session, r.task, r.run, level, kpa, r.pressure_source,
+             r.pressure_note) for r in study.runs for level, kpa in r.pressure_levels]
     return _t("run_pressures", "Pressure given in each run", (
         ("participant", "participant label"), ("group", "group"), ("session", "session"), ("task", "task"),
-        ("run", "run"), ("pressure_kpa", "pressure (kPa)", 2), ("source", "protocol, calibration or override"),
-        ("note", "override reason, or the calibration file")), rows)
+        ("run", "run"), ("level", "the protocol's pressure level ('target' when it has one pressure)"),
+        ("pressure_kpa", "pressure (kPa)", 2), ("source", "protocol, calibration or override"),
+        ("note", "override reason, or the calibration file")), rows,
+        note="One row per pressure level of each run.")
 
 
 # ---------------------------------------------------------------- ratings

@@ -85,13 +85,13 @@ def calibration_figure(study: Study) -> str:
         left.set_title("Newest calibration per participant (bar: median)", fontsize=9)
     else:
         _empty(left, "no calibration results")
-    runs = [r for r in study.runs if r.pressure_kpa is not None and r.counted]
+    runs = [r for r in study.runs if r.pressure_levels and r.counted]
     if runs:
         sources = (("calibration", "o", "from the calibration"), ("protocol", "s", "fixed by the protocol"),
                    ("override", "x", "operator override"))
         for source, marker, label in sources:
-            pts = [(groups.index(study.group_of(r.participant)), r.pressure_kpa) for r in runs
-                   if (r.pressure_source or "protocol") == source]
+            pts = [(groups.index(study.group_of(r.participant)), kpa) for r in runs
+                   if (r.pressure_source or "protocol") == source for _, kpa in r.pressure_levels]
             if pts:
                 offs = _offsets(len(pts))
                 xs, ys = [x + o for (x, _), o in zip(pts, offs)], [y for _, y in pts]

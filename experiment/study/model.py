@@ -105,7 +105,7 @@ class RunRecord:
     dry_run: bool | None = None
     start_wall: str | None = None
     protocol: str | None = None
-    pressure_kpa: float | None = None
+    pressure_levels: tuple[tuple[str, float], ...] = ()   # (level, kPa) of every pressure level the run gave
     pressure_source: str | None = None  # protocol | calibration | override
     pressure_note: str | None = None    # override reason, or calibration file
     timing: Timing | None = None
@@ -118,6 +118,13 @@ class RunRecord:
     def counted(self) -> bool:
         """Whether the run enters the group summaries (read, and not discarded)."""
         return self.status != "unreadable" and not self.discard.discarded
+
+    @property
+    def pressure_text(self) -> str:
+        """The run's pressure(s) in kPa: '36.0', or 'low 25.0, high 41.5' for a design with levels."""
+        if len(self.pressure_levels) == 1:
+            return f"{self.pressure_levels[0][1]:.1f}"
+        return ", ".join(f"{name} {kpa:.1f}" for name, kpa in self.pressure_levels)
 
 
 @dataclass(frozen=True)

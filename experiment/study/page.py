@@ -138,7 +138,7 @@ def _runs_html(study: Study) -> str:
                     detail = detail[len(lead):]
             status = f"<span class='badge'>{esc(r.status.upper())}</span> {esc(detail)}"
             cls = r.status
-        pressure = _num(r.pressure_kpa, 1)
+        pressure = esc(r.pressure_text) if r.pressure_levels else "n/a"
         if r.pressure_source:
             pressure += f" ({esc(r.pressure_source)}" + (f": {esc(r.pressure_note)}" if r.pressure_source == "override"
                                                          and r.pressure_note else "") + ")"
@@ -185,7 +185,7 @@ def render_page(study: Study, tables: StudyTables, figures: Mapping[str, str], f
     overrides = [r for r in study.runs if r.pressure_source == "override"]
     if overrides:
         p.append("<h3>Operator overrides</h3><ul>" + "".join(
-            f"<li>{esc(r.stem)}: {cell_text(r.pressure_kpa, 1)} kPa, reason: {esc(r.pressure_note or 'none')}</li>"
+            f"<li>{esc(r.stem)}: {esc(r.pressure_text)} kPa, reason: {esc(r.pressure_note or 'none')}</li>"
             for r in overrides) + "</ul>")
     p.append("<h3>Every calibration</h3>" + html_table(tables.calibrations, [
         "participant", "group", "session", "calibration", "status", "detail", "pressure_kpa", "method",

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from experiment.errors import InputError
 from experiment.log.eventlog import LogContents, read_log
@@ -30,7 +30,7 @@ from experiment.outputs.writer import LOG_NAME, PRESSURE_NAME, run_id_of, run_ui
 from experiment.procedures.calibration.results import read_calibration
 from experiment.protocol.model import parse_protocol
 from experiment.study.annotations import ANNOTATIONS_NAME, DiscardState, read_discard
-from experiment.study.jsonio import load_object, number, obj, text
+from experiment.study.jsonio import JsonValue, load_object, number, obj, text
 from experiment.study.model import (AttemptRecord, CalibrationRecord, Limits, ParticipantRecord, Problem, RunRecord,
                                     Study)
 from experiment.study.participants import MISSING, read_participants, subjects_with_data
@@ -246,9 +246,21 @@ def read_run(ctx: _Context, run_dir: Path) -> RunRecord:
         run_dir=ctx.rel(run_dir), status=st.status, status_text=st.summary(), reason=st.reason, discard=discard,
         dry_run=h.get("dry_run") if isinstance(h.get("dry_run"), bool) else None,
         start_wall=text(h.get("start_wall")), protocol=text(h.get("protocol_name")) or text(h.get("protocol_path")),
-        pressure_kpa=number(pressure.get("pressure_kpa")), pressure_source=source, pressure_note=note, timing=timing,
+        pressure_levels=_pressure_levels(pressure), pressure_source=source, pressure_note=note, timing=timing,
         limits=limits, stimuli=stimuli, ratings=ratings_of(data),
         flags=run_flags(timing, stimuli, limits, status=st.status, log_cut=st.truncated, bids_problem=bids_problem))
+
+
+def _pressure_levels(pressure: Mapping[str, JsonValue]) -> tuple[tuple[str, float], ...]:
+    """(level, kPa) of each pressure level in a run's header (`pressure.levels`); a log written
+    before levels existed has one pressure, read as the level `target`."""
+    out: list[tuple[str, float]] = []
+    for name, lv in obj(pressure.get("levels")).items():
+        if (kpa := number(obj(lv).get("pressure_kpa"))) is not None:
+            out.append((name, kpa))
+    if not out and (kpa := number(pressure.get("pressure_kpa"))) is not None:
+        out.append(("target", kpa))
+    return tuple(out)
 
 
 # ---------------------------------------------------------------- calibrations and attempts
