@@ -18,7 +18,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,7 @@ from experiment.errors import InputError
 from experiment.study.annotations import (ScanEntry, TsvTable, annotation_record, discard_state, parse_annotations,
                                           scans_table)
 from experiment.study.model import Limits, Stimulus, Timing
-from experiment.study.participants import (Declaration, FieldSpec, ParticipantsTable, apply_declaration,
+from experiment.outputs.participants import (Declaration, FieldSpec, ParticipantsTable, apply_declaration,
                                            set_fields)
 from experiment.study.plans import Done, PlannedStep, VisitPlan, missing_steps
 from experiment.study.qc import run_flags
@@ -301,12 +300,9 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
 
 def test_the_study_only_reads_the_dataset(built: Built, out: Path, tmp_path: Path) -> None:
     before = _snapshot(built.root)
-    started = time.perf_counter()
     assert main(["study", str(built.root), "--out", str(tmp_path / "elsewhere")]) == 0
-    took = time.perf_counter() - started
     assert _snapshot(built.root) == before
-    assert (tmp_path / "elsewhere" / "study.html").is_file()
-    assert took < 10, f"the study of 7 runs took {took:.1f} s"
+    assert (tmp_path / "elsewhere" / "study.html").is_file()   # (its speed: benchmarks/study.py)
 
 
 def test_what_cannot_be_read_is_named_on_the_page_and_the_rest_is_shown(built: Built, tmp_path: Path) -> None:
@@ -553,3 +549,14 @@ def test_a_run_with_several_pressure_levels_lists_each_and_an_old_log_its_one_pr
     assert _pressure_levels(two) == (("low", 24.5), ("high", 41.0))
     assert _pressure_levels({"pressure_kpa": 30.0, "source": "protocol"}) == (("target", 30.0),)
     assert _pressure_levels({"source": "protocol"}) == ()
+
+
+def test_a_new_participants_run_gives_them_a_row_in_an_existing_participants_tsv(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    assert main(["participants", "declare", str(ROOT / "protocols" / "participants.yaml"), "--data", str(root)]) == 0
+    assert main(["participants", "set", "P01", "--field", "group=patient", "--data", str(root)]) == 0
+    assert main(["run", str(ROOT / "protocols" / "demo.yaml"), "--participant", "P09", "--dry-run", "--headless",
+                 "--data", str(root)]) == 0
+    rows = {r["participant_id"]: r for r in tsv(root / "participants.tsv")}
+    assert set(rows) == {"sub-P01", "sub-P09"} and rows["sub-P09"]["group"] == "n/a"
+    assert rows["sub-P01"]["group"] == "patient"

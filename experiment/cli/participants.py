@@ -4,7 +4,7 @@
     cuedpain participants set P01 --field group=patient --field age=45 [--fields FILE] [--data DIR]
     cuedpain participants show [--data DIR]
 
-Everything is checked against the fields the lab declared (experiment/study/participants.py);
+Everything is checked against the fields the lab declared (experiment/outputs/participants.py);
 bad input is one message naming the file or field and what it takes, exit 2.
 """
 
@@ -53,7 +53,7 @@ def parse_assignments(items: Sequence[str]) -> dict[str, str]:
 
 
 def _show(root: Path) -> int:
-    from experiment.study.participants import read_participants, subjects_with_data
+    from experiment.outputs.participants import read_participants, subjects_with_data
 
     files = read_participants(root)
     out = sys.stdout
@@ -79,7 +79,7 @@ def _show(root: Path) -> int:
 
 def command(args: argparse.Namespace) -> int:
     """Exit 0 done, 2 bad input."""
-    from experiment.study import participants
+    from experiment.outputs import participants
 
     root = Path(args.data) if args.data else DEFAULT_DATA
     if args.verb == "declare":

@@ -22,6 +22,7 @@ from experiment.outputs.atomic import OwnedPaths, write_bytes, write_text
 from experiment.outputs.bids import BidsPaths, json_bytes, task_sidecar, write_bids
 from experiment.outputs.derive import RunData, RunStatus, derive_run, timing_quality
 from experiment.outputs.exports import ExportPaths, write_exports
+from experiment.outputs.participants import list_subject
 from experiment.outputs.provenance import file_record, provenance
 from experiment.outputs.tables import csv_text, tsv_text
 from experiment.outputs.rundir import RunId, is_attempt_dir
@@ -137,6 +138,8 @@ def write_run_outputs(run_dir: Path, *, data_root: Path, rate_hz: float = 20.0) 
     else:
         _, bids_written, notes = write_bids(data, rid, data_root=data_root, run_uid=uid, source_log=source_log,
                                             owned=owned)
+        unlisted = list_subject(Path(data_root), rid.participant)
+        notes = [*notes, unlisted] if unlisted else notes
     written = list(bids_written)
     bold = write_bytes(run_dir / f"{rid.stem}_bold.json", json_bytes(task_sidecar(log.header)), owned=owned)
     trials = write_text(run_dir / "trials.csv", trials_csv_text(data), owned=owned)

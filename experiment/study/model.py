@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from experiment.study.annotations import DiscardState
-from experiment.study.participants import GROUP_FIELD, MISSING, Declaration
+from experiment.outputs.participants import GROUP_FIELD, MISSING, Declaration
 from experiment.study.plans import PlanReading
 
 #: a participant without a group (not in participants.tsv, or the field is n/a or not declared)

@@ -33,7 +33,7 @@ from experiment.study.annotations import ANNOTATIONS_NAME, DiscardState, read_di
 from experiment.study.jsonio import JsonValue, load_object, number, obj, text
 from experiment.study.model import (AttemptRecord, CalibrationRecord, Limits, ParticipantRecord, Problem, RunRecord,
                                     Study)
-from experiment.study.participants import MISSING, read_participants, subjects_with_data
+from experiment.outputs.participants import MISSING, read_participants, subjects_with_data
 from experiment.study.plans import PlanReader, no_plans
 from experiment.study.qc import PressureRow, ratings_of, run_flags, stimuli_of, timing_of
 

@@ -37,7 +37,7 @@ from experiment.errors import InputError
 from experiment.outputs.atomic import OwnedPaths, write_text
 from experiment.protocol.identifiers import check_label
 from experiment.protocol.yamlload import Located, Where, read_yaml
-from experiment.study.filelock import locked
+from experiment.outputs.filelock import locked
 from experiment.study.jsonio import JsonObject, JsonValue, dumps, load_object, number, obj, text
 
 MISSING = "n/a"
@@ -517,3 +517,19 @@ def set_participant(root: Path, participant: str, values: Mapping[str, str], *,
     row = table.row(pid)
     assert row is not None
     return row
+
+
+def list_subject(root: Path, participant: str) -> str | None:
+    """Give a participant a row in the root's participants.tsv when that file exists (BIDS then
+    requires every subject to be listed). Returns a note when it could not; it never raises,
+    because a run's own outputs must be written whatever state the lab's file is in."""
+    if not (Path(root) / TSV_NAME).exists():
+        return None
+    try:
+        set_participant(root, participant, {})
+    except InputError as exc:
+        return f"participants.tsv does not list sub-{participant} yet ({exc.message}); fix it, then run " \
+               f"`cuedpain participants set {participant}`"
+    except OSError as exc:
+        return f"participants.tsv could not be updated with sub-{participant} ({exc})"
+    return None
