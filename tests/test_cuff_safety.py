@@ -285,6 +285,38 @@ def test_emergency_vent_outside_a_run_is_harmless() -> None:
     assert rig.device.state == "IDLE"
 
 
+def test_no_stimulus_goes_out_while_an_emergency_vent_is_queued() -> None:
+    rig = Rig()
+    rig.sup.emergency_vent("sigterm")            # a signal handler's request, not yet sent by the guard
+    with pytest.raises(AbortError, match=r"refused: (an emergency vent is under way|safety interlock) \(sigterm\)"):
+        rig.sup.stimulate(20, 20)
+    rig.sleep(0.1)
+    assert not [c for c in rig.kinds("cuff_cmd") if c["command"].startswith("SET")]
+    assert rig.device.state != "INFLATING" and rig.device.pressure_kpa < 1
+
+
+def test_a_stimulus_that_crosses_a_vent_on_its_way_out_is_vented_again() -> None:
+    """The stop arrives after the stimulus was allowed but before its SET is written, and the
+    guard's VENT reaches the wire first: the SET must be followed by another VENT."""
+    rig = Rig()
+    original = rig.sup._ramp
+
+    def crossed(*args: Any) -> Any:
+        rig.sup.emergency_vent("sigterm")
+        rig.sleep(0.05)                          # the guard sends its VENT now, before the SET
+        assert rig.sup.safety_tripped == "sigterm"
+        return original(*args)
+
+    rig.sup._ramp = crossed                      # type: ignore[method-assign]  # picks the moment only
+    with pytest.raises(AbortError):
+        rig.sup.stimulate(20, 20)
+    sent = [c["command"].split()[0] for c in rig.kinds("cuff_cmd")]
+    last_set = max(i for i, c in enumerate(sent) if c == "SET")
+    assert "VENT" in sent[:last_set] and sent[-1] == "VENT" and last_set < len(sent) - 1, sent
+    rig.sleep(1.0)
+    assert rig.device.pressure_kpa < 1
+
+
 # ---------------------------------------------------------------- 5. cable, silence, error replies
 
 @pytest.mark.realtime

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -399,3 +400,31 @@ def test_a_whole_dry_run_over_loopback_sockets_as_on_windows(tmp_path: Path, xdi
     sets = [r for r in log.of_kind("cuff_cmd") if r["command"].startswith("SET")]
     assert len(sets) == 2 and all(r["ok"] for r in sets)
     assert len(list(log.of_kind("pulse"))) >= 18 and log.records[-1]["status"] == "completed"
+
+
+# ---------------------------------------------------------------- the end record names the operator's signal
+
+@pytest.mark.parametrize("signum, reason", [(signal.SIGTERM, "sigterm"), (signal.SIGINT, "sigint")])
+def test_a_signal_that_lands_as_a_stimulus_is_sent_is_the_runs_end_reason(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int, reason: str) -> None:
+    """A real signal, raised at the moment the run asks for a stimulus (the patch only picks the
+    moment): its handler vents, the stimulus is then refused, and the end record must still name
+    the operator's signal, not the refusal that followed from it."""
+    from experiment.cli import main
+    from experiment.cuff.safety import CuffSupervisor
+
+    original = CuffSupervisor.stimulate
+
+    def signalled(self: CuffSupervisor, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signum)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CuffSupervisor, "stimulate", signalled)
+    data = tmp_path / "data"
+    assert main(["run", str(ROOT / "protocols" / "demo.yaml"), "--participant", "S1", "--dry-run", "--headless",
+                 "--data", str(data)]) == 3
+    log = read_log(data / "sourcedata" / "sub-S1" / "sub-S1_task-demo_run-1" / "log.jsonl")
+    end = next(iter(log.of_kind("end")))
+    assert end["reason"] == reason, end
+    assert [r["action"] for r in log.of_kind("operator")] == [reason]
+    assert not [c for c in log.of_kind("cuff_cmd") if c["command"].startswith("SET") and c.get("ok")]

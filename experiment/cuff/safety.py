@@ -413,6 +413,12 @@ class CuffSupervisor:
                 with self._lock:
                     self._active = None
             raise
+        if self._vent_pending_or_tripped():
+            # a stop (a signal, an interlock) crossed this SET on its way out: the guard's VENT
+            # may already have gone, so vent again; a SET never outlives a vent
+            self._send_vent("a stimulus crossed a stop")
+            self._require_running("stimulate")
+            raise AbortError("cuff stimulate refused: a stop crossed it", reason="safety")
         eta_s = result.eta_s
         if eta_s is None:
             eta_s = abs(target_kpa - (self.last_pressure_kpa or 0.0)) / rate_kpa_s
@@ -590,6 +596,10 @@ class CuffSupervisor:
         state = self.last_state.value if self.last_state is not None else "?"
         return f"{self.last_pressure_kpa:.1f} kPa, state {state}"
 
+    def _vent_pending_or_tripped(self) -> bool:
+        """An emergency vent is queued (a signal handler's, not yet sent) or an interlock tripped."""
+        return bool(self._vent_requests) or self.safety_tripped is not None or self.participant_stop_t is not None
+
     def _require_running(self, what: str) -> None:
         if not self._started:
             raise AbortError(f"cuff {what} before the supervisor started", reason="safety")
@@ -601,6 +611,10 @@ class CuffSupervisor:
         if self.participant_stop_t is not None:
             raise AbortError(f"cuff {what} refused: the participant pressed the stop button",
                              reason="participant_stop_button")
+        pending = tuple(self._vent_requests)
+        if pending:
+            raise AbortError(f"cuff {what} refused: an emergency vent is under way ({pending[0][1]})",
+                             reason="safety")
 
     # ------------------------------------------------------------ trips and vents
 

@@ -35,7 +35,7 @@ from experiment.protocol.specs import CuffSpec, ScannerSpec
 from experiment.station.briefing import Briefing, confirm
 from experiment.station.console import OperatorConsole
 from experiment.station.rating import RatingScale
-from experiment.station.recorder import Recorder
+from experiment.station.recorder import Recorder, stop_reason
 from experiment.station.signals import StopRequest, StopSignals
 
 if TYPE_CHECKING:
@@ -132,6 +132,7 @@ class Station:
         self.trigger_spec: ScannerSpec | None = None   # what the trigger source was opened with
         self.read_keys: KeyReader = lambda: []
         self.signals: StopSignals | None = None
+        self._stop_logged = False
         self.confirmation: Record | None = None
         self._sample_listeners: list[Callable[[PressureSample], None]] = []
         self._life = _Lifetime()
@@ -251,12 +252,28 @@ class Station:
         here, outside the handler), a log that cannot be written, a tripped interlock."""
         request = self.stop_request
         if request is not None:
-            self.record({"kind": "operator", "t": request.t, "action": request.name})
+            self._log_stop_request(request)
             raise request.error()
         self.rec.check()   # a lost pressure trace is lost data too
         cuff = self.cuff
         if cuff is not None and cuff.safety_tripped is not None:
             raise AbortError(f"safety interlock ({cuff.safety_tripped}): {cuff.trip_message}", reason="safety")
+
+    def _log_stop_request(self, request: StopRequest) -> None:
+        if not self._stop_logged:
+            self._stop_logged = True
+            self.record({"kind": "operator", "t": request.t, "action": request.name})
+
+    def stop_cause(self, exc: BaseException) -> tuple[str, str]:
+        """(reason, message) of the `end` record for an orderly stop. A stop signal that came
+        first is the cause, whatever error followed from the vent it made (a stimulus refused
+        because the cuff had just been vented, say): the end record names the operator's signal."""
+        request = self.stop_request
+        if request is None:
+            return stop_reason(exc)
+        self._log_stop_request(request)
+        err = request.error()
+        return err.reason or request.name, err.message
 
     def now(self) -> float:
         return self.clock.now()

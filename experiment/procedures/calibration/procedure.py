@@ -51,7 +51,7 @@ from experiment.station.briefing import Briefing, calibration_briefing
 from experiment.station.console import OperatorConsole
 from experiment.station.devices import Display, KeyReader
 from experiment.station.rating import RatingScale, press, start_rating, timed_out
-from experiment.station.recorder import STOPS, stop_reason
+from experiment.station.recorder import STOPS
 from experiment.station.runinfo import package_versions, software_revision
 from experiment.station.station import Station
 from experiment.units import kpa_to_mmhg
@@ -148,7 +148,7 @@ class Calibration:
             if self.s.protocol is not None:
                 self.levels = level_report(self.s.protocol, self.fit.as_dict(), self.fit.pressure_kpa)
         except STOPS as exc:
-            return Outcome(EXIT_ABORTED, *stop_reason(exc))
+            return Outcome(EXIT_ABORTED, *self.st.stop_cause(exc))
         except Exception as exc:  # a bug: the Station vents and ends the log, then the CLI reports it
             self.crash = exc
             return Outcome(EXIT_ABORTED, "internal_error", repr(exc))

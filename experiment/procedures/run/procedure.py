@@ -39,7 +39,7 @@ from experiment.scanner.startgate import StartGate, wait_for_t0
 from experiment.station.briefing import Briefing, run_briefing
 from experiment.station.console import OperatorConsole, Status
 from experiment.station.devices import make_safe
-from experiment.station.recorder import STOPS, stop_reason
+from experiment.station.recorder import STOPS
 from experiment.station.runinfo import package_versions, software_revision
 from experiment.station.station import Mode, Station
 
@@ -122,7 +122,7 @@ class RunProcedure:
         try:
             result = self._run()
         except STOPS as exc:
-            reason, message = stop_reason(exc)
+            reason, message = self.st.stop_cause(exc)
             return Outcome(EXIT_ABORTED, reason, message)
         except Exception as exc:  # a bug: the Station vents; keep the data, say where the traceback is
             assert self.state.source_dir is not None
