@@ -24,7 +24,8 @@ from experiment.procedures.calibration.fit import FitError, fit_pressure_for_rat
 from experiment.procedures.calibration.participant import parse_sim_spec
 from experiment.procedures.calibration.steps import (Done, Plateau, PlateauOutcome, Ramp, RampOutcome, RampSettings,
                                                StaircaseSettings, check_settings, next_plateau, next_ramp,
-                                               plateau_pressures, pressure_at)
+                                               inflation_limits_s, plateau_pressures, pressure_at)
+from experiment.protocol.cuff_timing import CuffTiming
 from experiment.cli import main
 from experiment.errors import InputError
 from experiment.log.eventlog import read_log
@@ -135,8 +136,13 @@ def test_pressure_at_a_press_is_interpolated_in_the_measured_trace() -> None:
 
 
 def test_settings_that_the_cuff_cannot_hold_are_refused() -> None:
-    with pytest.raises(InputError, match=r"one stimulus could last 1005 s .* use a faster --rate or a lower --ceiling"):
+    # the rise to 100 kPa at 0.1 kPa/s counted with the default slower real cuff (x 1.1 + 1 s), plus 5 s
+    with pytest.raises(InputError, match=r"one stimulus could last 1106 s .* use a faster --rate or a lower --ceiling"):
         check_settings(RampSettings(rate_kpa_s=0.1), ceiling_kpa=100)
+    ideal = CuffTiming(ramp_margin_s=0.0, ramp_margin_fraction=0.0, release_margin_s=0.0, onset_slack_s=0.0)
+    with pytest.raises(InputError, match=r"one stimulus could last 1005 s"):
+        check_settings(RampSettings(rate_kpa_s=0.1), ceiling_kpa=100, timing=ideal)
+    assert inflation_limits_s(RampSettings(rate_kpa_s=1.0, repeats=3), ceiling_kpa=60)[0] == pytest.approx(72.0)
     with pytest.raises(InputError, match=r"--start must be above 0 and at most the ceiling 20 kPa, got 25"):
         check_settings(StaircaseSettings(start_kpa=25), ceiling_kpa=20)
 

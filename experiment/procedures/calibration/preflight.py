@@ -166,7 +166,8 @@ def preflight(req: CalibrationRequest) -> CalibrationSetup:
     mode = mode_of(dry_run=req.dry_run, headless=req.headless)
     participant, session, ceiling, target = _checked_values(req)
     settings = method_settings(req)
-    check_settings(settings, ceiling_kpa=ceiling)
+    rig = load_rig(req.rig)
+    check_settings(settings, ceiling_kpa=ceiling, timing=rig.cuff_timing)
     if req.sim_participant is not None and not req.dry_run:
         raise InputError("--sim-participant describes the simulated participant of a dry run: it needs --dry-run")
     sim = parse_sim_spec(req.sim_participant) if req.dry_run else None
@@ -174,7 +175,6 @@ def preflight(req: CalibrationRequest) -> CalibrationSetup:
     if protocol is not None and not protocol.stimulation.calibrated:
         raise InputError(f"{req.protocol}: its pressures are fixed ({protocol.stimulation.as_written}); --protocol "
                          "is for a protocol with calibrated levels")
-    rig = load_rig(req.rig)
     cuff_spec = _cuff_spec(req, rig)
     keys = calibration_keys(rig)
     data_root = req.data if req.data is not None else default_root(dry_run=req.dry_run)
@@ -184,7 +184,7 @@ def preflight(req: CalibrationRequest) -> CalibrationSetup:
     check_can_confirm(dry_run=req.dry_run, assume_yes=req.yes)
     if mode is not Mode.HEADLESS:
         check_display()
-    one_s, total_s = inflation_limits_s(settings, ceiling_kpa=ceiling)
+    one_s, total_s = inflation_limits_s(settings, ceiling_kpa=ceiling, timing=rig.cuff_timing)
     safety = Safety(max_pressure_kpa=ceiling, max_inflation_per_stimulus_s=one_s,
                     max_cumulative_inflation_per_run_s=total_s, min_deflated_between_s=settings.rest_s,
                     release_threshold_kpa=2.0, release_deadline_s=2.0, compliance_margin_kpa=2.0,

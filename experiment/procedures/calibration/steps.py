@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
 from experiment.errors import InputError
+from experiment.protocol.cuff_timing import CuffTiming
 
 # A stimulus's time limit = its longest ramp + plateau + this margin (the supervisor's
 # compliance margin of 2 s plus frames and replies). The device's MAXTIME must hold it.
@@ -103,7 +104,7 @@ class PlateauOutcome:
 Outcome = Union[RampOutcome, PlateauOutcome]
 
 
-def check_settings(settings: Settings, *, ceiling_kpa: float) -> None:
+def check_settings(settings: Settings, *, ceiling_kpa: float, timing: CuffTiming = CuffTiming()) -> None:
     """InputError naming the first option that cannot work with this ceiling."""
     if not (settings.rate_kpa_s >= 0.1 and settings.rate_kpa_s <= 100.0):
         raise InputError(f"--rate must be 0.1-100 kPa/s, got {settings.rate_kpa_s:g}")
@@ -120,7 +121,7 @@ def check_settings(settings: Settings, *, ceiling_kpa: float) -> None:
             raise InputError(f"--step must be at least 0.5 kPa, got {settings.step_kpa:g}")
         if not (math.isfinite(settings.plateau_s) and 0.2 <= settings.plateau_s <= 60):
             raise InputError(f"--plateau must be 0.2-60 s, got {settings.plateau_s:g}")
-    one_s, _ = inflation_limits_s(settings, ceiling_kpa=ceiling_kpa)
+    one_s, _ = inflation_limits_s(settings, ceiling_kpa=ceiling_kpa, timing=timing)
     if one_s > DEVICE_MAX_STIMULUS_S:
         raise InputError(f"one stimulus could last {one_s:.0f} s (to {ceiling_kpa:g} kPa at "
                          f"{settings.rate_kpa_s:g} kPa/s), more than the cuff's limit of "
@@ -144,9 +145,12 @@ def plateau_pressures(settings: StaircaseSettings, *, ceiling_kpa: float) -> lis
     return out + [top]
 
 
-def inflation_limits_s(settings: Settings, *, ceiling_kpa: float) -> tuple[float, float]:
-    """(longest single stimulus, longest total inflation) of the whole procedure."""
-    rise_s = ceiling_kpa / settings.rate_kpa_s
+def inflation_limits_s(settings: Settings, *, ceiling_kpa: float,
+                       timing: CuffTiming = CuffTiming()) -> tuple[float, float]:
+    """(longest single stimulus, longest total inflation) of the whole procedure: the rise to
+    the ceiling counted with the rig's slower real cuff (`cuff_timing`), so the host's time
+    limit does not stop a ramp that a real cuff is still inflating, plus a fixed margin."""
+    rise_s = timing.ramp_ms(ceiling_kpa, settings.rate_kpa_s) / 1000
     if isinstance(settings, RampSettings):
         one = rise_s + STIMULUS_MARGIN_S
         return one, one * settings.repeats
