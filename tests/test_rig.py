@@ -114,6 +114,11 @@ def test_effective_keys():
     with pytest.raises(InputError, match=r"key '1' is both the trigger key \(rig scanner\) and the left key "
                                          r"\(protocol\)"):
         effective_keys(protocol, clash2)
+    # a trigger key from the command line is checked the same way, and wins over the rig's
+    cli = KeyboardSpec(key="4")
+    with pytest.raises(InputError, match=r"key '4' is both the trigger key \(--scanner\) and the stop key \(protocol\)"):
+        effective_keys(protocol, load_rig(None), scanner=cli)
+    assert effective_keys(protocol, rig, scanner=KeyboardSpec(key="y")).trigger == "y"
 
 
 def test_cue_units_need_the_screen():

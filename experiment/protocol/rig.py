@@ -163,8 +163,9 @@ def load_rig(path: str | Path | None) -> Rig:
     return replace(build_rig(read_yaml(p)), path=p)
 
 
-def effective_keys(protocol: Protocol, rig: Rig) -> Keys:
-    """The protocol's keys with the rig's overrides (and a keyboard:KEY trigger); all distinct."""
+def effective_keys(protocol: Protocol, rig: Rig, *, scanner: ScannerSpec | None = None) -> Keys:
+    """The protocol's keys with the rig's overrides and a keyboard:KEY trigger (the one the run
+    uses: `scanner`, from the command line, else the rig's); all distinct."""
     merged = {role: getattr(protocol.keys, role) for role in ("trigger", "stop", "escape", "left", "right",
                                                                 "confirm")}
     source = {role: "protocol" for role in merged}
@@ -172,9 +173,9 @@ def effective_keys(protocol: Protocol, rig: Rig) -> Keys:
         value = getattr(rig.keys, role)
         if value is not None:
             merged[role], source[role] = value, "rig"
-    scanner = rig.scanner
-    if isinstance(scanner, KeyboardSpec) and scanner.key is not None:
-        merged["trigger"], source["trigger"] = scanner.key, "rig scanner"
+    used = scanner if scanner is not None else rig.scanner
+    if isinstance(used, KeyboardSpec) and used.key is not None:
+        merged["trigger"], source["trigger"] = used.key, ("rig scanner" if used is rig.scanner else "--scanner")
     seen: dict[str, str] = {}
     for role, key in merged.items():
         if key in seen:

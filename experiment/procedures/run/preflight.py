@@ -86,7 +86,7 @@ class RunPlan:
     def station_spec(self) -> StationSpec:
         """What the run needs from the Station."""
         p, scan = self.protocol, self.protocol.scan
-        keys = effective_keys(p, self.rig)
+        keys = effective_keys(p, self.rig, scanner=self.scanner_spec)
         window = WindowSpec(screen=self.rig.screen, cues=p.cues, stimuli_dir=p.stimuli_dir,
                             rating_scales=tuple(rating_scales(p, keys).values()))
         plan = ScannerPlan(tr_s=scan.tr_s, n_volumes=scan.n_volumes + 2, prep_scans_no_pulse=scan.scanner_discarded,
@@ -136,6 +136,7 @@ def preflight(req: RunRequest) -> RunPlan:
     run_id = resolve_run(data_root, participant=req.participant, session=req.session, task=protocol.task,
                          run=req.run)
     cuff_spec, scanner_spec = _device_specs(req, rig)
+    effective_keys(protocol, rig, scanner=scanner_spec)     # every key its own role, before any device
     pressure = resolve_pressure(protocol, data_root=data_root, participant=run_id.participant,
                                 session=run_id.session, dry_run=req.dry_run, calibration_file=req.calibration,
                                 max_age_h=rig.calibration_max_age_h, override_kpa=req.pressure_override_kpa,
