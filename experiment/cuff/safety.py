@@ -59,7 +59,7 @@ from experiment.clock import Clock, VirtualClock
 from experiment.cuff.base import (Ack, ArmAck, CommandRefused, Cuff, CuffState, CuffStatus, DeflateAck,
                                   DeviceEvent, DeviceInfo, DeviceRestarted, EventKind, Fault, PingAck,
                                   PressureSample, RampAck, StopSource)
-from experiment.errors import AbortError, DeviceFault, HardwareError, InputError
+from experiment.errors import AbortError, CuedpainError, DeviceFault, HardwareError, InputError
 
 GUARD_PERIOD_S = 0.005     # guard thread: vent requests and deadline checks
 VENTED_KPA = 1.0           # CUFF/1's "released" level: ARM needs the cuff below it
@@ -518,7 +518,10 @@ class CuffSupervisor:
             self._close_cuff_safely(reason)
         self._stop_guards()
         if self._close_cuff:
-            self._try(self.cuff.close)
+            try:
+                self.cuff.close()
+            except (OSError, CuedpainError) as exc:   # the cuff was vented above; say what did not close
+                self._warn("cuff_close_failed", f"closing the cuff's connection: {exc}")
 
     def _close_cuff_safely(self, reason: str) -> None:
         """VENT, STATUS?, DISARM (unless latched), the release verified, STREAM 0."""

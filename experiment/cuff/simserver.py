@@ -271,10 +271,14 @@ class SimServer:
 
     def close(self) -> None:
         self._stop.set()
+        stuck = False
         if self._thread is not threading.current_thread():
             self._thread.join(2.0)
+            stuck = self._thread.is_alive()
         self._endpoint.cut()
         self._connected = False
+        if stuck:
+            raise HardwareError("the simulated device's thread did not stop within 2 s of closing")
 
 
 def start_sim_server(device_factory: Callable[[], ByteDevice], clock: Clock, *, link: SimLink = "pty") -> SimServer:

@@ -135,12 +135,16 @@ class SerialTransport:
                 ser.cancel_read()
         except Exception:  # noqa: BLE001 - closing a port that is already gone
             pass
+        stuck = False
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(2.0)
+            stuck = self._thread.is_alive()
         try:
             ser.close()
         except Exception:  # noqa: BLE001 - closing a port that is already gone
             pass
+        if stuck:
+            raise HardwareError(f"the reader of {self.port} did not stop within 2 s of closing")
 
 
 def _no_delay(ser: serial.Serial) -> None:
