@@ -8,6 +8,7 @@ presses are late by the 0.4-s reaction time: +0.4 kPa at 1 kPa/s).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -277,6 +278,22 @@ def test_bad_input_exits_2_before_any_device(tmp_path: Path, capsys, args: list[
 
 
 # ------------------------------------------------------------------ a calibrated protocol runs with it
+
+def test_the_group_given_at_calibration_is_checked_first_and_kept_in_participants_tsv(tmp_path: Path,
+                                                                                        capsys) -> None:
+    data = tmp_path / "data"
+    assert _calibrate(data, "--ceiling", "40", "--field", "group=patient") == 2
+    assert "participants declare" in capsys.readouterr().err and not _cal_dir(data).exists()
+    assert main(["participants", "declare", str(ROOT / "protocols" / "participants.yaml"), "--data", str(data)]) == 0
+    assert _calibrate(data, "--ceiling", "40", "--field", "group=patiant") == 2          # a typo: nothing touched
+    assert "group" in capsys.readouterr().err and not _cal_dir(data).exists()
+    assert _calibrate(data, "--ceiling", "40", "--field", "group=patient", "--field", "age=41",
+                      "--sim-participant", "p50=28,slope=4,noise=3") == 0
+    rows = list(csv.DictReader((data / "participants.tsv").open(), delimiter="\t"))
+    assert [(r["participant_id"], r["group"], r["age"]) for r in rows] == [("sub-P01", "patient", "41")]
+    log = read_log(next(_cal_dir(data).glob("*_log.jsonl")))
+    assert [r["fields"] for r in log.of_kind("participant_fields")] == [{"group": "patient", "age": "41"}]
+
 
 def _calibrated_protocol(tmp_path: Path) -> Path:
     text = (ROOT / "protocols" / "demo.yaml").read_text()

@@ -31,6 +31,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--rest", metavar="S", type=float, default=None, help="rest between stimuli (default 10)")
     p.add_argument("--protocol", metavar="PROTOCOL", default=None,
                    help="also report the pressure of every calibrated level of this protocol (kept in the result)")
+    p.add_argument("--field", metavar="NAME=VALUE", action="append", default=[],
+                   help="a participant field the lab declared (e.g. group=patient), kept in participants.tsv; "
+                        "checked before the cuff is touched; repeat for several")
     p.add_argument("--sim-participant", metavar="SPEC", default=None,
                    help="dry runs: the simulated participant, e.g. p50=35,slope=6,noise=5,stop=button@20")
 
@@ -39,11 +42,13 @@ def command(args: argparse.Namespace) -> int:
     """Exit 0 result written, 2 bad input, 3 aborted or no result, 4 hardware at start."""
     from experiment.procedures.calibration.preflight import CalibrationRequest, preflight
     from experiment.procedures.calibration.procedure import Calibration
+    from experiment.outputs.participants import parse_assignments
 
     request = CalibrationRequest(
         participant=args.participant, ceiling_kpa=args.ceiling, session=args.session, method=args.method,
         target_rating=args.target_rating, rig=options.path(args.rig), cuff=args.cuff, dry_run=args.dry_run,
         headless=args.headless, data=options.path(args.data), seed=args.seed, yes=args.yes, rate_kpa_s=args.rate,
         repeats=args.repeats, start_kpa=args.start, step_kpa=args.step, plateau_s=args.plateau, rest_s=args.rest,
-        sim_participant=args.sim_participant, protocol=options.path(args.protocol))
+        sim_participant=args.sim_participant, protocol=options.path(args.protocol),
+        fields=parse_assignments(args.field))
     return Calibration(preflight(request)).execute()

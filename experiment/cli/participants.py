@@ -38,20 +38,6 @@ def add_parser(sub: Any) -> None:
         q.add_argument("--data", metavar="DIR", default=None, help=f"BIDS dataset root (default: {DEFAULT_DATA})")
 
 
-def parse_assignments(items: Sequence[str]) -> dict[str, str]:
-    """`NAME=VALUE` strings -> mapping; InputError for a malformed or repeated one."""
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise InputError(f"--field {item!r}: write NAME=VALUE, e.g. --field group=patient")
-        if name in out:
-            raise InputError(f"--field {name} is given twice")
-        out[name] = value
-    return out
-
-
 def _show(root: Path) -> int:
     from experiment.outputs.participants import read_participants, subjects_with_data
 
@@ -87,7 +73,7 @@ def command(args: argparse.Namespace) -> int:
         sys.stdout.write(f"{root / participants.JSON_NAME}: fields {', '.join(decl.names)}\n")
         return 0
     if args.verb == "set":
-        row = participants.set_participant(root, args.participant, parse_assignments(args.field),
+        row = participants.set_participant(root, args.participant, participants.parse_assignments(args.field),
                                            fields_file=Path(args.fields) if args.fields else None)
         sys.stdout.write(f"{root / participants.TSV_NAME}: " + ", ".join(f"{k}={v}" for k, v in row.items()) + "\n")
         return 0

@@ -370,6 +370,20 @@ def with_rows_for(table: ParticipantsTable, ids: Sequence[str]) -> ParticipantsT
     return replace(table, rows=tuple(sorted(table.rows + new)))
 
 
+def parse_assignments(items: Sequence[str]) -> dict[str, str]:
+    """`NAME=VALUE` strings -> mapping; InputError for a malformed or repeated one."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise InputError(f"--field {item!r}: write NAME=VALUE, e.g. --field group=patient")
+        if name in out:
+            raise InputError(f"--field {name} is given twice")
+        out[name] = value
+    return out
+
+
 def check_values(decl: Declaration, values: Mapping[str, str]) -> dict[str, str]:
     """Each NAME=VALUE checked against the declaration; InputError naming the field and what it takes."""
     out: dict[str, str] = {}
@@ -533,3 +547,17 @@ def list_subject(root: Path, participant: str) -> str | None:
     except OSError as exc:
         return f"participants.tsv could not be updated with sub-{participant} ({exc})"
     return None
+
+
+def check_new_values(root: Path, values: Mapping[str, str]) -> dict[str, str]:
+    """Values given with a session (`calibrate --field`) checked against the root's declared
+    fields before any device is touched; InputError when nothing is declared or a value does not fit."""
+    if not values:
+        return {}
+    files = read_participants(root)
+    for name, problem in files.problems:
+        raise InputError(f"{Path(root) / name}: {problem}")
+    if files.declaration is None:
+        raise InputError(f"--field needs the participant fields declared in {Path(root) / JSON_NAME}: run "
+                         f"`cuedpain participants declare FIELDS.yaml --data {root}` first")
+    return check_values(files.declaration, values)

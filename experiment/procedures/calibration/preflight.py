@@ -8,11 +8,13 @@ a problem is one InputError (exit 2), or a HardwareError for a missing display (
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Mapping
 
 from experiment.errors import InputError
 from experiment.outputs.dataset import check_root, default_root
+from experiment.outputs.participants import check_new_values
 from experiment.procedures.calibration.participant import SimSpec, parse_sim_spec
 from experiment.procedures.calibration.results import next_calibration_path
 from experiment.procedures.calibration.steps import (RampSettings, Settings, StaircaseSettings, check_settings,
@@ -57,6 +59,7 @@ class CalibrationRequest:
     rest_s: float | None = None
     sim_participant: str | None = None   # dry runs: the simulated participant
     protocol: Path | None = None         # report the pressure of every calibrated level of this protocol
+    fields: Mapping[str, str] = field(default_factory=dict)   # participant fields to keep (participants.tsv)
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class CalibrationSetup:
     scale: RatingScale
     assume_yes: bool = False
     protocol: Protocol | None = None     # whose calibrated levels the result reports
+    fields: Mapping[str, str] = field(default_factory=dict)   # checked participant fields (participants.tsv)
 
     @property
     def dry_run(self) -> bool:
@@ -181,6 +185,7 @@ def preflight(req: CalibrationRequest) -> CalibrationSetup:
     check_writable(data_root)
     check_root(data_root, dry_run=req.dry_run)
     next_calibration_path(data_root, participant)   # a broken earlier calibration file is an input error
+    fields = check_new_values(data_root, req.fields)
     check_can_confirm(dry_run=req.dry_run, assume_yes=req.yes)
     if mode is not Mode.HEADLESS:
         check_display()
@@ -196,4 +201,4 @@ def preflight(req: CalibrationRequest) -> CalibrationSetup:
                             ceiling_kpa=ceiling, settings=settings, data_root=data_root, mode=mode,
                             seed=0 if req.seed is None else req.seed, rig=rig, rig_path=req.rig,
                             cuff_spec=cuff_spec, sim=sim, keys=keys, safety=safety, scale=scale,
-                            assume_yes=req.yes, protocol=protocol)
+                            assume_yes=req.yes, protocol=protocol, fields=fields)

@@ -35,9 +35,10 @@ from typing import Any, Callable, Sequence, TypeVar
 from experiment import __version__
 from experiment.cuff.base import DeviceEvent, EventKind, PressureSample
 from experiment.cuff.safety import CuffSupervisor
-from experiment.errors import EXIT_ABORTED, EXIT_OK, AbortError
+from experiment.errors import EXIT_ABORTED, EXIT_OK, AbortError, InputError
 from experiment.outputs.atomic import create_once
 from experiment.outputs.dataset import claim_root
+from experiment.outputs.participants import set_participant
 from experiment.procedures.calibration.fit import FitError, MonotoneFit, fit_pressure_for_rating
 from experiment.procedures.calibration.participant import CalibrationParticipant
 from experiment.procedures.calibration.preflight import CalibrationSetup
@@ -225,6 +226,22 @@ class Calibration:
         self.stem = claim_stem(s.data_root, s.participant)
         self.st.open_log(Path(f"{self.stem}_log.jsonl"), Path(f"{self.stem}_pressure.jsonl"), self._header())
         self.st.console.say(f"writing to {self._log_path()}")
+        if s.fields:
+            self._keep_fields()
+
+    def _keep_fields(self) -> None:
+        """The participant fields given with --field (checked in pre-flight) into participants.tsv;
+        a failure now (the lab's file changed meanwhile) is a warning: the calibration goes on."""
+        s = self.s
+        try:
+            set_participant(s.data_root, s.participant, s.fields)
+        except (InputError, OSError) as exc:
+            message = f"participants.tsv was not updated: {exc}"
+            self.record({"kind": "warning", "t": self.st.now(), "code": "participant_fields_not_kept",
+                         "message": message})
+            self.st.console.warn(message)
+            return
+        self.record({"kind": "participant_fields", "t": self.st.now(), "fields": dict(s.fields)})
 
     def _software(self) -> dict[str, Any]:
         return {"name": "cuedpain", "version": __version__, "revision": software_revision()}
