@@ -18,7 +18,7 @@ import math
 import os
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
@@ -167,7 +167,19 @@ class LogContents:
     truncated: bool  # the last line was incomplete (killed mid-write)
     problems: list[str]
 
+    _by_kind: dict[object, list[dict[str, Any]]] = field(default_factory=dict, init=False, repr=False,
+                                                          compare=False)
+    _indexed_n: int = field(default=-1, init=False, repr=False, compare=False)
+
     def of_kind(self, *kinds: str) -> Iterator[dict[str, Any]]:
+        """The records of these kinds, in log order (indexed by kind once: readers ask often)."""
+        if self._indexed_n != len(self.records):     # built on first use; rebuilt if records were added
+            self._by_kind = {}
+            for r in self.records:
+                self._by_kind.setdefault(r.get("kind"), []).append(r)
+            self._indexed_n = len(self.records)
+        if len(kinds) == 1:
+            return iter(self._by_kind.get(kinds[0], ()))
         return (r for r in self.records if r.get("kind") in kinds)
 
 

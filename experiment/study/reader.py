@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 from experiment.errors import InputError
 from experiment.log.eventlog import LogContents, read_log
@@ -71,22 +71,6 @@ class _Context:
 
 
 # ---------------------------------------------------------------- pieces of a run
-
-class IndexedLog(LogContents):
-    """A log read back, with its records indexed by kind once: derive asks for each kind several
-    times, and a scan of every record per question is most of the time a study of 240 runs takes."""
-
-    def __init__(self, log: LogContents) -> None:
-        super().__init__(header=log.header, records=log.records, truncated=log.truncated, problems=log.problems)
-        self._by_kind: dict[object, list[dict[str, Any]]] = {}
-        for r in log.records:
-            self._by_kind.setdefault(r.get("kind"), []).append(r)
-
-    def of_kind(self, *kinds: str) -> Iterator[dict[str, Any]]:
-        if len(kinds) == 1:
-            return iter(self._by_kind.get(kinds[0], ()))
-        return (r for r in self.records if r.get("kind") in kinds)
-
 
 def _protocol_limits(ctx: _Context, run_dir: Path) -> Limits:
     path = run_dir / "protocol.yaml"
@@ -207,7 +191,7 @@ def read_run(ctx: _Context, run_dir: Path) -> RunRecord:
     """One run directory as a RunRecord (status `unreadable` with the reason when its log cannot be read)."""
     m = RUN_NAME.match(run_dir.name)
     try:
-        log = IndexedLog(read_log(run_dir / LOG_NAME))
+        log = read_log(run_dir / LOG_NAME)
         rid = run_id_of(log.header)
     except FileNotFoundError:
         return _unreadable(ctx, run_dir, m, f"no {LOG_NAME}: not a run directory cuedpain wrote, or its log was lost")
