@@ -96,7 +96,7 @@ def make_participant(k: int, data: str, protocol: str, runs: int) -> tuple[str, 
 
 def build(data: Path, *, participants: int, runs: int, protocol: Path, workers: int) -> dict[str, Any]:
     """Make the dataset; returns how long it took."""
-    from experiment.study.annotations import discard_run
+    from experiment.outputs.annotations import discard_run
     from experiment.outputs.participants import declare_fields, set_participant
 
     started = time.perf_counter()

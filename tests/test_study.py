@@ -25,7 +25,7 @@ import yaml
 
 from experiment.cli import main
 from experiment.errors import InputError
-from experiment.study.annotations import (ScanEntry, TsvTable, annotation_record, discard_state, parse_annotations,
+from experiment.outputs.annotations import (ScanEntry, TsvTable, annotation_record, discard_state, parse_annotations,
                                           scans_table)
 from experiment.study.model import Limits, Stimulus, Timing
 from experiment.outputs.participants import (Declaration, FieldSpec, ParticipantsTable, apply_declaration,

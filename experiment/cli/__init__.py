@@ -26,6 +26,8 @@ COMMANDS = {
     "validate": "validate", "plan": "plan", "run": "run", "calibrate": "calibrate", "rig-check": "rig_check",
     "simulate-cuff": "simulate_cuff", "report": "report", "rebuild": "rebuild",
     "participants": "participants", "discard": "discard", "study": "study",
+    "confirm-pressure": "confirm_pressure", "scanner-check": "scanner_check",
+    "visit": "visit", "station": "station", "ports": "ports",
 }
 
 

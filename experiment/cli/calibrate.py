@@ -21,6 +21,7 @@ def add_parser(sub: Any) -> None:
     options.data(p)
     p.add_argument("--seed", type=int, default=None)
     options.yes(p)
+    options.confirmed_by(p)
     p.add_argument("--rate", metavar="KPA_S", type=float, default=None,
                    help="inflation rate (default: ramp 1 kPa/s, staircase 30 kPa/s)")
     p.add_argument("--repeats", metavar="N", type=int, default=None, help="ramp: number of ramps (default 3)")
@@ -50,5 +51,5 @@ def command(args: argparse.Namespace) -> int:
         headless=args.headless, data=options.path(args.data), seed=args.seed, yes=args.yes, rate_kpa_s=args.rate,
         repeats=args.repeats, start_kpa=args.start, step_kpa=args.step, plateau_s=args.plateau, rest_s=args.rest,
         sim_participant=args.sim_participant, protocol=options.path(args.protocol),
-        fields=parse_assignments(args.field))
+        fields=parse_assignments(args.field), confirmed_by=options.check_confirmed_by(args))
     return Calibration(preflight(request)).execute()

@@ -1,7 +1,7 @@
 """`cuedpain discard RUN_DIR --reason TEXT [--undo] [--by NAME]`: leave a run out of the analysis.
 
 Records the decision next to the run's log (annotations.jsonl, append-only; the log is never
-touched) and in the session's BIDS scans.tsv (experiment/study/annotations.py). `--undo` takes
+touched) and in the session's BIDS scans.tsv (experiment/outputs/annotations.py). `--undo` takes
 a discard back, with its own reason.
 """
 
@@ -23,7 +23,7 @@ def add_parser(sub: Any) -> None:
 
 def command(args: argparse.Namespace) -> int:
     """Exit 0 recorded, 2 bad input (no such run, no reason, not discarded for --undo)."""
-    from experiment.study.annotations import discard_run, restore_run
+    from experiment.outputs.annotations import discard_run, restore_run
 
     act = restore_run if args.undo else discard_run
     outcome = act(Path(args.run_dir), args.reason, by=args.by)

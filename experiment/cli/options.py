@@ -27,6 +27,26 @@ def yes(p: argparse.ArgumentParser) -> None:
                         "recorded in the log)")
 
 
+def confirmed_by(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--confirmed-by", metavar="WHO", default=None,
+                   help="with --yes: who confirmed the block instead of this terminal (the operator station passes "
+                        "'station': its page showed the block and the operator pressed Start); recorded in the log")
+
+
+def check_confirmed_by(args: argparse.Namespace) -> str | None:
+    """--confirmed-by only with --yes (it says who gave the yes), as plain text."""
+    from experiment.errors import InputError
+
+    who = args.confirmed_by
+    if who is None:
+        return None
+    if not args.yes:
+        raise InputError("--confirmed-by says who confirmed instead of this terminal: it needs --yes")
+    if not (0 < len(who) <= 40 and who.replace("-", "").replace("_", "").isalnum()):
+        raise InputError(f"--confirmed-by must be a short name (letters, digits, '-', '_'), got {who!r}")
+    return str(who)
+
+
 def path(value: Any) -> Path | None:
     """An optional path option as a Path."""
     return None if value is None else Path(value)

@@ -27,6 +27,10 @@ def add_parser(sub: Any) -> None:
                    help="stand in for the participant's calibrated pressure when there is no usable calibration; the protocol's levels (e.g. 0.8 x calibrated) apply to it and the confirmation shows the result (requires --override-reason)")
     p.add_argument("--override-reason", metavar="TEXT", default=None)
     options.yes(p)
+    options.confirmed_by(p)
+    p.add_argument("--instruction", metavar="TEXT", action="append", default=None,
+                   help="an instruction page shown before waiting for the scanner, instead of the protocol's "
+                        "instructions (repeat for several pages; a visit plan passes its run step's pages)")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -38,5 +42,7 @@ def command(args: argparse.Namespace) -> int:
                          run=str(args.run), rig=options.path(args.rig), cuff=args.cuff, scanner=args.scanner,
                          dry_run=args.dry_run, headless=args.headless, data=options.path(args.data), seed=args.seed,
                          calibration=options.path(args.calibration), pressure_override_kpa=args.pressure_override,
-                         override_reason=args.override_reason, yes=args.yes)
+                         override_reason=args.override_reason, yes=args.yes,
+                         confirmed_by=options.check_confirmed_by(args),
+                         instructions=None if args.instruction is None else tuple(args.instruction))
     return run(preflight(request))

@@ -38,7 +38,7 @@ from experiment.outputs.atomic import OwnedPaths, write_text
 from experiment.protocol.identifiers import check_label
 from experiment.protocol.yamlload import Located, Where, read_yaml
 from experiment.outputs.filelock import locked
-from experiment.study.jsonio import JsonObject, JsonValue, dumps, load_object, number, obj, text
+from experiment.outputs.jsonio import JsonObject, JsonValue, dumps, load_object, number, obj, text
 
 MISSING = "n/a"
 ID_COLUMN = "participant_id"

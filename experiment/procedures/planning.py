@@ -128,12 +128,19 @@ def render_png(protocol: Protocol, timeline: Timeline, path: Path) -> None:
         rgb = seen.setdefault(label, _cue_rgb(protocol, e.cue))
         ax_cue.broken_barh([(e.onset_s, e.duration_s)], (0.1, 0.8), facecolors=[rgb], edgecolors="#202020",
                            linewidth=0.4)
+        if e.kind == "rating":   # the rating scale is on screen: hatched, and marked above the cue row
+            ax_cue.broken_barh([(e.onset_s, e.duration_s)], (0.1, 0.8), facecolors="none", edgecolors="#009e73",
+                               hatch="///", linewidth=1.2)
+            ax_cue.text(e.onset_s + e.duration_s / 2, 0.5, "rating", ha="center", va="center", fontsize=8,
+                        color="#006b4f", fontweight="bold", bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
     for trial_start in (e.onset_s for e in timeline.events if e.trial and e.index and
                         timeline.events[e.index - 1].trial != e.trial):
         ax_cue.axvline(trial_start, color="#bbbbbb", linewidth=0.6)
     ax_cue.set_yticks([])
     ax_cue.set_ylabel("cue", rotation=0, ha="right", va="center")
-    ax_cue.legend(handles=[Patch(facecolor=c, edgecolor="#202020", label=n) for n, c in seen.items()],
+    rating = [Patch(facecolor="white", edgecolor="#009e73", hatch="///", label="rating scale on screen")] \
+        if any(e.kind == "rating" for e in timeline.events) else []
+    ax_cue.legend(handles=[Patch(facecolor=c, edgecolor="#202020", label=n) for n, c in seen.items()] + rating,
                   loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     title = (f"{protocol.metadata.name} - seed {timeline.seed}"
              + (f", participant {timeline.participant}" if timeline.participant else "")

@@ -469,6 +469,12 @@ class DesignDoc:
         key_label="contrast"), default={})
 
 
+INSTRUCTIONS = ListOf(Text("one page of text", max_length=2000),
+                      "instruction pages shown to the participant before waiting for the scanner, one at a time; "
+                      "the participant's confirm key or the operator's space bar turns the page (default []: none)",
+                      max_items=20)
+
+
 @record
 class ProtocolDoc:
     """A protocol file as written (before the cross-field checks)."""
@@ -502,6 +508,7 @@ class ProtocolDoc:
                                                "during it)"))
     scan: Scan = spec(Record(Scan, "the scan"))
     keys: Keys = spec(KEYS, default=KEYS_DEFAULT)
+    instructions: tuple[str, ...] = spec(INSTRUCTIONS, default=[])
 
 
 PROTOCOL_SPEC = Record(ProtocolDoc, "a cuedpain protocol")
@@ -627,6 +634,7 @@ class Protocol:
     keys: Keys
     checks: tuple[str, ...] = ()
     contrasts: dict[str, dict[str, float]] = field(default_factory=dict)
+    instructions: tuple[str, ...] = ()      # pages shown before waiting for the scanner
     path: Path | None = None
     sha256: str = ""
     where: Where = field(default_factory=lambda: Where("<protocol>"), compare=False, repr=False)
@@ -1008,7 +1016,7 @@ def build_protocol(doc: Located, *, base_dir: Path) -> Protocol:
     return Protocol(version_pin=d.cuedpain_version, metadata=d.metadata, stimuli_dir=stimuli_dir, cues=cues,
                     cue_mapping=d.cue_mapping, trial_types=types, trials=trials, scales=scales, stimulation=stim,
                     safety=safety, scan=d.scan, keys=d.keys, checks=tuple(dict.fromkeys(d.checks)),
-                    contrasts=contrasts, where=where)
+                    contrasts=contrasts, instructions=d.instructions, where=where)
 
 def parse_protocol(text: str, *, file: str = "<protocol>", base_dir: Path | str = ".") -> Protocol:
     """Validate protocol text. Pure: image files are resolved against `base_dir`, not opened."""

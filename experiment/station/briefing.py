@@ -122,19 +122,23 @@ def calibration_briefing(*, participant: str, session: str | None, method: str, 
 
 
 def confirm(briefing: Briefing, *, say: Callable[[str], None], assume_yes: bool,
-            ask: Callable[[str], str] = input) -> dict[str, Any]:
+            ask: Callable[[str], str] = input, confirmed_by: str | None = None) -> dict[str, Any]:
     """Show the block; a real session needs 'y' from the operator (or --yes). The confirmation record.
 
+    `confirmed_by` (with --yes) names who confirmed instead of the terminal, e.g. 'station':
+    the operator confirmed this block on the station's page, which then started this process.
     Anything but y/yes (an empty line, EOF on a closed stdin) cancels: AbortError, reason
     `not_confirmed`, before anything reaches the participant.
     """
     say(briefing.text())
     stamp = datetime.now().astimezone().isoformat(timespec="seconds")
+    via = {} if confirmed_by is None else {"started_from": confirmed_by}
     if briefing.dry_run:
-        return {"by": "dry run (not asked)", "at": stamp}
+        return {"by": "dry run (not asked)", "at": stamp, **via}
     if assume_yes:
-        say("confirmed by --yes (recorded)")
-        return {"by": "--yes", "at": stamp}
+        by = "--yes" if confirmed_by is None else confirmed_by
+        say(f"confirmed by {by} (recorded)")
+        return {"by": by, "at": stamp, **via}
     try:
         answer = ask(f"Start this {briefing.what}? Type y and Enter to start, anything else cancels: ")
     except EOFError:

@@ -99,6 +99,7 @@ class StationSpec:
     trigger: TriggerNeed | None = None
     assume_yes: bool = False      # --yes: the operator confirmed in advance (recorded)
     sim_link: str = "auto"        # dry runs: simulated devices on a pty, a loopback socket, or auto
+    confirmed_by: str | None = None   # with --yes: who confirmed instead (e.g. 'station': its page), recorded
 
     @property
     def key_roles(self) -> dict[str, str]:
@@ -210,7 +211,8 @@ class Station:
         """Show what will be done; in a real session wait for the operator's yes (AbortError if not)."""
         assert self.signals is not None
         with self.signals.interruptible():
-            self.confirmation = confirm(briefing, say=self.console.say, assume_yes=self.spec.assume_yes)
+            self.confirmation = confirm(briefing, say=self.console.say, assume_yes=self.spec.assume_yes,
+                                        confirmed_by=self.spec.confirmed_by)
         return self.confirmation
 
     def _console_lost(self, exc: BaseException) -> None:

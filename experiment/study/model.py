@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from experiment.study.annotations import DiscardState
+from experiment.outputs.annotations import DiscardState
 from experiment.outputs.participants import GROUP_FIELD, MISSING, Declaration
 from experiment.study.plans import PlanReading
 

@@ -29,8 +29,8 @@ from experiment.outputs.rundir import ATTEMPTS, RunId
 from experiment.outputs.writer import LOG_NAME, PRESSURE_NAME, run_id_of, run_uid
 from experiment.procedures.calibration.results import read_calibration
 from experiment.protocol.model import parse_protocol
-from experiment.study.annotations import ANNOTATIONS_NAME, DiscardState, read_discard
-from experiment.study.jsonio import JsonValue, load_object, number, obj, text
+from experiment.outputs.annotations import ANNOTATIONS_NAME, DiscardState, read_discard
+from experiment.outputs.jsonio import JsonValue, load_object, number, obj, text
 from experiment.study.model import (AttemptRecord, CalibrationRecord, Limits, ParticipantRecord, Problem, RunRecord,
                                     Study)
 from experiment.outputs.participants import MISSING, read_participants, subjects_with_data

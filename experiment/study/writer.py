@@ -17,7 +17,7 @@ from experiment.outputs.atomic import OwnedPaths, create_once, write_text
 from experiment.outputs.tables import tsv_text
 from experiment.study import figures
 from experiment.study.aggregate import StudyTable, StudyTables, study_tables
-from experiment.study.jsonio import JsonObject, dumps
+from experiment.outputs.jsonio import JsonObject, dumps
 from experiment.study.model import Study
 from experiment.study.page import render_page
 from experiment.study.plans import PlanReader, no_plans

@@ -60,6 +60,7 @@ class CalibrationRequest:
     sim_participant: str | None = None   # dry runs: the simulated participant
     protocol: Path | None = None         # report the pressure of every calibrated level of this protocol
     fields: Mapping[str, str] = field(default_factory=dict)   # participant fields to keep (participants.tsv)
+    confirmed_by: str | None = None      # with yes: who confirmed instead of the terminal ('station')
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class CalibrationSetup:
     assume_yes: bool = False
     protocol: Protocol | None = None     # whose calibrated levels the result reports
     fields: Mapping[str, str] = field(default_factory=dict)   # checked participant fields (participants.tsv)
+    confirmed_by: str | None = None
 
     @property
     def dry_run(self) -> bool:
@@ -101,7 +103,7 @@ class CalibrationSetup:
         return StationSpec(mode=self.mode, keys=self.keys, window=window,
                            cuff=CuffNeed(self.cuff_spec, safety_limits(self.safety,
                                                                        rates_kpa_s=(self.settings.rate_kpa_s,))),
-                           assume_yes=self.assume_yes, sim_link=self.rig.sim_link)
+                           assume_yes=self.assume_yes, sim_link=self.rig.sim_link, confirmed_by=self.confirmed_by)
 
 
 def method_settings(req: CalibrationRequest) -> Settings:
@@ -201,4 +203,4 @@ def preflight(req: CalibrationRequest) -> CalibrationSetup:
                             ceiling_kpa=ceiling, settings=settings, data_root=data_root, mode=mode,
                             seed=0 if req.seed is None else req.seed, rig=rig, rig_path=req.rig,
                             cuff_spec=cuff_spec, sim=sim, keys=keys, safety=safety, scale=scale,
-                            assume_yes=req.yes, protocol=protocol, fields=fields)
+                            assume_yes=req.yes, protocol=protocol, fields=fields, confirmed_by=req.confirmed_by)

@@ -142,7 +142,7 @@ class Calibration:
     def _guarded(self) -> Outcome:
         """The procedure and the fit; an orderly stop or a bug becomes an Outcome."""
         try:
-            outcomes, done = _Loop(self).procedure()
+            outcomes, done = RatedLoop(self).procedure()
             self.records = stimulus_records(outcomes, target_rating=self.s.target_rating)
             self.record({"kind": "done", "t": self.st.now(), "reason": done.reason, "message": done.message})
             self.fit = self._fit(self.records, done)
@@ -289,8 +289,9 @@ class Calibration:
         return path
 
 
-class _Loop:
-    """The frame loop that carries out the procedure's stimuli on the opened devices."""
+class RatedLoop:
+    """The frame loop that carries out rated stimuli on the opened devices: the calibration's
+    procedure, and (subclassed) the pressure checks of a visit."""
 
     def __init__(self, cal: Calibration) -> None:
         st = cal.st

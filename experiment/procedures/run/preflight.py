@@ -28,6 +28,9 @@ from experiment.station.station import CuffNeed, Mode, StationSpec, TriggerNeed,
 from experiment.station.surroundings import check_can_confirm, check_display
 
 
+INSTRUCTION_PAGE_DRY_RUN_S = 1.0   # a dry run turns each instruction page after this; its scanner starts after them
+
+
 @dataclass(frozen=True)
 class RunRequest:
     """What the operator asked for (the command line, or a visit step)."""
@@ -47,6 +50,8 @@ class RunRequest:
     pressure_override_kpa: float | None = None
     override_reason: str | None = None
     yes: bool = False
+    confirmed_by: str | None = None     # with yes: who confirmed instead of the terminal ('station')
+    instructions: tuple[str, ...] | None = None   # pages instead of the protocol's (a visit step's)
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ class RunPlan:
     scanner_spec: ScannerSpec
     pressure: dict[str, Any]            # the pressure and where it came from (log header, briefing)
     assume_yes: bool
+    confirmed_by: str | None = None
+    instructions: tuple[str, ...] = ()  # pages shown before waiting for the scanner
 
     @property
     def dry_run(self) -> bool:
@@ -90,11 +97,12 @@ class RunPlan:
         window = WindowSpec(screen=self.rig.screen, cues=p.cues, stimuli_dir=p.stimuli_dir,
                             rating_scales=tuple(rating_scales(p, keys).values()))
         plan = ScannerPlan(tr_s=scan.tr_s, n_volumes=scan.n_volumes + 2, prep_scans_no_pulse=scan.scanner_discarded,
-                           discard_pulses=self.discard_pulses, jitter_s=0.0002, seed=self.seed, start_delay_s=1.0)
+                           discard_pulses=self.discard_pulses, jitter_s=0.0002, seed=self.seed,
+                           start_delay_s=1.0 + INSTRUCTION_PAGE_DRY_RUN_S * len(self.instructions))
         return StationSpec(mode=self.mode, keys=keys, window=window,
                            cuff=CuffNeed(self.cuff_spec, safety_limits(p.safety, rates_kpa_s=self.rates_kpa_s)),
                            trigger=TriggerNeed(self.scanner_spec, plan, default_key=keys.trigger),
-                           assume_yes=self.assume_yes, sim_link=self.rig.sim_link)
+                           assume_yes=self.assume_yes, sim_link=self.rig.sim_link, confirmed_by=self.confirmed_by)
 
 
 def mode_of(*, dry_run: bool, headless: bool) -> Mode:
@@ -150,7 +158,9 @@ def preflight(req: RunRequest) -> RunPlan:
         check_display()
     return RunPlan(protocol=protocol, protocol_path=req.protocol, rig=rig, rig_path=req.rig, timeline=timeline,
                    run_id=run_id, take_next=req.run == "next", data_root=data_root, mode=mode, seed=seed,
-                   cuff_spec=cuff_spec, scanner_spec=scanner_spec, pressure=pressure, assume_yes=req.yes)
+                   cuff_spec=cuff_spec, scanner_spec=scanner_spec, pressure=pressure, assume_yes=req.yes,
+                   confirmed_by=req.confirmed_by,
+                   instructions=protocol.instructions if req.instructions is None else req.instructions)
 
 
 def check_stimulus_files(protocol: Protocol) -> None:

@@ -205,6 +205,7 @@ class RunProcedure:
         status = self.state.status
         status.n_trials = max((ev.trial for ev in self.plan.timeline.events), default=0)
         status.pulses_expected = self.plan.protocol.scan.n_volumes
+        self._show_instructions()
         t0 = self._wait_for_t0()
         loop = self._trial_loop(t0)
         st.cuff.add_event_listener(loop.device_events.put)
@@ -215,6 +216,42 @@ class RunProcedure:
 
     def _on_sample(self, sample: Any) -> None:
         self.state.last_pressure_kpa = sample.pressure_kpa
+
+    def _show_instructions(self) -> None:
+        """The instruction pages, one at a time, before waiting for the scanner (docs/event-log.md).
+
+        The participant's confirm key or the operator's space bar turns a page; Escape and stop
+        signals stay live. A dry run turns each page by itself after INSTRUCTION_PAGE_DRY_RUN_S
+        (its simulated scanner starts after them); a headless run logs the pages as turned at once."""
+        from experiment.procedures.run.preflight import INSTRUCTION_PAGE_DRY_RUN_S
+
+        pages, st = self.plan.instructions, self.st
+        assert st.display is not None
+        display, roles, confirm = st.display, st.spec.key_roles, st.spec.keys.confirm
+        for n, text in enumerate(pages, start=1):
+            display.show(None)
+            display.show_message(f"{text}\n\n({n} of {len(pages)}: press {confirm} to continue)")
+            t_on = display.flip()
+            self.record({"kind": "instructions", "t": t_on, "page": n, "n_pages": len(pages), "text": text})
+            st.console.say(f"instructions page {n} of {len(pages)} on screen (confirm key {confirm} or space turns it)")
+            turned_by = None
+            while turned_by is None:
+                st.check()
+                for key, t in st.read_keys():
+                    role = "operator" if key == "space" else roles.get(key, "response")
+                    self.record({"kind": "key", "t": t, "key": key, "role": role})
+                    if role == "escape":
+                        raise AbortError("the operator pressed Escape during the instructions", reason="escape")
+                    if key == confirm or key == "space":
+                        turned_by = "operator (space)" if key == "space" else "participant (confirm key)"
+                        break
+                if turned_by is None and self.plan.dry_run and st.now() >= t_on + (
+                        0.0 if self.plan.mode is Mode.HEADLESS else INSTRUCTION_PAGE_DRY_RUN_S):
+                    turned_by = "dry run (turned by itself)"
+                if turned_by is None:
+                    display.flip()
+            self.record({"kind": "instructions_turned", "t": st.now(), "page": n, "by": turned_by})
+        display.show_message(None)
 
     def _wait_for_t0(self) -> float:
         """Fixation until the pulse of the first stored volume; Escape and stop signals live."""

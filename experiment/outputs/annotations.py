@@ -43,7 +43,7 @@ from experiment.outputs.derive import derive_run
 from experiment.outputs.rundir import RunId, is_attempt_dir
 from experiment.outputs.writer import LOG_NAME, data_root_of, load_run, run_id_of, run_uid
 from experiment.outputs.filelock import locked
-from experiment.study.jsonio import JsonObject, JsonValue, dumps, load_object, loads, obj, text
+from experiment.outputs.jsonio import JsonObject, JsonValue, dumps, load_object, loads, obj, text
 
 ANNOTATIONS_NAME = "annotations.jsonl"
 ANNOTATION_FORMAT = "cuedpain-annotation/1"
