@@ -27,7 +27,7 @@ import socket
 import subprocess
 import threading
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -316,6 +316,17 @@ def _nothing() -> None:
     pass
 
 
+class PulseDriver(Protocol):
+    """What `DrivenSource` starts and stops: a thread of this process, or a child process."""
+
+    @property
+    def error(self) -> BaseException | None: ...
+    @property
+    def sent(self) -> list[float]: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
 @dataclass
 class DrivenSource:
     """A real trigger source fed by a simulated scanner driver; pulses say `sim`.
@@ -327,13 +338,13 @@ class DrivenSource:
     """
 
     make_source: Callable[[], TriggerSource]
-    make_driver: Callable[[], _TimedDriver]
+    make_driver: Callable[[], PulseDriver]
     cleanup: Callable[[], None] = _nothing
     name: str = "sim"
     reads_keyboard: bool = False
     simulated: bool = field(default=True, init=False)
     source: TriggerSource | None = field(default=None, init=False)
-    driver: _TimedDriver | None = field(default=None, init=False)
+    driver: PulseDriver | None = field(default=None, init=False)
 
     def open(self) -> None:
         try:
@@ -376,29 +387,28 @@ def has_pty() -> bool:
 def pty_sim_source(plan: ScannerPlan, *, clock: Clock) -> DrivenSource:
     """The simulated scanner through a real pseudo-terminal and SerialSource (POSIX).
 
-    The pseudo-terminal is made at `open()` and closed at `close()`.
+    The pulses are written by a child process that owns the pseudo-terminal
+    (`experiment.scanner.sim_process`), so they never wait for this process's frame loop;
+    it is started at `open()` and joined (and its exit checked) at `close()`.
     """
     from experiment.scanner.serial_source import PRESETS, SerialSource
+    from experiment.scanner.sim_process import ProcessScanner
 
     if not has_pty():
         raise InputError("the simulated scanner 'sim:pty' needs a POSIX pseudo-terminal; use sim:socket, "
                          "--headless or sim:syncgen")
-    fds: list[int] = []
+    children: list[ProcessScanner] = []
 
     def make_source() -> SerialSource:
-        fds.extend(os.openpty())  # [master, slave]
-        return SerialSource(os.ttyname(fds[1]), clock=clock, preset=PRESETS["forp"], name="sim")
+        children.append(ProcessScanner(plan.pulse_times_s().tolist(), clock=clock, start_delay_s=plan.start_delay_s,
+                                       payload=b"5", tr_s=plan.tr_s))
+        return SerialSource(children[0].port, clock=clock, preset=PRESETS["forp"], name="sim")
 
     def cleanup() -> None:
-        while fds:
-            try:
-                os.close(fds.pop())
-            except OSError:
-                pass
+        while children:
+            children.pop().close()
 
-    return DrivenSource(make_source=make_source,
-                        make_driver=lambda: PtyScanner(plan, fds[0], clock=clock, payload=b"5"),
-                        cleanup=cleanup)
+    return DrivenSource(make_source=make_source, make_driver=lambda: children[0], cleanup=cleanup)
 
 
 def socket_sim_source(plan: ScannerPlan, *, clock: Clock) -> DrivenSource:
