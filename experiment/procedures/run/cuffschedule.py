@@ -39,6 +39,7 @@ class CuffScheduler:
         self._closed = False
         self.error: BaseException | None = None
         self.handed: set[int] = set()             # plan indices handed over (run or cancelled)
+        self.written: set[int] = set()            # plan indices whose command ran
         self._virtual = isinstance(clock, VirtualClock)
         self._timers: list[int] = []
         self._thread: threading.Thread | None = None
@@ -53,7 +54,7 @@ class CuffScheduler:
         """Write `command` at `planned_t` (at once if that has passed)."""
         self.handed.add(i)
         if isinstance(self._clock, VirtualClock):
-            self._timers.append(self._clock.call_at(planned_t, lambda: self._execute(planned_t, command)))
+            self._timers.append(self._clock.call_at(planned_t, lambda: self._execute(planned_t, i, command)))
             return
         with self._cond:
             heapq.heappush(self._queue, (planned_t, i, command))
@@ -88,13 +89,14 @@ class CuffScheduler:
                 if wait_s > 0:
                     self._cond.wait(max(wait_s - SPIN_S, 0.0) if wait_s > SPIN_S else 0.0002)
                     continue
-                _, _, command = heapq.heappop(self._queue)
-            self._execute(planned_t, command)
+                _, i, command = heapq.heappop(self._queue)
+            self._execute(planned_t, i, command)
 
-    def _execute(self, planned_t: float, command: Command) -> None:
+    def _execute(self, planned_t: float, i: int, command: Command) -> None:
         with self._writing:
             if self.error is not None or self._closed:
                 return
+            self.written.add(i)
             try:
                 command(planned_t)
             except BaseException as exc:  # noqa: BLE001 - handed to the frame loop, which raises it

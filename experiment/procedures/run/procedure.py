@@ -32,6 +32,7 @@ from experiment.outputs.rundir import create_source_dir, move_to_attempts
 from experiment.procedures.run.cuffschedule import CuffScheduler
 from experiment.procedures.run.preflight import RunPlan
 from experiment.procedures.run.ratings import rating_scales, scripted_ratings
+from experiment.procedures.timingtest.procedure import latest_timing_test
 from experiment.procedures.run.trialloop import LoopHooks, LoopResult, TrialLoop
 from experiment.protocol.model import describe
 from experiment.protocol.schedule import PlannedEvent
@@ -179,6 +180,7 @@ class RunProcedure:
             "start_wall": datetime.now().astimezone().isoformat(timespec="seconds"),
             "platform": platform.platform(), "python": sys.version.split()[0], "packages": package_versions(),
             "run_length_s": plan.timeline.run_length_s,
+            "timing_test": latest_timing_test(plan.data_root),   # the newest `cuedpain timing-test` of this root
         }
 
     def _describe_display(self) -> None:

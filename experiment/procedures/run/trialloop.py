@@ -142,9 +142,9 @@ class TrialLoop:
         now = self.clock.now()
         self.hooks.poll_pulses()
         self._take_device_events()
-        self.hooks.check_safety(now)
-        if self.scheduler is not None:
+        if self.scheduler is not None:   # a command's own failure first: it is the cause of any trip it made
             self.scheduler.check()
+        self.hooks.check_safety(now)
         self._take_keys(now)
         if self._s.stim_off is not None:
             self._s.waiting_reach = None   # no stimulation: nothing will reach a target
@@ -246,18 +246,29 @@ class TrialLoop:
                 return   # the phases after it move when the target is reached
 
     def _scheduled_command(self, i: int, planned_t: float) -> None:
-        """The scheduler's thread: one phase's cuff command at its planned time."""
+        """The scheduler's thread: one phase's cuff command at its planned time.
+
+        A participant's stop (the device's button) that the frame loop has not taken yet makes
+        the supervisor refuse the command: that is a skipped command, as in the loop, not an
+        error; the loop applies the protocol's `on_participant_stop` when it takes the event."""
         ev = self.timeline[i]
-        if ev.cuff == "inflate" and ev.target_kpa is not None and ev.rate_kpa_s is not None:
-            self.hooks.stimulate(i, ev.target_kpa, ev.rate_kpa_s, planned_t)
-        elif ev.cuff == "deflate":
-            self.hooks.deflate(i, planned_t)
+        try:
+            if ev.cuff == "inflate" and ev.target_kpa is not None and ev.rate_kpa_s is not None:
+                self.hooks.stimulate(i, ev.target_kpa, ev.rate_kpa_s, planned_t)
+            elif ev.cuff == "deflate":
+                self.hooks.deflate(i, planned_t)
+        except AbortError as exc:
+            if not (exc.reason or "").startswith("participant_stop"):
+                raise
+            self.log({"kind": "warning", "t": planned_t, "code": "stimulation_off",
+                      "message": f"cuff command for event {i} skipped: stimulation stopped ({exc.message})"})
 
     def _command_cuff(self, i: int, ev: PlannedEvent, t_flip: float) -> None:
         if ev.cuff not in ("inflate", "deflate"):
             return
-        if self.scheduler is not None and i in self.scheduler.handed:
-            return   # written at its planned time by the scheduler
+        sch = self.scheduler
+        if sch is not None and i in sch.handed and (i in sch.written or self._s.stim_off is None):
+            return   # written at its planned time by the scheduler (or being written)
         if self._s.stim_off is not None:
             self.log({"kind": "warning", "t": t_flip, "code": "stimulation_off",
                       "message": f"cuff command for event {i} skipped: stimulation stopped ({self._s.stim_off})"})
