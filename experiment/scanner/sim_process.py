@@ -28,23 +28,28 @@ from experiment.errors import HardwareError, InputError
 
 START_TIMEOUT_S = 20.0     # spawning a Python child and opening its pty
 JOIN_TIMEOUT_S = 5.0
+REPORT_TIMEOUT_S = 2.0     # the child answers a `report` between two pulses
 SPIN_S = 0.002             # the child sleeps until this close to a pulse, then polls without sleeping
 
 
 def _serve(conn: Connection, parent_pid: int, payload: bytes) -> None:  # pragma: no cover - runs in the child
-    """The child: a pty, then pulses at the times the parent sends, until told to exit."""
+    """The child: a pty, then pulses at the times the parent sends, until told to exit.
+
+    The write times are kept here and sent only when asked (`report`): a message per pulse
+    could fill the pipe during a long run while the parent does not read it, and stall the pulses."""
     import tty
 
     master, slave = os.openpty()
     tty.setraw(slave)
     conn.send(("port", os.ttyname(slave)))
     pulses: list[float] = []
+    sent: list[float] = []
     pulsing = False
     try:
         while True:
             if os.getppid() != parent_pid:
                 return
-            due = pulses[0] if pulsing and pulses else None
+            due = pulses[len(sent)] if pulsing and len(sent) < len(pulses) else None
             wait = 0.1 if due is None else max(0.0, min(0.1, due - time.perf_counter() - SPIN_S))
             if conn.poll(wait):
                 try:
@@ -55,6 +60,8 @@ def _serve(conn: Connection, parent_pid: int, payload: bytes) -> None:  # pragma
                     pulses, pulsing = list(msg[1]), True
                 elif msg[0] == "stop":
                     pulsing = False
+                elif msg[0] == "report":
+                    conn.send(("sent", sent))
                 elif msg[0] == "exit":
                     return
                 continue
@@ -64,8 +71,7 @@ def _serve(conn: Connection, parent_pid: int, payload: bytes) -> None:  # pragma
                 pass
             t_sent = time.perf_counter()
             os.write(master, payload)
-            pulses.pop(0)
-            conn.send(("sent", t_sent))
+            sent.append(t_sent)
     finally:
         os.close(master)
         os.close(slave)
@@ -136,14 +142,17 @@ class ProcessScanner:
 
     @property
     def sent(self) -> list[float]:
-        """Run-clock times at which the child wrote each pulse (so far)."""
-        try:
-            while self._conn.poll(0):
-                kind, t = self._conn.recv()
-                if kind == "sent":
-                    self._sent_pc.append(t)
-        except (EOFError, OSError):
-            pass
+        """Run-clock times at which the child wrote each pulse (so far; asked of the child while
+        it runs, the last answer after it ended)."""
+        if self._proc.exitcode is None and not self._conn.closed:
+            try:
+                self._conn.send(("report",))
+                if self._conn.poll(REPORT_TIMEOUT_S):
+                    kind, times = self._conn.recv()
+                    if kind == "sent":
+                        self._sent_pc = list(times)
+            except (EOFError, OSError):
+                pass
         return [t + self._offset for t in self._sent_pc]
 
     def stop(self) -> None:
