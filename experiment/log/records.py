@@ -117,8 +117,19 @@ class InstructionsTurnedRecord(TypedDict):
     by: str                      # participant (confirm key), operator (space), or dry run (turned by itself)
 
 
-class EndFields(TypedDict, total=False):
+class EndFields(TypedDict):
     """What a procedure says about how it ended; the Station adds `kind`, `t` and `end_wall`."""
+
+    status: Literal["completed", "aborted"]
+    reason: str
+    message: str
+    exit_code: int
+    last_i: NotRequired[int | None]
+    result: NotRequired[str | None]
+
+
+class EndUpdate(TypedDict, total=False):
+    """What a procedure adds to its `end` fields once the devices are closed (a result file, or a failure)."""
 
     status: Literal["completed", "aborted"]
     reason: str
@@ -251,7 +262,7 @@ class RatingRecord(TypedDict):
     t: float                     # when it was logged
 
 
-class FrameStats(TypedDict):
+class FrameSummary(TypedDict):
     """Frame statistics so far (a `frames` record without its kind)."""
 
     t: float                     # when
@@ -261,7 +272,7 @@ class FrameStats(TypedDict):
     p99_interval_s: float        # the 99th percentile of frame intervals
 
 
-class FramesRecord(FrameStats):
+class FramesRecord(FrameSummary):
     """Frame statistics, once per trial and at the end."""
 
     kind: Literal["frames"]
@@ -459,9 +470,9 @@ class PressureRecord(TypedDict):
 
     kind: Literal["p"]
     t: float                     # host arrival time
-    dev_ms: int | None           # the device's own clock (ms)
+    dev_ms: int                  # the device's own millisecond counter
     p: float                     # pressure (kPa)
-    tgt: float | None            # the device's target (kPa)
+    tgt: float                   # the device's target (kPa)
     st: str                      # the device's state
 
 
@@ -470,21 +481,24 @@ class PressureRecord(TypedDict):
 #: what the cuff supervisor records (it also goes to the calibration's and rig-check's logs)
 SupervisorRecord = Union[CuffCmdRecord, CuffEventRecord, SafetyRecord, WarningRecord]
 
-RunRecord = Union[SupervisorRecord, PlanRecord, DisplayRecord, InstructionsRecord, InstructionsTurnedRecord,
-                  WaitingRecord, PulseRecord, T0Record, OnsetRecord, ReanchorRecord, RatingRecord, KeyRecord,
-                  FramesRecord, FrameDropRecord, OperatorRecord, EndRecord]
+#: what runs and calibrations both write
+_SharedRecord = Union[SupervisorRecord, KeyRecord, OperatorRecord, InstructionsRecord, InstructionsTurnedRecord,
+                      EndRecord]
+_RunOnlyRecord = Union[PlanRecord, DisplayRecord, WaitingRecord, PulseRecord, T0Record, OnsetRecord, ReanchorRecord,
+                       RatingRecord, FramesRecord, FrameDropRecord]
+_CalibrationOnlyRecord = Union[StimulusRecord, StimulusEndRecord, PressRecord, CalibrationRatingRecord, SimRecord,
+                               ParticipantFieldsRecord, DoneRecord, FitRecord, DecisionRecord]
 
-CalibrationRecord = Union[SupervisorRecord, KeyRecord, StimulusRecord, StimulusEndRecord, PressRecord,
-                          CalibrationRatingRecord, SimRecord, OperatorRecord, ParticipantFieldsRecord, DoneRecord,
-                          FitRecord, InstructionsRecord, InstructionsTurnedRecord, DecisionRecord, EndRecord]
+RunRecord = Union[_SharedRecord, _RunOnlyRecord]
+CalibrationRecord = Union[_SharedRecord, _CalibrationOnlyRecord]
 
 RigCheckRecord = Union[CuffCheckRecord, ClearFaultRecord, ScannerCheckRecord, RigCheckEndRecord]
 
 #: a record of a session's `log.jsonl` (what the Station records: a run's or a calibration's)
-SessionRecord = Union[RunRecord, CalibrationRecord]
+SessionRecord = Union[_SharedRecord, _RunOnlyRecord, _CalibrationOnlyRecord]
 
-#: any record `LogFile.write` takes
-LogRecord = Union[HeaderRecord, SessionRecord, RigCheckRecord, PressureRecord]
+#: any record `LogFile.write` takes (the header is written by `LogFile` itself)
+LogRecord = Union[SessionRecord, RigCheckRecord, PressureRecord]
 
 #: the log kinds, in the order docs/event-log.md lists them
 LOG_KINDS: tuple[tuple[str, str], ...] = (

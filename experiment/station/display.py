@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from experiment.clock import Clock, VirtualClock
 from experiment.errors import HardwareError, InputError
+from experiment.log.records import DisplayInfo, FrameSummary
 from experiment.protocol.model import Cue
 from experiment.station.rating import RatingScale, RatingState
 
@@ -67,7 +68,7 @@ class FrameStats:
         d, self.drops = self.drops, []
         return d
 
-    def summary(self, t: float) -> dict[str, Any]:
+    def summary(self, t: float) -> FrameSummary:
         return {"t": t, "n": self.n, "dropped": self.dropped, "max_interval_s": round(self.max_interval_s, 6),
                 "p99_interval_s": round(self.percentile_s(99), 6)}
 
@@ -92,7 +93,7 @@ class SimulatedDisplay:
         self.stats = FrameStats(self.frame_s)
         self.rating: RatingState | None = None
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> DisplayInfo:
         return {"refresh_hz": self.refresh_hz, "frame_s": self.frame_s, "resolution": None,
                 "fullscreen": False, "vsync": False, "simulated": True}
 
@@ -271,7 +272,7 @@ class WindowDisplay:
         return vsync
 
     # -- what the next flip shows --
-    def info(self) -> dict[str, Any]:
+    def info(self) -> DisplayInfo:
         return {"refresh_hz": self.refresh_hz, "measured_refresh_hz": round(self.measured_refresh_hz, 3),
                 "frame_s": self.frame_s, "resolution": list(self.win.size),
                 "fullscreen": bool(self.win._isFullScr), "vsync": self.vsync, "simulated": False}

@@ -27,6 +27,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from experiment.log.records import EndFields, EndUpdate, SessionRecord
+
 from experiment.clock import Clock, VirtualClock, psychopy_clock
 from experiment.errors import AbortError
 from experiment.protocol.model import Cue, Keys
@@ -113,9 +115,9 @@ class _Lifetime:
     """What the Station opened, for its exit (kept apart from the typed attributes)."""
 
     stack: ExitStack = field(default_factory=ExitStack)
-    end: Record | None = None
+    end: EndFields | None = None
     vent_reason: str = "end of session"
-    then: Callable[[], Record] | None = None    # after the devices closed, before `end`
+    then: Callable[[], EndUpdate] | None = None    # after the devices closed, before `end`
 
 
 class Station:
@@ -188,20 +190,20 @@ class Station:
     def _write_end(self, life: _Lifetime, *, ok: bool) -> None:
         if life.end is None:
             return
-        end = dict(life.end)
+        end: EndFields = {**life.end}
         if ok and life.then is not None:
             end.update(life.then())
         if self.rec.writable:
             self.record({"kind": "end", "t": self.clock.now(), **end,
                          "end_wall": datetime.now().astimezone().isoformat(timespec="seconds")})
 
-    def finish(self, end: Record, *, vent_reason: str, then: Callable[[], Record] | None = None) -> None:
+    def finish(self, end: EndFields, *, vent_reason: str, then: Callable[[], EndUpdate] | None = None) -> None:
         """How the session ended: the fields of the `end` record the exit writes, and why it vents.
 
         `then` runs once the devices are closed (the cuff vented, disarmed, its release
         verified) and before the `end` record; what it returns is added to that record (a
         calibration writes its result file there)."""
-        self._life.end = dict(end)
+        self._life.end = {**end}
         self._life.vent_reason = vent_reason
         self._life.then = then
 
@@ -223,15 +225,15 @@ class Station:
 
     # ------------------------------------------------------------ the log
 
-    def open_log(self, events_path: Path, pressure_path: Path, header: Record) -> None:
+    def open_log(self, events_path: Path, pressure_path: Path, header: Mapping[str, object]) -> None:
         """Create both logs (never over a file) and write what was recorded before them."""
         self.rec.open(events_path, pressure_path, header)
 
-    def record(self, rec: Record) -> None:
+    def record(self, rec: SessionRecord) -> None:
         """Log a record (any thread); interlock records are also shown to the operator at once."""
         self.rec.record(rec)
-        if rec.get("kind") == "safety":
-            self.console.warn(f"SAFETY {rec.get('reason')}: {rec.get('message') or rec.get('action')}")
+        if rec["kind"] == "safety":
+            self.console.warn(f"SAFETY {rec['reason']}: {rec.get('message') or rec['action']}")
 
     def add_sample_listener(self, fn: Callable[[PressureSample], None]) -> None:
         """Also hand every cuff pressure sample to `fn` (reader thread; must not block)."""

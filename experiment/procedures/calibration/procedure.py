@@ -36,6 +36,7 @@ from experiment import __version__
 from experiment.cuff.base import DeviceEvent, EventKind, PressureSample
 from experiment.cuff.safety import CuffSupervisor
 from experiment.errors import EXIT_ABORTED, EXIT_OK, AbortError, InputError
+from experiment.log.records import CalibrationRecord, EndFields, EndUpdate, FitFields, FitRecord, StimulusRecord
 from experiment.outputs.atomic import create_once
 from experiment.outputs.dataset import claim_root
 from experiment.outputs.participants import set_participant
@@ -63,6 +64,14 @@ O = TypeVar("O", RampOutcome, PlateauOutcome)       # what came of it
 RESULT_FORMAT = "cuedpain-calibration/1"
 READY_S = 2.0                 # instructions on screen before each stimulus
 RELEASE_GRACE_S = 1.0         # beyond the supervisor's own deadlines, before the loop gives up waiting
+
+
+def fit_record(t: float, f: FitFields) -> FitRecord:
+    """The `fit` record of a fit that was made: its fields as in the result file's `fit`."""
+    return {"kind": "fit", "t": t, "ok": True, "method": f["method"], "pressure_kpa": f["pressure_kpa"],
+            "target_rating": f["target_rating"], "knots_kpa": f["knots_kpa"], "fitted_ratings": f["fitted_ratings"],
+            "weights": f["weights"], "bracket_kpa": f["bracket_kpa"], "kendall_tau": f["kendall_tau"],
+            "max_reversal": f["max_reversal"], "max_reversal_allowed": f["max_reversal_allowed"], "n": f["n"]}
 
 
 @dataclass(frozen=True)
@@ -155,12 +164,12 @@ class Calibration:
             return Outcome(EXIT_ABORTED, "internal_error", repr(exc))
         return Outcome()
 
-    def _end_fields(self) -> dict[str, Any]:
+    def _end_fields(self) -> EndFields:
         o = self.outcome
         return {"status": "completed" if o.code == EXIT_OK else "aborted", "reason": o.reason, "message": o.message,
                 "exit_code": o.code, "result": None}
 
-    def _write_result_once_vented(self) -> dict[str, Any]:
+    def _write_result_once_vented(self) -> EndUpdate:
         """After the cuff closed (vented, disarmed, release verified): the result file, if there is one."""
         if self.fit is None:
             return {}
@@ -168,7 +177,7 @@ class Calibration:
             self.result_path = self._write_result(self.fit, self.records)
         except (AbortError, OSError) as exc:
             self.outcome = Outcome(EXIT_ABORTED, "result_not_written", str(exc))
-            return self._end_fields()
+            return {**self._end_fields()}
         return {"result": self.result_path.name}
 
     def _conclude(self) -> int:
@@ -190,7 +199,7 @@ class Calibration:
 
     # ------------------------------------------------------------ records
 
-    def record(self, rec: dict[str, Any]) -> None:
+    def record(self, rec: CalibrationRecord) -> None:
         self.st.record(rec)
 
     def _sample(self, sample: PressureSample) -> None:
@@ -213,7 +222,7 @@ class Calibration:
         except FitError as exc:
             self.record({"kind": "fit", "t": self.st.now(), "ok": False, "error": str(exc)})
             raise AbortError(f"no pressure for {self.s.target_rating:g}/100: {exc}", reason="no_result") from None
-        self.record({"kind": "fit", "t": self.st.now(), "ok": True, **fit.as_dict()})
+        self.record(fit_record(self.st.now(), fit.as_dict()))
         return fit
 
     def _log_path(self) -> Path | None:
@@ -397,7 +406,7 @@ class RatedLoop:
         while self.clock.now() < end:
             self._frame()
 
-    def _begin(self, index: int, target_kpa: float, rate_kpa_s: float, **extra: Any) -> float:
+    def _begin(self, index: int, target_kpa: float, rate_kpa_s: float, *, hold_s: float | None = None) -> float:
         """Forget the last stimulus' events and trace, start this one; returns its SET time."""
         while True:
             try:
@@ -407,8 +416,11 @@ class RatedLoop:
         self._reached_t = None
         self._target_kpa = target_kpa
         result = self.cuff.stimulate(target_kpa, rate_kpa_s, tag=index)
-        self.cal.record({"kind": "stimulus", "t": result.t_write, "index": index, "method": self.s.method,
-                         "target_kpa": target_kpa, "rate_kpa_s": rate_kpa_s, **extra})
+        rec: StimulusRecord = {"kind": "stimulus", "t": result.t_write, "index": index, "method": self.s.method,
+                               "target_kpa": target_kpa, "rate_kpa_s": rate_kpa_s}
+        if hold_s is not None:
+            rec["hold_s"] = hold_s
+        self.cal.record(rec)
         return result.t_write
 
     def _end_stimulus(self, index: int, why: str) -> float:
