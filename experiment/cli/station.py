@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from experiment.cli import options
+from experiment.cli.options import Subparsers
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("station", help="the operator station: a local web page to run a visit (opens the browser)")
     p.add_argument("--rig", metavar="FILE", help="rig file (site hardware) every step uses")
     options.data(p)

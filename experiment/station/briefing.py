@@ -15,12 +15,23 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Callable, Mapping
 
+from typing_extensions import NotRequired, TypedDict
+
 from experiment.cuff.base import DeviceInfo
 from experiment.errors import AbortError
 from experiment.units import kpa_to_mmhg
 
 RULE = "=" * 78
 YES_WORDS = frozenset({"y", "yes"})
+
+
+class Confirmation(TypedDict):
+    """Who confirmed the block, and when (the log header's and provenance's `confirmation`)."""
+
+    by: str                         # operator, --yes, a --confirmed-by name, or dry run (not asked)
+    at: str                         # ISO 8601 with offset
+    started_from: NotRequired[str]  # the --confirmed-by given with --yes
+    answer: NotRequired[str]        # what the operator typed
 
 
 @dataclass(frozen=True)
@@ -30,9 +41,9 @@ class Briefing:
     what: str                               # "run" | "calibration"
     dry_run: bool
     lines: tuple[tuple[str, str], ...]      # (label, text), in the order shown
-    facts: Mapping[str, Any]                # for the log header and provenance
+    facts: Mapping[str, object]             # for the log header and provenance
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> dict[str, object]:
         """The block as it was shown (`lines`) and its facts, for the log header."""
         return {"what": self.what, "lines": [list(line) for line in self.lines], **self.facts}
 
@@ -122,7 +133,7 @@ def calibration_briefing(*, participant: str, session: str | None, method: str, 
 
 
 def confirm(briefing: Briefing, *, say: Callable[[str], None], assume_yes: bool,
-            ask: Callable[[str], str] = input, confirmed_by: str | None = None) -> dict[str, Any]:
+            ask: Callable[[str], str] = input, confirmed_by: str | None = None) -> Confirmation:
     """Show the block; a real session needs 'y' from the operator (or --yes). The confirmation record.
 
     `confirmed_by` (with --yes) names who confirmed instead of the terminal, e.g. 'station':
@@ -132,13 +143,14 @@ def confirm(briefing: Briefing, *, say: Callable[[str], None], assume_yes: bool,
     """
     say(briefing.text())
     stamp = datetime.now().astimezone().isoformat(timespec="seconds")
-    via = {} if confirmed_by is None else {"started_from": confirmed_by}
-    if briefing.dry_run:
-        return {"by": "dry run (not asked)", "at": stamp, **via}
-    if assume_yes:
-        by = "--yes" if confirmed_by is None else confirmed_by
-        say(f"confirmed by {by} (recorded)")
-        return {"by": by, "at": stamp, **via}
+    if briefing.dry_run or assume_yes:
+        by = "dry run (not asked)" if briefing.dry_run else "--yes" if confirmed_by is None else confirmed_by
+        if not briefing.dry_run:
+            say(f"confirmed by {by} (recorded)")
+        done: Confirmation = {"by": by, "at": stamp}
+        if confirmed_by is not None:
+            done["started_from"] = confirmed_by
+        return done
     try:
         answer = ask(f"Start this {briefing.what}? Type y and Enter to start, anything else cancels: ")
     except EOFError:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from experiment.log.records import EndFields, EndUpdate, SessionRecord
 
@@ -34,7 +34,7 @@ from experiment.errors import AbortError
 from experiment.protocol.model import Cue, Keys
 from experiment.protocol.rig import Screen
 from experiment.protocol.specs import CuffSpec, ScannerSpec
-from experiment.station.briefing import Briefing, confirm
+from experiment.station.briefing import Briefing, Confirmation, confirm
 from experiment.station.console import OperatorConsole
 from experiment.station.rating import RatingScale
 from experiment.station.recorder import Recorder, stop_reason
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from experiment.scanner.sim_scanner import ScannerPlan
     from experiment.station.devices import Display, KeyReader
 
-Record = dict[str, Any]
 VIRTUAL_START_S = 1000.0      # where a headless session's virtual clock starts
 
 
@@ -136,7 +135,7 @@ class Station:
         self.read_keys: KeyReader = lambda: []
         self.signals: StopSignals | None = None
         self._stop_logged = False
-        self.confirmation: Record | None = None
+        self.confirmation: Confirmation | None = None
         self._sample_listeners: list[Callable[[PressureSample], None]] = []
         self._life = _Lifetime()
 
@@ -209,7 +208,7 @@ class Station:
 
     # ------------------------------------------------------------ the operator
 
-    def confirm(self, briefing: Briefing) -> Record:
+    def confirm(self, briefing: Briefing) -> Confirmation:
         """Show what will be done; in a real session wait for the operator's yes (AbortError if not)."""
         assert self.signals is not None
         with self.signals.interruptible():

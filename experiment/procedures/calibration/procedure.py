@@ -48,7 +48,7 @@ from experiment.procedures.calibration.results import (calibration_dir, latest_c
 from experiment.procedures.calibration.steps import (Done, Plateau, PlateauOutcome, Ramp, RampOutcome, RampSettings,
                                                      StaircaseSettings,
                                                      fit_points, mean_pressure, next_plateau, next_ramp,
-                                                     pressure_at, stimulus_records)
+                                                     pressure_at, stimulus_records, StimulusPoint)
 from experiment.station.briefing import Briefing, calibration_briefing
 from experiment.station.console import OperatorConsole
 from experiment.station.devices import Display, KeyReader
@@ -109,7 +109,7 @@ class Calibration:
                                                    stop_key=setup.keys.stop) if setup.sim is not None else None)
         self.stem: Path | None = None
         self.fit: MonotoneFit | None = None
-        self.records: list[dict[str, Any]] = []
+        self.records: list[StimulusPoint] = []
         self.result_path: Path | None = None
         self.outcome = Outcome()
         self.crash: BaseException | None = None
@@ -212,7 +212,7 @@ class Calibration:
         with self._trace_lock:
             return [s for s in self._trace if s[0] >= t]
 
-    def _fit(self, records: list[dict[str, Any]], done: Done) -> MonotoneFit:
+    def _fit(self, records: list[StimulusPoint], done: Done) -> MonotoneFit:
         if not done.fit:
             self.record({"kind": "fit", "t": self.st.now(), "ok": False, "error": done.message})
             raise AbortError(done.message, reason=done.reason)
@@ -252,14 +252,14 @@ class Calibration:
             return
         self.record({"kind": "participant_fields", "t": self.st.now(), "fields": dict(s.fields)})
 
-    def _software(self) -> dict[str, Any]:
+    def _software(self) -> dict[str, str | None]:
         return {"name": "cuedpain", "version": __version__, "revision": software_revision()}
 
-    def _device(self) -> dict[str, Any]:
+    def _device(self) -> dict[str, object]:
         assert self.st.cuff is not None and self.st.cuff.info is not None
         return asdict(self.st.cuff.info)
 
-    def _header(self) -> dict[str, Any]:
+    def _header(self) -> dict[str, object]:
         s, st = self.s, self.st
         assert st.display is not None
         return {"software": self._software(), "purpose": "calibration", "participant": s.participant,
@@ -274,7 +274,7 @@ class Calibration:
                 "start_wall": datetime.now().astimezone().isoformat(timespec="seconds"),
                 "platform": platform.platform(), "python": sys.version.split()[0], "packages": package_versions()}
 
-    def _write_result(self, fit: MonotoneFit, records: list[dict[str, Any]]) -> Path:
+    def _write_result(self, fit: MonotoneFit, records: list[StimulusPoint]) -> Path:
         s = self.s
         path = Path(f"{self.stem}.json")
         detections = [r["pressure_kpa"] for r in records if r["kind"] == "detection"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from experiment import __version__
 from experiment.errors import EXIT_ABORTED, EXIT_OK, AbortError
@@ -81,7 +80,7 @@ class PressureCheck(Calibration):
                  "from_kpa": c.source.pressure_kpa, "adjust_kpa": c.adjust_kpa}
         return Briefing(c.kind, s.dry_run, tuple(lines), facts)
 
-    def _header(self) -> dict[str, Any]:
+    def _header(self) -> dict[str, object]:
         c = self.check
         return {**super()._header(), "purpose": c.kind, "pressures_kpa": list(c.pressures),
                 "from_file": c.source.path.name, "from_kpa": c.source.pressure_kpa, "adjust_kpa": c.adjust_kpa,

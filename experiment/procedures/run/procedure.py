@@ -22,9 +22,9 @@ import traceback
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from experiment import __version__
+from experiment.cuff.base import PressureSample
 from experiment.errors import EXIT_ABORTED, EXIT_OK, AbortError
 from experiment.log.records import PlanRecord, RunRecord
 from experiment.outputs.dataset import claim_root
@@ -154,7 +154,7 @@ class RunProcedure:
         self._describe_display()
         st.console.say(f"writing to {source_dir}")
 
-    def _header(self) -> dict[str, Any]:
+    def _header(self) -> dict[str, object]:
         plan, st, p = self.plan, self.st, self.plan.protocol
         assert st.cuff is not None and st.cuff.info is not None and st.trigger is not None
         return {
@@ -215,7 +215,7 @@ class RunProcedure:
         self.record({"kind": "frames", **st.display.stats.summary(st.now())})
         return result
 
-    def _on_sample(self, sample: Any) -> None:
+    def _on_sample(self, sample: PressureSample) -> None:
         self.state.last_pressure_kpa = sample.pressure_kpa
 
     def _show_instructions(self) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import queue
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from experiment.clock import Clock
 from experiment.cuff.base import DeviceEvent, EventKind, StopSource
