@@ -38,6 +38,41 @@ class HeaderRecord(TypedDict, total=False):
     purpose: str                 # calibration, confirmation, scanner_check, rig-check (absent for a run)
 
 
+class LevelPressure(TypedDict):
+    """One pressure level of a run, resolved (the header's `pressure.levels`)."""
+
+    pressure_kpa: float
+    pressure_mmhg: float
+    as_written: str              # as the protocol says it
+    source: str                  # protocol, calibration, override
+    fraction: NotRequired[float]  # a fraction of the calibrated pressure
+    rating: NotRequired[float]   # the fit's pressure for this rating
+
+
+class PressureInfo(TypedDict):
+    """A run's pressure and where it came from (the header's `pressure`; docs/calibration.md)."""
+
+    pressure_kpa: float | None   # the one level's pressure (null with several levels)
+    pressure_mmhg: float | None
+    source: str                  # protocol, calibration, override
+    levels: dict[str, LevelPressure]
+    as_written: NotRequired[str]                 # protocol: the stimulation as written
+    override_kpa: NotRequired[float]             # override: the operator's pressure
+    reason: NotRequired[str]                     # override: the operator's reason
+    calibration_file: NotRequired[str]           # calibration: the file taken
+    calibrated_kpa: NotRequired[float]           # its pressure
+    fraction: NotRequired[float | None]          # the one level's fraction of it
+    named: NotRequired[bool]                     # named with --calibration
+    calibration_created: NotRequired[str | None]
+    calibration_session: NotRequired[str | None]
+    calibration_dry_run: NotRequired[bool | None]
+    calibration_method: NotRequired[str | None]
+    calibration_target_rating: NotRequired[float | None]
+    calibration_ceiling_kpa: NotRequired[float | None]
+    calibration_cuff: NotRequired[Mapping[str, object] | None]  # the cuff it was made with
+    description: NotRequired[str]                # the calibration in one line
+
+
 class WarningRecord(TypedDict):
     """Anything the operator was warned about."""
 

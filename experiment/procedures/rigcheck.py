@@ -15,7 +15,7 @@ import argparse
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from experiment import __version__
 from experiment.clock import RealClock

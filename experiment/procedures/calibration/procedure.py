@@ -30,7 +30,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 from experiment import __version__
 from experiment.cuff.base import DeviceEvent, EventKind, PressureSample
@@ -43,7 +43,7 @@ from experiment.outputs.participants import set_participant
 from experiment.procedures.calibration.fit import FitError, MonotoneFit, fit_pressure_for_rating
 from experiment.procedures.calibration.participant import CalibrationParticipant
 from experiment.procedures.calibration.preflight import CalibrationSetup
-from experiment.procedures.calibration.results import (calibration_dir, latest_calibration, level_report,
+from experiment.procedures.calibration.results import (LevelReport, calibration_dir, latest_calibration, level_report,
                                                        next_calibration_path)
 from experiment.procedures.calibration.steps import (Done, Plateau, PlateauOutcome, Ramp, RampOutcome, RampSettings,
                                                      StaircaseSettings,
@@ -113,7 +113,7 @@ class Calibration:
         self.result_path: Path | None = None
         self.outcome = Outcome()
         self.crash: BaseException | None = None
-        self.levels: dict[str, dict[str, Any]] = {}    # --protocol: the pressure of each calibrated level
+        self.levels: dict[str, LevelReport] = {}    # --protocol: the pressure of each calibrated level
         self.st: Station
         self.briefing: Briefing
 
