@@ -7,10 +7,16 @@ from pathlib import Path
 from typing import Any
 
 
-def devices(p: argparse.ArgumentParser) -> None:
+def cuff_devices(p: argparse.ArgumentParser) -> None:
+    """--rig and --cuff: for the commands that stimulate without the scanner (calibration, pressure checks)."""
     p.add_argument("--rig", metavar="FILE", help="rig file (site hardware: ports, trigger source, screen)")
     p.add_argument("--cuff", metavar="SPEC",
                    help="cuff device: sim | line:PORT | cpar:PORT (PORT: device path, COM name or pyserial URL)")
+
+
+def devices(p: argparse.ArgumentParser) -> None:
+    """--rig, --cuff and --scanner: for the commands that follow the scanner too."""
+    cuff_devices(p)
     p.add_argument("--scanner", metavar="SPEC",
                    help="trigger source: sim | keyboard[:KEY] | serial:PORT[:PRESET]")
 
