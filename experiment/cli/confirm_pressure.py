@@ -14,8 +14,7 @@ def check_options(p: argparse.ArgumentParser, *, plateau_s: float) -> None:
     p.add_argument("--session", metavar="S", default=None)
     p.add_argument("--calibration", metavar="FILE", default=None,
                    help="start from this calibration result instead of the participant's newest")
-    p.add_argument("--rig", metavar="FILE", help="rig file (site hardware: cuff port, keys, screen)")
-    p.add_argument("--cuff", metavar="SPEC", help="cuff device: sim | line:PORT | cpar:PORT")
+    options.cuff_devices(p)
     p.add_argument("--plateau", metavar="S", type=float, default=plateau_s,
                    help=f"plateau length from target reached (default {plateau_s:g})")
     p.add_argument("--rest", metavar="S", type=float, default=10.0, help="rest between plateaus (default 10)")

@@ -23,10 +23,16 @@ class Parser(argparse.ArgumentParser):
 Subparsers: TypeAlias = "argparse._SubParsersAction[Parser]"
 
 
-def devices(p: argparse.ArgumentParser) -> None:
+def cuff_devices(p: argparse.ArgumentParser) -> None:
+    """--rig and --cuff: for the commands that stimulate without the scanner (calibration, pressure checks)."""
     p.add_argument("--rig", metavar="FILE", help="rig file (site hardware: ports, trigger source, screen)")
     p.add_argument("--cuff", metavar="SPEC",
                    help="cuff device: sim | line:PORT | cpar:PORT (PORT: device path, COM name or pyserial URL)")
+
+
+def devices(p: argparse.ArgumentParser) -> None:
+    """--rig, --cuff and --scanner: for the commands that follow the scanner too."""
+    cuff_devices(p)
     p.add_argument("--scanner", metavar="SPEC",
                    help="trigger source: sim | keyboard[:KEY] | serial:PORT[:PRESET]")
 
