@@ -11,9 +11,8 @@ a run's `log.jsonl`, a calibration's (and a pressure check's) log, a rig-check l
 the `pressure.jsonl` of runs and calibrations. `log_kind(header)` says which a header
 belongs to. A kind may mean different fields in different logs (`rating`, `end`).
 
-The header (first line) is described in prose in docs/event-log.md; it is typed here only
-as far as every log shares it (`HeaderRecord`): its other fields are the session's facts,
-nested free-form (YAML/JSON-shaped) values.
+The header (first line: `kind: header`, `format`, then the session's facts) is described in
+prose in docs/event-log.md; of its fields, the run's `pressure` is typed here (`PressureInfo`).
 
 Times: `t` and every `t_*` field are seconds on the log's clock.
 """
@@ -27,15 +26,6 @@ from typing import Literal, Mapping, Sequence, Union
 from typing_extensions import NotRequired, TypedDict
 
 # ---------------------------------------------------------------- every log
-
-
-class HeaderRecord(TypedDict, total=False):
-    """The first line of every log (the other header fields: docs/event-log.md, Header)."""
-
-    kind: Literal["header"]      # always `header`
-    format: str                  # `cuedpain-log/1`
-    stream: str                  # `events` or `pressure` (logs of runs and calibrations)
-    purpose: str                 # calibration, confirmation, scanner_check, rig-check (absent for a run)
 
 
 class LevelPressure(TypedDict):
