@@ -19,7 +19,7 @@ Times: `t` and every `t_*` field are seconds on the log's clock.
 
 from __future__ import annotations
 
-from typing import Literal, Mapping, Sequence, Union
+from typing import Literal, Mapping, Union
 
 # typing_extensions: `NotRequired` is Python 3.11+, and pydantic (used by the conformance
 # test to validate logs) needs typing_extensions' TypedDict before Python 3.12
