@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from experiment.cli import options
+from experiment.cli.options import Subparsers
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("calibrate", help="find the participant's pressure for the target pain rating")
     p.add_argument("--participant", metavar="ID", required=True)
     p.add_argument("--session", metavar="S", default=None)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from experiment.cli import options
+from experiment.cli.options import Subparsers
 
 
 def check_options(p: argparse.ArgumentParser, *, plateau_s: float) -> None:
@@ -29,7 +29,7 @@ def check_options(p: argparse.ArgumentParser, *, plateau_s: float) -> None:
                    help="an instruction page the participant reads before the first plateau (repeat for several)")
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("confirm-pressure", help="confirmation plateaus at the calibrated pressure and +-10 %, rated; "
                                                 "writes the confirmed pressure as the newest calibration result")
     check_options(p, plateau_s=5.0)
