@@ -60,6 +60,7 @@ from experiment.cuff.base import (Ack, ArmAck, CommandRefused, Cuff, CuffState, 
                                   DeviceEvent, DeviceInfo, DeviceRestarted, EventKind, Fault, PingAck,
                                   PressureSample, RampAck, StopSource)
 from experiment.errors import AbortError, CuedpainError, DeviceFault, HardwareError, InputError
+from experiment.log.records import CuffCmdRecord, SupervisorRecord
 
 GUARD_PERIOD_S = 0.005     # guard thread: vent requests and deadline checks
 VENTED_KPA = 1.0           # CUFF/1's "released" level: ARM needs the cuff below it
@@ -68,8 +69,7 @@ WATCHDOG_MS = (200, 5000)  # the heartbeat runs every WDT/4: faster floods the l
 MAX_DEVICE_TIME_MS = 600_000  # no supported device times one inflation beyond 10 min
 STREAM_HZ = (20, 100)      # a pressure trace fine enough for the read-back checks
 
-LogRecord = dict[str, object]
-Record = Callable[[LogRecord], None]
+Record = Callable[[SupervisorRecord], None]
 _Reply = TypeVar("_Reply", bound=Union[Ack, CuffStatus])
 _T = TypeVar("_T")
 
@@ -551,7 +551,7 @@ class CuffSupervisor:
 
     # ------------------------------------------------------------ commands and records
 
-    def _record(self, rec: LogRecord) -> None:
+    def _record(self, rec: SupervisorRecord) -> None:
         if self._on_record is not None:
             try:
                 self._on_record(rec)
@@ -565,30 +565,36 @@ class CuffSupervisor:
                  planned_t: float | None = None) -> _Reply:
         """Run one driver call, log it as `cuff_cmd` (with `planned_t` when the plan timed it), trip
         on failure (then re-raise)."""
-        extra: LogRecord = {} if planned_t is None else {"planned_t": planned_t}
         t_call = self._clock.now()
         try:
             out = fn()
         except DeviceFault as exc:
-            self._command_failed(name, exc, purpose=purpose, tag=tag, extra=extra)
+            self._command_failed(name, exc, purpose=purpose, tag=tag, planned_t=planned_t)
             raise
+        rec: CuffCmdRecord
         if isinstance(out, CuffStatus):   # log what it says, timed around the call
-            self._record({"kind": "cuff_cmd", "t_write": t_call, "t_ack": self._clock.now(), "command": name,
-                          "reply": out.summary(), "ok": True, "i": tag, "purpose": purpose, **extra})
+            rec = {"kind": "cuff_cmd", "t_write": t_call, "t_ack": self._clock.now(), "command": name,
+                   "reply": out.summary(), "ok": True, "i": tag, "purpose": purpose}
             self.last_pressure_kpa, self.last_state = out.pressure_kpa, out.state
             self._note_pressure(out.pressure_kpa)
         else:
-            self._record({"kind": "cuff_cmd", "t_write": out.t_write, "t_ack": out.t_ack,
-                          "command": out.command, "reply": out.reply, "ok": True, "i": tag, "purpose": purpose,
-                          **extra})
+            rec = {"kind": "cuff_cmd", "t_write": out.t_write, "t_ack": out.t_ack, "command": out.command,
+                   "reply": out.reply, "ok": True, "i": tag, "purpose": purpose}
+        if planned_t is not None:
+            rec["planned_t"] = planned_t
+        self._record(rec)
         return out
 
     def _command_failed(self, name: str, exc: DeviceFault, *, purpose: str, tag: int | None,
-                        extra: LogRecord | None = None) -> None:
+                        planned_t: float | None = None) -> None:
         ack = exc.ack if isinstance(exc, CommandRefused) else None
-        self._record({"kind": "cuff_cmd", "t_write": ack.t_write if ack else None, "t_ack": ack.t_ack if ack else None,
-                      "command": ack.command if ack else name, "reply": ack.reply if ack else None, "ok": False,
-                      "i": tag, "purpose": purpose, "error": exc.message, **(extra or {})})
+        rec: CuffCmdRecord = {"kind": "cuff_cmd", "t_write": ack.t_write if ack else None,
+                              "t_ack": ack.t_ack if ack else None, "command": ack.command if ack else name,
+                              "reply": ack.reply if ack else None, "ok": False, "i": tag, "purpose": purpose,
+                              "error": exc.message}
+        if planned_t is not None:
+            rec["planned_t"] = planned_t
+        self._record(rec)
         self._trip(_failure_code(exc, lost=self._lost is not None), f"{name} ({purpose}) failed: {exc.message}")
 
     def _try(self, fn: Callable[[], _T]) -> _T | None:

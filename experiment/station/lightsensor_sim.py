@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Any
 
 from experiment.errors import HardwareError, InputError
 from experiment.station.lightsensor import SIMULATED
@@ -43,7 +44,7 @@ def brightness(data: bytes) -> float:
 
 
 def command(args: argparse.Namespace) -> int:
-    from Xlib import X, display as xdisplay   # python-xlib: only this command needs it
+    from Xlib import display as xdisplay   # python-xlib: only this command needs it
     from Xlib.error import DisplayError
 
     if args.corner == "none":
@@ -52,9 +53,6 @@ def command(args: argparse.Namespace) -> int:
         dpy = xdisplay.Display(args.display)
     except (DisplayError, OSError) as exc:
         raise HardwareError(f"simulate-light-sensor: cannot open the X display: {exc}") from exc
-    root = dpy.screen().root
-    geometry = root.get_geometry()
-    x, y, w, h = patch_box(args.corner, args.size, geometry.width, geometry.height)
     import tty
 
     master, slave = os.openpty()
@@ -62,23 +60,8 @@ def command(args: argparse.Namespace) -> int:
     print(os.ttyname(slave), flush=True)
     stop = threading.Event()
     old = {s: signal.signal(s, lambda signum, frame: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-    edges = 0
-    light = False
     try:
-        while not stop.is_set():
-            if args.parent_pid is not None and os.getppid() != args.parent_pid:
-                break
-            level = brightness(root.get_image(x, y, w, h, X.ZPixmap, 0xFFFFFFFF).data)
-            if not light and level >= WHITE_LEVEL:
-                light = True
-                edges += 1
-                try:
-                    os.write(master, SIMULATED)
-                except OSError:
-                    pass     # nobody has the port open: the byte is lost, as on a wire
-            elif light and level <= DARK_LEVEL:
-                light = False
-            time.sleep(POLL_S)
+        edges = _watch(dpy, args, master, stop)
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
@@ -87,3 +70,28 @@ def command(args: argparse.Namespace) -> int:
         dpy.close()
     sys.stderr.write(f"simulate-light-sensor: stopped after {edges} light edge(s)\n")
     return 0
+
+
+def _watch(dpy: Any, args: argparse.Namespace, master: int, stop: threading.Event) -> int:
+    """Poll the patch until stopped (or the parent is gone); one byte per dark-to-light edge.
+    `dpy` is python-xlib's display (an untyped library, hence Any). Returns the edges seen."""
+    from Xlib import X
+
+    root = dpy.screen().root
+    geometry = root.get_geometry()
+    x, y, w, h = patch_box(args.corner, args.size, geometry.width, geometry.height)
+    edges, light = 0, False
+    while not stop.is_set():
+        if args.parent_pid is not None and os.getppid() != args.parent_pid:
+            break
+        level = brightness(root.get_image(x, y, w, h, X.ZPixmap, 0xFFFFFFFF).data)
+        if not light and level >= WHITE_LEVEL:
+            light, edges = True, edges + 1
+            try:
+                os.write(master, SIMULATED)
+            except OSError:
+                pass     # nobody has the port open: the byte is lost, as on a wire
+        elif light and level <= DARK_LEVEL:
+            light = False
+        time.sleep(POLL_S)
+    return edges

@@ -20,9 +20,11 @@ import gc
 import os
 import time
 from types import TracebackType
-from typing import Any, Callable
+from typing import Callable, Union
 
-Record = dict[str, Any]
+from experiment.log.records import GcRecord, PriorityRecord
+
+Record = Union[GcRecord, PriorityRecord]
 
 NICE_INCREMENT = -10          # asked for; an unprivileged process gets a PermissionError and stays
 MIN_SLACK_S = 0.5             # collect only when the next event is at least this far away
@@ -60,18 +62,20 @@ class Realtime:
         self._log(self._raise_priority())
         return self
 
-    def _raise_priority(self) -> Record:
-        rec: Record = {"kind": "priority", "t": self._now(), "asked": f"nice {self._nice_increment:+d}"}
+    def _raise_priority(self) -> PriorityRecord:
+        t, asked = self._now(), f"nice {self._nice_increment:+d}"
         if not hasattr(os, "nice"):
-            return {**rec, "obtained": False, "message": "os.nice is not available on this system"}
+            return {"kind": "priority", "t": t, "asked": asked, "obtained": False,
+                    "message": "os.nice is not available on this system"}
         try:
             self._nice_before = os.nice(0)
             self._nice_now = os.nice(self._nice_increment)
         except OSError as exc:
-            return {**rec, "obtained": False, "nice": self._nice_before,
+            return {"kind": "priority", "t": t, "asked": asked, "obtained": False, "nice": self._nice_before,
                     "message": f"priority not raised ({exc.strerror or exc}); the run goes on at nice "
                                f"{self._nice_before}"}
-        return {**rec, "obtained": True, "nice_before": self._nice_before, "nice": self._nice_now}
+        return {"kind": "priority", "t": t, "asked": asked, "obtained": True, "nice_before": self._nice_before,
+                "nice": self._nice_now}
 
     def idle(self, slack_s: float, *, quiet: bool = True) -> None:
         """The loop has `slack_s` until its next event; `quiet`: nothing on screen moves (no

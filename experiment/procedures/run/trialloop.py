@@ -19,11 +19,12 @@ from __future__ import annotations
 import queue
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from experiment.clock import Clock
 from experiment.cuff.base import DeviceEvent, EventKind, StopSource
 from experiment.errors import AbortError
+from experiment.log.records import RunRecord
 from experiment.procedures.run.cuffschedule import HORIZON_S, CuffScheduler
 from experiment.protocol.schedule import PlannedEvent
 from experiment.station.devices import Display
@@ -52,7 +53,7 @@ class PhaseTracker:
         return self.started - 1 if self.started else None
 
 
-Log = Callable[[dict[str, Any]], None]
+Log = Callable[[RunRecord], None]
 Keys = list[tuple[str, float]]
 
 

@@ -105,7 +105,6 @@ def run_timing_test(req: TimingTestRequest, *, console: OperatorConsole | None =
                 sensor.close()
         assert st.display is not None
         display_info = st.display.info()
-        st.finish({}, vent_reason="end of timing test")
     fig = figures(measured)
     rows = verdict(fig, rig.timing_limits, with_sensor=req.sensor_port is not None)
     ok = fit(rows)
