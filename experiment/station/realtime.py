@@ -9,7 +9,10 @@ rest phase with more than `min_slack_s` to go), at most every `min_interval_s`; 
 collection is logged (`gc` record) with its duration. It also asks the operating system
 for a higher priority (`os.nice`; what was obtained is logged in a `priority` record,
 failure included: without the privilege the run goes on at its normal priority).
-On exit both are put back (the process may be a test runner or the station).
+On exit both are put back (the process may be a test runner or the station). A real-time
+scheduling policy (`os.sched_setscheduler` with SCHED_FIFO/RR) is not asked for: the frame
+loop waits for flips partly by spinning, and at a real-time priority that spin could starve
+the X server, the serial readers and the cuff's heartbeat on a two-core stimulus computer.
 
 Only real-time modes use it; a headless run on a virtual clock has no frames to protect.
 """

@@ -149,6 +149,7 @@ def _measure(st: Station, changes: list[tuple[float, str | None]], *, duration_s
     onsets: list[tuple[float, float]] = []
     display.show(None)
     t_start = display.flip() + 1.0
+    flashed_before = len(getattr(display, "patch_flashes", []))
     end_t = t_start + duration_s + TAIL_S
     k = 0
     while True:
@@ -169,7 +170,7 @@ def _measure(st: Station, changes: list[tuple[float, str | None]], *, duration_s
             onsets.append((planned, t))
         if t >= end_t:
             break
-    flashes = [t for t in getattr(display, "patch_flashes", []) if t >= t_start]
+    flashes = list(getattr(display, "patch_flashes", []))[flashed_before:]   # one per cue change of the test
     edges = sensor.take() if sensor is not None else []
     return Measured(flips=flips, onsets=onsets, flashes=flashes, light=[e.t for e in edges],
                     sensor_simulated=any(e.simulated for e in edges), rig_refresh_hz=rig_refresh_hz,
