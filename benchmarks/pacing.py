@@ -85,7 +85,6 @@ def _on_block(display: Any, spec: Any, clock: Clock, *, cues: list[str], duratio
     import experiment.station.devices as devices
     from experiment.scanner.sim_scanner import ScannerPlan, pty_sim_source
 
-    protocol = spec.protocol
     cuff_timing: list[dict[str, Any]] = []
     received: list[tuple[int, float]] = []
     with ExitStack() as stack:
@@ -99,7 +98,9 @@ def _on_block(display: Any, spec: Any, clock: Clock, *, cues: list[str], duratio
             plog.write({"kind": "p", "t": s.t, "dev_ms": s.device_ms, "p": s.pressure_kpa, "tgt": s.target_kpa,
                         "st": s.state})
 
-        cuff = devices.open_cuff(spec, clock=clock, stack=stack, on_record=log.write, on_sample=sample)
+        st = spec.station
+        cuff = devices.open_cuff(st.cuff, mode=st.mode, clock=clock, stack=stack, on_record=log.write,
+                                 on_sample=sample)
         plan = ScannerPlan(tr_s=PULSE_PERIOD_S, n_volumes=int((WARMUP_S + duration_s + 5) / PULSE_PERIOD_S),
                            jitter_s=PULSE_JITTER_S, seed=seed, start_delay_s=0.1)
         source = pty_sim_source(plan, clock=clock)
@@ -116,7 +117,7 @@ def _on_block(display: Any, spec: Any, clock: Clock, *, cues: list[str], duratio
             log.write({"kind": "onset", "t": t_flip, "i": k, "trial": k, "phase": "bench", "cue": None,
                        "planned_t": t_flip, "onset_s": 0.0, "planned_onset_s": 0.0})
             if k % 2 == 0:
-                result = cuff.stimulate(protocol.stimulation.target_kpa, protocol.stimulation.rate_kpa_s, tag=k)
+                result = cuff.stimulate(spec.stim_kpa, spec.rate_kpa_s, tag=k)
             else:
                 result = cuff.deflate(tag=k)
             cuff_timing.append({"command": result.command, "flip_to_write_s": result.t_write - t_flip,
@@ -141,7 +142,7 @@ def run(protocol_path: Path, *, block_s: float, pairs: int) -> dict[str, Any]:
     cues = list(protocol.cues)
     blocks = []
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="cuedpain-pacing-") as tmp:
-        display = devices.open_display(spec, clock=clock, stack=stack)
+        display = devices.open_display(spec.station.window, mode=spec.station.mode, clock=clock, stack=stack)
         for n, condition in enumerate(block_order(pairs)):
             if condition == "on":
                 block = _on_block(display, spec, clock, cues=cues, duration_s=block_s, seed=n, log_dir=Path(tmp))
