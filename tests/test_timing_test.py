@@ -24,6 +24,8 @@ def test_lags_pair_each_flash_with_the_first_byte_after_it_and_count_misses() ->
     light = [0.5, 1.012, 1.05, 3.02, 4.7]      # before any flash; 12 ms; a second byte; nothing at 2; 20 ms; too late
     lags = match_lags(flashes, light, window_s=0.5)
     assert lags[0] == pytest.approx(0.012) and lags[1] is None and lags[2] == pytest.approx(0.02) and lags[3] is None
+    # without vertical sync the pixels may be out just before the flip's timestamp: kept, negative
+    assert match_lags([1.0, 2.0], [0.999, 1.990], window_s=0.5) == [pytest.approx(-0.001), None]
 
 
 def test_figures_and_verdict_against_the_rigs_limits() -> None:

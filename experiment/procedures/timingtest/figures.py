@@ -16,6 +16,8 @@ from typing import Any, Sequence
 from experiment.protocol.rig import TimingLimits
 
 LAG_WINDOW_S = 0.5    # a sensor byte this long after a flash still belongs to it
+EARLY_S = 0.005       # and one this much before it too: without vertical sync (Xvfb) the pixels can be
+                      # out before `flip()` returns its timestamp; such a lag is kept, negative
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -37,15 +39,17 @@ def distribution_ms(values_s: Sequence[float]) -> dict[str, float | int | None]:
             "sd_ms": statistics.stdev(ms) if len(ms) > 1 else None}
 
 
-def match_lags(flashes: Sequence[float], light: Sequence[float], window_s: float = LAG_WINDOW_S) -> list[float | None]:
-    """For each flash (flip time), the lag to the first sensor byte at or after it and within
-    `window_s`, not before the next flash; None when the sensor said nothing (missed)."""
+def match_lags(flashes: Sequence[float], light: Sequence[float], window_s: float = LAG_WINDOW_S,
+               early_s: float = EARLY_S) -> list[float | None]:
+    """For each flash (flip time), the lag to the first sensor byte from `early_s` before it to
+    `window_s` after it, not at or after the next flash's own early margin; None when the sensor
+    said nothing (missed)."""
     times = sorted(light)
     lags: list[float | None] = []
     k = 0
     for n, t_flash in enumerate(flashes):
-        end = min(t_flash + window_s, flashes[n + 1] if n + 1 < len(flashes) else float("inf"))
-        while k < len(times) and times[k] < t_flash:
+        end = min(t_flash + window_s, flashes[n + 1] - early_s if n + 1 < len(flashes) else float("inf"))
+        while k < len(times) and times[k] < t_flash - early_s:
             k += 1
         if k < len(times) and times[k] < end:
             lags.append(times[k] - t_flash)
