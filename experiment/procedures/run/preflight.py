@@ -20,11 +20,14 @@ from experiment.procedures.run.ratings import rating_scales
 from experiment.protocol.model import Protocol, load_protocol
 from experiment.protocol.rig import Rig, check_rig_for_protocol, effective_keys, load_rig
 from experiment.protocol.schedule import Timeline, build_schedule
-from experiment.protocol.specs import SIM_CUFF, CuffSpec, ScannerSpec, SimSpec, parse_cuff_spec, parse_scanner_spec
+from experiment.protocol.rig import byte_of
+from experiment.protocol.specs import (SIM_CUFF, ButtonPresetName, CuffSpec, ScannerSpec, SerialButtonSpec,
+                                       SerialSpec, SimDriver, SimSpec, parse_buttons_spec, parse_cuff_spec,
+                                       parse_scanner_spec)
 from experiment.scanner.sim_scanner import ScannerPlan
 from experiment.station.devices import safety_limits
 from experiment.station.runinfo import check_writable
-from experiment.station.station import CuffNeed, Mode, StationSpec, TriggerNeed, WindowSpec
+from experiment.station.station import ButtonNeed, CuffNeed, Mode, StationSpec, TriggerNeed, WindowSpec
 from experiment.station.surroundings import check_can_confirm, check_display
 
 
@@ -42,6 +45,8 @@ class RunRequest:
     rig: Path | None = None
     cuff: str | None = None
     scanner: str | None = None
+    buttons: str | None = None          # --buttons: a serial button box (docs/buttons.md)
+    lsl: bool | None = None             # --lsl; None: the rig's `lsl`
     dry_run: bool = False
     headless: bool = False
     data: Path | None = None
@@ -74,6 +79,8 @@ class RunPlan:
     assume_yes: bool
     confirmed_by: str | None = None
     instructions: tuple[str, ...] = ()  # pages shown before waiting for the scanner
+    buttons: ButtonNeed | None = None   # a serial button box besides the keyboard
+    lsl: bool = False                   # publish Lab Streaming Layer streams (docs/lsl.md)
 
     @property
     def dry_run(self) -> bool:
@@ -102,7 +109,8 @@ class RunPlan:
         return StationSpec(mode=self.mode, keys=keys, window=window,
                            cuff=CuffNeed(self.cuff_spec, safety_limits(p.safety, rates_kpa_s=self.rates_kpa_s)),
                            trigger=TriggerNeed(self.scanner_spec, plan, default_key=keys.trigger),
-                           assume_yes=self.assume_yes, sim_link=self.rig.sim_link, confirmed_by=self.confirmed_by)
+                           assume_yes=self.assume_yes, sim_link=self.rig.sim_link, confirmed_by=self.confirmed_by,
+                           buttons=self.buttons)
 
 
 def mode_of(*, dry_run: bool, headless: bool) -> Mode:
@@ -132,6 +140,37 @@ def _device_specs(req: RunRequest, rig: Rig) -> tuple[CuffSpec, ScannerSpec]:
     return cuff, scanner
 
 
+def _buttons(req: RunRequest, rig: Rig, scanner: ScannerSpec, mode: Mode) -> ButtonNeed | None:
+    """The button box: --buttons, else the rig's (a dry run takes only --buttons, as for the scanner);
+    a shared line's baud rate, a custom box's byte map, `sim` only in a real-time dry run with `--scanner sim`."""
+    spec = (parse_buttons_spec(req.buttons, what="--buttons") if req.buttons is not None
+            else None if req.dry_run else rig.buttons)
+    if spec is None:
+        return None
+    what = "--buttons" if req.buttons is not None else f"{rig.label}: buttons"
+    if mode is Mode.HEADLESS:
+        raise InputError(f"{what} {spec}: a headless run has no button box (its simulated participant answers "
+                         "directly); drop --headless to rehearse with one")
+    if not isinstance(spec, SerialButtonSpec):
+        if not req.dry_run:
+            raise InputError(f"{what} sim is only allowed with --dry-run; a real run never uses simulation")
+        if not isinstance(scanner, SimSpec) or scanner.driver not in (None, SimDriver.SERIAL, SimDriver.PTY,
+                                                                      SimDriver.SOCKET):
+            raise InputError(f"{what} sim presses fORP buttons on the simulated scanner's line: it needs --scanner "
+                             f"sim (or sim:pty, sim:socket), not {scanner}")
+        return ButtonNeed(spec)
+    if isinstance(scanner, SerialSpec) and scanner.port == spec.port and scanner.preset.baud != spec.baud:
+        raise InputError(f"{what} {spec} shares the port {spec.port} with --scanner {scanner}, but at {spec.baud} "
+                         f"baud against {scanner.preset.baud}: one line has one baud rate (add @BAUD to one of them)")
+    byte_map = None
+    if spec.preset is ButtonPresetName.CUSTOM:
+        if rig.button_map is None:
+            raise InputError(f"{what} {spec}: a custom button box needs the rig file's button_map (byte -> button "
+                             f"name); {rig.label} has none")
+        byte_map = {byte_of(k): v for k, v in rig.button_map.items()}
+    return ButtonNeed(spec, byte_map)
+
+
 def preflight(req: RunRequest) -> RunPlan:
     """Check all input; touches no device. InputError (exit 2), HardwareError for no display (exit 4)."""
     mode = mode_of(dry_run=req.dry_run, headless=req.headless)
@@ -145,6 +184,8 @@ def preflight(req: RunRequest) -> RunPlan:
                          run=req.run)
     cuff_spec, scanner_spec = _device_specs(req, rig)
     effective_keys(protocol, rig, scanner=scanner_spec)     # every key its own role, before any device
+    buttons = _buttons(req, rig, scanner_spec, mode)
+    lsl = rig.lsl if req.lsl is None else req.lsl
     pressure = resolve_pressure(protocol, data_root=data_root, participant=run_id.participant,
                                 session=run_id.session, dry_run=req.dry_run, calibration_file=req.calibration,
                                 max_age_h=rig.calibration_max_age_h, override_kpa=req.pressure_override_kpa,
@@ -160,7 +201,8 @@ def preflight(req: RunRequest) -> RunPlan:
                    run_id=run_id, take_next=req.run == "next", data_root=data_root, mode=mode, seed=seed,
                    cuff_spec=cuff_spec, scanner_spec=scanner_spec, pressure=pressure, assume_yes=req.yes,
                    confirmed_by=req.confirmed_by,
-                   instructions=protocol.instructions if req.instructions is None else req.instructions)
+                   instructions=protocol.instructions if req.instructions is None else req.instructions,
+                   buttons=buttons, lsl=lsl)
 
 
 def check_stimulus_files(protocol: Protocol) -> None:

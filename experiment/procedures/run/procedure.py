@@ -39,6 +39,7 @@ from experiment.scanner.startgate import StartGate, wait_for_t0
 from experiment.station.briefing import Briefing, run_briefing
 from experiment.station.console import OperatorConsole, Status
 from experiment.station.devices import make_safe
+from experiment.station.rating import RatingScale
 from experiment.station.recorder import STOPS
 from experiment.station.runinfo import package_versions, software_revision
 from experiment.station.station import Mode, Station
@@ -165,6 +166,7 @@ class RunProcedure:
             "cuff": asdict(st.cuff.info),
             "briefing": self.briefing.record(), "confirmation": st.confirmation,
             "scanner": {"kind": st.trigger.name, "spec": str(st.trigger_spec), "simulated": st.trigger.simulated},
+            "buttons": st.buttons_info(),
             "tr_s": p.scan.tr_s, "n_volumes": p.scan.n_volumes, "discard_pulses": plan.discard_pulses,
             "scanner_discarded": p.scan.scanner_discarded,
             "pressure": plan.pressure, "cuff_timing": asdict(plan.rig.cuff_timing),
@@ -311,6 +313,14 @@ class RunProcedure:
         assert st.cuff is not None and st.display is not None
         cuff = st.cuff
         scripted = scripted_ratings(plan.timeline, seed=plan.seed) if plan.mode is Mode.HEADLESS else None
+        if plan.buttons is not None and plan.buttons.spec.simulated:
+            answer = scripted_ratings(plan.timeline, seed=plan.seed)
+
+            def on_the_line(i: int, scale: RatingScale, t_onset: float) -> list[tuple[str, float]]:
+                st.press_buttons(answer(i, scale, t_onset))   # fORP bytes on the scanner's line, read back
+                return []
+
+            scripted = on_the_line
         # the run lasts until the scan's last declared volume has been acquired, so every
         # pulse is logged and the pulse count can be checked against the volumes
         run_end_s = max(plan.timeline.run_length_s, p.scan.n_volumes * p.scan.tr_s)
