@@ -148,6 +148,8 @@ class Station:
         self._stop_logged = False
         self.confirmation: Record | None = None
         self._sample_listeners: list[Callable[[PressureSample], None]] = []
+        self._record_listeners: list[Callable[[Record], None]] = []
+        self._closers: list[Callable[[], None]] = []
         self._life = _Lifetime()
 
     # ------------------------------------------------------------ lifetime
@@ -204,7 +206,19 @@ class Station:
                 life.stack.close()
             finally:
                 self._write_end(life, ok=exc is None)
+                self._close_observers()
                 self.rec.close()
+
+    def _close_observers(self) -> None:
+        """After the `end` record, before the logs close: what observes the log (LSL) closes, in
+        reverse order; a failure is logged, never raised (the data is in the log)."""
+        while self._closers:
+            try:
+                self._closers.pop()()
+            except Exception as exc:  # noqa: BLE001 - an observer cannot lose the run its log already holds
+                if self.rec.writable:
+                    self.rec.record({"kind": "warning", "t": self.clock.now(), "code": "observer_close_failed",
+                                     "message": f"closing a log observer failed: {exc!r}"})
 
     def _write_end(self, life: _Lifetime, *, ok: bool) -> None:
         if life.end is None:
@@ -251,8 +265,17 @@ class Station:
     def record(self, rec: Record) -> None:
         """Log a record (any thread); interlock records are also shown to the operator at once."""
         self.rec.record(rec)
+        for fn in self._record_listeners:
+            fn(rec)
         if rec.get("kind") == "safety":
             self.console.warn(f"SAFETY {rec.get('reason')}: {rec.get('message') or rec.get('action')}")
+
+    def add_record_listener(self, fn: Callable[[Record], None], *, close: Callable[[], None] | None = None) -> None:
+        """Also hand every record logged from now on to `fn` (any thread; must not block: LSL's
+        publisher only queues it); `close` runs after the `end` record, before the logs close."""
+        self._record_listeners.append(fn)
+        if close is not None:
+            self._closers.append(close)
 
     def add_sample_listener(self, fn: Callable[[PressureSample], None]) -> None:
         """Also hand every cuff pressure sample to `fn` (reader thread; must not block)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiment.errors import InputError
+from experiment.errors import HardwareError, InputError
 from experiment.outputs.dataset import check_root, default_root
 from experiment.outputs.rundir import RunId, resolve_run
 from experiment.procedures.calibration.results import calibrated_levels_kpa, resolve_pressure
@@ -171,6 +171,18 @@ def _buttons(req: RunRequest, rig: Rig, scanner: ScannerSpec, mode: Mode) -> But
     return ButtonNeed(spec, byte_map)
 
 
+def _check_lsl(mode: Mode, *, from_rig: bool, rig: Rig) -> None:
+    """LSL streams need real time and pylsl (with its bundled liblsl)."""
+    import importlib.util
+
+    what = f"{rig.label}: lsl" if from_rig else "--lsl"
+    if mode is Mode.HEADLESS:
+        raise InputError(f"{what}: a headless run is on a virtual clock; Lab Streaming Layer streams need real time "
+                         "(drop --headless)")
+    if importlib.util.find_spec("pylsl") is None:
+        raise HardwareError(f"{what}: the pylsl package is not installed (pip install pylsl; it bundles liblsl)")
+
+
 def preflight(req: RunRequest) -> RunPlan:
     """Check all input; touches no device. InputError (exit 2), HardwareError for no display (exit 4)."""
     mode = mode_of(dry_run=req.dry_run, headless=req.headless)
@@ -186,6 +198,8 @@ def preflight(req: RunRequest) -> RunPlan:
     effective_keys(protocol, rig, scanner=scanner_spec)     # every key its own role, before any device
     buttons = _buttons(req, rig, scanner_spec, mode)
     lsl = rig.lsl if req.lsl is None else req.lsl
+    if lsl:
+        _check_lsl(mode, from_rig=req.lsl is None, rig=rig)
     pressure = resolve_pressure(protocol, data_root=data_root, participant=run_id.participant,
                                 session=run_id.session, dry_run=req.dry_run, calibration_file=req.calibration,
                                 max_age_h=rig.calibration_max_age_h, override_kpa=req.pressure_override_kpa,

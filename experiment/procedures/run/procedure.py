@@ -152,6 +152,8 @@ class RunProcedure:
         for ev in plan.timeline.events:
             self.record({"kind": "plan", **plan_record(ev)})
         self._describe_display()
+        if plan.lsl:
+            self._open_lsl()
         st.console.say(f"writing to {source_dir}")
 
     def _header(self) -> dict[str, Any]:
@@ -166,7 +168,7 @@ class RunProcedure:
             "cuff": asdict(st.cuff.info),
             "briefing": self.briefing.record(), "confirmation": st.confirmation,
             "scanner": {"kind": st.trigger.name, "spec": str(st.trigger_spec), "simulated": st.trigger.simulated},
-            "buttons": st.buttons_info(),
+            "buttons": st.buttons_info(), "lsl": plan.lsl,
             "tr_s": p.scan.tr_s, "n_volumes": p.scan.n_volumes, "discard_pulses": plan.discard_pulses,
             "scanner_discarded": p.scan.scanner_discarded,
             "pressure": plan.pressure, "cuff_timing": asdict(plan.rig.cuff_timing),
@@ -177,6 +179,20 @@ class RunProcedure:
             "platform": platform.platform(), "python": sys.version.split()[0], "packages": package_versions(),
             "run_length_s": plan.timeline.run_length_s,
         }
+
+    def _open_lsl(self) -> None:
+        """The Lab Streaming Layer outlets, fed from the log from here on (docs/lsl.md)."""
+        from experiment.log.lsl import LslPublisher, StreamMeta
+
+        plan, st, p = self.plan, self.st, self.plan.protocol
+        assert st.cuff is not None
+        meta = StreamMeta(participant=plan.run_id.participant, session=plan.run_id.session, run=plan.run_id.run,
+                          task=p.task, protocol_name=p.name, protocol_sha256=p.sha256, dry_run=plan.dry_run)
+        publisher = LslPublisher(meta, clock=st.clock, pressure_hz=float(st.cuff.limits.stream_hz), log=self.record)
+        st.add_record_listener(publisher.observe, close=publisher.close)
+        st.add_sample_listener(publisher.observe_sample)
+        st.console.say(f"LSL streams {publisher.markers_name} and {publisher.pressure_name} open "
+                       f"(source {meta.source_id}; LSL time = run time {publisher.offset_s:+.6f} s)")
 
     def _describe_display(self) -> None:
         st = self.st
