@@ -273,6 +273,7 @@ def test_a_dry_run_takes_its_ratings_from_simulated_presses_on_the_trigger_line(
     assert code == 0
     log = _log(next((data / "sourcedata" / "sub-B01").glob("*run-1")))
     assert log[0]["buttons"] == {"spec": "sim", "simulated": True, "shared_with_trigger": True, "byte_map": None}
+    assert ["buttons", "sim (SIMULATED), on the trigger's line (one reader)"] in log[0]["briefing"]["lines"]
     presses = [r for r in log if r["kind"] == "button"]
     assert presses and all(r["raw"] == r["button"].encode().hex() for r in presses)   # fORP bytes, read back
     keys = [(r["key"], r["t"]) for r in log if r["kind"] == "key"]

@@ -109,6 +109,7 @@ def test_an_inlet_receives_the_markers_and_pressure_of_a_dry_run_stamped_as_logg
     closed = next(r for r in log if r["kind"] == "lsl" and r["event"] == "close")
     offset = opened["offset_s"]
     assert log[0]["lsl"] is True and abs(closed["offset_change_s"]) < 0.002
+    assert "streams" in dict(map(tuple, log[0]["briefing"]["lines"]))     # the operator was told
 
     # the stream's metadata names the run
     desc = info.desc()

@@ -91,19 +91,24 @@ def _cuff_lines(cuff: DeviceInfo, calibration_cuff: Mapping[str, Any] | None) ->
 
 def run_briefing(*, participant: str, session: str | None, run: int, protocol_path: str, protocol_sha256: str,
                  pressure: Mapping[str, Any], ceiling_kpa: float, cuff: DeviceInfo, trigger_spec: str,
-                 trigger_simulated: bool, dry_run: bool) -> Briefing:
-    """The block shown before a run waits for the scanner."""
+                 trigger_simulated: bool, dry_run: bool, buttons: str | None = None,
+                 lsl: bool = False) -> Briefing:
+    """The block shown before a run waits for the scanner (`buttons`: a serial button box's line,
+    shown only when there is one; `lsl`: the run publishes Lab Streaming Layer streams)."""
     ses = f", session {session}" if session else ""
     lines = [("participant", f"sub-{participant}{ses}, run {run}"),
              ("protocol", f"{protocol_path} (sha256 {protocol_sha256[:12]})"),
              ("pressure", pressure_line(pressure)),
              ("ceiling", _kpa(ceiling_kpa)),
              *_cuff_lines(cuff, pressure.get("calibration_cuff")),
-             ("trigger", trigger_spec + (" (SIMULATED)" if trigger_simulated else ""))]
+             ("trigger", trigger_spec + (" (SIMULATED)" if trigger_simulated else "")),
+             *([("buttons", buttons)] if buttons is not None else []),
+             *([("streams", "Lab Streaming Layer: markers and pressure (docs/lsl.md)")] if lsl else [])]
     facts = {"participant": participant, "session": session, "run": run, "protocol_path": protocol_path,
              "protocol_sha256": protocol_sha256, "pressure": dict(pressure), "ceiling_kpa": ceiling_kpa,
              "ceiling_mmhg": round(kpa_to_mmhg(ceiling_kpa), 1), "cuff": asdict(cuff),
-             "trigger": {"spec": trigger_spec, "simulated": trigger_simulated}, "dry_run": dry_run}
+             "trigger": {"spec": trigger_spec, "simulated": trigger_simulated}, "dry_run": dry_run,
+             **({"buttons": buttons} if buttons is not None else {}), **({"lsl": True} if lsl else {})}
     return Briefing("run", dry_run, tuple(lines), facts)
 
 

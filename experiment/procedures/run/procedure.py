@@ -45,6 +45,15 @@ from experiment.station.runinfo import package_versions, software_revision
 from experiment.station.station import Mode, Station
 
 
+def _buttons_line(st: Station) -> str | None:
+    """The confirmation block's `buttons` line: the box, and whether it is on the trigger's line."""
+    info = st.buttons_info()
+    if info is None:
+        return None
+    return (str(info["spec"]) + (" (SIMULATED)" if info["simulated"] else "")
+            + (", on the trigger's line (one reader)" if info["shared_with_trigger"] else ""))
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How the run ended: exit code, reason code and the operator's message."""
@@ -116,7 +125,8 @@ class RunProcedure:
                             protocol_path=str(plan.protocol_path), protocol_sha256=plan.protocol.sha256,
                             pressure=plan.pressure, ceiling_kpa=plan.protocol.safety.max_pressure_kpa,
                             cuff=st.cuff.info, trigger_spec=str(st.trigger_spec),
-                            trigger_simulated=st.trigger.simulated, dry_run=plan.dry_run)
+                            trigger_simulated=st.trigger.simulated, dry_run=plan.dry_run,
+                            buttons=_buttons_line(st), lsl=plan.lsl)
 
     def _guarded(self) -> Outcome:
         """The run inside the log: an orderly stop or a bug becomes an Outcome, never an escape."""
