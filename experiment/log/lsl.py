@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from experiment.clock import Clock
+from experiment.log.records import LslCounts, RunRecord
 
 MARKER_STREAM = "cuedpain-markers"
 PRESSURE_STREAM = "cuedpain-pressure"
 MARKER_KINDS = frozenset({"onset", "cuff_cmd", "cuff_event", "rating", "pulse", "t0", "button", "key", "end"})
 PRESSURE_CHANNELS = (("pressure", "kPa"), ("target", "kPa"))
 
-Record = dict[str, Any]
 
 
 def markers_of(rec: Mapping[str, Any]) -> list[tuple[float, str]]:
@@ -101,7 +101,7 @@ class LslPublisher:
     """The two outlets and the thread that feeds them; `observe` and `observe_sample` from any thread."""
 
     def __init__(self, meta: StreamMeta, *, clock: Clock, pressure_hz: float,
-                 log: Callable[[Record], None]) -> None:
+                 log: Callable[[RunRecord], None]) -> None:
         import pylsl  # local: only a run with --lsl loads liblsl
 
         self._pylsl = pylsl
@@ -116,13 +116,13 @@ class LslPublisher:
         self.pressure = pylsl.StreamOutlet(self._info(PRESSURE_STREAM, "Pressure", len(PRESSURE_CHANNELS),
                                                       pressure_hz, pylsl.cf_float32, "pressure"))
         self.markers_name, self.pressure_name = MARKER_STREAM, PRESSURE_STREAM
-        self.pushed = {"markers": 0, "pressure": 0}
+        self.pushed: LslCounts = {"markers": 0, "pressure": 0}
         self.failed: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="lsl-publisher", daemon=True)
         self._thread.start()
         log({"kind": "lsl", "t": clock.now(), "event": "open", "offset_s": self.offset_s,
              "offset_uncertainty_s": self.offset_uncertainty_s, "streams": [MARKER_STREAM, PRESSURE_STREAM],
-             "source_id": meta.source_id, "pressure_hz": pressure_hz, "liblsl": pylsl.library_version()})
+             "source_id": meta.source_id, "pressure_hz": float(pressure_hz), "liblsl": int(pylsl.library_version())})
 
     def _info(self, name: str, kind: str, channels: int, rate: float, fmt: int, suffix: str) -> Any:
         info = self._pylsl.StreamInfo(name, kind, channels, rate, fmt, f"{self.meta.source_id}_{suffix}")
@@ -145,7 +145,7 @@ class LslPublisher:
 
     # ------------------------------------------------------------ any thread: a queue put, nothing else
 
-    def observe(self, rec: Record) -> None:
+    def observe(self, rec: Mapping[str, object]) -> None:
         if rec.get("kind") in MARKER_KINDS:
             self._queue.put(("record", rec))
 
@@ -186,6 +186,6 @@ class LslPublisher:
         self._thread.join(5.0)
         offset, uncertainty = measure_offset(self._clock, self._pylsl.local_clock)
         self._log({"kind": "lsl", "t": self._clock.now(), "event": "close", "offset_s": offset,
-                   "offset_uncertainty_s": uncertainty, "pushed": dict(self.pushed),
+                   "offset_uncertainty_s": uncertainty, "pushed": LslCounts(**self.pushed),
                    "offset_change_s": offset - self.offset_s})
         del self.markers, self.pressure   # pylsl destroys an outlet when it is collected
