@@ -280,6 +280,8 @@ def test_a_dry_run_takes_its_ratings_from_simulated_presses_on_the_trigger_line(
     assert keys == [(r["button"], r["t"]) for r in presses]     # every key of this run came from the line
     assert len([r for r in log if r["kind"] == "pulse"]) >= 26
     assert float(_events_rating(data, "B01")) == _rating_from_buttons(presses)
+    from tests.test_log_records import record_problems
+    assert record_problems(log[0], log[1:]) == []      # the button records are the typed ones
 
 
 @pytest.mark.realtime
@@ -318,3 +320,5 @@ def test_a_dry_run_on_a_simulated_forp_shares_its_pty_between_triggers_and_butto
     assert log[0]["buttons"]["shared_with_trigger"] is True and log[0]["scanner"]["spec"] == f"serial:{pty}:forp"
     assert [r["button"] for r in log if r["kind"] == "button"] == ["2", "2", "2", "1", "3"]
     assert _events_rating(data, "B02") == "70.00"
+    from tests.test_log_records import record_problems
+    assert record_problems(log[0], log[1:]) == []

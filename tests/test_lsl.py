@@ -110,6 +110,8 @@ def test_an_inlet_receives_the_markers_and_pressure_of_a_dry_run_stamped_as_logg
     offset = opened["offset_s"]
     assert log[0]["lsl"] is True and abs(closed["offset_change_s"]) < 0.002
     assert "streams" in dict(map(tuple, log[0]["briefing"]["lines"]))     # the operator was told
+    from tests.test_log_records import record_problems
+    assert record_problems(log[0], log[1:]) == []      # the lsl records are the typed ones
 
     # the stream's metadata names the run
     desc = info.desc()
