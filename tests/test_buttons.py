@@ -101,9 +101,9 @@ def test_a_custom_map_names_its_bytes() -> None:
 
 def test_xid_packets_give_presses_with_the_pads_timer_and_releases_are_not_presses() -> None:
     data = (xid_packet(3, timer_ms=1234) + xid_packet(3, pressed=False, timer_ms=1300)
-            + xid_packet(5, port=2, timer_ms=7) + b"zz" + xid_packet(0, timer_ms=0x35353535))
+            + xid_packet(5, port=2, timer_ms=7) + b"zz" + xid_packet(8, timer_ms=0x35353535))     # key 8: key bits 0
     fed = _feed(XidDecoder(), data)
-    assert [(d.button, d.device_ms) for d in fed.presses] == [("3", 1234), ("p2_5", 7), ("0", 0x35353535)]
+    assert [(d.button, d.device_ms) for d in fed.presses] == [("3", 1234), ("p2_5", 7), ("8", 0x35353535)]
     assert fed.releases == 1 and bytes(fed.unmatched) == b"zz"
     assert xid_packet(3, timer_ms=1234) == b"k\x70\xd2\x04\x00\x00"   # key 3 << 5 | press bit 0x10
 
@@ -322,3 +322,26 @@ def test_a_dry_run_on_a_simulated_forp_shares_its_pty_between_triggers_and_butto
     assert _events_rating(data, "B02") == "70.00"
     from tests.test_log_records import record_problems
     assert record_problems(log[0], log[1:]) == []
+
+
+@pytest.mark.parametrize("link", ["pty", "socket"])
+def test_simulated_presses_share_the_simulated_scanners_line_on_either_link(link: str) -> None:
+    from experiment.scanner.sim_scanner import ScannerPlan, pty_sim_source, socket_sim_source
+
+    clock = RealClock()
+    make = pty_sim_source if link == "pty" else socket_sim_source
+    source = make(ScannerPlan(tr_s=0.05, n_volumes=20, start_delay_s=0.0), clock=clock,
+                  buttons=make_decoder(ButtonPresetName.FORP))
+    source.open()
+    try:
+        t = clock.now()
+        source.press([("1", t + 0.05), ("3", t + 0.1)])
+        presses: list = []
+        wait_for(lambda: bool(presses.extend(source.poll_buttons())) or len(presses) >= 2, timeout_s=3.0)
+        pulses = source.poll()
+    finally:
+        source.close()
+    assert [p.button for p in presses] == ["1", "3"] and len(pulses) >= 2
+    assert [p.button for p in presses] == [d.decode() for _, d in source.presser.sent]
+    # stamped on arrival: after the write, within a few ms of it here
+    assert all(0 <= p.t - sent_t < 0.05 for p, (sent_t, _) in zip(presses, source.presser.sent))

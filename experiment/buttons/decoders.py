@@ -8,10 +8,10 @@ Two wire formats:
   scanner trigger '5'; https://www.curdes.com/technical/932usemodes/).
 * **Cedrus XID** (RB-series pads in XID mode): every key event is a 6-byte packet, `k`, a
   key-info byte (bits 0-3 the port, bit 4 set on press and clear on release, bits 5-7 the
-  key number), then the pad's 4-byte little-endian reaction timer in ms (Cedrus' XID
-  command reference, https://cedrus.com/support/xid/commands.htm; pyxid reads it the same
-  way). A press of key K on port 0 is button `K`; on another port, `pPORT_K`. Releases are
-  decoded and not presses.
+  key number, 0 meaning key 8), then the pad's 4-byte little-endian reaction timer in ms
+  (Cedrus' XID command reference, https://cedrus.com/support/xid/commands.htm; Cedrus' pyxid2
+  reads it the same way). A press of key K (1-8) on port 0 is button `K`; on another port,
+  `pPORT_K`. Releases are decoded and not presses.
 
 A decoder never raises on input: what matches nothing comes back as `unmatched` bytes, which
 the reader logs and otherwise ignores.
@@ -125,7 +125,7 @@ class XidDecoder:
             return
         packet, self._packet = bytes(self._packet), bytearray()
         info = packet[1]
-        port, pressed, key = info & 0x0F, bool(info & 0x10), info >> 5
+        port, pressed, key = info & 0x0F, bool(info & 0x10), (info >> 5) or 8   # key bits 0 are key 8, as pyxid2 reads them
         (timer_ms,) = struct.unpack("<I", packet[2:6])
         if pressed:
             out.presses.append(Decoded(str(key) if port == 0 else f"p{port}_{key}", packet, timer_ms))
@@ -134,7 +134,7 @@ class XidDecoder:
 
 
 def xid_packet(key: int, *, pressed: bool = True, port: int = 0, timer_ms: int = 0) -> bytes:
-    """The packet a Cedrus pad sends for one key event (simulators and tests)."""
+    """The packet a Cedrus pad sends for one event of key 1-8 (simulators and tests)."""
     return bytes((XID_START, (key & 0x07) << 5 | (0x10 if pressed else 0) | (port & 0x0F))) + \
         struct.pack("<I", timer_ms & 0xFFFFFFFF)
 

@@ -45,8 +45,8 @@ def parse_press(text: str) -> Press:
 def encode(box: str, button: str) -> bytes:
     """The bytes a box sends for one press of `button` (a Cedrus pad: the press and its release)."""
     if box == "cedrus":
-        if not button.isdigit() or not 0 <= int(button) <= 7:
-            raise InputError(f"simulate-buttons: a Cedrus pad's buttons are 0-7, not {button!r}")
+        if not button.isdigit() or not 1 <= int(button) <= 8:
+            raise InputError(f"simulate-buttons: a Cedrus pad's buttons are 1-8, not {button!r}")
         return xid_packet(int(button)) + xid_packet(int(button), pressed=False)
     try:
         return forp_byte(button)
