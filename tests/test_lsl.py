@@ -49,14 +49,14 @@ def _protocol(tmp_path: Path) -> Path:
     """One short trial; three instruction pages (a dry run turns each after 1 s, and its scanner
     starts after them) give the inlets time to connect before the first marker."""
     d = edited(load_dict(), **{
-        "trials.counts": {"pain": 1}, "scan.tr_s": 0.5, "scan.n_volumes": 20, "scan.lead_in_s": 1,
-        "scan.tail_s": 1,
+        "trials.counts": {"pain": 1}, "scan.tr_s": 0.5, "scan.n_volumes": 12, "scan.lead_in_s": 0.5,
+        "scan.tail_s": 0.5, "rating.timeout_s": 2,
         "trial_types.pain.phases": [
-            {"name": "pain_anticipation", "cue": "pain_cue", "duration": 1, "bids_trial_type": "pain_anticipation"},
-            {"name": "pain", "cue": "fixation", "cuff": "inflate", "duration": 1.5, "bids_trial_type": "pain"},
-            {"name": "deflation", "cue": "relief_cue", "cuff": "deflate", "duration": 1},
-            {"name": "rating", "kind": "rating", "cue": "fixation", "duration": 3.5, "bids_trial_type": "rating"},
-            {"name": "rest", "cue": "fixation", "duration": 1}]})
+            {"name": "pain_anticipation", "cue": "pain_cue", "duration": 0.5, "bids_trial_type": "pain_anticipation"},
+            {"name": "pain", "cue": "fixation", "cuff": "inflate", "duration": 1, "bids_trial_type": "pain"},
+            {"name": "deflation", "cue": "relief_cue", "cuff": "deflate", "duration": 0.5},
+            {"name": "rating", "kind": "rating", "cue": "fixation", "duration": 2, "bids_trial_type": "rating"},
+            {"name": "rest", "cue": "fixation", "duration": 0.5}]})
     d.pop("checks", None)
     d["instructions"] = ["one", "two", "three"]
     (tmp_path / "protocols").mkdir()
