@@ -345,3 +345,16 @@ def test_simulated_presses_share_the_simulated_scanners_line_on_either_link(link
     assert [p.button for p in presses] == [d.decode() for _, d in source.presser.sent]
     # stamped on arrival: after the write, within a few ms of it here
     assert all(0 <= p.t - sent_t < 0.05 for p, (sent_t, _) in zip(presses, source.presser.sent))
+
+
+def test_the_stations_confirmation_block_names_the_box_and_the_streams(xdisplay, tmp_path) -> None:
+    from experiment.procedures.run.preflight import RunRequest, preflight
+    from experiment.web.blocks import _input_lines
+
+    plan = preflight(RunRequest(protocol=_short_protocol(tmp_path), participant="B03", dry_run=True, buttons="sim",
+                                lsl=True, data=tmp_path / "d"))
+    assert _input_lines(plan) == [["buttons", "sim (SIMULATED), on the trigger's line (one reader)"],
+                                  ["streams", "Lab Streaming Layer: markers and pressure (docs/lsl.md)"]]
+    plain = preflight(RunRequest(protocol=_short_protocol(tmp_path), participant="B03", dry_run=True,
+                                 data=tmp_path / "d"))
+    assert _input_lines(plain) == []
