@@ -10,7 +10,8 @@ from typing import Any
 def devices(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rig", metavar="FILE", help="rig file (site hardware: ports, trigger source, screen)")
     p.add_argument("--cuff", metavar="SPEC",
-                   help="cuff device: sim | line:PORT | cpar:PORT (PORT: device path, COM name or pyserial URL)")
+                   help="cuff device: sim | sim:gated | line:PORT | cpar:PORT | gated:PORT:rts|dtr|board (PORT: "
+                        "device path, COM name or pyserial URL)")
     p.add_argument("--scanner", metavar="SPEC",
                    help="trigger source: sim | keyboard[:KEY] | serial:PORT[:PRESET]")
 

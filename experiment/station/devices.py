@@ -49,9 +49,12 @@ class Display(Protocol):
     def close(self) -> None: ...
 
 
-def safety_limits(safety: Safety, *, rates_kpa_s: tuple[float, ...] = ()) -> SafetyLimits:
+def safety_limits(safety: Safety, *, rates_kpa_s: tuple[float, ...] = (), panel_kpa: float | None = None,
+                  needs_readback: bool = False) -> SafetyLimits:
     """The supervisor's interlock settings from a protocol's (or a calibration's) safety section;
-    `rates_kpa_s`, the ramp rates the session will command, are checked against the device at start."""
+    `rates_kpa_s`, the ramp rates the session will command, are checked against the device at start;
+    `panel_kpa` is a gated inflator's panel setting (the only target it may be sent); `needs_readback`:
+    the session waits for the target to be reached, so the device must measure its pressure."""
     from experiment.cuff.safety import SafetyLimits
 
     return SafetyLimits(ceiling_kpa=safety.max_pressure_kpa, max_stimulus_s=safety.max_inflation_per_stimulus_s,
@@ -59,7 +62,8 @@ def safety_limits(safety: Safety, *, rates_kpa_s: tuple[float, ...] = ()) -> Saf
                         release_threshold_kpa=safety.release_threshold_kpa,
                         release_deadline_s=safety.release_deadline_s,
                         overpressure_margin_kpa=safety.compliance_margin_kpa,
-                        planned_rates_kpa_s=tuple(sorted(set(rates_kpa_s))))
+                        planned_rates_kpa_s=tuple(sorted(set(rates_kpa_s))), panel_kpa=panel_kpa,
+                        needs_readback=needs_readback)
 
 
 def open_cuff(need: CuffNeed, *, mode: Mode, clock: Clock, stack: ExitStack,
@@ -70,7 +74,7 @@ def open_cuff(need: CuffNeed, *, mode: Mode, clock: Clock, stack: ExitStack,
     from experiment.cuff.safety import CuffSupervisor
 
     link: Literal["pty", "socket"] | None = "pty" if sim_link == "pty" else "socket" if sim_link == "socket" else None
-    raw = open_raw(need.spec, clock=clock, dry_run=mode.simulated, sim_link=link)
+    raw = open_raw(need.spec, clock=clock, dry_run=mode.simulated, sim_link=link, panel_kpa=need.limits.panel_kpa)
     if not mode.simulated and raw.info is not None and raw.info.simulated:
         raw.close()
         raise HardwareError(f"the cuff on {raw.info.port} identifies itself as a simulator ({raw.info.name}); a real "
