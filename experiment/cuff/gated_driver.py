@@ -134,6 +134,8 @@ class ModemLines:
             try:
                 ser.rts = False
                 ser.dtr = False
+            except (serial.SerialException, OSError, ValueError):
+                pass    # an adapter that is gone has no lines; closing (HUPCL) drops them where there are
             finally:
                 ser.close()
 

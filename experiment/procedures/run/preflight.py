@@ -206,7 +206,7 @@ def gated_panel_kpa(cuff: CuffSpec, timeline: Timeline, *, rig: Rig, panel_kpa: 
     if not (declared > 0 and declared == declared):
         raise InputError(f"--panel-pressure must be a pressure above 0 kPa, got {declared:g}")
     if targets and abs(declared - targets[0]) > PANEL_TOLERANCE_KPA:
-        raise InputError(f"the inflator's panel is set to {declared:g} kPa but this run's target is {targets[0]:g} kPa; "
+        raise InputError(f"the inflator's panel is set to {declared:.1f} kPa but this run's target is {targets[0]:.1f} kPa; "
                          "set the panel to the target (and say so), or use the protocol meant for this setting")
     return declared
 

@@ -1,0 +1,399 @@
+"""The gated cuff (`gated:PORT:rts|dtr|board`, docs/gate-board.md): driver, simulated board, pre-flight.
+
+Most tests run the real driver and the real simulated gate board in-process on a virtual
+clock (fast, reproducible); the HUPCL test opens a real pseudo-terminal. The relay variant
+is tested through the driver's line-setting layer (`Lines`): a pseudo-terminal has no
+modem lines (RTS and DTR cannot be set or read on it), so `RecordingLines` stands in for
+`ModemLines` and records every level the driver set. Whole runs against the simulated board
+on a pseudo-terminal (Escape, signals, a pulled cable, SIGKILL) are in tests/test_faults.py.
+"""
+
+from __future__ import annotations
+
+import os
+import termios
+import tty
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from experiment.clock import VirtualClock
+from experiment.cuff import gate_codec as codec
+from experiment.cuff.base import CuffState
+from experiment.cuff.gate_sim import SimGateBoard
+from experiment.cuff.gated_driver import GatedCuff, ModemLines
+from experiment.cuff.safety import CuffSupervisor, SafetyLimits
+from experiment.cuff.transport import LoopbackTransport
+from experiment.errors import AbortError, DeviceFault, InputError
+from experiment.procedures.run.preflight import RunRequest, preflight
+from experiment.protocol.specs import CuffKind, CuffSpec, Gate
+from experiment.station.briefing import panel_line, run_briefing
+
+PANEL_KPA = 20.0
+LIMITS = SafetyLimits(ceiling_kpa=30.0, max_stimulus_s=5.0, max_run_inflated_s=8.0, panel_kpa=PANEL_KPA)
+
+
+# ---------------------------------------------------------------- the simulated board alone
+
+
+class Board:
+    """The simulated board on a hand-moved clock: send bytes, move time, read its lines."""
+
+    def __init__(self, **options: object) -> None:
+        self.device = SimGateBoard(**options)  # type: ignore[arg-type]
+        self.out = bytearray()
+        self.device.attach(self.out.extend)
+        self.t = 0.0
+        self.device.advance(0.0)
+
+    def send(self, data: bytes) -> list[codec.BoardLine]:
+        start = len(self.out)
+        self.device.receive(data, self.t)
+        return [codec.parse_board_line(line) for line in self.out[start:].decode("ascii").splitlines()]
+
+    def run(self, dt_s: float) -> list[codec.BoardLine]:
+        start = len(self.out)
+        self.t += dt_s
+        self.device.advance(self.t)
+        return [codec.parse_board_line(line) for line in self.out[start:].decode("ascii").splitlines()]
+
+
+def test_the_board_answers_every_byte_with_one_line_in_order() -> None:
+    b = Board(sensor=False)
+    replies = b.send(b"?1.s0c")
+    assert [r.tag for r in replies if isinstance(r, codec.Reply)] == ["?", "1", ".", "s", "0", "c"]
+    ident, on, _, status, off, _ = replies
+    assert isinstance(ident, codec.Reply) and ident.fields["proto"] == "1" and ident.fields["sensor"] == "0"
+    assert isinstance(status, codec.Reply) and status.fields == {"gate": "1", "p": "-", "fault": "0"}
+    assert isinstance(on, codec.Reply) and on.fields["gate"] == "1"
+    assert isinstance(off, codec.Reply) and off.fields["gate"] == "0" and not b.device.gate_on
+
+
+def test_any_unknown_byte_turns_the_gate_off() -> None:
+    b = Board()
+    b.send(codec.GATE_ON)
+    b.run(0.5)
+    assert b.device.gate_on and b.device.pressure_kpa > 15
+    (reply,) = [r for r in b.send(b"A") if isinstance(r, codec.Reply)]
+    assert (reply.tag, reply.ok, reply.code, reply.fields) == ("!", False, 10, {"byte": "0x41", "gate": "0"})
+    assert not b.device.gate_on
+    b.run(0.5)
+    assert b.device.pressure_kpa < 1.0
+
+
+def test_the_board_watchdog_turns_the_gate_off_and_latches_when_the_host_goes_silent() -> None:
+    b = Board(wdt_ms=1000)
+    b.send(codec.GATE_ON)
+    for _ in range(8):              # fed by keep-alives: stays on
+        b.run(0.2)
+        b.send(codec.KEEPALIVE)
+    assert b.device.gate_on
+    lines = b.run(1.1)              # silence
+    faults = [r for r in lines if isinstance(r, codec.Report) and r.what == "F"]
+    assert [f.fields for f in faults] == [{"code": "30", "name": "WATCHDOG"}]
+    assert not b.device.gate_on and b.device.state == "FAULT"
+    (refused,) = [r for r in b.send(codec.GATE_ON) if isinstance(r, codec.Reply)]
+    assert (refused.ok, refused.code) == (False, 22) and not b.device.gate_on
+    b.send(codec.CLEAR)
+    b.send(codec.GATE_ON)
+    assert b.device.gate_on
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200).map(lambda data: data.replace(codec.GATE_ON, b"")))
+def test_no_byte_but_the_on_byte_ever_turns_the_board_on(noise: bytes) -> None:
+    b = Board()
+    for i in range(0, len(noise), 7):
+        b.send(noise[i:i + 7])
+        b.run(0.01)
+    assert not b.device.gate_on and b.device.on_log == []
+
+
+# ---------------------------------------------------------------- the driver on the board
+
+
+def connected(**board_options: object) -> tuple[GatedCuff, SimGateBoard, VirtualClock]:
+    clock = VirtualClock()
+    board = SimGateBoard(panel_kpa=PANEL_KPA, **board_options)  # type: ignore[arg-type]
+    cuff = GatedCuff(transport=LoopbackTransport(board, clock=clock, port="sim:loopback"), clock=clock)
+    cuff.connect()
+    return cuff, board, clock
+
+
+def test_the_board_identifies_itself_and_says_whether_it_measures() -> None:
+    cuff, _, _ = connected(sensor=True)
+    assert cuff.info is not None and cuff.info.kind == "gated" and cuff.info.simulated
+    assert cuff.info.pressure_readback and cuff.info.hard_limit_kpa == 60.0
+    bare, _, _ = connected(sensor=False)
+    assert bare.info is not None and not bare.info.pressure_readback
+    assert bare.status().pressure_kpa is None
+
+
+def test_a_stimulus_opens_the_gate_to_the_panel_pressure_and_deflate_closes_it() -> None:
+    cuff, board, clock = connected()
+    records: list[dict] = []
+    with CuffSupervisor(cuff, clock=clock, limits=LIMITS, on_record=records.append) as sup:
+        sup.stimulate(PANEL_KPA, 40.0, tag=1)
+        clock.sleep(1.0)
+        assert board.gate_on and abs(board.pressure_kpa - PANEL_KPA) < 0.5
+        assert "TARGET_REACHED" in [r["name"] for r in records if r["kind"] == "cuff_event"]
+        sup.deflate(tag=2)
+        clock.sleep(0.5)
+        assert not board.gate_on and board.pressure_kpa < 1.0
+    assert sup.safety_tripped is None, sup.trip_message
+    gate = [(c["command"], c["purpose"]) for c in records if c["kind"] == "cuff_cmd" and c["command"] != "STATUS?"]
+    assert [g for g in gate if g[0].startswith("GATE") or g[0] == "DISARM"] == [
+        ("GATE ON", "stimulate"), ("GATE OFF", "deflate"), ("GATE OFF", "vent: close: end of run"), ("DISARM", "close")]
+
+
+def test_a_target_other_than_the_panel_setting_is_refused_before_the_gate_opens() -> None:
+    cuff, board, clock = connected()
+    with CuffSupervisor(cuff, clock=clock, limits=LIMITS) as sup:
+        with pytest.raises(InputError, match=r"not the 20 kPa set on the inflator's panel"):
+            sup.stimulate(25.0, 40.0)
+    assert board.on_log == []
+
+
+def test_the_host_time_limit_closes_the_gate() -> None:
+    cuff, board, clock = connected()
+    with CuffSupervisor(cuff, clock=clock, limits=LIMITS) as sup:
+        sup.stimulate(PANEL_KPA, 40.0)
+        clock.sleep(LIMITS.max_stimulus_s + 0.2)
+        assert sup.safety_tripped == "stimulus_time_limit"
+        assert not board.gate_on
+        with pytest.raises(AbortError):
+            sup.stimulate(PANEL_KPA, 40.0)
+    assert len(board.on_log) == 1
+
+
+def test_a_board_fault_trips_the_supervisor() -> None:
+    cuff, board, clock = connected(maxon_ms=1000)
+    with CuffSupervisor(cuff, clock=clock, limits=LIMITS) as sup:
+        sup.stimulate(PANEL_KPA, 40.0)
+        clock.sleep(1.2)
+        assert sup.safety_tripped == "device_time_limit" and not board.gate_on
+        assert cuff.status().state is CuffState.FAULT
+    assert board.fault_code == 32
+
+
+def test_a_protocol_timed_from_target_reached_is_refused_on_a_device_that_measures_nothing() -> None:
+    cuff, board, clock = connected(sensor=False)
+    limits = SafetyLimits(ceiling_kpa=30.0, max_stimulus_s=5.0, max_run_inflated_s=8.0, needs_readback=True)
+    with pytest.raises(Exception, match=r"nothing measures the pressure"):
+        CuffSupervisor(cuff, clock=clock, limits=limits).start()
+    assert board.on_log == []
+
+
+class FuzzingBoard(SimGateBoard):
+    """The simulated board, plus noise of the test's choosing mixed into its output."""
+
+    def __init__(self, noise: list[bytes], **options: object) -> None:
+        super().__init__(**options)  # type: ignore[arg-type]
+        self.noise = list(noise)
+
+    def advance(self, now: float) -> None:
+        super().advance(now)
+        if self.noise:
+            self._write(self.noise.pop(0))
+
+
+NOISE = st.lists(st.one_of(
+    st.binary(max_size=40),
+    st.sampled_from([b">1 ok gate=1\n", b">s ok gate=1 p=20.0 fault=0\n", b"!B fw=9\n", b"!F code=30 name=WATCHDOG\n",
+                     b"!P ms=1 p=999.9\n", b">? ok proto=1\n", b"\n", b">! err 10 UNKNOWN\n", b">. ok n=0\n"])),
+    max_size=60)
+
+
+@settings(max_examples=60, deadline=None)
+@given(NOISE)
+def test_fuzzed_bytes_from_the_board_never_turn_the_gate_on(noise: list[bytes]) -> None:
+    """Whatever the board's line carries, the host sends the on byte only for a stimulus, and never here."""
+    clock = VirtualClock()
+    board = FuzzingBoard(noise, panel_kpa=PANEL_KPA)
+    cuff = GatedCuff(transport=LoopbackTransport(board, clock=clock, port="fuzz"), clock=clock, reply_timeout_s=0.05)
+    sent: list[bytes] = []
+    original = board.receive
+    board.receive = lambda data, now: (sent.append(data), original(data, now))[1]  # type: ignore[method-assign]
+    sup = CuffSupervisor(cuff, clock=clock, limits=LIMITS)
+    try:
+        sup.start()
+        clock.sleep(1.0)
+    except Exception:  # noqa: BLE001 - noise may well make the start fail; the gate is what matters
+        pass
+    finally:
+        sup.close()
+    assert codec.GATE_ON not in b"".join(sent)
+    assert board.on_log == [] and not board.gate_on and not cuff.gate_on
+
+
+# ---------------------------------------------------------------- the relay variant, through its line layer
+
+
+class RecordingLines:
+    """Stands in for `ModemLines` (a pseudo-terminal has no RTS/DTR to set or read): records
+    every level the driver sets, and can be told the adapter was pulled."""
+
+    def __init__(self, port: str = "/dev/ttyUSB9", line: str = "rts") -> None:
+        self.port = port
+        self.line = line
+        self.levels: list[bool] = []
+        self.opened = self.closed = self.pulled = False
+
+    @property
+    def level(self) -> bool:
+        return bool(self.levels) and self.levels[-1]
+
+    def open(self) -> None:
+        self.opened = True
+
+    def set_gate(self, on: bool) -> None:
+        if self.pulled:
+            raise DeviceFault(f"gate on {self.port}: the port is gone")
+        self.levels.append(on)
+
+    def check(self) -> None:
+        if self.pulled:
+            raise DeviceFault(f"gate on {self.port}: the port is gone")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def relay(line: str = "rts") -> tuple[GatedCuff, RecordingLines, VirtualClock]:
+    clock = VirtualClock()
+    lines = RecordingLines(line=line)
+    return GatedCuff(lines=lines, clock=clock), lines, clock
+
+
+@pytest.mark.parametrize("line", ["rts", "dtr"])
+def test_the_relay_line_is_set_for_a_stimulus_and_cleared_by_deflate(line: str) -> None:
+    cuff, lines, clock = relay(line)
+    records: list[dict] = []
+    with CuffSupervisor(cuff, clock=clock, limits=LIMITS, on_record=records.append) as sup:
+        assert lines.levels and not lines.level           # off from the open on
+        sup.stimulate(PANEL_KPA, 40.0)
+        assert lines.level
+        clock.sleep(2.0)
+        assert sup.safety_tripped is None, sup.trip_message   # no read-back: no compliance check on numbers
+        sup.deflate()
+        assert not lines.level
+        clock.sleep(3.0)
+        assert sup.safety_tripped is None, sup.trip_message   # nor a release check
+    assert not lines.level and lines.closed
+    assert cuff.info is not None and not cuff.info.pressure_readback
+    statuses = [r["reply"] for r in records if r["kind"] == "cuff_cmd" and r["command"] == "STATUS?"]
+    assert statuses and all(" p=- " in s for s in statuses)
+
+
+@pytest.mark.parametrize("how", ["exception", "emergency_vent", "time_limit", "close"])
+def test_the_relay_line_is_cleared_on_every_exit_path(how: str) -> None:
+    cuff, lines, clock = relay()
+    sup = CuffSupervisor(cuff, clock=clock, limits=LIMITS)
+    with pytest.raises(RuntimeError) if how == "exception" else _nothing():
+        with sup:
+            sup.stimulate(PANEL_KPA, 40.0)
+            assert lines.level
+            if how == "exception":
+                raise RuntimeError("a bug in the run")
+            if how == "emergency_vent":     # what a SIGTERM/SIGHUP/Ctrl-C handler calls
+                sup.emergency_vent("sigterm")
+                clock.sleep(0.02)
+                assert not lines.level
+            if how == "time_limit":
+                clock.sleep(LIMITS.max_stimulus_s + 0.1)
+                assert sup.safety_tripped == "stimulus_time_limit" and not lines.level
+    assert not lines.level and lines.closed
+
+
+def test_a_pulled_adapter_trips_connection_lost() -> None:
+    cuff, lines, clock = relay()
+    with CuffSupervisor(cuff, clock=clock, limits=LIMITS) as sup:
+        sup.stimulate(PANEL_KPA, 40.0)
+        lines.pulled = True                 # the relay drops with the adapter's lines
+        clock.sleep(0.5)                    # the heartbeat checks the port
+        assert sup.safety_tripped == "connection_lost"
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return False
+
+
+def test_the_port_is_opened_with_hupcl_set_even_when_it_was_cleared_before() -> None:
+    """A real pseudo-terminal: HUPCL can be read and set on it (its modem lines cannot)."""
+    master, slave = os.openpty()
+    try:
+        tty.setraw(slave)
+        attrs = termios.tcgetattr(slave)
+        attrs[2] &= ~termios.HUPCL          # as a previous program (stty -hupcl) may have left it
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        lines = ModemLines(os.ttyname(slave), "rts")
+        lines.open()
+        try:
+            assert lines._serial is not None
+            assert termios.tcgetattr(lines._serial.fileno())[2] & termios.HUPCL
+        finally:
+            lines.close()
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+# ---------------------------------------------------------------- pre-flight and the confirmation
+
+
+PROTOCOL = Path(__file__).resolve().parents[1] / "protocols" / "demo.yaml"   # one level, 20 kPa
+
+
+def _request(tmp_path: Path, **kw: object) -> RunRequest:
+    base = dict(protocol=PROTOCOL, participant="P1", dry_run=True, headless=True, data=tmp_path / "d")
+    return RunRequest(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_a_dry_run_on_the_simulated_board_sets_its_panel_to_the_target(tmp_path: Path) -> None:
+    plan = preflight(_request(tmp_path, cuff="sim:gated"))
+    assert plan.panel_kpa == 20.0 and plan.station_spec().cuff.limits.panel_kpa == 20.0
+
+
+def test_a_panel_setting_that_differs_from_the_target_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "rig.yaml").write_text("cuff: gated:/dev/ttyUSB0:rts\ncuff_panel_pressure: {value: 225, unit: mmHg}\n")
+    with pytest.raises(InputError, match=r"panel is set to 30\.0 kPa but this run's target is 20\.0 kPa"):
+        preflight(_request(tmp_path, rig=tmp_path / "rig.yaml"))
+    assert preflight(_request(tmp_path, rig=tmp_path / "rig.yaml", panel_kpa=20.0)).panel_kpa == 20.0
+
+
+def test_a_protocol_with_several_levels_is_refused_on_a_gated_cuff(tmp_path: Path) -> None:
+    text = (PROTOCOL.parent / "cue_intensity.yaml").read_text()
+    text = text.replace("low: {rating: 30}", "low: {value: 20, unit: kPa}").replace("high: {rating: 70}",
+                                                                                  "high: {value: 30, unit: kPa}")
+    text += f"\nstimuli_dir: {PROTOCOL.parents[1] / 'stimuli'}\n"
+    two = tmp_path / "two_levels.yaml"
+    two.write_text(text)
+    with pytest.raises(InputError, match=r"gated inflator whose pressure is set on its panel: it cannot give several "
+                                         r"pressures in one run, and this protocol has 2 \(20, 30 kPa\)"):
+        preflight(_request(tmp_path, protocol=two, cuff="sim:gated"))
+    preflight(_request(tmp_path, protocol=two))    # the same protocol is fine on a cuff that sets its pressure
+
+
+def test_a_real_run_needs_the_panel_setting(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"say what its panel is set to with --panel-pressure KPA"):
+        preflight(_request(tmp_path, cuff="gated:/dev/ttyUSB0:dtr", scanner="keyboard", dry_run=False,
+                           headless=False, yes=True))
+
+
+def test_the_confirmation_shows_the_panel_pressure_and_that_it_is_not_measured() -> None:
+    cuff, _, _ = relay()
+    info = cuff.connect()
+    assert panel_line(40.0, info) == "pressure set on the device's panel: 40.0 kPa (300 mmHg), not measured"
+    b = run_briefing(participant="P1", session=None, run=1, protocol_path="p.yaml", protocol_sha256="0" * 64,
+                     pressure={"pressure_kpa": 40.0, "source": "protocol", "as_written": "40 kPa"},
+                     ceiling_kpa=50.0, cuff=info, trigger_spec="keyboard", trigger_simulated=False, dry_run=False,
+                     panel_kpa=40.0)
+    assert ("panel", "pressure set on the device's panel: 40.0 kPa (300 mmHg), not measured") in b.lines
+    assert b.facts["pressure_measured"] is False and b.facts["cuff"]["pressure_readback"] is False
+    assert CuffSpec(CuffKind.GATED, "/dev/ttyUSB0", Gate.RTS).gated
