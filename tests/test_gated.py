@@ -380,9 +380,15 @@ def test_a_protocol_with_several_levels_is_refused_on_a_gated_cuff(tmp_path: Pat
     preflight(_request(tmp_path, protocol=two))    # the same protocol is fine on a cuff that sets its pressure
 
 
+def test_a_relay_refuses_phases_timed_from_target_reached_before_anything_opens(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"nothing measures its pressure, so no phase can be timed from the moment"):
+        preflight(_request(tmp_path, cuff="gated:/dev/ttyUSB0:rts", scanner="keyboard", dry_run=False,
+                           headless=False, yes=True, panel_kpa=20.0))
+
+
 def test_a_real_run_needs_the_panel_setting(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"say what its panel is set to with --panel-pressure KPA"):
-        preflight(_request(tmp_path, cuff="gated:/dev/ttyUSB0:dtr", scanner="keyboard", dry_run=False,
+        preflight(_request(tmp_path, cuff="gated:/dev/ttyUSB0:board", scanner="keyboard", dry_run=False,
                            headless=False, yes=True))
 
 
@@ -397,3 +403,64 @@ def test_the_confirmation_shows_the_panel_pressure_and_that_it_is_not_measured()
     assert ("panel", "pressure set on the device's panel: 40.0 kPa (300 mmHg), not measured") in b.lines
     assert b.facts["pressure_measured"] is False and b.facts["cuff"]["pressure_readback"] is False
     assert CuffSpec(CuffKind.GATED, "/dev/ttyUSB0", Gate.RTS).gated
+
+
+# ---------------------------------------------------------------- whole headless runs and their outputs
+
+
+def _events(data: Path) -> list[dict[str, str]]:
+    import csv
+
+    (tsv,) = (data / "sub-P1" / "func").glob("*_events.tsv")
+    return list(csv.DictReader(tsv.open(), delimiter="\t"))
+
+
+def _sidecar(data: Path) -> dict:
+    import json
+
+    (side,) = (data / "sub-P1" / "func").glob("*_events.json")
+    return json.loads(side.read_text())
+
+
+def test_a_headless_dry_run_on_the_simulated_board_measures_with_its_sensor(tmp_path: Path) -> None:
+    from experiment.cli import main
+
+    assert main(["run", str(PROTOCOL), "--participant", "P1", "--dry-run", "--headless", "--cuff", "sim:gated",
+                 "--data", str(tmp_path / "d")]) == 0
+    pain = [r for r in _events(tmp_path / "d") if r["phase"] == "pain"]
+    assert pain and all(abs(float(r["measured_pressure_kpa"]) - PANEL_KPA) < 1.0 for r in pain)
+    assert "not measured" not in _sidecar(tmp_path / "d")["measured_pressure_kpa"]["Description"]
+
+
+def test_without_read_back_the_outputs_say_the_pressure_was_not_measured(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The simulated board made sensorless stands in for the relay variant, whose modem lines a
+    pseudo-terminal cannot carry: the same `pressure_readback` False reaches the outputs."""
+    from experiment.cli import main
+
+    monkeypatch.setitem(SimGateBoard.__init__.__kwdefaults__, "sensor", False)
+    data = tmp_path / "d"
+    from_reached = ["run", str(PROTOCOL), "--participant", "P1", "--dry-run", "--headless", "--cuff", "sim:gated",
+                    "--data", str(tmp_path / "refused")]
+    assert main(from_reached) == 4      # demo.yaml times its pain phase from "target reached": nothing would say so
+    protocol = tmp_path / "onset_timed.yaml"
+    protocol.write_text(PROTOCOL.read_text().replace("timed_from: target_reached, ", "")
+                        + f"\nstimuli_dir: {PROTOCOL.parents[1] / 'stimuli'}\n")
+    assert main(["run", str(protocol), "--participant", "P1", "--dry-run", "--headless", "--cuff", "sim:gated",
+                 "--data", str(data)]) == 0
+    rows = _events(data)
+    assert {r["measured_pressure_kpa"] for r in rows} == {"n/a"} and {r["peak_pressure_kpa"] for r in rows} == {"n/a"}
+    assert "20" in {r["target_pressure_kpa"] for r in rows if r["phase"] == "pain"} or \
+        {float(r["target_pressure_kpa"]) for r in rows if r["phase"] == "pain"} == {PANEL_KPA}
+    side = _sidecar(data)
+    assert "n/a: not measured" in side["measured_pressure_kpa"]["Description"]
+    assert "set on its front panel (20 kPa, confirmed by the operator before the run)" in \
+        side["peak_pressure_kpa"]["Description"]
+    import json
+
+    (prov,) = (data / "sourcedata").rglob("provenance.json")
+    p = json.loads(prov.read_text())
+    assert p["pressure_measured"] is False and "nothing measured the pressure" in p["pressure_not_measured_why"]
+    assert p["briefing"]["panel_kpa"] == PANEL_KPA and p["briefing"]["pressure_measured"] is False
+    (report,) = (data / "sourcedata").rglob("report.html")
+    assert "not measured" in report.read_text()

@@ -331,8 +331,9 @@ class GatedCuff:
     def _state(self) -> CuffState:
         if self._latched is not None:
             return self._latched[0]
-        if self._gate:
-            return CuffState.HOLD
+        if self._gate:   # filling until a reading reaches the target; without read-back nothing says so
+            measured = self.info is not None and self.info.pressure_readback
+            return CuffState.RAMP if measured and not self._reached_sent else CuffState.HOLD
         return CuffState.ARMED if self._armed_kpa > 0 else CuffState.IDLE
 
     # ------------------------------------------------------------ connect

@@ -20,7 +20,7 @@ from experiment.procedures.run.ratings import rating_scales
 from experiment.protocol.model import Protocol, load_protocol
 from experiment.protocol.rig import Rig, check_rig_for_protocol, effective_keys, load_rig
 from experiment.protocol.schedule import Timeline, build_schedule
-from experiment.protocol.specs import SIM_CUFF, SIM_GATED, CuffSpec, ScannerSpec, SimSpec, parse_cuff_spec, parse_scanner_spec
+from experiment.protocol.specs import SIM_CUFF, SIM_GATED, CuffSpec, Gate, ScannerSpec, SimSpec, parse_cuff_spec, parse_scanner_spec
 from experiment.scanner.sim_scanner import ScannerPlan
 from experiment.station.devices import safety_limits
 from experiment.station.runinfo import check_writable
@@ -189,6 +189,10 @@ def gated_panel_kpa(cuff: CuffSpec, timeline: Timeline, *, rig: Rig, panel_kpa: 
     """
     if not cuff.gated:
         return None
+    if cuff.gate in (Gate.RTS, Gate.DTR) and any(e.timed_from == "target_reached" and e.cuff == "inflate"
+                                                 for e in timeline.events):
+        raise InputError(f"the cuff {cuff} is a relay on a gated inflator: nothing measures its pressure, so no phase "
+                         "can be timed from the moment the target is reached; time them from onset")
     targets = sorted({round(e.target_kpa, 3) for e in timeline.events
                       if e.cuff == "inflate" and e.target_kpa is not None})
     if len(targets) > 1:
