@@ -464,3 +464,34 @@ def test_without_read_back_the_outputs_say_the_pressure_was_not_measured(tmp_pat
     assert p["briefing"]["panel_kpa"] == PANEL_KPA and p["briefing"]["pressure_measured"] is False
     (report,) = (data / "sourcedata").rglob("report.html")
     assert "not measured" in report.read_text()
+
+
+@pytest.mark.parametrize("argv", [
+    ["calibrate", "--participant", "P1", "--ceiling", "40", "--cuff", "gated:/dev/ttyUSB0:rts"],
+    ["calibrate", "--participant", "P1", "--ceiling", "40", "--cuff", "sim:gated", "--dry-run", "--headless"],
+    ["rig-check", "--cuff", "gated:/dev/ttyUSB0:board", "--test-pressure", "20"],
+])
+def test_what_needs_chosen_pressures_refuses_a_gated_cuff_before_opening_it(argv: list[str], tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from experiment.cli import main
+
+    assert main([*argv, "--data", str(tmp_path / "d")]) == 2
+    assert "gated inflator whose pressure is set on its panel" in capsys.readouterr().err
+
+
+def test_simulate_cuff_serves_the_gate_board_and_the_driver_identifies_it() -> None:
+    """`cuedpain simulate-cuff --protocol gated` in a child process, opened like a real port."""
+    from experiment.clock import RealClock
+    from experiment.cuff.factory import open_cuff
+    from experiment.cuff.simserver import SimServerProcess
+
+    server = SimServerProcess(["--protocol", "gated"])
+    try:
+        cuff = open_cuff(CuffSpec(CuffKind.GATED, server.path, Gate.BOARD), clock=RealClock(), dry_run=False)
+        try:
+            assert cuff.info is not None and cuff.info.simulated and cuff.info.name == "cuedpain-sim-gate"
+            assert cuff.status().state is CuffState.IDLE
+        finally:
+            cuff.close()
+    finally:
+        assert server.close() == 0
