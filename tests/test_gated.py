@@ -495,3 +495,18 @@ def test_simulate_cuff_serves_the_gate_board_and_the_driver_identifies_it() -> N
             cuff.close()
     finally:
         assert server.close() == 0
+
+
+def test_a_heartbeat_too_slow_for_the_board_watchdog_is_refused_at_start() -> None:
+    cuff, board, clock = connected(wdt_ms=400)
+    slow = SafetyLimits(ceiling_kpa=30.0, max_stimulus_s=5.0, max_run_inflated_s=8.0, watchdog_ms=1000)
+    with pytest.raises(Exception, match=r"a heartbeat every 250 ms is too slow for the board's fixed watchdog of 400 ms"):
+        CuffSupervisor(cuff, clock=clock, limits=slow).start()
+    assert board.on_log == []
+    fast = SafetyLimits(ceiling_kpa=30.0, max_stimulus_s=5.0, max_run_inflated_s=8.0, watchdog_ms=800,
+                        panel_kpa=PANEL_KPA)
+    cuff, board, clock = connected(wdt_ms=400)
+    with CuffSupervisor(cuff, clock=clock, limits=fast) as sup:    # fed every 200 ms: the board keeps the gate on
+        sup.stimulate(PANEL_KPA, 40.0)
+        clock.sleep(3.0)
+        assert board.gate_on and sup.safety_tripped is None

@@ -268,6 +268,7 @@ class GatedCuff:
         self._last_p: float | None = None
         self._reached_sent = False
         self._sample_hz = 0
+        self._board_wdt_ms: int | None = None
         self._on_event: Callable[[DeviceEvent], None] | None = None
         self._on_sample: Callable[[PressureSample], None] | None = None
         self._on_lost: Callable[[BaseException], None] | None = None
@@ -389,6 +390,10 @@ class GatedCuff:
         if hard is None or f["sensor"] not in ("0", "1"):
             raise HardwareError(f"gate board on {self.port}: malformed identity {reply.text!r}")
         self._sample_hz = codec.integer(f, "hz") or 0
+        self._board_wdt_ms = codec.integer(f, "wdt_ms")
+        if self._board_wdt_ms is None or self._board_wdt_ms == 0:
+            raise HardwareError(f"gate board on {self.port}: its identity gives no watchdog (wdt_ms): {reply.text!r}; "
+                                "a gate board without a watchdog cannot be used")
         return DeviceInfo(kind=self.kind, port=self.port, name=f["dev"], firmware=f["fw"], hard_limit_kpa=hard,
                           simulated=f["dev"].lower().startswith(SIM_NAME_PREFIX), serial=f.get("sn") or None,
                           limits=LIMITS, pressure_readback=f["sensor"] == "1")
@@ -451,7 +456,14 @@ class GatedCuff:
                        count=codec.integer(reply.fields, "n"))
 
     def set_watchdog(self, timeout_ms: int) -> WatchdogAck:
+        """Host side: the board's watchdog is fixed (its identity's wdt_ms). The supervisor's heartbeat,
+        every `timeout_ms / 4`, must come at least twice within it, or the board would cut a stimulus."""
         t = self._clock.now()
+        board_ms = self._board_wdt_ms
+        if board_ms is not None and timeout_ms / 4 * 2 > board_ms:
+            raise self._refuse(f"WDT {int(timeout_ms)}", f"a heartbeat every {timeout_ms / 4:g} ms is too slow for the "
+                               f"board's fixed watchdog of {board_ms} ms (at most {board_ms * 2} ms of watchdog_ms)",
+                               "BAD_ARGUMENT")
         return WatchdogAck(command=f"WDT {int(timeout_ms)}", t_write=t, t_ack=t, sent=False, timeout_ms=None,
                            reply="host side: the board's watchdog is fixed" if self._board else
                            "host side: no watchdog; HUPCL drops the line when the program dies")
