@@ -26,8 +26,9 @@ sysdeps:
 demo: sysdeps $(STAMP)
 	$(BIN)/cuedpain run protocols/demo.yaml --participant demo --dry-run $(HEADLESS) --data $(DEMO_DATA) --run next
 
+# two workers, a test file each at a time (a file's fixtures, such as a dataset of dry runs, are built once)
 test: sysdeps $(STAMP) typecheck
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # strict typing of experiment/ (setup.cfg [mypy]): an untyped interface between layers fails the build
 typecheck: $(STAMP)

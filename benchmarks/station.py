@@ -1,4 +1,4 @@
-"""Benchmark 7: does the operator station disturb the run it follows?
+"""Benchmark 8: does the operator station disturb the run it follows?
 
     python -m benchmarks.station [--pairs 2] [--protocol protocols/demo.yaml] [--out DIR]
 
@@ -260,7 +260,7 @@ def render(r: dict[str, Any]) -> str:
                 f"{s['over_1_5_frames']} |")
 
     followers = sorted({b["follower"].split(";")[0] for b in r["blocks"] if b["condition"] == "on"})
-    lines = ["# Benchmark 7: frame intervals with and without the station following the run", "",
+    lines = ["# Benchmark 8: frame intervals with and without the station following the run", "",
              f"Command: `{r['command']}`; protocol `{r['protocol']}`; {len(r['blocks'])} real-time dry runs in "
              f"the order {', '.join(b['condition'] for b in r['blocks'])}; total {r['wall_s'] / 60:.1f} min.",
              f"On: started from `cuedpain station --dry-run`, followed by {', '.join(followers)}.", "",

@@ -10,9 +10,10 @@ of the same inputs at another time or revision:
 
 * JSON and JSON Lines: the values of keys that hold a wall time, a software version or
   revision, package versions, the platform, and identities derived from them (run UID,
-  hashes and sizes of the logs whose headers carry those times);
+  hashes and sizes of the logs whose headers carry those times); wall times written inside
+  text (a calibration's creation time in a run's pressure description: `2026-01-02T09:15+01:00`);
 * `.gz`: compared decompressed; `.mat`: compared as arrays (its header holds a time);
-* `report.html`: embedded images and the lines that print the times and versions.
+* `report.html`: embedded images, wall times and the lines that print the times and versions.
 
 Prints one line per file that differs (with the first differing line) and exits 1 if any
 file differs or exists on one side only; exit 0 means: identical but for those fields.
@@ -30,7 +31,10 @@ from typing import Any
 VOLATILE_KEYS = frozenset({
     "start_wall", "end_wall", "created", "at", "revision", "Revision", "version", "Version", "packages",
     "platform", "python", "operating_system", "run_uid", "RunUID", "sha256", "bytes", "software_revision",
+    "calibration_created",
 })
+#: an ISO 8601 wall time with its offset, inside a string
+WALL_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d)?([+-]\d\d:\d\d|Z)")
 
 
 def _scrub(value: Any) -> Any:
@@ -38,6 +42,8 @@ def _scrub(value: Any) -> Any:
         return {k: ("<volatile>" if k in VOLATILE_KEYS else _scrub(v)) for k, v in value.items()}
     if isinstance(value, list):
         return [_scrub(v) for v in value]
+    if isinstance(value, str):
+        return WALL_TIME.sub("<wall time>", value)
     return value
 
 
@@ -56,6 +62,7 @@ def _text(path: Path) -> str:
         return "\n".join(json.dumps(_scrub(json.loads(line)), sort_keys=True) for line in text.splitlines())
     if path.suffix == ".html":
         text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "<png>", text)
+        text = WALL_TIME.sub("<wall time>", text)
         return re.sub(r"<td>(started|ended|software|confirmed)</td><td>[^<]*</td>", r"<td>\1</td><td>-</td>", text)
     return text
 

@@ -14,7 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _free_display() -> int:
-    for n in range(90, 200):
+    """A display number no other X server uses. Parallel test workers (pytest-xdist sets
+    PYTEST_XDIST_WORKER=gw0, gw1, ...) search disjoint ranges, so two never take the same one."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    first = 90 + 40 * int(worker[2:] or 0) if worker.startswith("gw") else 90
+    for n in range(first, first + 40):
         if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists():
             return n
     raise RuntimeError("no free X display number")

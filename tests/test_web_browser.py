@@ -143,7 +143,10 @@ def test_a_dry_run_visit_from_the_page(xdisplay: str, tmp_path: Path) -> None:
         vents = [r for r in log.records if r["kind"] == "cuff_cmd" and r["command"] == "VENT"]
         assert vents and all(r["ok"] for r in vents)
         samples = list(read_log(aborted / "pressure.jsonl").of_kind("p"))
-        assert max(s["p"] for s in samples) > 5 and samples[-1]["p"] < 2     # inflated, then vented
+        # inflated, then vented: the release below the protocol's threshold was verified on closing
+        # (the stream's last sample may come just before the final STATUS? reading that verified it)
+        assert max(s["p"] for s in samples) > 5 and samples[-1]["p"] < max(s["p"] for s in samples) / 2
+        assert not [r for r in log.records if r["kind"] == "warning" and r.get("code") == "cuff_release_not_verified"]
         assert log.header["confirmation"]["started_from"] == "station"
         page.screenshot(path=str(shots / "4-aborted.png"), full_page=True)
 

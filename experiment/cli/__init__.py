@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import NoReturn, Sequence
 
 from experiment import __version__
+from experiment.cli.options import Parser
 from experiment.errors import EXIT_ABORTED, EXIT_INPUT, CuedpainError
 from experiment.station.console import ClosedSafeStream
 
@@ -29,15 +30,6 @@ COMMANDS = {
     "confirm-pressure": "confirm_pressure", "scanner-check": "scanner_check",
     "visit": "visit", "station": "station", "ports": "ports",
 }
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that exits with our documented input-error code (2) and no traceback."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        sys.stderr.write(f"cuedpain: error: {message}\n")
-        sys.exit(EXIT_INPUT)
 
 
 def _module(command: str) -> ModuleType:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from experiment.cli import options
+from experiment.cli.options import Subparsers
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("calibrate", help="find the participant's pressure for the target pain rating")
     p.add_argument("--participant", metavar="ID", required=True)
     p.add_argument("--session", metavar="S", default=None)
-    options.devices(p)
+    options.cuff_devices(p)
     p.add_argument("--method", choices=["ramp", "staircase"], default="staircase")
     p.add_argument("--target-rating", metavar="R", type=float, default=50.0)
     p.add_argument("--ceiling", metavar="KPA", type=float, default=None, help="maximum pressure for calibration")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from experiment.cli import options
+from experiment.cli.options import Subparsers
 
 
 def check_options(p: argparse.ArgumentParser, *, plateau_s: float) -> None:
@@ -14,8 +14,7 @@ def check_options(p: argparse.ArgumentParser, *, plateau_s: float) -> None:
     p.add_argument("--session", metavar="S", default=None)
     p.add_argument("--calibration", metavar="FILE", default=None,
                    help="start from this calibration result instead of the participant's newest")
-    p.add_argument("--rig", metavar="FILE", help="rig file (site hardware: cuff port, keys, screen)")
-    p.add_argument("--cuff", metavar="SPEC", help="cuff device: sim | line:PORT | cpar:PORT")
+    options.cuff_devices(p)
     p.add_argument("--plateau", metavar="S", type=float, default=plateau_s,
                    help=f"plateau length from target reached (default {plateau_s:g})")
     p.add_argument("--rest", metavar="S", type=float, default=10.0, help="rest between plateaus (default 10)")
@@ -30,7 +29,7 @@ def check_options(p: argparse.ArgumentParser, *, plateau_s: float) -> None:
                    help="an instruction page the participant reads before the first plateau (repeat for several)")
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("confirm-pressure", help="confirmation plateaus at the calibrated pressure and +-10 %, rated; "
                                                 "writes the confirmed pressure as the newest calibration result")
     check_options(p, plateau_s=5.0)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+
+from experiment.cli.options import Subparsers
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("discard", help="mark a run discarded (with a reason), or take that back with --undo")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--reason", metavar="TEXT", required=True, help="why (recorded, and shown in scans.tsv)")

@@ -3,15 +3,37 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
-from typing import Any
+from typing import NoReturn, TypeAlias
+
+from experiment.errors import EXIT_INPUT
 
 
-def devices(p: argparse.ArgumentParser) -> None:
+class Parser(argparse.ArgumentParser):
+    """argparse that exits with our documented input-error code (2) and no traceback."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"cuedpain: error: {message}\n")
+        sys.exit(EXIT_INPUT)
+
+
+#: what each command's `add_parser` gets: the subcommands of the `cuedpain` parser
+Subparsers: TypeAlias = "argparse._SubParsersAction[Parser]"
+
+
+def cuff_devices(p: argparse.ArgumentParser) -> None:
+    """--rig and --cuff: for the commands that stimulate without the scanner (calibration, pressure checks)."""
     p.add_argument("--rig", metavar="FILE", help="rig file (site hardware: ports, trigger source, screen)")
     p.add_argument("--cuff", metavar="SPEC",
                    help="cuff device: sim | sim:gated | line:PORT | cpar:PORT | gated:PORT:rts|dtr|board (PORT: "
                         "device path, COM name or pyserial URL)")
+
+
+def devices(p: argparse.ArgumentParser) -> None:
+    """--rig, --cuff and --scanner: for the commands that follow the scanner too."""
+    cuff_devices(p)
     p.add_argument("--scanner", metavar="SPEC",
                    help="trigger source: sim | keyboard[:KEY] | serial:PORT[:PRESET]")
 
@@ -48,6 +70,6 @@ def check_confirmed_by(args: argparse.Namespace) -> str | None:
     return str(who)
 
 
-def path(value: Any) -> Path | None:
+def path(value: str | None) -> Path | None:
     """An optional path option as a Path."""
     return None if value is None else Path(value)

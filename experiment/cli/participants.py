@@ -13,14 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from experiment.errors import InputError
+from experiment.cli.options import Subparsers
 
 DEFAULT_DATA = Path("data")
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("participants", help="declare, set and show the participants' group and other fields "
                                             "(participants.tsv)")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", parser_class=type(p))

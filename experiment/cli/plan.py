@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+
+from experiment.cli.options import Subparsers
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("plan", help="write the run's timeline (TSV and PNG) and its design efficiency")
     p.add_argument("protocol", metavar="PROTOCOL")
     p.add_argument("--seed", type=int, default=None, help="randomisation seed (default: the protocol's)")

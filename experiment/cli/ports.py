@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+
+from experiment.cli.options import Subparsers
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("ports", help="list serial ports with USB vendor/product IDs and a guess at what each is")
     p.add_argument("--json", action="store_true", help="one JSON list instead of a table")
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from experiment.cli import options
+from experiment.cli.options import Subparsers
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("rig-check", help="check the cuff and the trigger line before the participant is in")
     options.devices(p)
     p.add_argument("--pings", type=int, default=200, help="round trips to time (at least 100)")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from experiment.cli import options
+from experiment.cli.options import Subparsers
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("run", help="run a session (use --dry-run to rehearse with simulated devices)")
     p.add_argument("protocol", metavar="PROTOCOL")
     p.add_argument("--participant", metavar="ID", required=True)

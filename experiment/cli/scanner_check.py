@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from experiment.cli.confirm_pressure import check_options, run_check
+from experiment.cli.options import Subparsers
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("scanner-check", help="in the scanner, before the first run: one stimulus at the confirmed "
                                              "pressure (or at --pressure to adjust it), rated; writes it as the "
                                              "newest calibration result")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+
+from experiment.cli.options import Subparsers
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("simulate-cuff", help="serve a simulated cuff on a pseudo-terminal (or a loopback TCP port) "
                                              "until SIGINT/SIGTERM")
     p.add_argument("--protocol", choices=["line", "cpar", "gated"], default="line",

@@ -5,12 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Callable
 
 from experiment.cli import options
+from experiment.cli.options import Subparsers
+
+if TYPE_CHECKING:
+    import socket
+
+    from experiment.web.config import StationConfig
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("station", help="the operator station: a local web page to run a visit (opens the browser)")
     p.add_argument("--rig", metavar="FILE", help="rig file (site hardware) every step uses")
     options.data(p)
@@ -59,7 +65,8 @@ def command(args: argparse.Namespace) -> int:
                   opener=webbrowser.open)
 
 
-def _serve(config: Any, sock: Any, *, open_browser: bool, remote: bool, opener: Any) -> int:
+def _serve(config: StationConfig, sock: socket.socket, *, open_browser: bool, remote: bool,
+           opener: Callable[[str], object]) -> int:
     import uvicorn
 
     from experiment.web.app import create_app

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+
+from experiment.cli.options import Subparsers
 
 DEFAULT_DATA = Path("data")
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("study", help="one page (and TSV tables) with every participant, run and calibration of a "
                                      "dataset: status, QC flags, pressures and ratings by group")
     p.add_argument("data", metavar="DATA", nargs="?", default=None,

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from experiment.cli import options
+from experiment.cli.options import Subparsers
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("visit", help="carry out a visit plan step by step (rig check, calibration, checks, runs); "
                                      "resumes at the next step")
     p.add_argument("plan", metavar="PLAN", help="visit plan (YAML, e.g. visits/loggia2014.yaml)")

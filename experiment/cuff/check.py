@@ -16,7 +16,8 @@ from typing import Callable
 
 from experiment.clock import Clock
 from experiment.cuff.base import Cuff, CuffStatus, DeviceInfo, Fault, PressureSample
-from experiment.cuff.safety import CuffSupervisor, LogRecord, SafetyLimits
+from experiment.cuff.safety import CuffSupervisor, SafetyLimits
+from experiment.log.records import CuffCheckRecord, RigCheckRecord
 from experiment.errors import AbortError, DeviceFault, InputError
 
 MIN_PINGS = 100
@@ -65,8 +66,8 @@ def latency_advice(port: str, median_ms: float, p99_ms: float, *, platform: str 
 
 def run_cuff_check(cuff: Cuff, *, clock: Clock, pings: int = 200, test_pressure_kpa: float | None = None,
                    clear_fault: bool = False, out: Callable[[str], None] = print,
-                   record: Callable[[LogRecord], object] = lambda rec: None) -> LogRecord:
-    """Check a cuff before the participant is in; returns the facts printed.
+                   record: Callable[[RigCheckRecord], object] = lambda rec: None) -> CuffCheckRecord:
+    """Check a cuff before the participant is in; returns the facts printed (the `cuff_check` record).
 
     A cuff latched in FAULT or ESTOP is unfit (a run refuses it) unless `clear_fault`:
     then CLEAR is sent on purpose and recorded (`clear_fault` record) with what it cleared.
@@ -81,19 +82,19 @@ def run_cuff_check(cuff: Cuff, *, clock: Clock, pings: int = 200, test_pressure_
         f"error code {status.error_code}")
     status, latched = _latch(cuff, status, clear_fault=clear_fault, out=out, record=record)
     ping, advice = _round_trips(cuff, info, clock=clock, pings=pings, out=out)
-    report: LogRecord = {"device": asdict(info), "status": status.record(), "ping": ping, "latency_advice": advice,
+    report: CuffCheckRecord = {"kind": "cuff_check", "device": asdict(info), "status": status.record(), "ping": ping, "latency_advice": advice,
                          "test_pulse": None, "latched": latched, "ok": latched is None}
     if test_pressure_kpa is not None and latched is not None:
         out("test pulse skipped: the cuff is latched")
     elif test_pressure_kpa is not None:
         pulse = _test_pulse(cuff, clock=clock, target_kpa=test_pressure_kpa, out=out)
         report["test_pulse"], report["ok"] = pulse.record(), pulse.ok
-    record({"kind": "cuff_check", **report})
+    record(report)
     return report
 
 
 def _latch(cuff: Cuff, status: CuffStatus, *, clear_fault: bool, out: Callable[[str], None],
-           record: Callable[[LogRecord], object]) -> tuple[CuffStatus, str | None]:
+           record: Callable[[RigCheckRecord], object]) -> tuple[CuffStatus, str | None]:
     """A latched cuff: cleared on purpose (`clear_fault`) or reported. Returns the status
     after, and what is still latched (None: nothing)."""
     if not status.state.latched:

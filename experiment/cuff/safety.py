@@ -64,6 +64,7 @@ from experiment.cuff.base import (Ack, ArmAck, CommandRefused, Cuff, CuffState, 
                                   DeviceEvent, DeviceInfo, DeviceRestarted, EventKind, Fault, PingAck,
                                   PressureSample, RampAck, StopSource)
 from experiment.errors import AbortError, CuedpainError, DeviceFault, HardwareError, InputError
+from experiment.log.records import SupervisorRecord
 
 GUARD_PERIOD_S = 0.005     # guard thread: vent requests and deadline checks
 VENTED_KPA = 1.0           # CUFF/1's "released" level: ARM needs the cuff below it
@@ -72,8 +73,7 @@ WATCHDOG_MS = (200, 5000)  # the heartbeat runs every WDT/4: faster floods the l
 MAX_DEVICE_TIME_MS = 600_000  # no supported device times one inflation beyond 10 min
 STREAM_HZ = (20, 100)      # a pressure trace fine enough for the read-back checks
 
-LogRecord = dict[str, object]
-Record = Callable[[LogRecord], None]
+Record = Callable[[SupervisorRecord], None]
 _Reply = TypeVar("_Reply", bound=Union[Ack, CuffStatus])
 _T = TypeVar("_T")
 
@@ -573,7 +573,7 @@ class CuffSupervisor:
 
     # ------------------------------------------------------------ commands and records
 
-    def _record(self, rec: LogRecord) -> None:
+    def _record(self, rec: SupervisorRecord) -> None:
         if self._on_record is not None:
             try:
                 self._on_record(rec)

@@ -8,7 +8,9 @@ last completed line is on disk; a half-written last line is ignored by the reade
 
 A write failure (disk full, directory gone) is not swallowed: it is kept and raised
 in the run's thread by `check()`, which the runner calls every frame, so the run can
-vent the cuff and stop. Record kinds are listed in docs/event-log.md.
+vent the cuff and stop. Record kinds are typed in `experiment.log.records` (`LogRecord`:
+mypy checks every record's fields where it is written) and listed in docs/event-log.md.
+Records read back are plain JSON values (`dict[str, Any]`): what is on disk may be older.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, Mapping
+
+from experiment.log.records import LogRecord
 
 LOG_FORMAT = "cuedpain-log/1"
 
@@ -29,7 +33,7 @@ class LogWriteError(RuntimeError):
     """The log could not be written; the run must stop (data would be lost)."""
 
 
-def _clean(value: Any) -> Any:
+def _clean(value: object) -> object:
     """JSON has no NaN/inf: store them as null so every line stays valid JSON.
     numpy scalars (from devices and schedules) become plain numbers."""
     if hasattr(value, "item") and type(value).__module__ == "numpy":
@@ -43,7 +47,7 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def encode_record(record: dict[str, Any]) -> str:
+def encode_record(record: Mapping[str, object]) -> str:
     """One record as one line (no embedded newline can survive json.dumps)."""
     return json.dumps(_clean(record), separators=(",", ":"), sort_keys=False, allow_nan=False) + "\n"
 
@@ -54,7 +58,7 @@ class LogFile:
     `opener` exists so tests can inject a writer that fails (disk full).
     """
 
-    def __init__(self, path: Path, header: dict[str, Any], *, sync: bool = True,
+    def __init__(self, path: Path, header: Mapping[str, object], *, sync: bool = True,
                  threaded: bool = True, opener: Callable[[Path], IO[str]] | None = None) -> None:
         self.path = Path(path)
         self._sync = sync
@@ -68,7 +72,7 @@ class LogFile:
         self._fh = open_fn(self.path)
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self.write({"kind": "header", "format": LOG_FORMAT, **header})
+        self._put({"kind": "header", "format": LOG_FORMAT, **header})
         if threaded:
             self._thread = threading.Thread(target=self._run, name=f"log-{self.path.name}", daemon=True)
             self._thread.start()
@@ -76,8 +80,11 @@ class LogFile:
             self._drain_sync()
 
     # -- producer side (any thread) --
-    def write(self, record: dict[str, Any]) -> int:
+    def write(self, record: LogRecord) -> int:
         """Queue one record; returns its sequence number. Never blocks on I/O."""
+        return self._put(record)
+
+    def _put(self, record: Mapping[str, object]) -> int:
         with self._lock:
             if self._closed:
                 raise LogWriteError(f"{self.path}: write after close")

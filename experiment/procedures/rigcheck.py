@@ -15,17 +15,18 @@ import argparse
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from experiment import __version__
 from experiment.clock import RealClock
 from experiment.outputs.dataset import claim_root, default_root
 from experiment.errors import EXIT_HARDWARE, EXIT_OK, InputError
 from experiment.log.eventlog import LogFile
+from experiment.log.records import RigCheckRecord
 from experiment.station.runinfo import check_writable, software_revision
 from experiment.protocol.specs import CuffSpec, KeyboardSpec, ScannerSpec, parse_cuff_spec, parse_scanner_spec
 
-Record = Callable[[dict[str, Any]], object]
+Record = Callable[[RigCheckRecord], object]
 
 
 def log_dir(data_root: Path) -> Path:

@@ -13,14 +13,26 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
+
+from typing_extensions import NotRequired, TypedDict
 
 from experiment.cuff.base import DeviceInfo
 from experiment.errors import AbortError
+from experiment.log.records import LevelPressure, PressureInfo
 from experiment.units import kpa_to_mmhg
 
 RULE = "=" * 78
 YES_WORDS = frozenset({"y", "yes"})
+
+
+class Confirmation(TypedDict):
+    """Who confirmed the block, and when (the log header's and provenance's `confirmation`)."""
+
+    by: str                         # operator, --yes, a --confirmed-by name, or dry run (not asked)
+    at: str                         # ISO 8601 with offset
+    started_from: NotRequired[str]  # the --confirmed-by given with --yes
+    answer: NotRequired[str]        # what the operator typed
 
 
 @dataclass(frozen=True)
@@ -30,9 +42,9 @@ class Briefing:
     what: str                               # "run" | "calibration"
     dry_run: bool
     lines: tuple[tuple[str, str], ...]      # (label, text), in the order shown
-    facts: Mapping[str, Any]                # for the log header and provenance
+    facts: Mapping[str, object]             # for the log header and provenance
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> dict[str, object]:
         """The block as it was shown (`lines`) and its facts, for the log header."""
         return {"what": self.what, "lines": [list(line) for line in self.lines], **self.facts}
 
@@ -44,19 +56,20 @@ class Briefing:
         return "\n".join([head.center(len(RULE), "="), *body, RULE])
 
 
-def pressure_line(pressure: Mapping[str, Any]) -> str:
+def pressure_line(pressure: PressureInfo) -> str:
     """The pressure and where it came from, in one line for the operator."""
-    levels: Mapping[str, Mapping[str, Any]] = pressure.get("levels") or {}
+    levels: Mapping[str, LevelPressure] = pressure.get("levels") or {}
     if len(levels) > 1:
         each = "; ".join(f"{n} {lv['pressure_kpa']:.1f} kPa ({lv['pressure_mmhg']:.0f} mmHg, {lv['as_written']})"
                          for n, lv in levels.items())
         return f"{each}; {_source(pressure)}"
     kpa = pressure["pressure_kpa"]
+    assert kpa is not None, "one level: its pressure is at the top"
     head = f"{kpa:.1f} kPa ({kpa_to_mmhg(kpa):.0f} mmHg)"
     source = pressure["source"]
     if source == "protocol":
         return f"{head}, fixed by the protocol ({pressure.get('as_written')})"
-    lv = next(iter(levels.values()), {})
+    lv: Mapping[str, object] = next(iter(levels.values()), {})
     if source == "override":
         return f"{head} = {lv.get('fraction') or 1:g} x {_source(pressure)}"
     how = (f"the calibration's pressure for rating {lv['rating']:g}" if lv.get("rating") is not None else
@@ -64,7 +77,7 @@ def pressure_line(pressure: Mapping[str, Any]) -> str:
     return f"{head} = {how}, {_source(pressure)}"
 
 
-def _source(pressure: Mapping[str, Any]) -> str:
+def _source(pressure: PressureInfo) -> str:
     source = pressure["source"]
     if source == "protocol":
         return "fixed by the protocol"
@@ -78,7 +91,7 @@ def _kpa(p: float) -> str:
     return f"{p:.1f} kPa ({kpa_to_mmhg(p):.0f} mmHg)"
 
 
-def _cuff_lines(cuff: DeviceInfo, calibration_cuff: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+def _cuff_lines(cuff: DeviceInfo, calibration_cuff: Mapping[str, object] | None) -> list[tuple[str, str]]:
     lines = [("cuff", f"{cuff.identity()}; hard limit {cuff.hard_limit_kpa:g} kPa")]
     if calibration_cuff:
         same = (calibration_cuff.get("name"), calibration_cuff.get("serial")) == (cuff.name, cuff.serial)
@@ -96,7 +109,7 @@ def panel_line(panel_kpa: float, cuff: DeviceInfo) -> str:
 
 
 def run_briefing(*, participant: str, session: str | None, run: int, protocol_path: str, protocol_sha256: str,
-                 pressure: Mapping[str, Any], ceiling_kpa: float, cuff: DeviceInfo, trigger_spec: str,
+                 pressure: PressureInfo, ceiling_kpa: float, cuff: DeviceInfo, trigger_spec: str,
                  trigger_simulated: bool, dry_run: bool, panel_kpa: float | None = None) -> Briefing:
     """The block shown before a run waits for the scanner; a gated inflator adds its panel line
     (the operator confirms the panel shows it)."""
@@ -131,7 +144,7 @@ def calibration_briefing(*, participant: str, session: str | None, method: str, 
 
 
 def confirm(briefing: Briefing, *, say: Callable[[str], None], assume_yes: bool,
-            ask: Callable[[str], str] = input, confirmed_by: str | None = None) -> dict[str, Any]:
+            ask: Callable[[str], str] = input, confirmed_by: str | None = None) -> Confirmation:
     """Show the block; a real session needs 'y' from the operator (or --yes). The confirmation record.
 
     `confirmed_by` (with --yes) names who confirmed instead of the terminal, e.g. 'station':
@@ -141,13 +154,14 @@ def confirm(briefing: Briefing, *, say: Callable[[str], None], assume_yes: bool,
     """
     say(briefing.text())
     stamp = datetime.now().astimezone().isoformat(timespec="seconds")
-    via = {} if confirmed_by is None else {"started_from": confirmed_by}
-    if briefing.dry_run:
-        return {"by": "dry run (not asked)", "at": stamp, **via}
-    if assume_yes:
-        by = "--yes" if confirmed_by is None else confirmed_by
-        say(f"confirmed by {by} (recorded)")
-        return {"by": by, "at": stamp, **via}
+    if briefing.dry_run or assume_yes:
+        by = "dry run (not asked)" if briefing.dry_run else "--yes" if confirmed_by is None else confirmed_by
+        if not briefing.dry_run:
+            say(f"confirmed by {by} (recorded)")
+        done: Confirmation = {"by": by, "at": stamp}
+        if confirmed_by is not None:
+            done["started_from"] = confirmed_by
+        return done
     try:
         answer = ask(f"Start this {briefing.what}? Type y and Enter to start, anything else cancels: ")
     except EOFError:

@@ -13,11 +13,12 @@ Every device is registered on the Station's ExitStack; the cuff's closing vents.
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol
+from typing import TYPE_CHECKING, Callable, Literal, Protocol
 
 from experiment.clock import Clock, VirtualClock
 from experiment.errors import HardwareError
 from experiment.protocol.model import Safety
+from experiment.log.records import DisplayInfo, SupervisorRecord
 from experiment.station.display import FrameStats
 from experiment.station.rating import RatingState
 
@@ -45,7 +46,7 @@ class Display(Protocol):
     def show_message(self, text: str | None) -> None: ...
     def predict_next_flip(self) -> float: ...
     def flip(self) -> float: ...
-    def info(self) -> dict[str, Any]: ...
+    def info(self) -> DisplayInfo: ...
     def close(self) -> None: ...
 
 
@@ -67,7 +68,7 @@ def safety_limits(safety: Safety, *, rates_kpa_s: tuple[float, ...] = (), panel_
 
 
 def open_cuff(need: CuffNeed, *, mode: Mode, clock: Clock, stack: ExitStack,
-              on_record: Callable[[dict[str, Any]], None],
+              on_record: Callable[[SupervisorRecord], None],
               on_sample: Callable[[PressureSample], None], sim_link: str = "auto") -> CuffSupervisor:
     """The cuff behind its supervisor: identified, real unless rehearsing, limits checked, armed."""
     from experiment.cuff.factory import open_cuff as open_raw

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from experiment.clock import Clock, VirtualClock
 from experiment.errors import HardwareError, InputError
+from experiment.log.records import DisplayInfo, FrameSummary
 from experiment.protocol.model import Cue
 from experiment.station.rating import RatingScale, RatingState
 
@@ -67,7 +68,7 @@ class FrameStats:
         d, self.drops = self.drops, []
         return d
 
-    def summary(self, t: float) -> dict[str, Any]:
+    def summary(self, t: float) -> FrameSummary:
         return {"t": t, "n": self.n, "dropped": self.dropped, "max_interval_s": round(self.max_interval_s, 6),
                 "p99_interval_s": round(self.percentile_s(99), 6)}
 
@@ -92,7 +93,7 @@ class SimulatedDisplay:
         self.stats = FrameStats(self.frame_s)
         self.rating: RatingState | None = None
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> DisplayInfo:
         return {"refresh_hz": self.refresh_hz, "frame_s": self.frame_s, "resolution": None,
                 "fullscreen": False, "vsync": False, "simulated": True}
 
@@ -128,6 +129,27 @@ class SimulatedDisplay:
         pass
 
 
+def _open_window(*, size: tuple[int, int], fullscreen: bool, screen: int, units: str, background: str,
+                 title: str | None, width_cm: float | None, distance_cm: float | None) -> Any:
+    """The participant's PsychoPy window (an object of an untyped library), or HardwareError."""
+    from psychopy import visual
+
+    # the process id in the title lets tools (xdotool, tests) find this run's window
+    title = title or f"cuedpain participant (pid {os.getpid()})"
+    monitor = None
+    if width_cm is not None:  # needed for cues in deg or cm (the rig file gives them)
+        from psychopy import monitors
+
+        monitor = monitors.Monitor("cuedpain-rig", width=width_cm, distance=distance_cm or 57.0)
+        monitor.setSizePix(list(size))
+    try:
+        return visual.Window(size=list(size), fullscr=fullscreen, screen=screen, units=units,
+                             color=background, waitBlanking=True, allowGUI=not fullscreen,
+                             title=title, checkTiming=False, monitor=monitor)
+    except Exception as exc:
+        raise HardwareError(f"cannot open the participant window: {exc}") from exc
+
+
 class WindowDisplay:
     """A PsychoPy window showing the protocol's cues, the rating scale and messages.
 
@@ -150,25 +172,29 @@ class WindowDisplay:
             raise HardwareError(f"PsychoPy cannot be imported: {exc}") from exc
         self._clock = clock
         self._visual = visual
-        # the process id in the title lets tools (xdotool, tests) find this run's window
-        title = title or f"cuedpain participant (pid {os.getpid()})"
-        monitor = None
-        if width_cm is not None:  # needed for cues in deg or cm (the rig file gives them)
-            from psychopy import monitors
-
-            monitor = monitors.Monitor("cuedpain-rig", width=width_cm, distance=distance_cm or 57.0)
-            monitor.setSizePix(list(size))
-        try:
-            self.win = visual.Window(size=list(size), fullscr=fullscreen, screen=screen, units=units,
-                                     color=background, waitBlanking=True, allowGUI=not fullscreen,
-                                     title=title, checkTiming=False, monitor=monitor)
-        except Exception as exc:
-            raise HardwareError(f"cannot open the participant window: {exc}") from exc
+        self.win = _open_window(size=size, fullscreen=fullscreen, screen=screen, units=units,
+                                background=background, title=title, width_cm=width_cm, distance_cm=distance_cm)
         self.win.mouseVisible = False
         self._ppclock = pplogging.defaultClock
         # PsychoPy's own console chatter (frame-drop warnings) would bury the operator
         # console; drops are measured and logged by FrameStats instead.
         pplogging.console.setLevel(pplogging.ERROR)
+        self._prepare_stimuli(cues, stimuli_dir, dry_run=dry_run, rating_scales=rating_scales)
+        self._cue: str | None = None
+        self.refresh_hz = refresh_hz
+        self.frame_s = 1.0 / refresh_hz
+        self.vsync = self._detect_vsync()
+        self.stats = FrameStats(self.frame_s)
+        self.win.recordFrameIntervals = True
+        self._next_grid: float | None = None
+        self._last_flip: float | None = None
+
+    # -- construction helpers --
+    def _prepare_stimuli(self, cues: Mapping[str, Cue], stimuli_dir: Path, *, dry_run: bool,
+                         rating_scales: Sequence[RatingScale]) -> None:
+        """Every cue, mark, message and rating text built and drawn once before the run (first
+        draws build textures and glyphs, and a missing image fails here)."""
+        visual = self._visual
         self._stims = {name: self._make_stim(name, spec, stimuli_dir) for name, spec in cues.items()}
         self._dry_mark = (visual.TextStim(self.win, text="DRY RUN", color="orange", height=0.04,
                                           units="height", pos=(0.0, 0.45)) if dry_run else None)
@@ -184,16 +210,7 @@ class WindowDisplay:
         for stim in [*self._stims.values(), *self._rating_shapes.values(), *texts]:
             stim.draw()  # first draws build textures and glyphs: do it before the run
         self.win.clearBuffer()
-        self._cue: str | None = None
-        self.refresh_hz = refresh_hz
-        self.frame_s = 1.0 / refresh_hz
-        self.vsync = self._detect_vsync()
-        self.stats = FrameStats(self.frame_s)
-        self.win.recordFrameIntervals = True
-        self._next_grid: float | None = None
-        self._last_flip: float | None = None
 
-    # -- construction helpers --
     def _make_stim(self, name: str, cue: Cue, stimuli_dir: Path) -> Any:
         """One cue as a PsychoPy stimulus; a cue that cannot be built is an input error."""
         try:
@@ -271,7 +288,7 @@ class WindowDisplay:
         return vsync
 
     # -- what the next flip shows --
-    def info(self) -> dict[str, Any]:
+    def info(self) -> DisplayInfo:
         return {"refresh_hz": self.refresh_hz, "measured_refresh_hz": round(self.measured_refresh_hz, 3),
                 "frame_s": self.frame_s, "resolution": list(self.win.size),
                 "fullscreen": bool(self.win._isFullScr), "vsync": self.vsync, "simulated": False}

@@ -9,7 +9,6 @@ adapter", not which device is behind it. `list_ports` asks pyserial.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
 
 # chip vendors whose adapters carry lab devices (VID -> maker); the product says little more
 _CHIPS = {0x0403: "FTDI", 0x10C4: "Silicon Labs CP210x", 0x067B: "Prolific", 0x1A86: "WCH CH340"}
@@ -38,7 +37,7 @@ class PortInfo:
     def usb_id(self) -> str:
         return "" if self.vid is None or self.pid is None else f"{self.vid:04x}:{self.pid:04x}"
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, object]:
         return {**asdict(self), "usb_id": self.usb_id}
 
 

@@ -9,10 +9,12 @@ end a session early but in order; `stop_reason` names one for the `end` record.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Mapping
 
+from experiment.cuff.base import PressureSample
 from experiment.errors import AbortError, DeviceFault
 from experiment.log.eventlog import LogFile, LogWriteError
+from experiment.log.records import SessionRecord
 
 #: the exceptions that end a run or calibration early but in order (vent, log, outputs)
 STOPS = (AbortError, DeviceFault, LogWriteError)
@@ -22,9 +24,9 @@ class Recorder:
     def __init__(self) -> None:
         self.log: LogFile | None = None
         self.pressure_log: LogFile | None = None
-        self._early: list[dict[str, Any]] = []
+        self._early: list[SessionRecord] = []
 
-    def open(self, events_path: Path, pressure_path: Path, header: dict[str, Any]) -> None:
+    def open(self, events_path: Path, pressure_path: Path, header: Mapping[str, object]) -> None:
         """Create both logs (never over an existing file) and write the early records."""
         self.log = LogFile(events_path, {**header, "stream": "events"})
         self.pressure_log = LogFile(pressure_path, {**header, "stream": "pressure"})
@@ -32,14 +34,14 @@ class Recorder:
             self.log.write(rec)
         self._early.clear()
 
-    def record(self, rec: dict[str, Any]) -> None:
+    def record(self, rec: SessionRecord) -> None:
         if self.log is None:
             self._early.append(rec)
         else:
             self.log.write(rec)
 
-    def sample(self, sample: Any) -> None:
-        """One cuff pressure sample (`experiment.cuff.base.PressureSample`)."""
+    def sample(self, sample: PressureSample) -> None:
+        """One cuff pressure sample."""
         if self.pressure_log is not None:
             self.pressure_log.write({"kind": "p", "t": sample.t, "dev_ms": sample.device_ms, "p": sample.pressure_kpa,
                                      "tgt": sample.target_kpa, "st": sample.state.value})

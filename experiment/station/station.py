@@ -25,14 +25,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
+
+from experiment.log.records import EndFields, EndUpdate, SessionRecord
 
 from experiment.clock import Clock, VirtualClock, psychopy_clock
 from experiment.errors import AbortError
 from experiment.protocol.model import Cue, Keys
 from experiment.protocol.rig import Screen
 from experiment.protocol.specs import CuffSpec, ScannerSpec
-from experiment.station.briefing import Briefing, confirm
+from experiment.station.briefing import Briefing, Confirmation, confirm
 from experiment.station.console import OperatorConsole
 from experiment.station.rating import RatingScale
 from experiment.station.recorder import Recorder, stop_reason
@@ -45,7 +47,6 @@ if TYPE_CHECKING:
     from experiment.scanner.sim_scanner import ScannerPlan
     from experiment.station.devices import Display, KeyReader
 
-Record = dict[str, Any]
 VIRTUAL_START_S = 1000.0      # where a headless session's virtual clock starts
 
 
@@ -113,9 +114,9 @@ class _Lifetime:
     """What the Station opened, for its exit (kept apart from the typed attributes)."""
 
     stack: ExitStack = field(default_factory=ExitStack)
-    end: Record | None = None
+    end: EndFields | None = None
     vent_reason: str = "end of session"
-    then: Callable[[], Record] | None = None    # after the devices closed, before `end`
+    then: Callable[[], EndUpdate] | None = None    # after the devices closed, before `end`
 
 
 class Station:
@@ -134,7 +135,7 @@ class Station:
         self.read_keys: KeyReader = lambda: []
         self.signals: StopSignals | None = None
         self._stop_logged = False
-        self.confirmation: Record | None = None
+        self.confirmation: Confirmation | None = None
         self._sample_listeners: list[Callable[[PressureSample], None]] = []
         self._life = _Lifetime()
 
@@ -188,26 +189,26 @@ class Station:
     def _write_end(self, life: _Lifetime, *, ok: bool) -> None:
         if life.end is None:
             return
-        end = dict(life.end)
+        end: EndFields = {**life.end}
         if ok and life.then is not None:
             end.update(life.then())
         if self.rec.writable:
             self.record({"kind": "end", "t": self.clock.now(), **end,
                          "end_wall": datetime.now().astimezone().isoformat(timespec="seconds")})
 
-    def finish(self, end: Record, *, vent_reason: str, then: Callable[[], Record] | None = None) -> None:
+    def finish(self, end: EndFields, *, vent_reason: str, then: Callable[[], EndUpdate] | None = None) -> None:
         """How the session ended: the fields of the `end` record the exit writes, and why it vents.
 
         `then` runs once the devices are closed (the cuff vented, disarmed, its release
         verified) and before the `end` record; what it returns is added to that record (a
         calibration writes its result file there)."""
-        self._life.end = dict(end)
+        self._life.end = {**end}
         self._life.vent_reason = vent_reason
         self._life.then = then
 
     # ------------------------------------------------------------ the operator
 
-    def confirm(self, briefing: Briefing) -> Record:
+    def confirm(self, briefing: Briefing) -> Confirmation:
         """Show what will be done; in a real session wait for the operator's yes (AbortError if not)."""
         assert self.signals is not None
         with self.signals.interruptible():
@@ -223,15 +224,15 @@ class Station:
 
     # ------------------------------------------------------------ the log
 
-    def open_log(self, events_path: Path, pressure_path: Path, header: Record) -> None:
+    def open_log(self, events_path: Path, pressure_path: Path, header: Mapping[str, object]) -> None:
         """Create both logs (never over a file) and write what was recorded before them."""
         self.rec.open(events_path, pressure_path, header)
 
-    def record(self, rec: Record) -> None:
+    def record(self, rec: SessionRecord) -> None:
         """Log a record (any thread); interlock records are also shown to the operator at once."""
         self.rec.record(rec)
-        if rec.get("kind") == "safety":
-            self.console.warn(f"SAFETY {rec.get('reason')}: {rec.get('message') or rec.get('action')}")
+        if rec["kind"] == "safety":
+            self.console.warn(f"SAFETY {rec['reason']}: {rec.get('message') or rec['action']}")
 
     def add_sample_listener(self, fn: Callable[[PressureSample], None]) -> None:
         """Also hand every cuff pressure sample to `fn` (reader thread; must not block)."""

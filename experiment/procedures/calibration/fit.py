@@ -35,6 +35,8 @@ from typing import Any, Mapping, Sequence
 
 from scipy.stats import kendalltau
 
+from experiment.log.records import FitFields
+
 METHOD = ("isotonic regression of rating on pressure (pool adjacent violators), "
           "inverted by linear interpolation")
 MAX_REVERSAL = 20.0     # a rating may fall at most this far below one at a lower pressure
@@ -58,7 +60,7 @@ class MonotoneFit:
     kendall_tau: float | None          # reported, not a criterion (see the module doc)
     max_reversal: float                # the largest fall of a rating below one at a lower pressure
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> FitFields:
         return {"method": METHOD, "pressure_kpa": self.pressure_kpa, "target_rating": self.target_rating,
                 "knots_kpa": list(self.knots_kpa), "fitted_ratings": list(self.fitted),
                 "weights": list(self.weights), "bracket_kpa": list(self.bracket_kpa),

@@ -28,7 +28,6 @@ from __future__ import annotations
 import random
 import threading
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from experiment.errors import InputError
 from experiment.station.rating import RatingScale
@@ -47,7 +46,7 @@ class SimSpec:
     stop_with: str | None = None       # "button" | "key" | None
     stop_at_kpa: float | None = None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, object]:
         return {**asdict(self.model), "detection_rating": self.detection_rating, "reaction_s": self.reaction_s,
                 "stop_with": self.stop_with, "stop_at_kpa": self.stop_at_kpa}
 

@@ -30,24 +30,25 @@ from collections import deque
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 from experiment import __version__
 from experiment.cuff.base import DeviceEvent, EventKind, PressureSample
 from experiment.cuff.safety import CuffSupervisor
 from experiment.errors import EXIT_ABORTED, EXIT_OK, AbortError, InputError
+from experiment.log.records import CalibrationRecord, EndFields, EndUpdate, FitFields, FitRecord, StimulusRecord
 from experiment.outputs.atomic import create_once
 from experiment.outputs.dataset import claim_root
 from experiment.outputs.participants import set_participant
 from experiment.procedures.calibration.fit import FitError, MonotoneFit, fit_pressure_for_rating
 from experiment.procedures.calibration.participant import CalibrationParticipant
 from experiment.procedures.calibration.preflight import CalibrationSetup
-from experiment.procedures.calibration.results import (calibration_dir, latest_calibration, level_report,
+from experiment.procedures.calibration.results import (LevelReport, calibration_dir, latest_calibration, level_report,
                                                        next_calibration_path)
 from experiment.procedures.calibration.steps import (Done, Plateau, PlateauOutcome, Ramp, RampOutcome, RampSettings,
                                                      StaircaseSettings,
                                                      fit_points, mean_pressure, next_plateau, next_ramp,
-                                                     pressure_at, stimulus_records)
+                                                     pressure_at, stimulus_records, StimulusPoint)
 from experiment.station.briefing import Briefing, calibration_briefing
 from experiment.station.console import OperatorConsole
 from experiment.station.devices import Display, KeyReader
@@ -63,6 +64,14 @@ O = TypeVar("O", RampOutcome, PlateauOutcome)       # what came of it
 RESULT_FORMAT = "cuedpain-calibration/1"
 READY_S = 2.0                 # instructions on screen before each stimulus
 RELEASE_GRACE_S = 1.0         # beyond the supervisor's own deadlines, before the loop gives up waiting
+
+
+def fit_record(t: float, f: FitFields) -> FitRecord:
+    """The `fit` record of a fit that was made: its fields as in the result file's `fit`."""
+    return {"kind": "fit", "t": t, "ok": True, "method": f["method"], "pressure_kpa": f["pressure_kpa"],
+            "target_rating": f["target_rating"], "knots_kpa": f["knots_kpa"], "fitted_ratings": f["fitted_ratings"],
+            "weights": f["weights"], "bracket_kpa": f["bracket_kpa"], "kendall_tau": f["kendall_tau"],
+            "max_reversal": f["max_reversal"], "max_reversal_allowed": f["max_reversal_allowed"], "n": f["n"]}
 
 
 @dataclass(frozen=True)
@@ -100,11 +109,11 @@ class Calibration:
                                                    stop_key=setup.keys.stop) if setup.sim is not None else None)
         self.stem: Path | None = None
         self.fit: MonotoneFit | None = None
-        self.records: list[dict[str, Any]] = []
+        self.records: list[StimulusPoint] = []
         self.result_path: Path | None = None
         self.outcome = Outcome()
         self.crash: BaseException | None = None
-        self.levels: dict[str, dict[str, Any]] = {}    # --protocol: the pressure of each calibrated level
+        self.levels: dict[str, LevelReport] = {}    # --protocol: the pressure of each calibrated level
         self.st: Station
         self.briefing: Briefing
 
@@ -155,12 +164,12 @@ class Calibration:
             return Outcome(EXIT_ABORTED, "internal_error", repr(exc))
         return Outcome()
 
-    def _end_fields(self) -> dict[str, Any]:
+    def _end_fields(self) -> EndFields:
         o = self.outcome
         return {"status": "completed" if o.code == EXIT_OK else "aborted", "reason": o.reason, "message": o.message,
                 "exit_code": o.code, "result": None}
 
-    def _write_result_once_vented(self) -> dict[str, Any]:
+    def _write_result_once_vented(self) -> EndUpdate:
         """After the cuff closed (vented, disarmed, release verified): the result file, if there is one."""
         if self.fit is None:
             return {}
@@ -168,7 +177,7 @@ class Calibration:
             self.result_path = self._write_result(self.fit, self.records)
         except (AbortError, OSError) as exc:
             self.outcome = Outcome(EXIT_ABORTED, "result_not_written", str(exc))
-            return self._end_fields()
+            return {**self._end_fields()}
         return {"result": self.result_path.name}
 
     def _conclude(self) -> int:
@@ -190,7 +199,7 @@ class Calibration:
 
     # ------------------------------------------------------------ records
 
-    def record(self, rec: dict[str, Any]) -> None:
+    def record(self, rec: CalibrationRecord) -> None:
         self.st.record(rec)
 
     def _sample(self, sample: PressureSample) -> None:
@@ -203,7 +212,7 @@ class Calibration:
         with self._trace_lock:
             return [s for s in self._trace if s[0] >= t]
 
-    def _fit(self, records: list[dict[str, Any]], done: Done) -> MonotoneFit:
+    def _fit(self, records: list[StimulusPoint], done: Done) -> MonotoneFit:
         if not done.fit:
             self.record({"kind": "fit", "t": self.st.now(), "ok": False, "error": done.message})
             raise AbortError(done.message, reason=done.reason)
@@ -213,7 +222,7 @@ class Calibration:
         except FitError as exc:
             self.record({"kind": "fit", "t": self.st.now(), "ok": False, "error": str(exc)})
             raise AbortError(f"no pressure for {self.s.target_rating:g}/100: {exc}", reason="no_result") from None
-        self.record({"kind": "fit", "t": self.st.now(), "ok": True, **fit.as_dict()})
+        self.record(fit_record(self.st.now(), fit.as_dict()))
         return fit
 
     def _log_path(self) -> Path | None:
@@ -243,14 +252,14 @@ class Calibration:
             return
         self.record({"kind": "participant_fields", "t": self.st.now(), "fields": dict(s.fields)})
 
-    def _software(self) -> dict[str, Any]:
+    def _software(self) -> dict[str, str | None]:
         return {"name": "cuedpain", "version": __version__, "revision": software_revision()}
 
-    def _device(self) -> dict[str, Any]:
+    def _device(self) -> dict[str, object]:
         assert self.st.cuff is not None and self.st.cuff.info is not None
         return asdict(self.st.cuff.info)
 
-    def _header(self) -> dict[str, Any]:
+    def _header(self) -> dict[str, object]:
         s, st = self.s, self.st
         assert st.display is not None
         return {"software": self._software(), "purpose": "calibration", "participant": s.participant,
@@ -265,7 +274,7 @@ class Calibration:
                 "start_wall": datetime.now().astimezone().isoformat(timespec="seconds"),
                 "platform": platform.platform(), "python": sys.version.split()[0], "packages": package_versions()}
 
-    def _write_result(self, fit: MonotoneFit, records: list[dict[str, Any]]) -> Path:
+    def _write_result(self, fit: MonotoneFit, records: list[StimulusPoint]) -> Path:
         s = self.s
         path = Path(f"{self.stem}.json")
         detections = [r["pressure_kpa"] for r in records if r["kind"] == "detection"]
@@ -397,7 +406,7 @@ class RatedLoop:
         while self.clock.now() < end:
             self._frame()
 
-    def _begin(self, index: int, target_kpa: float, rate_kpa_s: float, **extra: Any) -> float:
+    def _begin(self, index: int, target_kpa: float, rate_kpa_s: float, *, hold_s: float | None = None) -> float:
         """Forget the last stimulus' events and trace, start this one; returns its SET time."""
         while True:
             try:
@@ -407,8 +416,11 @@ class RatedLoop:
         self._reached_t = None
         self._target_kpa = target_kpa
         result = self.cuff.stimulate(target_kpa, rate_kpa_s, tag=index)
-        self.cal.record({"kind": "stimulus", "t": result.t_write, "index": index, "method": self.s.method,
-                         "target_kpa": target_kpa, "rate_kpa_s": rate_kpa_s, **extra})
+        rec: StimulusRecord = {"kind": "stimulus", "t": result.t_write, "index": index, "method": self.s.method,
+                               "target_kpa": target_kpa, "rate_kpa_s": rate_kpa_s}
+        if hold_s is not None:
+            rec["hold_s"] = hold_s
+        self.cal.record(rec)
         return result.t_write
 
     def _end_stimulus(self, index: int, why: str) -> float:

@@ -25,9 +25,10 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, TypedDict
 
 from experiment.errors import InputError
+from experiment.log.records import LevelPressure, PressureInfo
 from experiment.procedures.calibration.fit import FitError, pressure_for
 from experiment.protocol.model import Protocol
 from experiment.units import kpa_to_mmhg
@@ -154,16 +155,22 @@ def check_usable(cal: CalibrationFile, *, participant: str, session: str | None,
                          f"(--calibration {cal.path}), or calibrate again")
 
 
-def _level(name: str, kpa: float, as_written: str, source: str, **extra: Any) -> dict[str, Any]:
-    return {"pressure_kpa": round(kpa, 3), "pressure_mmhg": round(kpa_to_mmhg(kpa), 1), "as_written": as_written,
-            "source": source, **extra}
+def _level(name: str, kpa: float, as_written: str, source: str, *, fraction: float | None = None,
+           rating: float | None = None) -> LevelPressure:
+    level: LevelPressure = {"pressure_kpa": round(kpa, 3), "pressure_mmhg": round(kpa_to_mmhg(kpa), 1),
+                            "as_written": as_written, "source": source}
+    if fraction is not None:
+        level["fraction"] = fraction
+    if rating is not None:
+        level["rating"] = rating
+    return level
 
 
 def _calibrated_levels(protocol: Protocol, base_kpa: float, fit: Mapping[str, Any] | None, *,
-                       source: str) -> dict[str, dict[str, Any]]:
+                       source: str) -> dict[str, LevelPressure]:
     """Each calibrated level's pressure: a fraction of the base pressure, or the fit's pressure
     for a rating (only a calibration has a fit; an override gives one pressure)."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, LevelPressure] = {}
     for name, lv in protocol.stimulation.levels.items():
         if lv.kpa is not None:
             continue
@@ -184,24 +191,25 @@ def _calibrated_levels(protocol: Protocol, base_kpa: float, fit: Mapping[str, An
     return out
 
 
-def _fixed_levels(protocol: Protocol) -> dict[str, dict[str, Any]]:
+def _fixed_levels(protocol: Protocol) -> dict[str, LevelPressure]:
     return {n: _level(n, lv.kpa, lv.as_written, "protocol") for n, lv in protocol.stimulation.levels.items()
             if lv.kpa is not None}
 
 
-def _summary(levels: Mapping[str, Mapping[str, Any]], source: str, **facts: Any) -> dict[str, Any]:
-    """The pressure record: every level, and (for one level) its pressure at the top."""
+def _summary(levels: Mapping[str, LevelPressure], source: str) -> PressureInfo:
+    """The pressure record: every level, and (for one level) its pressure at the top; the
+    caller adds the facts of its source."""
     first = next(iter(levels.values()))
     one = len(levels) == 1
     return {"pressure_kpa": first["pressure_kpa"] if one else None,
             "pressure_mmhg": first["pressure_mmhg"] if one else None,
-            "source": source, "levels": dict(levels), **facts}
+            "source": source, "levels": dict(levels)}
 
 
 def resolve_pressure(protocol: Protocol, *, data_root: Path, participant: str, session: str | None = None,
                      dry_run: bool = False, calibration_file: Path | None = None,
                      max_age_h: float = CALIBRATION_MAX_AGE_H, now: datetime | None = None,
-                     override_kpa: float | None = None, override_reason: str | None = None) -> dict[str, Any]:
+                     override_kpa: float | None = None, override_reason: str | None = None) -> PressureInfo:
     """The pressures of this run's levels and where they came from (log header, confirmation, provenance).
 
     Returns {"pressure_kpa": kPa of the one level (None with several), "pressure_mmhg", "source":
@@ -219,8 +227,9 @@ def resolve_pressure(protocol: Protocol, *, data_root: Path, participant: str, s
     if calibration_file is not None and override_kpa is not None:
         raise InputError("--calibration names the calibration the run takes; it cannot go with --pressure-override")
     if not calibrated:
-        return _summary(_fixed_levels(protocol), "protocol",
-                        as_written=protocol.stimulation.as_written)
+        fixed = _summary(_fixed_levels(protocol), "protocol")
+        fixed["as_written"] = protocol.stimulation.as_written
+        return fixed
     if override_kpa is not None:
         if not override_reason or not override_reason.strip():
             raise InputError("--pressure-override needs --override-reason \"...\" (the reason is recorded)")
@@ -228,8 +237,9 @@ def resolve_pressure(protocol: Protocol, *, data_root: Path, participant: str, s
             raise InputError(f"--pressure-override must be > 0 kPa, got {override_kpa:g}")
         levels = {**_fixed_levels(protocol),
                   **_calibrated_levels(protocol, float(override_kpa), None, source="override")}
-        return _summary({n: levels[n] for n in protocol.stimulation.levels}, "override",
-                        override_kpa=float(override_kpa), reason=override_reason.strip())
+        overridden = _summary({n: levels[n] for n in protocol.stimulation.levels}, "override")
+        overridden["override_kpa"], overridden["reason"] = float(override_kpa), override_reason.strip()
+        return overridden
     cal = read_calibration(calibration_file) if calibration_file is not None else \
         latest_calibration(data_root, participant)
     if cal is None:
@@ -242,27 +252,42 @@ def resolve_pressure(protocol: Protocol, *, data_root: Path, participant: str, s
     levels = {**_fixed_levels(protocol), **_calibrated_levels(protocol, cal.pressure_kpa, cal.fit,
                                                               source="calibration")}
     first = protocol.stimulation.levels[next(iter(protocol.stimulation.levels))]
-    return _summary({n: levels[n] for n in protocol.stimulation.levels}, "calibration",
-                    calibration_file=str(cal.path), calibrated_kpa=cal.pressure_kpa,
-                    fraction=first.fraction if len(levels) == 1 else None,
-                    named=calibration_file is not None,
-                    calibration_created=None if cal.created is None else cal.created.isoformat(timespec="seconds"),
-                    calibration_session=cal.session, calibration_dry_run=cal.dry_run,
-                    calibration_method=cal.method, calibration_target_rating=cal.target_rating,
-                    calibration_ceiling_kpa=cal.ceiling_kpa, calibration_cuff=cal.device,
-                    description=cal.describe(now))
+    return _with_calibration(_summary({n: levels[n] for n in protocol.stimulation.levels}, "calibration"), cal,
+                             fraction=first.fraction if len(levels) == 1 else None,
+                             named=calibration_file is not None, now=now)
 
 
-def calibrated_levels_kpa(pressure: Mapping[str, Any], protocol: Protocol) -> dict[str, float]:
+def _with_calibration(info: PressureInfo, cal: CalibrationFile, *, fraction: float | None, named: bool,
+                      now: datetime) -> PressureInfo:
+    """`info` with the facts of the calibration it came from (in the order the log has always had)."""
+    info["calibration_file"], info["calibrated_kpa"] = str(cal.path), cal.pressure_kpa
+    info["fraction"], info["named"] = fraction, named
+    info["calibration_created"] = None if cal.created is None else cal.created.isoformat(timespec="seconds")
+    info["calibration_session"], info["calibration_dry_run"] = cal.session, cal.dry_run
+    info["calibration_method"], info["calibration_target_rating"] = cal.method, cal.target_rating
+    info["calibration_ceiling_kpa"], info["calibration_cuff"] = cal.ceiling_kpa, cal.device
+    info["description"] = cal.describe(now)
+    return info
+
+
+def calibrated_levels_kpa(pressure: PressureInfo, protocol: Protocol) -> dict[str, float]:
     """From a resolved pressure record: the kPa of each level the protocol leaves to calibration."""
     return {n: float(pressure["levels"][n]["pressure_kpa"]) for n, lv in protocol.stimulation.levels.items()
             if lv.calibrated}
 
 
-def level_report(protocol: Protocol, fit: Mapping[str, Any], calibrated_kpa: float) -> dict[str, dict[str, Any]]:
+class LevelReport(TypedDict):
+    """What a new calibration gives one calibrated level of a protocol."""
+
+    as_written: str
+    pressure_kpa: float | None   # None: the fit cannot give it
+    problem: str | None          # why it has no pressure, or why a run would refuse it
+
+
+def level_report(protocol: Protocol, fit: Mapping[str, Any], calibrated_kpa: float) -> dict[str, LevelReport]:
     """What a new calibration gives each calibrated level of a protocol (shown by `calibrate
     --protocol`, kept in the result file): its pressure, or why it has none."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, LevelReport] = {}
     ceiling = protocol.safety.max_pressure_kpa
     for name, lv in protocol.stimulation.levels.items():
         if lv.kpa is not None:

@@ -24,7 +24,9 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Literal, Sequence, Union
+
+from typing_extensions import NotRequired, TypedDict
 
 from experiment.errors import InputError
 from experiment.protocol.cuff_timing import CuffTiming
@@ -218,14 +220,27 @@ def mean_pressure(samples: Sequence[tuple[float, float]], t_from: float, t_to: f
     return sum(inside) / len(inside) if inside else None
 
 
-def stimulus_records(outcomes: Sequence[Outcome], *, target_rating: float) -> list[dict[str, Any]]:
+class StimulusPoint(TypedDict):
+    """One rated point of a calibration (the result file's `stimuli`)."""
+
+    index: int                           # stimulus index
+    kind: Literal["detection", "target", "plateau"]
+    pressure_kpa: float                  # measured
+    rating: float | None                 # None: timed out (a plateau), not fitted
+    t: float | None                      # the press, or the rating's response
+    t_start: float                       # SET written
+    target_kpa: NotRequired[float]       # a plateau's commanded pressure
+    t_rating_onset: NotRequired[float]   # a plateau's rating scale appeared
+
+
+def stimulus_records(outcomes: Sequence[Outcome], *, target_rating: float) -> list[StimulusPoint]:
     """The rated points of a calibration, as the result file lists them (and the fit reads them).
 
     A ramp gives a `detection` point (counted as rating DETECTION_RATING: where pain
     begins) and a `target` point (rated `target_rating` by the press itself); a
     plateau gives one `plateau` point with its rating (None: timed out, not fitted).
     """
-    out: list[dict[str, Any]] = []
+    out: list[StimulusPoint] = []
     for o in outcomes:
         if isinstance(o, RampOutcome):
             if o.detection_kpa is not None:
@@ -241,7 +256,7 @@ def stimulus_records(outcomes: Sequence[Outcome], *, target_rating: float) -> li
     return out
 
 
-def fit_points(records: Sequence[dict[str, Any]]) -> tuple[list[float], list[float]]:
+def fit_points(records: Sequence[StimulusPoint]) -> tuple[list[float], list[float]]:
     """(pressures, ratings) of the records that carry a rating."""
-    rated = [r for r in records if r["rating"] is not None and r["pressure_kpa"] is not None]
-    return [r["pressure_kpa"] for r in rated], [r["rating"] for r in rated]
+    rated = [(r["pressure_kpa"], r["rating"]) for r in records if r["rating"] is not None]
+    return [p for p, _ in rated], [rating for _, rating in rated]

@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from experiment import __version__
 from experiment.errors import EXIT_ABORTED, EXIT_OK, AbortError
+from experiment.log.records import EndUpdate
 from experiment.outputs.atomic import create_once
 from experiment.procedures.calibration.procedure import RESULT_FORMAT, Calibration, Outcome
 from experiment.procedures.calibration.procedure import RatedLoop as CalibrationLoop
@@ -80,7 +80,7 @@ class PressureCheck(Calibration):
                  "from_kpa": c.source.pressure_kpa, "adjust_kpa": c.adjust_kpa}
         return Briefing(c.kind, s.dry_run, tuple(lines), facts)
 
-    def _header(self) -> dict[str, Any]:
+    def _header(self) -> dict[str, object]:
         c = self.check
         return {**super()._header(), "purpose": c.kind, "pressures_kpa": list(c.pressures),
                 "from_file": c.source.path.name, "from_kpa": c.source.pressure_kpa, "adjust_kpa": c.adjust_kpa,
@@ -136,7 +136,7 @@ class PressureCheck(Calibration):
             self.record({"kind": "instructions_turned", "t": self.st.now(), "page": n, "by": turned_by})
         loop.display.show_message(None)
 
-    def _write_result_once_vented(self) -> dict[str, Any]:
+    def _write_result_once_vented(self) -> EndUpdate:
         """After the cuff closed: the result file, when something was kept."""
         if self.decision is None or self.outcome.code != EXIT_OK:
             return {}
@@ -144,7 +144,7 @@ class PressureCheck(Calibration):
             self.result_path = self._write_check_result(self.decision)
         except (AbortError, OSError) as exc:
             self.outcome = Outcome(EXIT_ABORTED, "result_not_written", str(exc))
-            return self._end_fields()
+            return {**self._end_fields()}
         return {"result": self.result_path.name}
 
     def _write_check_result(self, d: Decision) -> Path:

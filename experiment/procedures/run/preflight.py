@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from experiment.errors import InputError
+from experiment.log.records import PressureInfo
 from experiment.outputs.dataset import check_root, default_root
 from experiment.outputs.rundir import RunId, resolve_run
 from experiment.procedures.calibration.results import calibrated_levels_kpa, resolve_pressure
@@ -71,7 +71,7 @@ class RunPlan:
     seed: int
     cuff_spec: CuffSpec
     scanner_spec: ScannerSpec
-    pressure: dict[str, Any]            # the pressure and where it came from (log header, briefing)
+    pressure: PressureInfo              # the pressure and where it came from (log header, briefing)
     assume_yes: bool
     panel_kpa: float | None = None      # a gated inflator: the panel setting the target equals (checked)
     confirmed_by: str | None = None

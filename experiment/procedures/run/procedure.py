@@ -22,10 +22,11 @@ import traceback
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from experiment import __version__
+from experiment.cuff.base import PressureSample
 from experiment.errors import EXIT_ABORTED, EXIT_OK, AbortError
+from experiment.log.records import PlanRecord, RunRecord
 from experiment.outputs.dataset import claim_root
 from experiment.outputs.rundir import create_source_dir, move_to_attempts
 from experiment.procedures.run.preflight import RunPlan
@@ -70,9 +71,9 @@ class RunState:
     source_dir: Path | None = None
 
 
-def plan_record(ev: PlannedEvent) -> dict[str, Any]:
+def plan_record(ev: PlannedEvent) -> PlanRecord:
     """A timeline event as a `plan` log record (docs/event-log.md)."""
-    return {"i": ev.index, "trial": ev.trial, "trial_type": ev.trial_type, "phase": ev.phase, "onset_s": ev.onset_s,
+    return {"kind": "plan", "i": ev.index, "trial": ev.trial, "trial_type": ev.trial_type, "phase": ev.phase, "onset_s": ev.onset_s,
             "duration_s": ev.duration_s, "cue": ev.cue, "cuff": ev.cuff, "target_kpa": ev.target_kpa,
             "rate_kpa_s": ev.rate_kpa_s, "timed_from": ev.timed_from, "ramp_s": ev.ramp_s,
             "bids_trial_type": ev.bids_trial_type, "phase_kind": ev.kind, "level": ev.level, "scale": ev.scale}
@@ -149,11 +150,11 @@ class RunProcedure:
             shutil.copyfile(plan.rig_path, source_dir / "rig.yaml")
         st.open_log(source_dir / "log.jsonl", source_dir / "pressure.jsonl", self._header())
         for ev in plan.timeline.events:
-            self.record({"kind": "plan", **plan_record(ev)})
+            self.record(plan_record(ev))
         self._describe_display()
         st.console.say(f"writing to {source_dir}")
 
-    def _header(self) -> dict[str, Any]:
+    def _header(self) -> dict[str, object]:
         plan, st, p = self.plan, self.st, self.plan.protocol
         assert st.cuff is not None and st.cuff.info is not None and st.trigger is not None
         return {
@@ -190,9 +191,9 @@ class RunProcedure:
             st.console.say("this display has no vertical sync: flips are paced in software "
                            f"at {display.refresh_hz:g} Hz (logged as vsync: false)")
 
-    def record(self, rec: dict[str, Any]) -> None:
+    def record(self, rec: RunRecord) -> None:
         """Log a record; remembers the last phase that reached the screen."""
-        if rec.get("kind") == "onset":
+        if rec["kind"] == "onset":
             self.state.last_i = rec["i"]
         self.st.record(rec)
 
@@ -214,7 +215,7 @@ class RunProcedure:
         self.record({"kind": "frames", **st.display.stats.summary(st.now())})
         return result
 
-    def _on_sample(self, sample: Any) -> None:
+    def _on_sample(self, sample: PressureSample) -> None:
         self.state.last_pressure_kpa = sample.pressure_kpa
 
     def _show_instructions(self) -> None:

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import queue
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from experiment.clock import Clock
 from experiment.cuff.base import DeviceEvent, EventKind, StopSource
 from experiment.errors import AbortError
+from experiment.log.records import RunRecord
 from experiment.protocol.schedule import PlannedEvent
 from experiment.station.devices import Display
 from experiment.station.rating import RatingScale, RatingState, press, start_rating, timed_out
@@ -50,7 +51,7 @@ class PhaseTracker:
         return self.started - 1 if self.started else None
 
 
-Log = Callable[[dict[str, Any]], None]
+Log = Callable[[RunRecord], None]
 Keys = list[tuple[str, float]]
 
 
