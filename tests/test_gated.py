@@ -510,3 +510,27 @@ def test_a_heartbeat_too_slow_for_the_board_watchdog_is_refused_at_start() -> No
         sup.stimulate(PANEL_KPA, 40.0)
         clock.sleep(3.0)
         assert board.gate_on and sup.safety_tripped is None
+
+
+def _nonconforming(data: Path) -> list[str]:
+    from experiment.log.eventlog import read_log
+    from tests.test_log_records import record_problems
+
+    problems: list[str] = []
+    for path in sorted(data.rglob("*.jsonl")):
+        log = read_log(path)
+        problems += [f"{path.name}: {p}" for p in record_problems(log.header, log.records)]
+    return problems
+
+
+def test_the_logs_of_gated_runs_conform_to_the_typed_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiment.cli import main
+
+    protocol = tmp_path / "onset_timed.yaml"
+    protocol.write_text(PROTOCOL.read_text().replace("timed_from: target_reached, ", "")
+                        + f"\nstimuli_dir: {PROTOCOL.parents[1] / 'stimuli'}\n")
+    common = ["--participant", "P1", "--dry-run", "--headless", "--cuff", "sim:gated", "--data", str(tmp_path / "d")]
+    assert main(["run", str(PROTOCOL), *common]) == 0
+    monkeypatch.setitem(SimGateBoard.__init__.__kwdefaults__, "sensor", False)   # as the relay: nothing measured
+    assert main(["run", str(protocol), "--run", "2", *common]) == 0
+    assert _nonconforming(tmp_path / "d") == []
