@@ -59,6 +59,7 @@ class Lines(Protocol):
     """What the relay variant needs of a port: set its gate line, check it is still there, close."""
 
     port: str
+    line: str   # "rts" or "dtr": which line is the gate
 
     def open(self) -> None: ...
     def set_gate(self, on: bool) -> None: ...
@@ -361,7 +362,7 @@ class GatedCuff:
         return self.info
 
     def _lines_name(self) -> str:
-        return getattr(self._lines, "line", "gate line").upper()
+        return self._lines.line.upper() if self._lines is not None else "GATE"
 
     def _identify(self, board: _BoardLink) -> codec.Reply:
         deadline = self._clock.now() + self._boot_wait_s
@@ -429,9 +430,6 @@ class GatedCuff:
         with self._lock:
             self._gate = on
         return Ack(command=name, t_write=t_write, t_ack=t_ack, reply=reply.text)
-
-    def _host_only(self, command: str, reply: str) -> tuple[str, float, str]:
-        return command, self._clock.now(), reply
 
     def _refuse(self, command: str, why: str, error: str) -> CommandRefused:
         t = self._clock.now()
