@@ -470,6 +470,7 @@ def test_without_read_back_the_outputs_say_the_pressure_was_not_measured(tmp_pat
     ["calibrate", "--participant", "P1", "--ceiling", "40", "--cuff", "gated:/dev/ttyUSB0:rts"],
     ["calibrate", "--participant", "P1", "--ceiling", "40", "--cuff", "sim:gated", "--dry-run", "--headless"],
     ["rig-check", "--cuff", "gated:/dev/ttyUSB0:board", "--test-pressure", "20"],
+    ["confirm-pressure", "--participant", "P1", "--cuff", "gated:/dev/ttyUSB0:dtr"],
 ])
 def test_what_needs_chosen_pressures_refuses_a_gated_cuff_before_opening_it(argv: list[str], tmp_path: Path,
                                                                            capsys: pytest.CaptureFixture[str]) -> None:
@@ -477,6 +478,16 @@ def test_what_needs_chosen_pressures_refuses_a_gated_cuff_before_opening_it(argv
 
     assert main([*argv, "--data", str(tmp_path / "d")]) == 2
     assert "gated inflator whose pressure is set on its panel" in capsys.readouterr().err
+
+
+def test_a_rehearsal_calibration_on_a_rig_with_a_gated_inflator_is_refused_too(tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from experiment.cli import main
+
+    (tmp_path / "rig.yaml").write_text("cuff: gated:/dev/ttyUSB0:rts\n")
+    assert main(["calibrate", "--participant", "P1", "--ceiling", "40", "--dry-run", "--headless",
+                 "--rig", str(tmp_path / "rig.yaml"), "--data", str(tmp_path / "d")]) == 2
+    assert "cannot give the several pressures a calibration" in capsys.readouterr().err
 
 
 def test_simulate_cuff_serves_the_gate_board_and_the_driver_identifies_it() -> None:
