@@ -545,3 +545,29 @@ def test_the_logs_of_gated_runs_conform_to_the_typed_records(tmp_path: Path, mon
     monkeypatch.setitem(SimGateBoard.__init__.__kwdefaults__, "sensor", False)   # as the relay: nothing measured
     assert main(["run", str(protocol), "--run", "2", *common]) == 0
     assert _nonconforming(tmp_path / "d") == []
+
+
+@pytest.mark.realtime
+@pytest.mark.display
+@pytest.mark.timeout(90)
+def test_a_real_time_dry_run_drives_the_simulated_board_on_a_pseudo_terminal(tmp_path: Path, xdisplay: str) -> None:
+    """`--dry-run --cuff sim:gated` in a window: the board served on a pty, the driver through the serial transport."""
+    import subprocess
+    import sys
+
+    from tests.fault_harness import ROOT, protocol_text
+
+    protocol = tmp_path / "p.yaml"
+    protocol.write_text(protocol_text())
+    data = tmp_path / "d"
+    proc = subprocess.run([sys.executable, "-m", "experiment", "run", str(protocol), "--participant", "P1",
+                           "--dry-run", "--cuff", "sim:gated", "--data", str(data)],
+                          cwd=ROOT, env={**os.environ, "DISPLAY": xdisplay}, capture_output=True, text=True, timeout=80)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "panel        pressure set on the device's panel: 20.0 kPa (150 mmHg), measured by the gate board's " \
+           "sensor" in proc.stdout
+    assert "cuedpain-sim-gate (SIMULATED)" in proc.stdout and "on /dev/pts/" in proc.stdout
+    rows = _events(data)
+    pain = [r for r in rows if r["phase"] == "pain"]
+    assert len(pain) == 2 and all(abs(float(r["peak_pressure_kpa"]) - PANEL_KPA) < 1.0 for r in pain)
+    assert _nonconforming(data) == []
