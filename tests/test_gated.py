@@ -571,3 +571,14 @@ def test_a_real_time_dry_run_drives_the_simulated_board_on_a_pseudo_terminal(tmp
     pain = [r for r in rows if r["phase"] == "pain"]
     assert len(pain) == 2 and all(abs(float(r["peak_pressure_kpa"]) - PANEL_KPA) < 1.0 for r in pain)
     assert _nonconforming(data) == []
+
+
+def test_validate_with_a_gated_rig_refuses_several_levels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from experiment.cli import main
+
+    (tmp_path / "rig.yaml").write_text("cuff: gated:/dev/ttyUSB0:board\n")
+    two = PROTOCOL.parent / "cue_intensity.yaml"
+    assert main(["validate", str(two), "--rig", str(tmp_path / "rig.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "stimulation.levels: 2 pressure levels (low, high)" in err and "one level per run" in err
+    assert main(["validate", str(PROTOCOL), "--rig", str(tmp_path / "rig.yaml")]) == 0

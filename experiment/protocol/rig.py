@@ -192,7 +192,14 @@ def effective_keys(protocol: Protocol, rig: Rig, *, scanner: ScannerSpec | None 
 
 
 def check_rig_for_protocol(protocol: Protocol, rig: Rig) -> None:
-    """Cues in deg need the screen's width and distance; in cm, its width."""
+    """Cues in deg need the screen's width and distance; in cm, its width. A gated inflator (its
+    pressure set on its panel) gives one pressure level per run."""
+    levels = protocol.stimulation.levels
+    if rig.cuff is not None and rig.cuff.gated and len(levels) > 1:
+        raise protocol.where.error(("stimulation", "levels"),
+                                   f"{len(levels)} pressure levels ({', '.join(levels)}), but the cuff of {rig.label} "
+                                   f"({rig.cuff}) is a gated inflator whose pressure is set on its panel: one level "
+                                   "per run")
     for name, cue in protocol.cues.items():
         need = {"deg": ("width_cm", "distance_cm"), "cm": ("width_cm",)}.get(cue.units, ())
         missing = [n for n in need if getattr(rig.screen, n) is None]
