@@ -206,7 +206,8 @@ class _BoardLink:
             while self._slots and (self._slots[0].reply is not None or self._slots[0].lost):
                 self._slots.popleft()
 
-    def command(self, byte: bytes, *, urgent: bool = False, timeout_s: float | None = None) -> tuple[codec.Reply, float, float]:
+    def command(self, byte: bytes, *, urgent: bool = False,
+                timeout_s: float | None = None) -> tuple[codec.Reply, float, float]:
         """Send one command byte, wait for its reply: (reply, t_write, t_ack). DeviceFault on silence."""
         if urgent:
             return self._exchange(byte, timeout_s)

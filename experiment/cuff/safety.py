@@ -72,6 +72,7 @@ THREAD_JOIN_S = 2.0        # how long close() waits for each of its threads
 WATCHDOG_MS = (200, 5000)  # the heartbeat runs every WDT/4: faster floods the link, slower inflates too long
 MAX_DEVICE_TIME_MS = 600_000  # no supported device times one inflation beyond 10 min
 STREAM_HZ = (20, 100)      # a pressure trace fine enough for the read-back checks
+PANEL_TOLERANCE_KPA = 0.05  # a gated inflator's target vs its panel setting (300 mmHg on a panel is 39.997 kPa)
 
 Record = Callable[[SupervisorRecord], None]
 _Reply = TypeVar("_Reply", bound=Union[Ack, CuffStatus])
@@ -452,7 +453,7 @@ class CuffSupervisor:
         if not (math.isfinite(rate_kpa_s) and rate_kpa_s in rates):
             raise InputError(f"cuff ramp rate must be {rates.text('kPa/s')}, got {rate_kpa_s!r}")
         panel = self.limits.panel_kpa
-        if panel is not None and round(target_kpa, 1) != round(panel, 1):
+        if panel is not None and abs(target_kpa - panel) > PANEL_TOLERANCE_KPA + 1e-9:
             message = (f"target {target_kpa:g} kPa is not the {panel:g} kPa set on the inflator's panel; "
                        "refused, nothing was sent to the cuff")
             self._record({"kind": "safety", "t": self._clock.now(), "reason": "not_panel_pressure",

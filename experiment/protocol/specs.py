@@ -318,7 +318,8 @@ class _Refused(Exception):
 
 
 def parse_cuff_spec(text: str, *, what: str) -> CuffSpec:
-    """`sim`, `sim:gated`, `line:PORT`, `cpar:PORT`, `gated:PORT:GATE` -> CuffSpec; an InputError names `what` (option or rig field)."""
+    """`sim`, `sim:gated`, `line:PORT`, `cpar:PORT`, `gated:PORT:GATE` -> CuffSpec; an InputError names
+    `what` (option or rig field)."""
     try:
         return _cuff(text)
     except _Refused as r:

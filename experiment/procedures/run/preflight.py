@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiment.cuff.safety import PANEL_TOLERANCE_KPA
 from experiment.errors import InputError
 from experiment.log.records import PressureInfo
 from experiment.outputs.dataset import check_root, default_root
@@ -20,7 +21,8 @@ from experiment.procedures.run.ratings import rating_scales
 from experiment.protocol.model import Protocol, load_protocol
 from experiment.protocol.rig import Rig, check_rig_for_protocol, effective_keys, load_rig
 from experiment.protocol.schedule import Timeline, build_schedule
-from experiment.protocol.specs import SIM_CUFF, SIM_GATED, CuffSpec, Gate, ScannerSpec, SimSpec, parse_cuff_spec, parse_scanner_spec
+from experiment.protocol.specs import (SIM_CUFF, SIM_GATED, CuffSpec, Gate, ScannerSpec, SimSpec, parse_cuff_spec,
+                                       parse_scanner_spec)
 from experiment.scanner.sim_scanner import ScannerPlan
 from experiment.station.devices import safety_limits
 from experiment.station.runinfo import check_writable
@@ -176,9 +178,6 @@ def preflight(req: RunRequest) -> RunPlan:
                    instructions=protocol.instructions if req.instructions is None else req.instructions)
 
 
-PANEL_TOLERANCE_KPA = 0.05   # the protocol's 0.1 kPa resolution; 300 mmHg on a panel is 39.997 kPa
-
-
 def gated_panel_kpa(cuff: CuffSpec, timeline: Timeline, *, rig: Rig, panel_kpa: float | None,
                     dry_run: bool) -> float | None:
     """A gated inflator's panel setting, checked against the run (None for any other cuff).
@@ -209,8 +208,9 @@ def gated_panel_kpa(cuff: CuffSpec, timeline: Timeline, *, rig: Rig, panel_kpa: 
                          f"{f' {targets[0]:g} kPa' if targets else ''})")
     if not (declared > 0 and declared == declared):
         raise InputError(f"--panel-pressure must be a pressure above 0 kPa, got {declared:g}")
-    if targets and abs(declared - targets[0]) > PANEL_TOLERANCE_KPA:
-        raise InputError(f"the inflator's panel is set to {declared:.1f} kPa but this run's target is {targets[0]:.1f} kPa; "
+    if targets and abs(declared - targets[0]) > PANEL_TOLERANCE_KPA + 1e-9:
+        raise InputError(f"the inflator's panel is set to {declared:.1f} kPa but this run's target is "
+                         f"{targets[0]:.1f} kPa; "
                          "set the panel to the target (and say so), or use the protocol meant for this setting")
     return declared
 
