@@ -2,7 +2,8 @@
 
     real      the cuff and trigger line the specs name; a real window; a device that
               says it is simulated is refused (exit 4)
-    dry run   the simulated CUFF/1 cuff served on a pseudo-terminal and driven through
+    dry run   the simulated CUFF/1 cuff (or, for `sim:gated`, the simulated gate board with its
+              panel at the run's pressure) served on a pseudo-terminal and driven through
               the serial driver, the simulated scanner writing into a pseudo-terminal
               read by the serial trigger source, a real window marked DRY RUN
     headless  the same simulated devices on a virtual clock (in-process, no threads) and
