@@ -582,3 +582,14 @@ def test_validate_with_a_gated_rig_refuses_several_levels(tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert "stimulation.levels: 2 pressure levels (low, high)" in err and "one level per run" in err
     assert main(["validate", str(PROTOCOL), "--rig", str(tmp_path / "rig.yaml")]) == 0
+
+
+def test_rig_check_identifies_the_simulated_board_and_times_its_keep_alives(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from experiment.cli import main
+
+    assert main(["rig-check", "--cuff", "sim:gated", "--data", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "cuedpain-sim-gate (SIMULATED)" in out and "(gated); hard limit 60 kPa" in out
+    assert "round trip over 200 pings" in out
+    assert _nonconforming(tmp_path / "d") == []
