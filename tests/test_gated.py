@@ -360,8 +360,19 @@ def test_a_dry_run_on_the_simulated_board_sets_its_panel_to_the_target(tmp_path:
     assert plan.panel_kpa == 20.0 and plan.station_spec().cuff.limits.panel_kpa == 20.0
 
 
+@pytest.mark.parametrize("rig_cuff, rehearsal", [("gated:/dev/ttyUSB0:board", "sim:gated"),
+                                                 ("gated:COM3:dtr", "sim:gated:dtr"), ("line:COM3", "sim")])
+def test_a_dry_run_rehearses_with_the_simulated_twin_of_the_rig_s_cuff(tmp_path: Path, rig_cuff: str,
+                                                                       rehearsal: str) -> None:
+    (tmp_path / "rig.yaml").write_text(f"cuff: {rig_cuff}\n")
+    protocol = tmp_path / "onset_timed.yaml"
+    protocol.write_text(PROTOCOL.read_text().replace("timed_from: target_reached, ", "")
+                        + f"\nstimuli_dir: {PROTOCOL.parents[1] / 'stimuli'}\n")
+    assert str(preflight(_request(tmp_path, protocol=protocol, rig=tmp_path / "rig.yaml")).cuff_spec) == rehearsal
+
+
 def test_a_panel_setting_that_differs_from_the_target_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "rig.yaml").write_text("cuff: gated:/dev/ttyUSB0:rts\ncuff_panel_pressure: {value: 225, unit: mmHg}\n")
+    (tmp_path / "rig.yaml").write_text("cuff: gated:/dev/ttyUSB0:board\ncuff_panel_pressure: {value: 225, unit: mmHg}\n")
     with pytest.raises(InputError, match=r"panel is set to 30\.0 kPa but this run's target is 20\.0 kPa"):
         preflight(_request(tmp_path, rig=tmp_path / "rig.yaml"))
     assert preflight(_request(tmp_path, rig=tmp_path / "rig.yaml", panel_kpa=20.0)).panel_kpa == 20.0
@@ -432,21 +443,19 @@ def test_a_headless_dry_run_on_the_simulated_board_measures_with_its_sensor(tmp_
     assert "not measured" not in _sidecar(tmp_path / "d")["measured_pressure_kpa"]["Description"]
 
 
-def test_without_read_back_the_outputs_say_the_pressure_was_not_measured(tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The simulated board made sensorless stands in for the relay variant, whose modem lines a
-    pseudo-terminal cannot carry: the same `pressure_readback` False reaches the outputs."""
+def test_without_read_back_the_outputs_say_the_pressure_was_not_measured(tmp_path: Path) -> None:
+    """`sim:gated:rts`, the simulated board without its sensor, stands in for the relay, whose modem
+    lines a pseudo-terminal cannot carry: the same `pressure_readback` False reaches the outputs."""
     from experiment.cli import main
 
-    monkeypatch.setitem(SimGateBoard.__init__.__kwdefaults__, "sensor", False)
     data = tmp_path / "d"
-    from_reached = ["run", str(PROTOCOL), "--participant", "P1", "--dry-run", "--headless", "--cuff", "sim:gated",
+    from_reached = ["run", str(PROTOCOL), "--participant", "P1", "--dry-run", "--headless", "--cuff", "sim:gated:rts",
                     "--data", str(tmp_path / "refused")]
-    assert main(from_reached) == 4      # demo.yaml times its pain phase from "target reached": nothing would say so
+    assert main(from_reached) == 2      # demo.yaml times its pain phase from "target reached": nothing would say so
     protocol = tmp_path / "onset_timed.yaml"
     protocol.write_text(PROTOCOL.read_text().replace("timed_from: target_reached, ", "")
                         + f"\nstimuli_dir: {PROTOCOL.parents[1] / 'stimuli'}\n")
-    assert main(["run", str(protocol), "--participant", "P1", "--dry-run", "--headless", "--cuff", "sim:gated",
+    assert main(["run", str(protocol), "--participant", "P1", "--dry-run", "--headless", "--cuff", "sim:gated:rts",
                  "--data", str(data)]) == 0
     rows = _events(data)
     assert {r["measured_pressure_kpa"] for r in rows} == {"n/a"} and {r["peak_pressure_kpa"] for r in rows} == {"n/a"}
@@ -534,16 +543,15 @@ def _nonconforming(data: Path) -> list[str]:
     return problems
 
 
-def test_the_logs_of_gated_runs_conform_to_the_typed_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_logs_of_gated_runs_conform_to_the_typed_records(tmp_path: Path) -> None:
     from experiment.cli import main
 
     protocol = tmp_path / "onset_timed.yaml"
     protocol.write_text(PROTOCOL.read_text().replace("timed_from: target_reached, ", "")
                         + f"\nstimuli_dir: {PROTOCOL.parents[1] / 'stimuli'}\n")
-    common = ["--participant", "P1", "--dry-run", "--headless", "--cuff", "sim:gated", "--data", str(tmp_path / "d")]
-    assert main(["run", str(PROTOCOL), *common]) == 0
-    monkeypatch.setitem(SimGateBoard.__init__.__kwdefaults__, "sensor", False)   # as the relay: nothing measured
-    assert main(["run", str(protocol), "--run", "2", *common]) == 0
+    common = ["--participant", "P1", "--dry-run", "--headless", "--data", str(tmp_path / "d")]
+    assert main(["run", str(PROTOCOL), "--cuff", "sim:gated", *common]) == 0
+    assert main(["run", str(protocol), "--run", "2", "--cuff", "sim:gated:dtr", *common]) == 0   # nothing measured
     assert _nonconforming(tmp_path / "d") == []
 
 

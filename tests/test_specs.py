@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 from experiment.cli import main
 from experiment.errors import InputError
 from experiment.protocol.rig import parse_rig
-from experiment.protocol.specs import (PRESETS, SIM_CUFF, SIM_GATED, Gate, STANDARD_BAUDS, CuffKind, CuffSpec, KeyBackend,
-                                       KeyboardSpec, SerialPreset, SerialSpec, SimDriver, SimSpec, parse_cuff_spec,
+from experiment.protocol.specs import (PRESETS, SIM_CUFF, SIM_GATED, STANDARD_BAUDS, CuffKind, CuffSpec, Gate,
+                                       KeyBackend, KeyboardSpec, SerialPreset, SerialSpec, SimDriver, SimSpec, parse_cuff_spec,
                                        parse_scanner_spec)
 
 FORP, SYNCBOX, BITWISE = PRESETS["forp"], PRESETS["syncbox"], PRESETS["forp-bitwise"]
 
-CUFF_FORMS = "sim | sim:gated | line:PORT | cpar:PORT | gated:PORT:rts|dtr|board"
+CUFF_FORMS = "sim | sim:gated[:rts|dtr] | line:PORT | cpar:PORT | gated:PORT:rts|dtr|board"
 SCANNER_FORMS = ("keyboard[:KEY[:ptb|event]] | serial:PORT[:PRESET] | "
                  "sim[:virtual|serial|pty|socket|keyboard|syncgen]")
 PORT = "a device path, a COM name or a pyserial URL (socket://host:port, rfc2217://host:port, hwgrep://...)"
@@ -42,6 +42,8 @@ CUFFS = [
      "line:rfc2217://10.0.0.2:2217"),
     ("  line:COM3  ", CuffSpec(CuffKind.LINE, "COM3"), "line:COM3"),
     ("sim:gated", SIM_GATED, "sim:gated"),
+    ("sim:gated:board", SIM_GATED, "sim:gated"),
+    ("sim:gated:rts", CuffSpec(CuffKind.SIM, gate=Gate.RTS), "sim:gated:rts"),
     ("gated:/dev/ttyUSB0:rts", CuffSpec(CuffKind.GATED, "/dev/ttyUSB0", Gate.RTS), "gated:/dev/ttyUSB0:rts"),
     ("gated:COM3:dtr", CuffSpec(CuffKind.GATED, "COM3", Gate.DTR), "gated:COM3:dtr"),
     ("gated:socket://h:7000:board", CuffSpec(CuffKind.GATED, "socket://h:7000", Gate.BOARD),
@@ -96,7 +98,10 @@ BAD_CUFFS = [
               f"or line:COM3"),
     ("cpar: COM3", f"the port ' COM3' has spaces around it, in 'cpar: COM3'; allowed: cpar:PORT with PORT {PORT}, "
                    f"e.g. cpar:/dev/ttyUSB0 or cpar:COM3"),
-    ("sim:fast", f"'sim' takes no port (the simulated gate board is sim:gated), got 'sim:fast'; allowed: {CUFF_FORMS}"),
+    ("sim:fast", f"'sim' takes no port (the simulated gate board is sim:gated[:rts|dtr]), got 'sim:fast'; allowed: "
+                 f"{CUFF_FORMS}"),
+    ("sim:gated:RTS", f"'sim' takes no port (the simulated gate board is sim:gated[:rts|dtr]), got 'sim:gated:RTS'; "
+                      f"allowed: {CUFF_FORMS}"),
 ]
 
 BAD_SCANNERS = [
@@ -209,7 +214,7 @@ def test_the_run_command_parses_its_specs_with_the_same_grammar(capsys, tmp_path
 def test_invariants_refuse_what_the_grammar_cannot_write() -> None:
     for bad in (lambda: CuffSpec(CuffKind.SIM, "COM3"), lambda: CuffSpec(CuffKind.LINE),
                 lambda: CuffSpec(CuffKind.GATED, "COM3"), lambda: CuffSpec(CuffKind.LINE, "COM3", Gate.RTS),
-                lambda: CuffSpec(CuffKind.SIM, None, Gate.RTS),
+
                 lambda: CuffSpec(CuffKind.LINE, " COM3"), lambda: KeyboardSpec("Shift"),
                 lambda: KeyboardSpec(None, KeyBackend.EVENT), lambda: SerialSpec("syncbox"),
                 lambda: SerialSpec("x:custom"), lambda: SerialPreset("forp", 19200, trigger_byte=0x40),
@@ -242,7 +247,8 @@ def _valid(make):  # a drawn value the invariants refuse is not a spec
         assume(False)
 
 
-CUFF_SPECS = st.one_of(st.just(SIM_CUFF), st.just(SIM_GATED),
+CUFF_SPECS = st.one_of(st.just(SIM_CUFF),
+                       st.builds(lambda g: CuffSpec(CuffKind.SIM, gate=g), st.sampled_from(list(Gate))),
                        st.builds(lambda k, p: _valid(lambda: CuffSpec(k, p)),
                                  st.sampled_from([CuffKind.LINE, CuffKind.CPAR]), PORTS),
                        st.builds(lambda p, g: _valid(lambda: CuffSpec(CuffKind.GATED, p, g)), PORTS,

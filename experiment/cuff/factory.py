@@ -12,7 +12,9 @@ default where there are no pseudo-terminals), and drives it through the real ser
 driver (on a virtual clock, where threads and real ports make no sense, through an
 in-process loopback instead). Either way the device names itself `cuedpain-sim`, so
 `info.simulated` is True and every output says so. `sim:gated` does the same with the
-simulated GATE/1 gate board (`cuedpain-sim-gate`), its panel set to `panel_kpa`.
+simulated GATE/1 gate board (`cuedpain-sim-gate`), its panel set to `panel_kpa`;
+`sim:gated:rts` and `sim:gated:dtr` the same board without its sensor, standing in for a
+relay (no read-back; a pseudo-terminal has no modem lines to switch a relay with).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def open_cuff(spec: CuffSpec, *, clock: Clock, dry_run: bool, reply_timeout_s: f
         link = sim_link or default_sim_link()
         if spec.gated:
             return _open_sim_gate(clock=clock, reply_timeout_s=reply_timeout_s, link=link,
-                                  panel_kpa=20.0 if panel_kpa is None else panel_kpa)
+                                  panel_kpa=20.0 if panel_kpa is None else panel_kpa, sensor=spec.gate is Gate.BOARD)
         return _open_sim(clock=clock, reply_timeout_s=reply_timeout_s, sim_options=sim_options or {}, link=link)
     port = spec.port
     assert port is not None  # every kind but sim has a port (CuffSpec checks)
@@ -90,11 +92,11 @@ def _open_sim(*, clock: Clock, reply_timeout_s: float, sim_options: SimOptions, 
     return cuff
 
 
-def _open_sim_gate(*, clock: Clock, reply_timeout_s: float, link: SimLink, panel_kpa: float) -> Cuff:
+def _open_sim_gate(*, clock: Clock, reply_timeout_s: float, link: SimLink, panel_kpa: float, sensor: bool) -> Cuff:
     from experiment.cuff.gate_sim import SimGateBoard
     from experiment.cuff.gated_driver import GatedCuff, board_transport
 
-    board = SimGateBoard(panel_kpa=panel_kpa)
+    board = SimGateBoard(panel_kpa=panel_kpa, sensor=sensor)
     if isinstance(clock, VirtualClock):
         cuff = GatedCuff(transport=LoopbackTransport(board, clock=clock, port="sim:loopback"), clock=clock,
                          reply_timeout_s=reply_timeout_s)

@@ -4,10 +4,11 @@ A spec is parsed once, where it enters (the command line or the rig file), into 
 frozen value; devices are built from that value, never from text. `str(spec)` (also
 `spec.text`) is the canonical text, and `parse(str(spec)) == spec` for every spec.
 
-    cuff      sim | sim:gated | line:PORT | cpar:PORT | gated:PORT:GATE
+    cuff      sim | sim:gated[:GATE] | line:PORT | cpar:PORT | gated:PORT:GATE
                                          GATE rts | dtr (a relay on that modem line) | board
                                          (a GATE/1 gate board, docs/gate-board.md); sim:gated is the
-                                         simulated gate board (dry runs only)
+                                         simulated gate board (dry runs only), sim:gated:rts|dtr the
+                                         same board without its sensor, standing in for a relay
     scanner   keyboard[:KEY[:BACKEND]]   KEY a PsychoPy key name (default: the protocol's
                                          keys.trigger); BACKEND ptb (default) | event
               serial:PORT[:PRESET]       PRESET syncbox | forp (default) | forp-bitwise |
@@ -39,7 +40,7 @@ from typing import ClassVar, Mapping, TypeVar, Union
 
 from experiment.errors import InputError
 
-CUFF_FORMS = "sim | sim:gated | line:PORT | cpar:PORT | gated:PORT:rts|dtr|board"
+CUFF_FORMS = "sim | sim:gated[:rts|dtr] | line:PORT | cpar:PORT | gated:PORT:rts|dtr|board"
 PORT_FORMS = "a device path, a COM name or a pyserial URL (socket://host:port, rfc2217://host:port, hwgrep://...)"
 PRESET_FORMS = "syncbox | forp | forp-bitwise | NAME@BAUD | custom:BYTE@BAUD (BYTE: 0xNN or one character)"
 KEYBOARD_FORMS = "keyboard | keyboard:KEY | keyboard:KEY:BACKEND (KEY a PsychoPy key name such as 5 or t; " \
@@ -196,8 +197,9 @@ PRESETS: Mapping[str, SerialPreset] = MappingProxyType(
 @dataclass(frozen=True)
 class CuffSpec:
     """A cuff device: a simulator (dry runs only), or a driver on a port. `gate` says how a
-    gated inflator is switched (`gated:PORT:GATE`); `sim` with gate BOARD is the simulated
-    gate board (`sim:gated`)."""
+    gated inflator is switched (`gated:PORT:GATE`); `sim` with a gate is the simulated gate
+    board (`sim:gated`), without its sensor for RTS or DTR (`sim:gated:rts`: a relay has no
+    read-back, and a pseudo-terminal no modem lines)."""
 
     kind: CuffKind
     port: str | None = None   # None for sim
@@ -211,9 +213,8 @@ class CuffSpec:
             raise ValueError(f"CuffSpec: {problem}")
         if self.kind is CuffKind.GATED and self.gate is None:
             raise ValueError("CuffSpec: gated needs its gate (rts, dtr or board)")
-        if self.gate is not None and not (self.kind is CuffKind.GATED or self.gate is Gate.BOARD):
-            raise ValueError(f"CuffSpec: {self.kind.value} takes no gate" if self.kind is not CuffKind.SIM
-                             else "CuffSpec: the simulated gate is a board")
+        if self.gate is not None and self.kind not in (CuffKind.GATED, CuffKind.SIM):
+            raise ValueError(f"CuffSpec: {self.kind.value} takes no gate")
 
     @property
     def simulated(self) -> bool:
@@ -227,7 +228,9 @@ class CuffSpec:
     @property
     def text(self) -> str:
         if self.kind is CuffKind.SIM:
-            return "sim:gated" if self.gate is not None else "sim"
+            if self.gate is None:
+                return "sim"
+            return "sim:gated" + ("" if self.gate is Gate.BOARD else f":{self.gate.value}")
         return f"{self.kind.value}:{self.port}" + (f":{self.gate.value}" if self.gate is not None else "")
 
     def __str__(self) -> str:
@@ -356,10 +359,13 @@ def _cuff(text: str) -> CuffSpec:
         raise _Refused(f"unknown cuff kind {kind_text!r} in {spec!r}{_lowercase_hint(CuffKind, kind_text)}",
                        CUFF_FORMS)
     if kind is CuffKind.SIM:
-        if sep and port == CuffKind.GATED.value:
-            return SIM_GATED
+        head, colon, gate_text = port.partition(":")
+        gate = _member(Gate, gate_text) if colon else Gate.BOARD
+        if sep and head == CuffKind.GATED.value and gate is not None:
+            return CuffSpec(CuffKind.SIM, gate=gate)
         if sep:
-            raise _Refused(f"'sim' takes no port (the simulated gate board is sim:gated), got {spec!r}", CUFF_FORMS)
+            raise _Refused(f"'sim' takes no port (the simulated gate board is sim:gated[:rts|dtr]), got {spec!r}",
+                           CUFF_FORMS)
         return SIM_CUFF
     if kind is CuffKind.GATED:
         return _gated(spec, port)

@@ -21,7 +21,7 @@ from experiment.procedures.run.ratings import rating_scales
 from experiment.protocol.model import Protocol, load_protocol
 from experiment.protocol.rig import Rig, check_rig_for_protocol, effective_keys, load_rig
 from experiment.protocol.schedule import Timeline, build_schedule
-from experiment.protocol.specs import (SIM_CUFF, SIM_GATED, CuffSpec, Gate, ScannerSpec, SimSpec, parse_cuff_spec,
+from experiment.protocol.specs import (SIM_CUFF, CuffKind, CuffSpec, Gate, ScannerSpec, SimSpec, parse_cuff_spec,
                                        parse_scanner_spec)
 from experiment.scanner.sim_scanner import ScannerPlan
 from experiment.station.devices import safety_limits
@@ -131,8 +131,10 @@ def _device_specs(req: RunRequest, rig: Rig) -> tuple[CuffSpec, ScannerSpec]:
         if cli_cuff is not None and not cli_cuff.simulated:
             raise InputError(f"--dry-run uses the simulated cuff; remove --cuff {cli_cuff} or drop --dry-run")
         # a rig with a gated inflator rehearses with the simulated gate board, under the same rules
-        rig_gated = rig.cuff is not None and rig.cuff.gated
-        return cli_cuff or (SIM_GATED if rig_gated else SIM_CUFF), cli_scanner or SimSpec()
+        # (without its sensor for a relay, which has no read-back)
+        rig_gate = None if rig.cuff is None else rig.cuff.gate
+        return cli_cuff or (SIM_CUFF if rig_gate is None else CuffSpec(CuffKind.SIM, gate=rig_gate)), \
+            cli_scanner or SimSpec()
     cuff, scanner = cli_cuff or rig.cuff, cli_scanner or rig.scanner
     if cuff is None:
         raise InputError("no cuff given: use --cuff line:PORT or cpar:PORT, a rig file, or --dry-run")
