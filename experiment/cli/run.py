@@ -31,6 +31,9 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--pressure-override", metavar="KPA", type=float, default=None,
                    help="stand in for the participant's calibrated pressure when there is no usable calibration; the protocol's levels (e.g. 0.8 x calibrated) apply to it and the confirmation shows the result (requires --override-reason)")
     p.add_argument("--override-reason", metavar="TEXT", default=None)
+    p.add_argument("--panel-pressure", metavar="KPA", type=float, default=None,
+                   help="a gated inflator (gated:PORT:GATE): the pressure set on its front panel, in kPa (instead of "
+                        "the rig's cuff_panel_pressure); the run's target must equal it")
     options.yes(p)
     options.confirmed_by(p)
     p.add_argument("--instruction", metavar="TEXT", action="append", default=None,
@@ -48,7 +51,7 @@ def command(args: argparse.Namespace) -> int:
                          buttons=args.buttons, lsl=args.lsl,
                          dry_run=args.dry_run, headless=args.headless, data=options.path(args.data), seed=args.seed,
                          calibration=options.path(args.calibration), pressure_override_kpa=args.pressure_override,
-                         override_reason=args.override_reason, yes=args.yes,
+                         override_reason=args.override_reason, panel_kpa=args.panel_pressure, yes=args.yes,
                          confirmed_by=options.check_confirmed_by(args),
                          instructions=None if args.instruction is None else tuple(args.instruction))
     return run(preflight(request))

@@ -77,7 +77,7 @@ class SafetyRecord(TypedDict):
 
     kind: Literal["safety"]
     t: float                     # when it fired
-    reason: str                  # a reason code of experiment/cuff/safety.py (over_ceiling, stimulus_time_limit, run_time_limit, device_estop, connection_lost, latched_at_start, ...), participant_stop_key/_button, or the reason given to emergency_vent
+    reason: str                  # a reason code of experiment/cuff/safety.py (over_ceiling, not_panel_pressure (a gated inflator sent a target other than its panel setting), stimulus_time_limit, run_time_limit, device_estop, connection_lost, latched_at_start, ...), participant_stop_key/_button, or the reason given to emergency_vent
     action: str                  # vent, estop, stop; refuse (nothing was sent); `stimulation off, run continues`
     message: NotRequired[str]    # what happened, in words (absent for a participant stop the run goes on after)
     i: NotRequired[int | None]   # plan index (stimulus index in a calibration) of a refused target

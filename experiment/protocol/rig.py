@@ -22,7 +22,7 @@ from dataclasses import field, replace
 from pathlib import Path
 
 from experiment.errors import InputError
-from experiment.protocol.model import Keys, Protocol
+from experiment.protocol.model import PRESSURE, Keys, Pressure, Protocol
 from experiment.protocol.cuff_timing import CUFF_TIMING, CuffTiming
 from experiment.protocol.schema import (Boolean, Choice, Integer, KeyName, MapOf, Nullable, Number, Pair, Record,
                                         Refined, Text, json_schema_document, record, spec)
@@ -134,6 +134,10 @@ class Rig:
                                                "it with --calibration FILE", unit="hours", minimum=0.0,
                                                exclusive_minimum=True, maximum=24.0 * 365), default=12.0)
     cuff_timing: CuffTiming = spec(CUFF_TIMING, default=CUFF_TIMING.defaults())
+    cuff_panel_pressure: Pressure | None = spec(Nullable(PRESSURE, "the pressure set on the front panel of a gated "
+                                                         "inflator (cuff gated:PORT:GATE), which the operator confirms "
+                                                         "before each run; a run's target must equal it (null: not "
+                                                         "declared)"), default=None)
     sim_link: str = spec(Choice(["auto", "pty", "socket"], "how a dry run serves its simulated cuff and scanner: "
                                 "a pseudo-terminal (POSIX), a loopback TCP port (socket://, as on Windows), or "
                                 "auto: a pseudo-terminal where there are some"), default="auto")
@@ -226,7 +230,14 @@ def effective_keys(protocol: Protocol, rig: Rig, *, scanner: ScannerSpec | None 
 
 
 def check_rig_for_protocol(protocol: Protocol, rig: Rig) -> None:
-    """Cues in deg need the screen's width and distance; in cm, its width."""
+    """Cues in deg need the screen's width and distance; in cm, its width. A gated inflator (its
+    pressure set on its panel) gives one pressure level per run."""
+    levels = protocol.stimulation.levels
+    if rig.cuff is not None and rig.cuff.gated and len(levels) > 1:
+        raise protocol.where.error(("stimulation", "levels"),
+                                   f"{len(levels)} pressure levels ({', '.join(levels)}), but the cuff of {rig.label} "
+                                   f"({rig.cuff}) is a gated inflator whose pressure is set on its panel: one level "
+                                   "per run")
     for name, cue in protocol.cues.items():
         need = {"deg": ("width_cm", "distance_cm"), "cm": ("width_cm",)}.get(cue.units, ())
         missing = [n for n in need if getattr(rig.screen, n) is None]

@@ -4,7 +4,11 @@ A spec is parsed once, where it enters (the command line or the rig file), into 
 frozen value; devices are built from that value, never from text. `str(spec)` (also
 `spec.text`) is the canonical text, and `parse(str(spec)) == spec` for every spec.
 
-    cuff      sim | line:PORT | cpar:PORT
+    cuff      sim | sim:gated[:GATE] | line:PORT | cpar:PORT | gated:PORT:GATE
+                                         GATE rts | dtr (a relay on that modem line) | board
+                                         (a GATE/1 gate board, docs/gate-board.md); sim:gated is the
+                                         simulated gate board (dry runs only), sim:gated:rts|dtr the
+                                         same board without its sensor, standing in for a relay
     scanner   keyboard[:KEY[:BACKEND]]   KEY a PsychoPy key name (default: the protocol's
                                          keys.trigger); BACKEND ptb (default) | event
               serial:PORT[:PRESET]       PRESET syncbox | forp (default) | forp-bitwise |
@@ -36,7 +40,7 @@ from typing import ClassVar, Mapping, TypeVar, Union
 
 from experiment.errors import InputError
 
-CUFF_FORMS = "sim | line:PORT | cpar:PORT"
+CUFF_FORMS = "sim | sim:gated[:rts|dtr] | line:PORT | cpar:PORT | gated:PORT:rts|dtr|board"
 PORT_FORMS = "a device path, a COM name or a pyserial URL (socket://host:port, rfc2217://host:port, hwgrep://...)"
 PRESET_FORMS = "syncbox | forp | forp-bitwise | NAME@BAUD | custom:BYTE@BAUD (BYTE: 0xNN or one character)"
 KEYBOARD_FORMS = "keyboard | keyboard:KEY | keyboard:KEY:BACKEND (KEY a PsychoPy key name such as 5 or t; " \
@@ -59,6 +63,15 @@ class CuffKind(Enum):
     SIM = "sim"
     LINE = "line"     # CUFF/1 text protocol
     CPAR = "cpar"     # Nocitech CPAR binary protocol
+    GATED = "gated"   # a panel-set inflator switched by a gate (docs/gate-board.md)
+
+
+class Gate(Enum):
+    """How a gated inflator is switched."""
+
+    RTS = "rts"       # a relay on the port's RTS line
+    DTR = "dtr"       # a relay on the port's DTR line
+    BOARD = "board"   # a GATE/1 gate board on the port
 
 
 class ScannerKind(Enum):
@@ -183,10 +196,14 @@ PRESETS: Mapping[str, SerialPreset] = MappingProxyType(
 
 @dataclass(frozen=True)
 class CuffSpec:
-    """A cuff device: the simulator (dry runs only), or a driver on a port."""
+    """A cuff device: a simulator (dry runs only), or a driver on a port. `gate` says how a
+    gated inflator is switched (`gated:PORT:GATE`); `sim` with a gate is the simulated gate
+    board (`sim:gated`), without its sensor for RTS or DTR (`sim:gated:rts`: a relay has no
+    read-back, and a pseudo-terminal no modem lines)."""
 
     kind: CuffKind
     port: str | None = None   # None for sim
+    gate: Gate | None = None  # gated only, and sim:gated (BOARD)
 
     def __post_init__(self) -> None:
         if (self.kind is CuffKind.SIM) != (self.port is None):
@@ -194,20 +211,34 @@ class CuffSpec:
         problem = None if self.port is None else _port_problem(self.port)
         if problem is not None:
             raise ValueError(f"CuffSpec: {problem}")
+        if self.kind is CuffKind.GATED and self.gate is None:
+            raise ValueError("CuffSpec: gated needs its gate (rts, dtr or board)")
+        if self.gate is not None and self.kind not in (CuffKind.GATED, CuffKind.SIM):
+            raise ValueError(f"CuffSpec: {self.kind.value} takes no gate")
 
     @property
     def simulated(self) -> bool:
         return self.kind is CuffKind.SIM
 
     @property
+    def gated(self) -> bool:
+        """A panel-set inflator behind a gate (real or simulated): its pressure is the panel's."""
+        return self.gate is not None
+
+    @property
     def text(self) -> str:
-        return self.kind.value if self.port is None else f"{self.kind.value}:{self.port}"
+        if self.kind is CuffKind.SIM:
+            if self.gate is None:
+                return "sim"
+            return "sim:gated" + ("" if self.gate is Gate.BOARD else f":{self.gate.value}")
+        return f"{self.kind.value}:{self.port}" + (f":{self.gate.value}" if self.gate is not None else "")
 
     def __str__(self) -> str:
         return self.text
 
 
 SIM_CUFF = CuffSpec(CuffKind.SIM)
+SIM_GATED = CuffSpec(CuffKind.SIM, gate=Gate.BOARD)
 
 
 @dataclass(frozen=True)
@@ -290,7 +321,8 @@ class _Refused(Exception):
 
 
 def parse_cuff_spec(text: str, *, what: str) -> CuffSpec:
-    """`sim`, `line:PORT`, `cpar:PORT` -> CuffSpec; an InputError names `what` (option or rig field)."""
+    """`sim`, `sim:gated`, `line:PORT`, `cpar:PORT`, `gated:PORT:GATE` -> CuffSpec; an InputError names
+    `what` (option or rig field)."""
     try:
         return _cuff(text)
     except _Refused as r:
@@ -327,15 +359,36 @@ def _cuff(text: str) -> CuffSpec:
         raise _Refused(f"unknown cuff kind {kind_text!r} in {spec!r}{_lowercase_hint(CuffKind, kind_text)}",
                        CUFF_FORMS)
     if kind is CuffKind.SIM:
+        head, colon, gate_text = port.partition(":")
+        gate = _member(Gate, gate_text) if colon else Gate.BOARD
+        if sep and head == CuffKind.GATED.value and gate is not None:
+            return CuffSpec(CuffKind.SIM, gate=gate)
         if sep:
-            raise _Refused(f"'sim' takes no port, got {spec!r}", CUFF_FORMS)
+            raise _Refused(f"'sim' takes no port (the simulated gate board is sim:gated[:rts|dtr]), got {spec!r}",
+                           CUFF_FORMS)
         return SIM_CUFF
+    if kind is CuffKind.GATED:
+        return _gated(spec, port)
     problem = _port_problem(port)
     if problem is not None:
         raise _Refused(f"{kind.value!r} needs a port, got {spec!r}" if not port else f"{problem}, in {spec!r}",
                        f"{kind.value}:PORT with PORT {PORT_FORMS}, e.g. {kind.value}:/dev/ttyUSB0 or "
                        f"{kind.value}:COM3")
     return CuffSpec(kind, port)
+
+
+def _gated(spec: str, rest: str) -> CuffSpec:
+    allowed = (f"gated:PORT:GATE with GATE {_names(Gate)} (rts, dtr: a relay on that line of the port; board: "
+               f"a GATE/1 gate board) and PORT {PORT_FORMS}, e.g. gated:/dev/ttyUSB0:rts")
+    port, sep, last = rest.rpartition(":")
+    gate = _member(Gate, last) if sep else None
+    if gate is None:
+        raise _Refused(f"{spec!r} does not say how the gate is wired (it ends in ':rts', ':dtr' or ':board')",
+                       allowed)
+    problem = _port_problem(port)
+    if problem is not None:
+        raise _Refused(f"'gated' needs a port, got {spec!r}" if not port else f"{problem}, in {spec!r}", allowed)
+    return CuffSpec(CuffKind.GATED, port, gate)
 
 
 def _scanner(text: str) -> ScannerSpec:

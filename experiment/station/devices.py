@@ -2,7 +2,8 @@
 
     real      the cuff and trigger line the specs name; a real window; a device that
               says it is simulated is refused (exit 4)
-    dry run   the simulated CUFF/1 cuff served on a pseudo-terminal and driven through
+    dry run   the simulated CUFF/1 cuff (or, for `sim:gated`, the simulated gate board with its
+              panel at the run's pressure) served on a pseudo-terminal and driven through
               the serial driver, the simulated scanner writing into a pseudo-terminal
               read by the serial trigger source, a real window marked DRY RUN
     headless  the same simulated devices on a virtual clock (in-process, no threads) and
@@ -51,9 +52,12 @@ class Display(Protocol):
     def close(self) -> None: ...
 
 
-def safety_limits(safety: Safety, *, rates_kpa_s: tuple[float, ...] = ()) -> SafetyLimits:
+def safety_limits(safety: Safety, *, rates_kpa_s: tuple[float, ...] = (), panel_kpa: float | None = None,
+                  needs_readback: bool = False) -> SafetyLimits:
     """The supervisor's interlock settings from a protocol's (or a calibration's) safety section;
-    `rates_kpa_s`, the ramp rates the session will command, are checked against the device at start."""
+    `rates_kpa_s`, the ramp rates the session will command, are checked against the device at start;
+    `panel_kpa` is a gated inflator's panel setting (the only target it may be sent); `needs_readback`:
+    the session waits for the target to be reached, so the device must measure its pressure."""
     from experiment.cuff.safety import SafetyLimits
 
     return SafetyLimits(ceiling_kpa=safety.max_pressure_kpa, max_stimulus_s=safety.max_inflation_per_stimulus_s,
@@ -61,7 +65,8 @@ def safety_limits(safety: Safety, *, rates_kpa_s: tuple[float, ...] = ()) -> Saf
                         release_threshold_kpa=safety.release_threshold_kpa,
                         release_deadline_s=safety.release_deadline_s,
                         overpressure_margin_kpa=safety.compliance_margin_kpa,
-                        planned_rates_kpa_s=tuple(sorted(set(rates_kpa_s))))
+                        planned_rates_kpa_s=tuple(sorted(set(rates_kpa_s))), panel_kpa=panel_kpa,
+                        needs_readback=needs_readback)
 
 
 def open_cuff(need: CuffNeed, *, mode: Mode, clock: Clock, stack: ExitStack,
@@ -72,7 +77,7 @@ def open_cuff(need: CuffNeed, *, mode: Mode, clock: Clock, stack: ExitStack,
     from experiment.cuff.safety import CuffSupervisor
 
     link: Literal["pty", "socket"] | None = "pty" if sim_link == "pty" else "socket" if sim_link == "socket" else None
-    raw = open_raw(need.spec, clock=clock, dry_run=mode.simulated, sim_link=link)
+    raw = open_raw(need.spec, clock=clock, dry_run=mode.simulated, sim_link=link, panel_kpa=need.limits.panel_kpa)
     if not mode.simulated and raw.info is not None and raw.info.simulated:
         raw.close()
         raise HardwareError(f"the cuff on {raw.info.port} identifies itself as a simulator ({raw.info.name}); a real "

@@ -108,6 +108,7 @@ def _lines(visit: Visit, row: Row, w: Where, pressure_kpa: float | None) -> list
                 ["ceiling", _kpa(c.calibration.ceiling_kpa)], cuff]
     from experiment.procedures.run.preflight import RunRequest
     from experiment.procedures.run.preflight import preflight as run_preflight
+    from experiment.protocol.specs import Gate
     from experiment.station.briefing import pressure_line
 
     assert row.protocol is not None
@@ -115,9 +116,13 @@ def _lines(visit: Visit, row: Row, w: Where, pressure_kpa: float | None) -> list
                                     rig=w.rig, dry_run=w.dry_run, headless=w.headless, data=w.data, yes=True,
                                     instructions=row.instructions or None))
     sim = " (SIMULATED)" if w.dry_run else ""
+    panel = [] if plan.panel_kpa is None else [["panel", f"pressure set on the device's panel: {_kpa(plan.panel_kpa)}, "
+                                                + ("measured by the gate board's sensor, if it has one"
+                                                   if plan.cuff_spec.gate is Gate.BOARD else "not measured")]]
     return [["run", f"run {plan.run_id.run}: {plan.protocol.name}"],
             ["protocol", f"{plan.protocol_path} (sha256 {plan.protocol.sha256[:12]})"],
-            ["pressure", pressure_line(plan.pressure)], ["ceiling", _kpa(plan.protocol.safety.max_pressure_kpa)],
+            ["pressure", pressure_line(plan.pressure)], *panel,
+            ["ceiling", _kpa(plan.protocol.safety.max_pressure_kpa)],
             cuff, ["trigger", str(plan.scanner_spec) + sim], *_input_lines(plan),
             ["instructions", f"{len(plan.instructions)} page(s) before waiting for the scanner"]]
 

@@ -126,7 +126,7 @@ class RunProcedure:
                             protocol_path=str(plan.protocol_path), protocol_sha256=plan.protocol.sha256,
                             pressure=plan.pressure, ceiling_kpa=plan.protocol.safety.max_pressure_kpa,
                             cuff=st.cuff.info, trigger_spec=str(st.trigger_spec),
-                            trigger_simulated=st.trigger.simulated, dry_run=plan.dry_run,
+                            trigger_simulated=st.trigger.simulated, dry_run=plan.dry_run, panel_kpa=plan.panel_kpa,
                             buttons=_buttons_line(st), lsl=plan.lsl)
 
     def _guarded(self) -> Outcome:
