@@ -76,6 +76,15 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                          f"{_mpm(s['intervals'])}; {s['over_1_5_frames']}"))
         rows.append(("4", "Frame interval on / off", "p99 ratio; longest ratio",
                      f"×{_num(fp['p99_ratio_on_off'])}; ×{_num(fp['max_ratio_on_off'])}"))
+        if "lsl" in fp:
+            s = fp["lsl"]
+            rows.append(("4", f"Frame interval, background on + LSL ({s['intervals']['n']} frames; "
+                              f"{s['pushed']['markers']} markers, {s['pushed']['pressure']} samples pushed)",
+                         "median / p99 / max; over 1.5 frames", f"{_mpm(s['intervals'])}; {s['over_1_5_frames']}"))
+            rows.append(("4", "Frame interval on + LSL / on", "p99 ratio; longest ratio",
+                         f"×{_num(fp['p99_ratio_lsl_on'])}; ×{_num(fp['max_ratio_lsl_on'])}"))
+            rows.append(("4", f"LSL hand-over in the frame loop ({s['handover']['n']} records)",
+                         "median / p99 / max", _mpm(s["handover"])))
     h = r.get("headless")
     if h:
         rows.append(("5", f"Headless speed ({r['headless_protocol']}, median of {h['n']})",

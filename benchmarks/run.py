@@ -73,9 +73,9 @@ def _scan_span_s(protocol_path: Path) -> float:
 def _pacing(cfg: Config, env: dict[str, str], clock: Clock, work: Path) -> dict[str, Any]:
     out = work / "pacing.json"
     argv = [sys.executable, "-m", "benchmarks.pacing", str(cfg.protocol), "--block-s", str(cfg.pacing_block_s),
-            "--pairs", str(cfg.pacing_pairs), "--out", str(out)]
+            "--pairs", str(cfg.pacing_pairs), "--out", str(out), "--lsl"]
     proc = StampedProcess(argv, clock=clock, env=env, stderr_path=work / "pacing.stderr")
-    code = proc.wait(2 * cfg.pacing_pairs * (cfg.pacing_block_s + 20) + 60)
+    code = proc.wait(3 * cfg.pacing_pairs * (cfg.pacing_block_s + 20) + 60)
     if code != 0:
         raise RuntimeError(f"the pacing benchmark exited {code}: {proc.stderr_tail()}")
     return pacing.summarize_pacing(json.loads(out.read_text()))
@@ -100,7 +100,8 @@ def run_all(cfg: Config, *, quick: bool, command: str, clock: Clock) -> dict[str
             cfg.headless_protocol, repeats=cfg.headless_repeats, env=env, clock=clock, work_dir=work))
         if runs:
             results["headless"] = headless.summarize_headless(runs)
-        _say(f"4+2 frame pacing A/B and trigger latency: {2 * cfg.pacing_pairs} blocks of {cfg.pacing_block_s:g} s")
+        _say(f"4+2 frame pacing A/B/C (off, on, on+LSL) and trigger latency: {3 * cfg.pacing_pairs} blocks of "
+             f"{cfg.pacing_block_s:g} s")
         fp = _run_step(results, "frame_pacing", lambda: _pacing(cfg, env, clock, work))
         if fp:
             results["trigger_latency"] = fp.pop("trigger_latency")

@@ -68,7 +68,7 @@ class WarningRecord(TypedDict):
 
     kind: Literal["warning"]
     t: float                     # when
-    code: str                    # a reason code (console_lost, refresh_mismatch, stimulation_off, reanchor_clamped, scanner_silent, cuff_release_not_verified, cuff_state_unknown, cuff_thread_not_stopped, cuff_close_failed, participant_fields_not_kept, ...)
+    code: str                    # a reason code (console_lost, refresh_mismatch, stimulation_off, reanchor_clamped, scanner_silent, cuff_release_not_verified, cuff_state_unknown, cuff_thread_not_stopped, cuff_close_failed, participant_fields_not_kept, lsl_failed, observer_close_failed, ...)
     message: str                 # what the operator was told
 
 
@@ -285,6 +285,48 @@ class RatingRecord(TypedDict):
     timed_out: bool              # no confirmation before the scale's timeout or the phase's end
     moved: bool                  # the participant moved the marker
     t: float                     # when it was logged
+
+
+class ButtonRecord(TypedDict):
+    """A press on a serial button box (docs/buttons.md); the `key` record that follows says what it did."""
+
+    kind: Literal["button"]
+    t: float                     # when its last byte was read (the reader thread's stamp)
+    button: str                  # its name: the key name it presses
+    raw: str                     # its bytes, hex
+    device_ms: int | None        # a Cedrus pad's own reaction timer (null for a fORP or a byte map)
+
+
+class UnmatchedBytesRecord(TypedDict):
+    """Bytes on a button box's line that were neither a trigger nor a button (since the last frame): ignored."""
+
+    kind: Literal["unmatched_bytes"]
+    t: float                     # arrival of the first of them
+    n: int                       # how many
+    head: str                    # the first 32 of them, hex
+
+
+class LslCounts(TypedDict):
+    """Samples pushed to the Lab Streaming Layer outlets."""
+
+    markers: int
+    pressure: int
+
+
+class LslRecord(TypedDict):
+    """The Lab Streaming Layer outlets opened or closed (`run --lsl`; docs/lsl.md)."""
+
+    kind: Literal["lsl"]
+    t: float                     # when
+    event: str                   # open, close
+    offset_s: float              # LSL time - run time (pylsl.local_clock() minus the run's clock): a sample at run time t was stamped t + the open record's offset_s
+    offset_uncertainty_s: float  # half the tightest bracket of run-clock reads around the LSL reading
+    streams: NotRequired[list[str]]         # open: the streams' names
+    source_id: NotRequired[str]             # open: their source id (without _markers / _pressure)
+    pressure_hz: NotRequired[float]         # open: the pressure stream's nominal rate
+    liblsl: NotRequired[int]                # open: liblsl's version
+    pushed: NotRequired[LslCounts]          # close: samples pushed
+    offset_change_s: NotRequired[float]     # close: this offset minus the open record's
 
 
 class FrameSummary(TypedDict):
@@ -510,7 +552,7 @@ SupervisorRecord = Union[CuffCmdRecord, CuffEventRecord, SafetyRecord, WarningRe
 _SharedRecord = Union[SupervisorRecord, KeyRecord, OperatorRecord, InstructionsRecord, InstructionsTurnedRecord,
                       EndRecord]
 _RunOnlyRecord = Union[PlanRecord, DisplayRecord, WaitingRecord, PulseRecord, T0Record, OnsetRecord, ReanchorRecord,
-                       RatingRecord, FramesRecord, FrameDropRecord]
+                       RatingRecord, FramesRecord, FrameDropRecord, ButtonRecord, UnmatchedBytesRecord, LslRecord]
 _CalibrationOnlyRecord = Union[StimulusRecord, StimulusEndRecord, PressRecord, CalibrationRatingRecord, SimRecord,
                                ParticipantFieldsRecord, DoneRecord, FitRecord, DecisionRecord]
 
@@ -540,7 +582,8 @@ REGISTRY: dict[str, dict[str, type]] = {
             "t0": T0Record, "onset": OnsetRecord, "cuff_cmd": CuffCmdRecord, "cuff_event": CuffEventRecord,
             "reanchor": ReanchorRecord, "rating": RatingRecord, "key": KeyRecord, "frames": FramesRecord,
             "frame_drop": FrameDropRecord, "warning": WarningRecord, "safety": SafetyRecord,
-            "operator": OperatorRecord, "end": EndRecord},
+            "operator": OperatorRecord, "end": EndRecord, "button": ButtonRecord,
+            "unmatched_bytes": UnmatchedBytesRecord, "lsl": LslRecord},
     "calibration": {"cuff_cmd": CuffCmdRecord, "cuff_event": CuffEventRecord, "safety": SafetyRecord,
                     "warning": WarningRecord, "key": KeyRecord, "instructions": InstructionsRecord,
                     "instructions_turned": InstructionsTurnedRecord, "stimulus": StimulusRecord,

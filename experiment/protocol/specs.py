@@ -492,3 +492,90 @@ def _sim(spec: str, rest: str | None) -> SimSpec:
         raise _Refused(f"simulated scanner driver {rest!r} is not one of {_names(SimDriver)}",
                        f"{SIM_FORMS} (dry runs only)")
     return SimSpec(driver)
+
+
+# ---------------------------------------------------------------- button boxes (--buttons, the rig's `buttons:`)
+
+class ButtonPresetName(Enum):
+    """How a button box on a serial line says which button: docs/buttons.md."""
+
+    FORP = "forp"         # Current Designs fORP, ASCII mode: one byte per press ('1'-'4', '6'-'9'; '5' is the trigger)
+    CEDRUS = "cedrus"     # Cedrus RB-series XID: 6-byte packets 'k', key info, 4-byte timer
+    CUSTOM = "custom"     # the rig file's `button_map` (byte -> button name)
+
+
+BUTTON_BAUDS: Mapping[ButtonPresetName, int] = MappingProxyType({
+    ButtonPresetName.FORP: 19200, ButtonPresetName.CEDRUS: 115200, ButtonPresetName.CUSTOM: 19200})
+BUTTON_PRESET_FORMS = "forp | cedrus | custom (the rig file's button_map), each optionally @BAUD"
+BUTTONS_FORMS = f"serial:PORT[:PRESET] with PRESET {BUTTON_PRESET_FORMS} | sim (dry runs: the simulated " \
+                "participant presses fORP buttons on the simulated scanner's line)"
+
+
+@dataclass(frozen=True)
+class SerialButtonSpec:
+    """A button box on a serial port (or a pyserial URL); the same port as a serial trigger
+    spec means one line carries both (one reader splits the bytes)."""
+
+    port: str
+    preset: ButtonPresetName = ButtonPresetName.FORP
+    baud: int = BUTTON_BAUDS[ButtonPresetName.FORP]
+    simulated: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        problem = _port_problem(self.port) or (None if self.baud in STANDARD_BAUDS else
+                                               f"baud rate {self.baud} is not a standard rate")
+        if problem is not None:
+            raise ValueError(f"SerialButtonSpec: {problem}")
+
+    @property
+    def text(self) -> str:
+        """Always with the preset, so a port ending in ':WORD' stays a port."""
+        baud = "" if self.baud == BUTTON_BAUDS[self.preset] else f"@{self.baud}"
+        return f"serial:{self.port}:{self.preset.value}{baud}"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class SimButtonSpec:
+    """Dry runs: the simulated participant presses fORP buttons on the simulated scanner's line."""
+
+    simulated: ClassVar[bool] = True
+    text: ClassVar[str] = "sim"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+ButtonSpec = Union[SerialButtonSpec, SimButtonSpec]
+
+
+def parse_buttons_spec(text: str, *, what: str) -> ButtonSpec:
+    """`serial:PORT[:PRESET[@BAUD]]`, `sim` -> ButtonSpec; an InputError names `what` (option or rig field)."""
+    try:
+        return _buttons(text)
+    except _Refused as r:
+        raise InputError(f"{what}: {r.problem}; allowed: {r.allowed}") from None
+
+
+def _buttons(text: str) -> ButtonSpec:
+    spec = text.strip()
+    if spec == "sim":
+        return SimButtonSpec()
+    kind, sep, rest = spec.partition(":")
+    if kind != "serial" or not sep:
+        raise _Refused(f"unknown button box {spec!r}" if spec else "no button box given", BUTTONS_FORMS)
+    head, sep, last = rest.rpartition(":")
+    port, preset_text = (head, last) if sep and _WORD_TAIL.fullmatch(last) else (rest, None)
+    problem = _port_problem(port)
+    if problem is not None:
+        raise _Refused(f"'serial' {problem}, got {spec!r}" if not port else f"{problem}, in {spec!r}", BUTTONS_FORMS)
+    if preset_text is None:
+        return SerialButtonSpec(port)
+    named = _NAMED.fullmatch(preset_text)
+    preset = None if named is None else _member(ButtonPresetName, named["name"])
+    if named is None or preset is None:
+        raise _Refused(f"unknown button preset {preset_text!r} in {spec!r}", BUTTON_PRESET_FORMS)
+    baud = BUTTON_BAUDS[preset] if named["baud"] is None else _baud(named["baud"], spec)
+    return SerialButtonSpec(port, preset, baud)

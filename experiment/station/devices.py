@@ -19,16 +19,17 @@ from typing import TYPE_CHECKING, Callable, Literal, Protocol
 from experiment.clock import Clock, VirtualClock
 from experiment.errors import HardwareError
 from experiment.protocol.model import Safety
-from experiment.log.records import DisplayInfo, SupervisorRecord
+from experiment.log.records import DisplayInfo, SessionRecord, SupervisorRecord
 from experiment.station.display import FrameStats
 from experiment.station.rating import RatingState
 
 if TYPE_CHECKING:
+    from experiment.buttons.decoders import ButtonDecoder, ButtonSource
     from experiment.cuff.base import PressureSample
     from experiment.cuff.safety import CuffSupervisor, SafetyLimits
-    from experiment.protocol.specs import ScannerSpec
+    from experiment.protocol.specs import ButtonSpec, ScannerSpec
     from experiment.scanner.base import TriggerSource
-    from experiment.station.station import CuffNeed, Mode, TriggerNeed, WindowSpec
+    from experiment.station.station import ButtonNeed, CuffNeed, Mode, TriggerNeed, WindowSpec
 
 KeyReader = Callable[[], list[tuple[str, float]]]
 """Participant and operator keys since the last call: (key name, time on the run's clock)."""
@@ -121,13 +122,15 @@ def open_display(window: WindowSpec, *, mode: Mode, clock: Clock, stack: ExitSta
 
 
 def open_trigger(need: TriggerNeed, *, mode: Mode, clock: Clock, stack: ExitStack,
-                 display: Display, sim_link: str = "auto") -> TriggerSource:
-    """The trigger source; a simulated one only in a rehearsal (on the rig's `sim_link`)."""
+                 display: Display, sim_link: str = "auto", buttons: ButtonDecoder | None = None) -> TriggerSource:
+    """The trigger source; a simulated one only in a rehearsal (on the rig's `sim_link`).
+    `buttons`: the same line carries the button box (one reader splits the bytes)."""
     from experiment.scanner.factory import open_trigger_source
 
     spec = trigger_spec_for(need.spec, mode=mode, sim_link=sim_link)
     source = open_trigger_source(spec, clock=clock, win=getattr(display, "win", None),
-                                 dry_run=mode.simulated, plan=need.plan, default_key=need.default_key)
+                                 dry_run=mode.simulated, plan=need.plan, default_key=need.default_key,
+                                 buttons=buttons)
     stack.callback(source.close)
     if not mode.simulated and source.simulated:
         raise HardwareError(f"the trigger source {str(need.spec)!r} is simulated; a real run never uses a "
@@ -163,3 +166,68 @@ def key_reader(*, mode: Mode, trigger: TriggerSource | None, display: Display, c
     keys = KeyboardSource(getattr(display, "win", None), clock=clock, trigger_keys=(), name="keys")
     keys.open()
     return keys.poll_keys
+
+
+# ---------------------------------------------------------------- button boxes (docs/buttons.md)
+
+
+def button_decoder(need: ButtonNeed) -> ButtonDecoder:
+    """The decoder of a button box's wire format (a simulated box speaks fORP)."""
+    from experiment.buttons.decoders import make_decoder
+    from experiment.protocol.specs import ButtonPresetName, SerialButtonSpec
+
+    preset = need.spec.preset if isinstance(need.spec, SerialButtonSpec) else ButtonPresetName.FORP
+    return make_decoder(preset, need.byte_map)
+
+
+def shares_line(buttons: ButtonSpec, trigger: ScannerSpec | None) -> bool:
+    """Whether the button box is on the trigger's line: then one reader owns the port and splits its bytes."""
+    from experiment.protocol.specs import SerialButtonSpec, SerialSpec
+
+    if not isinstance(buttons, SerialButtonSpec):
+        return True    # the simulated box is always on the simulated scanner's line
+    return isinstance(trigger, SerialSpec) and trigger.port == buttons.port
+
+
+def line_buttons(trigger: TriggerSource) -> ButtonSource:
+    """The button side of a trigger source whose line carries the box too."""
+    from experiment.scanner.serial_source import SerialSource
+    from experiment.scanner.sim_scanner import DrivenSource
+
+    if isinstance(trigger, (SerialSource, DrivenSource)):
+        return trigger
+    raise HardwareError(f"the trigger source {trigger.name!r} cannot carry a button box")
+
+
+def open_buttons(need: ButtonNeed, decoder: ButtonDecoder, *, mode: Mode, clock: Clock,
+                 stack: ExitStack) -> ButtonSource:
+    """A button box on its own serial line, read by its own thread."""
+    from experiment.protocol.specs import SerialButtonSpec
+    from experiment.scanner.serial_source import SerialSource
+
+    spec = need.spec
+    if not isinstance(spec, SerialButtonSpec):
+        raise HardwareError("the simulated button box needs the simulated scanner on a pty or socket "
+                            "(--scanner sim in a real-time dry run)")
+    source = SerialSource(spec.port, clock=clock, preset=None, buttons=decoder, baud=spec.baud, name="buttons")
+    source.open()
+    stack.callback(source.close)
+    return source
+
+
+def with_buttons(keys: KeyReader, buttons: ButtonSource, *, record: Callable[[SessionRecord], None]) -> KeyReader:
+    """The keyboard's keys and the box's presses (as key names), oldest first; each press is logged
+    as a `button` record, bytes that matched nothing as one `unmatched_bytes` record per poll."""
+
+    def read() -> list[tuple[str, float]]:
+        out = keys()
+        for p in buttons.poll_buttons():
+            record({"kind": "button", "t": p.t, "button": p.button, "raw": p.raw.hex(), "device_ms": p.device_ms})
+            out.append((p.button, p.t))
+        u = buttons.take_unmatched()
+        if u is not None:
+            record({"kind": "unmatched_bytes", "t": u.t, "n": u.n, "head": u.head.hex()})
+        out.sort(key=lambda k: k[1])
+        return out
+
+    return read

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiment.cuff.safety import PANEL_TOLERANCE_KPA
-from experiment.errors import InputError
+from experiment.errors import HardwareError, InputError
 from experiment.log.records import PressureInfo
 from experiment.outputs.dataset import check_root, default_root
 from experiment.outputs.rundir import RunId, resolve_run
@@ -21,12 +21,15 @@ from experiment.procedures.run.ratings import rating_scales
 from experiment.protocol.model import Protocol, load_protocol
 from experiment.protocol.rig import Rig, check_rig_for_protocol, effective_keys, load_rig
 from experiment.protocol.schedule import Timeline, build_schedule
-from experiment.protocol.specs import (SIM_CUFF, CuffKind, CuffSpec, Gate, ScannerSpec, SimSpec, parse_cuff_spec,
+from experiment.protocol.rig import byte_of
+from experiment.protocol.specs import (SIM_CUFF, ButtonPresetName, CuffKind, CuffSpec, Gate, ScannerSpec,
+                                       SerialButtonSpec, SerialSpec, SimDriver, SimSpec, parse_buttons_spec,
+                                       parse_cuff_spec,
                                        parse_scanner_spec)
 from experiment.scanner.sim_scanner import ScannerPlan
 from experiment.station.devices import safety_limits
 from experiment.station.runinfo import check_writable
-from experiment.station.station import CuffNeed, Mode, StationSpec, TriggerNeed, WindowSpec
+from experiment.station.station import ButtonNeed, CuffNeed, Mode, StationSpec, TriggerNeed, WindowSpec
 from experiment.station.surroundings import check_can_confirm, check_display
 
 
@@ -44,6 +47,8 @@ class RunRequest:
     rig: Path | None = None
     cuff: str | None = None
     scanner: str | None = None
+    buttons: str | None = None          # --buttons: a serial button box (docs/buttons.md)
+    lsl: bool | None = None             # --lsl; None: the rig's `lsl`
     dry_run: bool = False
     headless: bool = False
     data: Path | None = None
@@ -78,6 +83,8 @@ class RunPlan:
     panel_kpa: float | None = None      # a gated inflator: the panel setting the target equals (checked)
     confirmed_by: str | None = None
     instructions: tuple[str, ...] = ()  # pages shown before waiting for the scanner
+    buttons: ButtonNeed | None = None   # a serial button box besides the keyboard
+    lsl: bool = False                   # publish Lab Streaming Layer streams (docs/lsl.md)
 
     @property
     def dry_run(self) -> bool:
@@ -113,7 +120,8 @@ class RunPlan:
                                                                        panel_kpa=self.panel_kpa,
                                                                        needs_readback=self.needs_readback)),
                            trigger=TriggerNeed(self.scanner_spec, plan, default_key=keys.trigger),
-                           assume_yes=self.assume_yes, sim_link=self.rig.sim_link, confirmed_by=self.confirmed_by)
+                           assume_yes=self.assume_yes, sim_link=self.rig.sim_link, confirmed_by=self.confirmed_by,
+                           buttons=self.buttons)
 
 
 def mode_of(*, dry_run: bool, headless: bool) -> Mode:
@@ -147,6 +155,49 @@ def _device_specs(req: RunRequest, rig: Rig) -> tuple[CuffSpec, ScannerSpec]:
     return cuff, scanner
 
 
+def _buttons(req: RunRequest, rig: Rig, scanner: ScannerSpec, mode: Mode) -> ButtonNeed | None:
+    """The button box: --buttons, else the rig's (a dry run takes only --buttons, as for the scanner);
+    a shared line's baud rate, a custom box's byte map, `sim` only in a real-time dry run with `--scanner sim`."""
+    spec = (parse_buttons_spec(req.buttons, what="--buttons") if req.buttons is not None
+            else None if req.dry_run else rig.buttons)
+    if spec is None:
+        return None
+    what = "--buttons" if req.buttons is not None else f"{rig.label}: buttons"
+    if mode is Mode.HEADLESS:
+        raise InputError(f"{what} {spec}: a headless run has no button box (its simulated participant answers "
+                         "directly); drop --headless to rehearse with one")
+    if not isinstance(spec, SerialButtonSpec):
+        if not req.dry_run:
+            raise InputError(f"{what} sim is only allowed with --dry-run; a real run never uses simulation")
+        if not isinstance(scanner, SimSpec) or scanner.driver not in (None, SimDriver.SERIAL, SimDriver.PTY,
+                                                                      SimDriver.SOCKET):
+            raise InputError(f"{what} sim presses fORP buttons on the simulated scanner's line: it needs --scanner "
+                             f"sim (or sim:pty, sim:socket), not {scanner}")
+        return ButtonNeed(spec)
+    if isinstance(scanner, SerialSpec) and scanner.port == spec.port and scanner.preset.baud != spec.baud:
+        raise InputError(f"{what} {spec} shares the port {spec.port} with --scanner {scanner}, but at {spec.baud} "
+                         f"baud against {scanner.preset.baud}: one line has one baud rate (add @BAUD to one of them)")
+    byte_map = None
+    if spec.preset is ButtonPresetName.CUSTOM:
+        if rig.button_map is None:
+            raise InputError(f"{what} {spec}: a custom button box needs the rig file's button_map (byte -> button "
+                             f"name); {rig.label} has none")
+        byte_map = {byte_of(k): v for k, v in rig.button_map.items()}
+    return ButtonNeed(spec, byte_map)
+
+
+def _check_lsl(mode: Mode, *, from_rig: bool, rig: Rig) -> None:
+    """LSL streams need real time and pylsl (with its bundled liblsl)."""
+    import importlib.util
+
+    what = f"{rig.label}: lsl" if from_rig else "--lsl"
+    if mode is Mode.HEADLESS:
+        raise InputError(f"{what}: a headless run is on a virtual clock; Lab Streaming Layer streams need real time "
+                         "(drop --headless)")
+    if importlib.util.find_spec("pylsl") is None:
+        raise HardwareError(f"{what}: the pylsl package is not installed (pip install pylsl; it bundles liblsl)")
+
+
 def preflight(req: RunRequest) -> RunPlan:
     """Check all input; touches no device. InputError (exit 2), HardwareError for no display (exit 4)."""
     mode = mode_of(dry_run=req.dry_run, headless=req.headless)
@@ -160,6 +211,10 @@ def preflight(req: RunRequest) -> RunPlan:
                          run=req.run)
     cuff_spec, scanner_spec = _device_specs(req, rig)
     effective_keys(protocol, rig, scanner=scanner_spec)     # every key its own role, before any device
+    buttons = _buttons(req, rig, scanner_spec, mode)
+    lsl = rig.lsl if req.lsl is None else req.lsl
+    if lsl:
+        _check_lsl(mode, from_rig=req.lsl is None, rig=rig)
     pressure = resolve_pressure(protocol, data_root=data_root, participant=run_id.participant,
                                 session=run_id.session, dry_run=req.dry_run, calibration_file=req.calibration,
                                 max_age_h=rig.calibration_max_age_h, override_kpa=req.pressure_override_kpa,
@@ -177,7 +232,8 @@ def preflight(req: RunRequest) -> RunPlan:
                    cuff_spec=cuff_spec, scanner_spec=scanner_spec, pressure=pressure, assume_yes=req.yes,
                    panel_kpa=panel_kpa,
                    confirmed_by=req.confirmed_by,
-                   instructions=protocol.instructions if req.instructions is None else req.instructions)
+                   instructions=protocol.instructions if req.instructions is None else req.instructions,
+                   buttons=buttons, lsl=lsl)
 
 
 def gated_panel_kpa(cuff: CuffSpec, timeline: Timeline, *, rig: Rig, panel_kpa: float | None,
