@@ -305,6 +305,7 @@ class CuffSupervisor:
         self._close_cuff = close_cuff
         self._lock = threading.Lock()
         self._listeners: list[Callable[[DeviceEvent], None]] = []
+        self._listener_failed = False    # a listener's first failure is logged; the rest would repeat it
         self.info: DeviceInfo | None = None
         self.safety_tripped: str | None = None     # reason code of the first trip
         self.trip_message: str | None = None
@@ -617,6 +618,19 @@ class CuffSupervisor:
         except Exception:  # noqa: BLE001 - cleanup steps are independent; failures are logged where they happen
             return None
 
+    def _listen(self, fn: Callable[[], object]) -> None:
+        """Call a listener (the pressure recording, the live view) from the reader thread: its failure
+        never stops the safety checks that follow, but the first one is said, since a recording that
+        fails in silence loses data."""
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - any listener error; the interlocks must go on
+            if not self._listener_failed:
+                self._listener_failed = True
+                self._try(lambda: self._warn("cuff_listener_failed",
+                                             f"a pressure or event listener failed ({type(exc).__name__}: {exc}); "
+                                             "later failures are not repeated"))
+
     def _device_info(self) -> DeviceInfo:
         if self.info is None:
             raise AbortError("the cuff is not identified yet", reason="safety")
@@ -747,7 +761,7 @@ class CuffSupervisor:
         self._record({"kind": "cuff_event", "t": ev.t, "name": ev.name, "fields": dict(ev.fields)})
         self._react(ev)
         for fn in list(self._listeners):
-            self._try(lambda: fn(ev))
+            self._listen(lambda: fn(ev))
 
     def _react(self, ev: DeviceEvent) -> None:
         """What an event means for the run (policy by event kind)."""
@@ -785,7 +799,7 @@ class CuffSupervisor:
         self.last_pressure_kpa, self.last_state = sample.pressure_kpa, sample.state
         callback = self._on_sample_cb
         if callback is not None:
-            self._try(lambda: callback(sample))
+            self._listen(lambda: callback(sample))
         if sample.pressure_kpa > self._armed_kpa + self.limits.overpressure_margin_kpa and self._started:
             self._trip("host_overpressure", f"pressure {sample.pressure_kpa:.1f} kPa is over the ceiling "
                        f"{self._armed_kpa:g} kPa + {self.limits.overpressure_margin_kpa:g} kPa", t=sample.t)

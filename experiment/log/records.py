@@ -68,7 +68,7 @@ class WarningRecord(TypedDict):
 
     kind: Literal["warning"]
     t: float                     # when
-    code: str                    # a reason code (console_lost, refresh_mismatch, stimulation_off, reanchor_clamped, scanner_silent, cuff_release_not_verified, cuff_state_unknown, cuff_thread_not_stopped, cuff_close_failed, participant_fields_not_kept, lsl_failed, observer_close_failed, ...)
+    code: str                    # a reason code (console_lost, refresh_mismatch, stimulation_off, reanchor_clamped, scanner_silent, cuff_release_not_verified, cuff_state_unknown, cuff_thread_not_stopped, cuff_close_failed, cuff_listener_failed, participant_fields_not_kept, lsl_failed, observer_close_failed, ...)
     message: str                 # what the operator was told
 
 
