@@ -13,7 +13,8 @@ from typing import Any
 
 
 def dry_run_spec(protocol: Any, *, seed: int | None = None) -> SimpleNamespace:
-    """`.protocol`, `.station` (a dry run's StationSpec), `.seed`, `.stim_kpa` (a pressure to inflate to)."""
+    """`.protocol`, `.rig` (the default rig), `.station` (a dry run's StationSpec), `.seed`, `.stim_kpa`
+    (a pressure to inflate to), `.rate_kpa_s`."""
     from experiment.protocol.rig import load_rig
     from experiment.protocol.schedule import build_schedule
     from experiment.protocol.specs import SIM_CUFF, SimSpec
@@ -32,5 +33,5 @@ def dry_run_spec(protocol: Any, *, seed: int | None = None) -> SimpleNamespace:
                           trigger=TriggerNeed(SimSpec(), plan, default_key=protocol.keys.trigger), assume_yes=True)
     fixed = protocol.stimulation.fixed_kpa
     stim_kpa = min(fixed.values()) if fixed else protocol.safety.max_pressure_kpa / 2
-    return SimpleNamespace(protocol=protocol, station=station, seed=seed, stim_kpa=stim_kpa,
+    return SimpleNamespace(protocol=protocol, rig=rig, station=station, seed=seed, stim_kpa=stim_kpa,
                            rate_kpa_s=protocol.stimulation.rate_kpa_s)

@@ -91,6 +91,15 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                          f"{_mpm(s['intervals'])}; {s['over_1_5_frames']}"))
         rows.append(("4", "Frame interval on / off", "p99 ratio; longest ratio",
                      f"×{_num(fp['p99_ratio_on_off'])}; ×{_num(fp['max_ratio_on_off'])}"))
+        if "lsl" in fp:
+            s = fp["lsl"]
+            rows.append(("4", f"Frame interval, background on + LSL ({s['intervals']['n']} frames; "
+                              f"{s['pushed']['markers']} markers, {s['pushed']['pressure']} samples pushed)",
+                         "median / p99 / max; over 1.5 frames", f"{_mpm(s['intervals'])}; {s['over_1_5_frames']}"))
+            rows.append(("4", "Frame interval on + LSL / on", "p99 ratio; longest ratio",
+                         f"×{_num(fp['p99_ratio_lsl_on'])}; ×{_num(fp['max_ratio_lsl_on'])}"))
+            rows.append(("4", f"LSL hand-over in the frame loop ({s['handover']['n']} records)",
+                         "median / p99 / max", _mpm(s["handover"])))
     h = r.get("headless")
     if h:
         rows.append(("5", f"Headless speed ({r['headless_protocol']}, median of {h['n']})",
@@ -117,14 +126,14 @@ def timing_test_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     fr, on, light = f["frames"], f["onsets"], f["light"]
     iv = fr["interval"]
     return [
-        ("9", f"timing-test: refresh (rig 60 Hz; {f['refresh']['vsync'] and 'vsync' or 'no vsync'})",
+        ("10", f"timing-test: refresh (rig 60 Hz; {f['refresh']['vsync'] and 'vsync' or 'no vsync'})",
          "measured", f"{_num(f['refresh']['measured_hz'])} Hz"),
-        ("9", f"timing-test: frame interval ({fr['n_intervals']} frames, {tt['duration_s']:g} s of cues)",
+        ("10", f"timing-test: frame interval ({fr['n_intervals']} frames, {tt['duration_s']:g} s of cues)",
          "median / p99 / max; over 1.5 frames",
          f"{_num(iv['median_ms'])} / {_num(iv['p99_ms'])} / {_num(iv['max_ms'])} ms; {fr['dropped']}"),
-        ("9", f"timing-test: cue onset error ({on['n']} cue changes)", "median / largest abs",
+        ("10", f"timing-test: cue onset error ({on['n']} cue changes)", "median / largest abs",
          f"{_num(on['error']['median_ms'])} / {_num(on['largest_abs_ms'])} ms"),
-        ("9", f"timing-test: flip → pixels in the X server (simulated sensor; {light['seen']} of "
+        ("10", f"timing-test: flip → pixels in the X server (simulated sensor; {light['seen']} of "
               f"{light['flashes']} flashes)", "median / SD / max",
          f"{_num(light['lag']['median_ms'])} / {_num(light['lag']['sd_ms'])} / {_num(light['lag']['max_ms'])} ms"),
     ]

@@ -4,7 +4,7 @@
 
 Runs, one after another on the same machine and display (an Xvfb started here when
 there is no $DISPLAY): start-up (6), headless speed (5), frame pacing and trigger
-latency (4, 2), the timing test with the simulated light sensor (8), then the real-time
+latency (4, 2), the timing test with the simulated light sensor (10), then the real-time
 dry run (`--repeat N`: N of them, the worst analysed) and the relative-wait comparison
 back to back (1, 3). Writes DIR/results.json (every number, the machine, the load) and
 DIR/results.md (the table). The full run takes about 18 minutes because benchmark 1 is
@@ -41,7 +41,7 @@ class Config:
     headless_repeats: int
     pacing_block_s: float
     pacing_pairs: int
-    timing_test_s: float = 60.0   # benchmark 9: timing-test duration
+    timing_test_s: float = 60.0   # benchmark 10: timing-test duration
     dry_run_repeats: int = 1  # full-length dry runs; the worst is analysed (--repeat)
 
 
@@ -76,9 +76,9 @@ def _scan_span_s(protocol_path: Path) -> float:
 def _pacing(cfg: Config, env: dict[str, str], clock: Clock, work: Path) -> dict[str, Any]:
     out = work / "pacing.json"
     argv = [sys.executable, "-m", "benchmarks.pacing", str(cfg.protocol), "--block-s", str(cfg.pacing_block_s),
-            "--pairs", str(cfg.pacing_pairs), "--out", str(out)]
+            "--pairs", str(cfg.pacing_pairs), "--out", str(out), "--lsl"]
     proc = StampedProcess(argv, clock=clock, env=env, stderr_path=work / "pacing.stderr")
-    code = proc.wait(2 * cfg.pacing_pairs * (cfg.pacing_block_s + 20) + 60)
+    code = proc.wait(3 * cfg.pacing_pairs * (cfg.pacing_block_s + 20) + 60)
     if code != 0:
         raise RuntimeError(f"the pacing benchmark exited {code}: {proc.stderr_tail()}")
     return pacing.summarize_pacing(json.loads(out.read_text()))
@@ -103,12 +103,13 @@ def run_all(cfg: Config, *, quick: bool, command: str, clock: Clock) -> dict[str
             cfg.headless_protocol, repeats=cfg.headless_repeats, env=env, clock=clock, work_dir=work))
         if runs:
             results["headless"] = headless.summarize_headless(runs)
-        _say(f"4+2 frame pacing A/B and trigger latency: {2 * cfg.pacing_pairs} blocks of {cfg.pacing_block_s:g} s")
+        _say(f"4+2 frame pacing A/B/C (off, on, on+LSL) and trigger latency: {3 * cfg.pacing_pairs} blocks of "
+             f"{cfg.pacing_block_s:g} s")
         fp = _run_step(results, "frame_pacing", lambda: _pacing(cfg, env, clock, work))
         if fp:
             results["trigger_latency"] = fp.pop("trigger_latency")
             results["frame_pacing"] = fp
-        _say(f"9 timing-test with the simulated light sensor: {cfg.timing_test_s:g} s of {cfg.protocol.name}")
+        _say(f"10 timing-test with the simulated light sensor: {cfg.timing_test_s:g} s of {cfg.protocol.name}")
         tt = _run_step(results, "timing_test", lambda: timingtest.run_timing_test(
             cfg.protocol, env=env, work_dir=work, duration_s=cfg.timing_test_s))
         if tt:

@@ -1,4 +1,4 @@
-"""Benchmark 9: `cuedpain timing-test` on the benchmark's display, with the simulated light sensor.
+"""Benchmark 10: `cuedpain timing-test` on the benchmark's display, with the simulated light sensor.
 
 The same figures a lab gets on its own screen (docs/light-sensor.md): refresh rate, the
 frame-interval distribution and dropped frames while the protocol's cues are drawn at its

@@ -14,6 +14,11 @@ the test process, so a test can break them and afterwards ask them what really h
   (`--scanner serial:<slave>:forp`); a `PtyScanner` thread writes '5' at each planned
   pulse into the master, and can be stopped mid-run or never started.
 
+The same harness runs a gated inflator (`cuff="gated"`): the simulated GATE/1 gate board
+under a hardware name (`BenchGate`, tests/hardware_double.py) on the pseudo-terminal,
+driven as `--cuff gated:<server.path>:board --panel-pressure 20`; its gate-on and gate-off
+bytes stand where CUFF/1's SET and VENT stand.
+
 Faults are injected through the firmware's own fault-injection commands (`SIM BUTTON`,
 `SIM SILENT`, `SIM OVERPRESSURE`, `SIM LEAK`, docs/cuff-protocol.md) handed to the
 device's `receive` between two server steps: the device then behaves exactly as its
@@ -39,7 +44,7 @@ from experiment.cuff.line_codec import format_err
 from experiment.cuff.simserver import SimServer
 from experiment.scanner.sim_scanner import PtyScanner, ScannerPlan
 from tests.cuff_helpers import wait_for
-from tests.hardware_double import BenchCuff
+from tests.hardware_double import BenchCuff, BenchGate
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTICIPANT = "P1"
@@ -167,16 +172,22 @@ class FaultRun:
     def __init__(self, workdir: Path, *, protocol: str | None = None, device: Any = None,
                  python: Sequence[str] = (sys.executable, "-m", "experiment"),
                  data: Path | None = None, env: dict[str, str] | None = None,
-                 extra_args: Sequence[str] = (), yes: bool = True, terminal: bool = False) -> None:
+                 extra_args: Sequence[str] = (), yes: bool = True, terminal: bool = False,
+                 cuff: str = "line") -> None:
         """`extra_args` go after the usual ones; `yes=False` leaves the confirmation to the operator,
-        who answers through `type_line` when `terminal` gives the runner a pseudo-terminal as stdin."""
+        who answers through `type_line` when `terminal` gives the runner a pseudo-terminal as stdin;
+        `cuff` is "line" (CUFF/1) or "gated" (the gate board, its panel at the protocol's 20 kPa)."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.protocol_path = self.workdir / "protocol.yaml"
         self.protocol_path.write_text(protocol if protocol is not None else protocol_text())
         self.data = data if data is not None else self.workdir / "data"
         self.clock = RealClock()
-        self.server = SimServer(device if device is not None else BenchCuff(), clock=self.clock)
+        self.cuff = cuff
+        default = BenchGate(panel_kpa=20.0) if cuff == "gated" else BenchCuff()
+        self.server = SimServer(device if device is not None else default, clock=self.clock)
+        self.set_command = "GATE ON" if cuff == "gated" else "SET"     # the stimulus' cuff_cmd
+        self.vent_bytes = b"0" if cuff == "gated" else b"VENT\n"       # a vent as it arrives at the device
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)   # the trigger line carries bytes, not terminal input
         self.scanner_path = os.ttyname(self._slave)
@@ -206,7 +217,8 @@ class FaultRun:
 
     def argv(self) -> list[str]:
         return [*self._python, "run", str(self.protocol_path), "--participant", PARTICIPANT,
-                "--cuff", f"line:{self.server.path}", "--scanner", f"serial:{self.scanner_path}:forp",
+                "--cuff", f"gated:{self.server.path}:board" if self.cuff == "gated" else f"line:{self.server.path}",
+                *(["--panel-pressure", "20"] if self.cuff == "gated" else []), "--scanner", f"serial:{self.scanner_path}:forp",
                 "--data", str(self.data), *(["--yes"] if self._yes else []), *self._extra]
 
     def start(self) -> "FaultRun":
@@ -252,7 +264,7 @@ class FaultRun:
 
     def wait_inflating(self, *, above_kpa: float = 2.0) -> dict[str, Any]:
         """Until the first SET was acknowledged and the cuff's true pressure is rising past `above_kpa`."""
-        rec = self.wait_record(lambda r: r.get("kind") == "cuff_cmd" and str(r.get("command")).startswith("SET")
+        rec = self.wait_record(lambda r: r.get("kind") == "cuff_cmd" and str(r.get("command")).startswith(self.set_command)
                                and r.get("ok") is True, what="an acknowledged SET")
         assert self.wait_device(lambda d: d.pressure_kpa > above_kpa, 3.0), \
             f"the cuff did not inflate past {above_kpa} kPa; {self._diagnosis()}"
@@ -340,11 +352,11 @@ class FaultRun:
         return b"".join(data for tr, data in list(self.server.rx_log) if tr >= t)
 
     def vent_on_wire_after(self, t: float, *, timeout_s: float = 2.0) -> float | None:
-        """When the first VENT command from the runner arrived after `t` (device clock)."""
+        """When the first VENT command (gate off) from the runner arrived after `t` (device clock)."""
         found: list[float] = []
 
         def arrived() -> bool:
-            found[:] = [tr for tr, data in list(self.server.rx_log) if tr >= t and b"VENT\n" in data][:1]
+            found[:] = [tr for tr, data in list(self.server.rx_log) if tr >= t and self.vent_bytes in data][:1]
             return bool(found)
 
         wait_for(arrived, timeout_s)

@@ -10,6 +10,7 @@ and is never installed. It stands in for a real board, which cannot be attached 
 
 from __future__ import annotations
 
+from experiment.cuff.gate_sim import SimGateBoard
 from experiment.cuff.simdevice import SimCuffDevice
 
 BENCH_NAME = "benchcuff"        # not a cuedpain-sim name: the host calls it hardware
@@ -21,3 +22,10 @@ class BenchCuff(SimCuffDevice):
 
     name = BENCH_NAME
     serial = BENCH_SERIAL
+
+
+class BenchGate(SimGateBoard):
+    """The simulated gate board (GATE/1), identifying as the bench board `benchgate` (serial BG-0042)."""
+
+    name = "benchgate"
+    serial = "BG-0042"

@@ -146,6 +146,23 @@ def test_pacing_blocks_are_balanced_and_intervals_never_span_two_blocks() -> Non
     assert s["trigger_latency"]["n"] == 2 and s["cuff"]["write_to_ack"]["median_ms"] == pytest.approx(0.4)
 
 
+def test_pacing_with_lsl_rotates_three_conditions_and_reports_the_hand_over() -> None:
+    assert block_order(2, ("off", "on", "lsl")) == ["off", "on", "lsl", "on", "lsl", "off"]
+    frame = 1 / 60
+    grid = [k * frame for k in range(61)]
+    on = {"flip_times": grid, "pulse_latency_s": [0.0001], "pulses_sent": 1,
+          "cuff": [{"command": "SET 40.0", "flip_to_write_s": 0.0002, "write_to_ack_s": 0.0004}]}
+    result = {"block_s": 1.0, "pairs": 1, "display": {"frame_s": frame}, "blocks": [
+        {"condition": "off", "flip_times": grid}, {"condition": "on", **on},
+        {"condition": "lsl", **on, "flip_times": grid[:30] + [grid[31] + k * frame for k in range(30)],
+         "pulse_latency_s": [0.0002], "lsl_handover_s": [0.00001, 0.00003], "lsl_pushed": {"markers": 5, "pressure": 9}},
+    ]}
+    s = summarize_pacing(result)
+    assert s["lsl"]["over_1_5_frames"] == 1 and s["max_ratio_lsl_on"] == pytest.approx(2.0, abs=1e-3)
+    assert s["lsl"]["handover"]["max_ms"] == pytest.approx(0.03) and s["lsl"]["pushed"] == {"markers": 5, "pressure": 9}
+    assert s["trigger_latency"]["n"] == 1 and s["lsl"]["trigger_latency"]["n"] == 1   # 'on' and 'lsl' kept apart
+
+
 def _results(largest_ms: float) -> dict:
     summary = {"n": 3, "median_ms": 0.1, "p99_ms": 0.2, "max_ms": 0.3, "min_ms": 0.0}
     drift = {"slope_ms_per_min": 0.01, "slope_se_ms_per_min": 0.02, "last_minus_first_ms": 0.1, "span_min": 8.0}

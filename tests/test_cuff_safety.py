@@ -559,3 +559,26 @@ def test_a_supervisor_thread_that_does_not_stop_at_close_is_logged(monkeypatch: 
     finally:
         cuff.release.set()
         server.close()
+
+
+def test_a_failing_pressure_listener_is_said_once_and_the_interlocks_go_on() -> None:
+    """The pressure recording runs in the reader thread's callback: its failure must not stop the
+    read-back checks, and must not be silent (a recording that fails unsaid loses data)."""
+    clock = VirtualClock()
+    device = SimCuffDevice()
+    records: list[dict[str, Any]] = []
+
+    def failing(sample: Any) -> None:
+        raise ValueError("state enum is not JSON")
+
+    cuff = LineCuff(LoopbackTransport(device, clock=clock), clock=clock)
+    sup = CuffSupervisor(cuff, clock=clock, limits=LIMITS, on_record=records.append, on_sample=failing)
+    sup.start()
+    cuff.command("ARM 60")                       # firmware now allows more than the protocol
+    cuff.command("RATE 20")
+    cuff.command("SET 50")                       # ... and something asked for it
+    clock.sleep(3.0)
+    assert sup.safety_tripped == "host_overpressure"     # the read-back check went on
+    failed = [r for r in records if r["kind"] == "warning" and r["code"] == "cuff_listener_failed"]
+    assert len(failed) == 1 and "ValueError: state enum is not JSON" in failed[0]["message"]
+    sup.close()

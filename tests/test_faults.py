@@ -364,3 +364,63 @@ def test_a_failing_pressure_log_also_stops_the_run(run, tmp_path: Path) -> None:
     assert_aborted_in_order(r, out, reason="log_write_failed")
     assert_clear(out, r"cannot write \S+pressure\.jsonl: \[Errno 28\] No space left on device")
     assert_vented(r, "VENT")
+
+
+# ---------------------------------------------------------------- a gated inflator (docs/gate-board.md)
+#
+# The simulated GATE/1 gate board under a hardware name, on the same pseudo-terminal and
+# through the same real-run path as the CUFF/1 board above; its panel is set to the
+# protocol's 20 kPa, and the run is told so (--panel-pressure 20). "OFF" is the board's
+# record of the host's gate-off byte, "WATCHDOG" of its own watchdog.
+
+
+def test_gated_escape_turns_the_gate_off_and_keeps_the_data(run) -> None:
+    r = run(cuff="gated")
+    set_rec = started_inflating(r)
+    assert r.inspect(lambda d: d.gate_on)
+    r.press_key("Escape")
+    out = r.finish()
+    assert_aborted_in_order(r, out, reason="escape", set_record=set_rec)
+    assert_vented(r, "OFF")
+    assert not r.inspect(lambda d: d.gate_on)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_gated_sigterm_and_sighup_turn_the_gate_off_within_100_ms(run, signum: int) -> None:
+    r = run(cuff="gated")
+    set_rec = started_inflating(r)
+    t_signal = r.send_signal(signum)
+    t_off = r.vent_on_wire_after(t_signal)
+    out = r.finish()
+    assert_aborted_in_order(r, out, reason=signal.Signals(signum).name.lower(), set_record=set_rec)
+    assert_vented(r, "OFF")
+    assert t_off is not None
+    print(f"\ngated {signal.Signals(signum).name}: signal -> gate-off byte at the board {(t_off - t_signal) * 1000:.2f} ms")
+    assert 0 < t_off - t_signal < SIGNAL_TO_VENT_LIMIT_S
+
+
+def test_gated_cable_pulled_the_board_watchdog_turns_the_gate_off(run) -> None:
+    r = run(cuff="gated")
+    set_rec = started_inflating(r)
+    t_pull = r.clock.now()
+    r.server.pull_cable()
+    out = r.finish()
+    assert_aborted_in_order(r, out, reason="safety", set_record=set_rec)
+    assert_clear(out, r"safety interlock \(connection_lost\)")
+    assert_vented(r, "WATCHDOG")
+    t_off = r.first_vent_after(t_pull, "WATCHDOG")
+    assert t_off is not None and t_off - t_pull <= WATCHDOG_S + WATCHDOG_MARGIN_S
+    assert r.inspect(lambda d: d.state) == "FAULT"
+
+
+def test_gated_sigkill_the_board_watchdog_leaves_the_gate_off(run) -> None:
+    r = run(cuff="gated")
+    started_inflating(r)
+    t_kill = r.send_signal(signal.SIGKILL)
+    out = r.finish()
+    assert out.code == -signal.SIGKILL
+    assert_vented(r, "WATCHDOG")
+    t_off = r.first_vent_after(t_kill, "WATCHDOG")
+    assert t_off is not None and t_off - t_kill <= WATCHDOG_S + WATCHDOG_MARGIN_S
+    assert not r.inspect(lambda d: d.gate_on)
+    print(f"\ngated SIGKILL -> board watchdog gate off {(t_off - t_kill) * 1000:.0f} ms")

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from experiment.buttons.decoders import FORP_BUTTONS, make_decoder, xid_packet
 from experiment.clock import RealClock, VirtualClock
 from experiment.cuff.line_driver import LineCuff
 from experiment.cuff.safety import CuffSupervisor, SafetyLimits
@@ -28,8 +29,8 @@ from experiment.cuff.simserver import SimServer
 from experiment.cuff.transport import LoopbackTransport, SerialTransport
 from experiment.scanner.base import Pulse
 from experiment.scanner.pulsecheck import PulseMonitor
-from experiment.protocol.specs import PRESETS, SerialPreset, parse_preset
-from experiment.scanner.serial_source import SerialSource, TriggerDecoder
+from experiment.protocol.specs import PRESETS, ButtonPresetName, SerialPreset, parse_preset
+from experiment.scanner.serial_source import LineSplitter, SerialSource, TriggerDecoder
 from experiment.scanner.startgate import StartGate
 from tests.cuff_helpers import wait_for
 
@@ -256,6 +257,123 @@ def test_trigger_bytes_through_a_real_serial_line_give_their_pulses_and_never_st
         assert len(got) == data.count(b"5") and source.lost is None
         assert [p.index for p in got] == list(range(len(got)))
         assert all(a.t <= b.t for a, b in zip(got, got[1:]))
+    finally:
+        source.close()
+        os.close(master)
+        os.close(slave)
+
+
+# ---------------------------------------------------------------- button boxes (docs/buttons.md)
+
+XID_FRAGMENTS = [xid_packet(k, pressed=p, port=port, timer_ms=ms) for k in (1, 3, 7, 8) for p in (True, False)
+                 for port in (0, 2) for ms in (0, 0x35353535)]
+button_bytes = st.lists(st.one_of(st.binary(max_size=40), st.sampled_from(XID_FRAGMENTS),
+                                  st.sampled_from([b"1", b"2", b"3", b"4", b"5", b"6", b"k", b"9"])),
+                        max_size=30).map(b"".join)
+boxes = st.sampled_from([ButtonPresetName.FORP, ButtonPresetName.CEDRUS, ButtonPresetName.CUSTOM])
+
+
+def _splitter(box: ButtonPresetName, with_trigger: bool) -> LineSplitter:
+    return LineSplitter(TriggerDecoder(PRESETS["forp"]) if with_trigger else None,
+                        make_decoder(box, {ord("a"): "1", 0xFF: "2"}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(box=boxes, with_trigger=st.booleans(), data=button_bytes, cuts=st.lists(st.integers(0, 400), max_size=20))
+def test_button_bytes_give_the_same_presses_however_they_are_chunked_and_never_raise(
+        box: ButtonPresetName, with_trigger: bool, data: bytes, cuts: list[int]) -> None:
+    whole_pulses, whole = _splitter(box, with_trigger).feed(data)
+    split = _splitter(box, with_trigger)
+    pulses, presses, unmatched = 0, [], bytearray()
+    for chunk in _chunked(data, cuts):
+        n, fed = split.feed(chunk)
+        pulses, presses, unmatched = pulses + n, presses + fed.presses, unmatched + fed.unmatched
+    assert (pulses, presses, unmatched) == (whole_pulses, whole.presses, whole.unmatched)
+    names = set(FORP_BUTTONS.values()) if box is ButtonPresetName.FORP else {"1", "2"}
+    assert all(p.button in names or (box is ButtonPresetName.CEDRUS and p.button[0] in "0123456789p")
+               for p in presses)
+    # every byte is accounted for: a pulse, part of a press, unmatched, or an XID release / half packet
+    assert pulses + sum(len(p.raw) for p in presses) + len(unmatched) <= len(data)
+    if box is not ButtonPresetName.CEDRUS and not with_trigger:
+        assert len(presses) + len(unmatched) == len(data)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(box=boxes, data=button_bytes, cuts=st.lists(st.integers(0, 400), max_size=10))
+def test_button_bytes_never_move_the_cuff_in_a_run(box: ButtonPresetName, data: bytes, cuts: list[int]) -> None:
+    """Fuzzed presses reach a headless trial loop as keys, a frame at a time: the cuff is commanded
+    exactly as planned (or not at all after a stop), never by a press; a run ends only in order."""
+    from experiment.errors import AbortError
+    from experiment.procedures.run.trialloop import LoopHooks, TrialLoop
+    from experiment.protocol.schedule import build_schedule
+    from experiment.station.display import SimulatedDisplay
+    from tests.protocol_samples import DELETE, edited, load_dict, protocol_from
+
+    # the pain phase timed from its onset: this loop has no cuff to report the target reached
+    protocol = protocol_from(edited(load_dict(), **{"trial_types.pain.phases[1].timed_from": DELETE}))
+    timeline = build_schedule(protocol, seed=1)
+    clock = VirtualClock(start=1000.0)
+    display = SimulatedDisplay(clock, refresh_hz=60.0)
+    split = _splitter(box, True)
+    chunks = _chunked(data, cuts)
+    commands: list[tuple[str, int]] = []
+    vents: list[str] = []
+
+    def poll_keys() -> list[tuple[str, float]]:
+        if not chunks:
+            return []
+        _, fed = split.feed(chunks.pop(0))
+        return [(p.button, clock.now()) for p in fed.presses]
+
+    hooks = LoopHooks(poll_pulses=lambda: None, poll_keys=poll_keys, check_safety=lambda now: None,
+                      stimulate=lambda i, kpa, rate: commands.append(("inflate", i)),
+                      deflate=lambda i: commands.append(("deflate", i)), status=lambda *a: None,
+                      vent=vents.append)
+    keys = protocol.keys
+    loop = TrialLoop(timeline=timeline.events, t0=clock.now(), run_end_s=timeline.run_length_s, clock=clock,
+                     display=display, hooks=hooks, log=lambda rec: None,
+                     rating_scales={n: _scale(keys) for n in protocol.scales},
+                     key_roles={keys.escape: "escape", keys.stop: "stop", keys.left: "response",
+                                keys.right: "response", keys.confirm: "response"})
+    try:
+        loop.run()
+        stopped = False
+    except AbortError as exc:
+        assert exc.reason == "participant_stop_key"     # the only way a box's press ends a run: its stop key
+        stopped = True
+    planned = [(e.cuff, e.index) for e in timeline.events if e.cuff in ("inflate", "deflate")]
+    assert commands == planned[:len(commands)] and (stopped or commands == planned)
+    assert vents == (["participant stop key"] if stopped else [])
+
+
+def _scale(keys: Any) -> Any:
+    from experiment.station.rating import RatingScale
+
+    return RatingScale(left_key=keys.left, right_key=keys.right, confirm_key=keys.confirm)
+
+
+def test_button_bytes_through_a_real_serial_line_never_stop_the_shared_reader() -> None:
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    source = SerialSource(os.ttyname(slave), clock=RealClock(), preset=PRESETS["forp"],
+                          buttons=make_decoder(ButtonPresetName.CEDRUS))
+    data = bytes(range(256)) * 4 + b"".join(XID_FRAGMENTS) + b"5"
+    try:
+        source.open()
+        for i in range(0, len(data), 37):
+            os.write(master, data[i:i + 37])
+        pulses: list[Pulse] = []
+        presses: list[Any] = []
+        n_unmatched = [0]
+
+        def done() -> bool:
+            pulses.extend(source.poll())
+            presses.extend(source.poll_buttons())
+            u = source.take_unmatched()
+            n_unmatched[0] += 0 if u is None else u.n
+            return bool(pulses) and pulses[-1].index >= 4 and len(presses) >= 16
+        assert wait_for(done, 3.0) and source.lost is None
+        assert sum(1 for p in presses if p.device_ms == 0x35353535) >= 8 and n_unmatched[0] > 0
     finally:
         source.close()
         os.close(master)

@@ -59,7 +59,7 @@ RIG = textwrap.dedent("""\
 
 @pytest.mark.parametrize("old,new,message", [
     ("cuff: line:/dev/ttyUSB0", "cuff: usb:/dev/ttyUSB0",
-     r"^r\.yaml:1:7: cuff: unknown cuff kind 'usb' in 'usb:/dev/ttyUSB0'; allowed: sim \| line:PORT \| cpar:PORT$"),
+     r"^r\.yaml:1:7: cuff: unknown cuff kind 'usb' in 'usb:/dev/ttyUSB0'; allowed: sim \| sim:gated\[:rts\|dtr\] \| line:PORT \| cpar:PORT \| gated:PORT:rts\|dtr\|board$"),
     ("scanner: serial:/dev/ttyACM0", "scanner: serial:/dev/ttyACM0:syncbx",
      r"^r\.yaml:2:10: scanner: unknown trigger preset 'syncbx' in 'serial:/dev/ttyACM0:syncbx'; allowed: syncbox "),
     ("scanner: serial:/dev/ttyACM0", "scaner: serial:/dev/ttyACM0",

@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 from experiment.cli import main
 from experiment.errors import InputError
 from experiment.protocol.rig import parse_rig
-from experiment.protocol.specs import (PRESETS, SIM_CUFF, STANDARD_BAUDS, CuffKind, CuffSpec, KeyBackend,
-                                       KeyboardSpec, SerialPreset, SerialSpec, SimDriver, SimSpec, parse_cuff_spec,
+from experiment.protocol.specs import (PRESETS, SIM_CUFF, SIM_GATED, STANDARD_BAUDS, CuffKind, CuffSpec, Gate,
+                                       KeyBackend, KeyboardSpec, SerialPreset, SerialSpec, SimDriver, SimSpec, parse_cuff_spec,
                                        parse_scanner_spec)
 
 FORP, SYNCBOX, BITWISE = PRESETS["forp"], PRESETS["syncbox"], PRESETS["forp-bitwise"]
 
-CUFF_FORMS = "sim | line:PORT | cpar:PORT"
+CUFF_FORMS = "sim | sim:gated[:rts|dtr] | line:PORT | cpar:PORT | gated:PORT:rts|dtr|board"
 SCANNER_FORMS = ("keyboard[:KEY[:ptb|event]] | serial:PORT[:PRESET] | "
                  "sim[:virtual|serial|pty|socket|keyboard|syncgen]")
 PORT = "a device path, a COM name or a pyserial URL (socket://host:port, rfc2217://host:port, hwgrep://...)"
@@ -41,6 +41,13 @@ CUFFS = [
     ("line:rfc2217://10.0.0.2:2217", CuffSpec(CuffKind.LINE, "rfc2217://10.0.0.2:2217"),
      "line:rfc2217://10.0.0.2:2217"),
     ("  line:COM3  ", CuffSpec(CuffKind.LINE, "COM3"), "line:COM3"),
+    ("sim:gated", SIM_GATED, "sim:gated"),
+    ("sim:gated:board", SIM_GATED, "sim:gated"),
+    ("sim:gated:rts", CuffSpec(CuffKind.SIM, gate=Gate.RTS), "sim:gated:rts"),
+    ("gated:/dev/ttyUSB0:rts", CuffSpec(CuffKind.GATED, "/dev/ttyUSB0", Gate.RTS), "gated:/dev/ttyUSB0:rts"),
+    ("gated:COM3:dtr", CuffSpec(CuffKind.GATED, "COM3", Gate.DTR), "gated:COM3:dtr"),
+    ("gated:socket://h:7000:board", CuffSpec(CuffKind.GATED, "socket://h:7000", Gate.BOARD),
+     "gated:socket://h:7000:board"),
 ]
 
 SCANNERS = [
@@ -72,11 +79,18 @@ SCANNERS = [
     *[(f"sim:{d.value}", SimSpec(d), f"sim:{d.value}") for d in SimDriver],
 ]
 
+GATED = (f"gated:PORT:GATE with GATE rts, dtr, board (rts, dtr: a relay on that line of the port; board: a GATE/1 "
+         f"gate board) and PORT {PORT}, e.g. gated:/dev/ttyUSB0:rts")
+
 # text -> message after "WHAT: "
 BAD_CUFFS = [
     ("", f"no cuff given; allowed: {CUFF_FORMS}"),
     ("usb:/dev/x", f"unknown cuff kind 'usb' in 'usb:/dev/x'; allowed: {CUFF_FORMS}"),
-    ("gated:/dev/ttyUSB0", f"unknown cuff kind 'gated' in 'gated:/dev/ttyUSB0'; allowed: {CUFF_FORMS}"),
+    ("gated:/dev/ttyUSB0", f"'gated:/dev/ttyUSB0' does not say how the gate is wired (it ends in ':rts', ':dtr' or "
+                           f"':board'); allowed: {GATED}"),
+    ("gated:/dev/ttyUSB0:RTS", f"'gated:/dev/ttyUSB0:RTS' does not say how the gate is wired (it ends in ':rts', "
+                               f"':dtr' or ':board'); allowed: {GATED}"),
+    ("gated::rts", f"'gated' needs a port, got 'gated::rts'; allowed: {GATED}"),
     ("Line:COM3", f"unknown cuff kind 'Line' in 'Line:COM3' (kinds are lowercase); allowed: {CUFF_FORMS}"),
     ("line", f"'line' needs a port, got 'line'; allowed: line:PORT with PORT {PORT}, e.g. line:/dev/ttyUSB0 "
              f"or line:COM3"),
@@ -84,7 +98,10 @@ BAD_CUFFS = [
               f"or line:COM3"),
     ("cpar: COM3", f"the port ' COM3' has spaces around it, in 'cpar: COM3'; allowed: cpar:PORT with PORT {PORT}, "
                    f"e.g. cpar:/dev/ttyUSB0 or cpar:COM3"),
-    ("sim:fast", f"'sim' takes no port, got 'sim:fast'; allowed: {CUFF_FORMS}"),
+    ("sim:fast", f"'sim' takes no port (the simulated gate board is sim:gated[:rts|dtr]), got 'sim:fast'; allowed: "
+                 f"{CUFF_FORMS}"),
+    ("sim:gated:RTS", f"'sim' takes no port (the simulated gate board is sim:gated[:rts|dtr]), got 'sim:gated:RTS'; "
+                      f"allowed: {CUFF_FORMS}"),
 ]
 
 BAD_SCANNERS = [
@@ -140,9 +157,11 @@ def test_accepted_scanner_specs(text, spec, canonical) -> None:
     assert got.simulated == isinstance(spec, SimSpec)
 
 
-def test_the_gated_stub_is_gone_and_kinds_are_exact() -> None:
-    with pytest.raises(InputError, match=r"unknown cuff kind 'gated'"):
+def test_kinds_are_exact_and_a_gated_spec_names_its_wiring() -> None:
+    with pytest.raises(InputError, match=r"does not say how the gate is wired"):
         parse_cuff_spec("gated:/dev/ttyUSB0", what="--cuff")
+    assert parse_cuff_spec("sim:gated", what="--cuff").simulated
+    assert not parse_cuff_spec("gated:COM3:board", what="--cuff").simulated
     with pytest.raises(InputError, match=r"unknown cuff kind 'LINE'"):
         parse_cuff_spec("LINE:COM3", what="--cuff")
 
@@ -194,6 +213,8 @@ def test_the_run_command_parses_its_specs_with_the_same_grammar(capsys, tmp_path
 
 def test_invariants_refuse_what_the_grammar_cannot_write() -> None:
     for bad in (lambda: CuffSpec(CuffKind.SIM, "COM3"), lambda: CuffSpec(CuffKind.LINE),
+                lambda: CuffSpec(CuffKind.GATED, "COM3"), lambda: CuffSpec(CuffKind.LINE, "COM3", Gate.RTS),
+
                 lambda: CuffSpec(CuffKind.LINE, " COM3"), lambda: KeyboardSpec("Shift"),
                 lambda: KeyboardSpec(None, KeyBackend.EVENT), lambda: SerialSpec("syncbox"),
                 lambda: SerialSpec("x:custom"), lambda: SerialPreset("forp", 19200, trigger_byte=0x40),
@@ -226,8 +247,12 @@ def _valid(make):  # a drawn value the invariants refuse is not a spec
         assume(False)
 
 
-CUFF_SPECS = st.one_of(st.just(SIM_CUFF), st.builds(lambda k, p: _valid(lambda: CuffSpec(k, p)),
-                                                    st.sampled_from([CuffKind.LINE, CuffKind.CPAR]), PORTS))
+CUFF_SPECS = st.one_of(st.just(SIM_CUFF),
+                       st.builds(lambda g: CuffSpec(CuffKind.SIM, gate=g), st.sampled_from(list(Gate))),
+                       st.builds(lambda k, p: _valid(lambda: CuffSpec(k, p)),
+                                 st.sampled_from([CuffKind.LINE, CuffKind.CPAR]), PORTS),
+                       st.builds(lambda p, g: _valid(lambda: CuffSpec(CuffKind.GATED, p, g)), PORTS,
+                                 st.sampled_from(list(Gate))))
 SCANNER_SPECS = st.one_of(
     st.just(KeyboardSpec()),
     st.builds(KeyboardSpec, st.from_regex(r"[a-z0-9_]{1,20}", fullmatch=True), st.sampled_from(list(KeyBackend))),
@@ -253,7 +278,7 @@ def test_every_scanner_spec_reads_back_from_its_text(spec) -> None:
                  st.tuples(st.sampled_from(["sim", "line", "cpar", "keyboard", "serial", "gated", "Serial"]),
                            st.lists(st.sampled_from(["", "5", "t", "event", "COM3", "/dev/x", "socket", "//h",
                                                      "7000", "syncbox", "forp@115200", "custom", "0x54@9600",
-                                                     "syncbx", " x"]), max_size=4))
+                                                     "syncbx", " x", "rts", "board", "gated"]), max_size=4))
                  .map(lambda t: ":".join([t[0], *t[1]]))))
 def test_any_text_is_a_spec_that_reads_back_or_one_line_naming_the_option(text) -> None:
     for parse, what in ((parse_cuff_spec, "--cuff"), (parse_scanner_spec, "--scanner")):

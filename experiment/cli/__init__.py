@@ -25,7 +25,7 @@ from experiment.station.console import ClosedSafeStream
 #: command -> module of this package that implements it (imported only when used: PsychoPy is heavy)
 COMMANDS = {
     "validate": "validate", "plan": "plan", "run": "run", "calibrate": "calibrate", "rig-check": "rig_check",
-    "simulate-cuff": "simulate_cuff", "report": "report", "rebuild": "rebuild",
+    "simulate-cuff": "simulate_cuff", "simulate-buttons": "simulate_buttons", "report": "report", "rebuild": "rebuild",
     "participants": "participants", "discard": "discard", "study": "study",
     "confirm-pressure": "confirm_pressure", "scanner-check": "scanner_check",
     "visit": "visit", "station": "station", "ports": "ports",

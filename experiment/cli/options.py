@@ -27,7 +27,8 @@ def cuff_devices(p: argparse.ArgumentParser) -> None:
     """--rig and --cuff: for the commands that stimulate without the scanner (calibration, pressure checks)."""
     p.add_argument("--rig", metavar="FILE", help="rig file (site hardware: ports, trigger source, screen)")
     p.add_argument("--cuff", metavar="SPEC",
-                   help="cuff device: sim | line:PORT | cpar:PORT (PORT: device path, COM name or pyserial URL)")
+                   help="cuff device: sim | sim:gated[:rts|dtr] | line:PORT | cpar:PORT | gated:PORT:rts|dtr|board "
+                        "(PORT: device path, COM name or pyserial URL)")
 
 
 def devices(p: argparse.ArgumentParser) -> None:

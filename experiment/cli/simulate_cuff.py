@@ -10,7 +10,9 @@ from experiment.cli.options import Subparsers
 def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("simulate-cuff", help="serve a simulated cuff on a pseudo-terminal (or a loopback TCP port) "
                                              "until SIGINT/SIGTERM")
-    p.add_argument("--protocol", choices=["line", "cpar"], default="line", help="wire protocol (default: line = CUFF/1)")
+    p.add_argument("--protocol", choices=["line", "cpar", "gated"], default="line",
+                   help="wire protocol (default: line = CUFF/1; gated: the GATE/1 gate board, its inflator's panel "
+                        "at 20 kPa)")
     p.add_argument("--hard-limit", metavar="KPA", type=float, default=None, help="simulated firmware limit")
     p.add_argument("--leak", metavar="KPA_S", type=float, default=0.0, help="simulated leak rate")
     p.add_argument("--socket", metavar="PORT", type=int, nargs="?", const=0, default=None,

@@ -135,7 +135,7 @@ class DeviceInfo:
     `dataclasses.asdict` of it is the `cuff` of a log header (docs/event-log.md).
     """
 
-    kind: str             # "line" (CUFF/1) or "cpar"
+    kind: str             # "line" (CUFF/1), "cpar" or "gated"
     port: str             # device path or URL it was opened on
     name: str             # device name reported by the device
     firmware: str         # firmware version string
@@ -143,6 +143,7 @@ class DeviceInfo:
     simulated: bool       # True when the far end is one of our simulators (it says so)
     serial: str | None = None  # the device's serial number, where it reports one
     limits: DeviceLimits
+    pressure_readback: bool = True  # False: nothing measures the pressure (a gate on a panel-set inflator)
 
     def identity(self) -> str:
         """One line for the operator: name, firmware, serial, port (and SIMULATED)."""
@@ -156,7 +157,7 @@ class CuffStatus:
     """The device's state at one moment (`STATUS?` in CUFF/1)."""
 
     state: CuffState
-    pressure_kpa: float
+    pressure_kpa: float | None  # None: the device does not measure it (DeviceInfo.pressure_readback False)
     target_kpa: float      # 0 unless a target is active
     armed_max_kpa: float   # 0 when disarmed
     hard_limit_kpa: float
@@ -169,7 +170,8 @@ class CuffStatus:
 
     def summary(self) -> str:
         """`st=HOLD p=30.1 tgt=30.0 max=40.0 err=0`: the `reply` of its `cuff_cmd` record."""
-        return (f"st={self.state.value} p={self.pressure_kpa:.1f} tgt={self.target_kpa:.1f} "
+        p = "-" if self.pressure_kpa is None else f"{self.pressure_kpa:.1f}"
+        return (f"st={self.state.value} p={p} tgt={self.target_kpa:.1f} "
                 f"max={self.armed_max_kpa:.1f} err={self.error_code}")
 
     def record(self) -> dict[str, object]:

@@ -77,7 +77,8 @@ def run_cuff_check(cuff: Cuff, *, clock: Clock, pings: int = 200, test_pressure_
     info = cuff.info or cuff.connect()
     out(f"cuff: {info.identity()}; hard limit {info.hard_limit_kpa:g} kPa")
     status = cuff.status()
-    out(f"state {status.state.value}, pressure {status.pressure_kpa:.1f} kPa, armed max {status.armed_max_kpa:g} kPa, "
+    pressure = "not measured" if status.pressure_kpa is None else f"{status.pressure_kpa:.1f} kPa"
+    out(f"state {status.state.value}, pressure {pressure}, armed max {status.armed_max_kpa:g} kPa, "
         f"error code {status.error_code}")
     status, latched = _latch(cuff, status, clear_fault=clear_fault, out=out, record=record)
     ping, advice = _round_trips(cuff, info, clock=clock, pings=pings, out=out)

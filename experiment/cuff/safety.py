@@ -30,6 +30,10 @@ test in tests/test_cuff_safety.py):
 7. The device's identity (simulated or not) comes from the device (`info.simulated`).
 8. A cuff latched in FAULT or ESTOP from before is refused at start (`LatchedFault`,
    exit 4): only the operator clears a latch, on purpose, with `rig-check --clear-fault`.
+9. A device that measures nothing (`DeviceInfo.pressure_readback` False: a gate on a
+   panel-set inflator) keeps every time limit and every vent; the read-back checks of 6
+   (target reached, release verified) are left out rather than judged on numbers nobody
+   measured, and the log's `cuff_cmd` replies say `p=-`.
 
 A trip records a `safety` record, vents, and sets `safety_tripped` (the reason code)
 for the run's loop to poll; later stimulation is refused. The participant's stop
@@ -68,6 +72,7 @@ THREAD_JOIN_S = 2.0        # how long close() waits for each of its threads
 WATCHDOG_MS = (200, 5000)  # the heartbeat runs every WDT/4: faster floods the link, slower inflates too long
 MAX_DEVICE_TIME_MS = 600_000  # no supported device times one inflation beyond 10 min
 STREAM_HZ = (20, 100)      # a pressure trace fine enough for the read-back checks
+PANEL_TOLERANCE_KPA = 0.05  # a gated inflator's target vs its panel setting (300 mmHg on a panel is 39.997 kPa)
 
 Record = Callable[[SupervisorRecord], None]
 _Reply = TypeVar("_Reply", bound=Union[Ack, CuffStatus])
@@ -105,6 +110,8 @@ class SafetyLimits:
     stream_hz: int = 25
     device_time_margin_s: float = 0.5  # device MAXTIME = max_stimulus_s + this
     planned_rates_kpa_s: tuple[float, ...] = ()  # the protocol's ramp rates, checked against the device at start
+    panel_kpa: float | None = None   # a gated inflator's panel setting: the only target it can be sent
+    needs_readback: bool = False     # the protocol times phases from "target reached": the device must measure
 
     @property
     def device_time_ms(self) -> int:
@@ -160,6 +167,9 @@ def device_problems(limits: SafetyLimits, info: DeviceInfo) -> list[str]:
     if dev.max_time_ms is not None and limits.device_time_ms not in dev.max_time_ms:
         problems.append(f"the time limit {limits.device_time_ms} ms (max_stimulus_s + margin) is outside the "
                         f"{dev.max_time_ms.text('ms')} the cuff on {info.port} accepts")
+    if limits.needs_readback and not info.pressure_readback:
+        problems.append(f"the protocol times phases from the moment the target is reached, but nothing measures the "
+                        f"pressure of the cuff on {info.port} ({info.name}); time them from onset")
     for rate in sorted(set(limits.planned_rates_kpa_s)):
         if rate not in dev.rate_kpa_s:
             problems.append(f"the ramp rate {rate:g} kPa/s is outside the {dev.rate_kpa_s.text('kPa/s')} "
@@ -295,6 +305,7 @@ class CuffSupervisor:
         self._close_cuff = close_cuff
         self._lock = threading.Lock()
         self._listeners: list[Callable[[DeviceEvent], None]] = []
+        self._listener_failed = False    # a listener's first failure is logged; the rest would repeat it
         self.info: DeviceInfo | None = None
         self.safety_tripped: str | None = None     # reason code of the first trip
         self.trip_message: str | None = None
@@ -367,7 +378,8 @@ class CuffSupervisor:
         """The start sequence: refuse a latch, leave a stray state, then WDT, MAXTIME, ARM, STREAM."""
         lim = self.limits
         status = self._command("STATUS?", self.cuff.status, purpose="start")
-        self._wait_vented_at_start(status.pressure_kpa)
+        if status.pressure_kpa is not None:
+            self._wait_vented_at_start(status.pressure_kpa)
         if status.state.latched:
             raise LatchedFault(status.state, status.fault or Fault(0), info)
         if status.state is not CuffState.IDLE:
@@ -399,7 +411,10 @@ class CuffSupervisor:
                 raise HardwareError(f"the cuff on {self.cuff.info.port if self.cuff.info else '?'} still holds "
                                     f"{pressure_kpa:.1f} kPa {self.limits.release_deadline_s:g} s after VENT; check it")
             self._clock.sleep(GUARD_PERIOD_S * 5)
-            pressure_kpa = self._command("STATUS?", self.cuff.status, purpose="start: wait vented").pressure_kpa
+            measured = self._command("STATUS?", self.cuff.status, purpose="start: wait vented").pressure_kpa
+            if measured is None:
+                return
+            pressure_kpa = measured
 
     def stimulate(self, target_kpa: float, rate_kpa_s: float, *, tag: int | None = None,
                   planned_t: float | None = None) -> RampAck:
@@ -428,7 +443,8 @@ class CuffSupervisor:
             if self._active is not None:
                 if new:
                     self._active.t_start = result.t_write
-                self._active.reach_deadline = result.t_ack + eta_s + self.limits.compliance_margin_s
+                self._active.reach_deadline = result.t_ack + eta_s + self.limits.compliance_margin_s \
+                    if self._readback else math.inf
         self._target_kpa = target_kpa
         return result
 
@@ -439,6 +455,13 @@ class CuffSupervisor:
             raise InputError(f"cuff target must be a pressure above 0 kPa, got {target_kpa!r}")
         if not (math.isfinite(rate_kpa_s) and rate_kpa_s in rates):
             raise InputError(f"cuff ramp rate must be {rates.text('kPa/s')}, got {rate_kpa_s!r}")
+        panel = self.limits.panel_kpa
+        if panel is not None and abs(target_kpa - panel) > PANEL_TOLERANCE_KPA + 1e-9:
+            message = (f"target {target_kpa:g} kPa is not the {panel:g} kPa set on the inflator's panel; "
+                       "refused, nothing was sent to the cuff")
+            self._record({"kind": "safety", "t": self._clock.now(), "reason": "not_panel_pressure",
+                          "action": "refuse", "message": message, "i": tag})
+            raise InputError(message)
         if round(target_kpa, 1) > self._armed_kpa:
             message = (f"target {target_kpa:g} kPa is above the ceiling {self._armed_kpa:g} kPa; "
                        "refused, nothing was sent to the cuff")
@@ -533,9 +556,14 @@ class CuffSupervisor:
         status = self._try(lambda: self._command("STATUS?", self.cuff.status, purpose="close"))
         if status is not None and not status.state.latched:
             self._try(lambda: self._command("DISARM", self.cuff.disarm, purpose="close"))
+        if not self._readback:   # nothing to verify the release with; the gate-off acknowledgement is all there is
+            self._try(lambda: self._command("STATUS?", self.cuff.status, purpose="close: final"))
+            self._try(lambda: self._command("STREAM", lambda: self.cuff.stream(0), purpose="close"))
+            return
         released = self._wait_released(self.limits.release_deadline_s)
         final = self._try(lambda: self._command("STATUS?", self.cuff.status, purpose="close: final"))
-        if not released and (final is None or final.pressure_kpa >= self.limits.release_threshold_kpa):
+        final_kpa = None if final is None else final.pressure_kpa
+        if not released and (final_kpa is None or final_kpa >= self.limits.release_threshold_kpa):
             self._warn("cuff_release_not_verified",
                        f"after closing, the cuff pressure was not verified below "
                        f"{self.limits.release_threshold_kpa:g} kPa (last known {self._last_known()}); check the cuff")
@@ -575,8 +603,10 @@ class CuffSupervisor:
         if isinstance(out, CuffStatus):   # log what it says, timed around the call
             rec = {"kind": "cuff_cmd", "t_write": t_call, "t_ack": self._clock.now(), "command": name,
                    "reply": out.summary(), "ok": True, "i": tag, "purpose": purpose}
-            self.last_pressure_kpa, self.last_state = out.pressure_kpa, out.state
-            self._note_pressure(out.pressure_kpa)
+            self.last_state = out.state
+            if out.pressure_kpa is not None:
+                self.last_pressure_kpa = out.pressure_kpa
+                self._note_pressure(out.pressure_kpa)
         else:
             rec = {"kind": "cuff_cmd", "t_write": out.t_write, "t_ack": out.t_ack, "command": out.command,
                    "reply": out.reply, "ok": True, "i": tag, "purpose": purpose}
@@ -603,10 +633,29 @@ class CuffSupervisor:
         except Exception:  # noqa: BLE001 - cleanup steps are independent; failures are logged where they happen
             return None
 
+    def _listen(self, fn: Callable[[], object]) -> None:
+        """Call a listener (the pressure recording, the live view) from the reader thread: its failure
+        never stops the safety checks that follow, but the first one is said, since a recording that
+        fails in silence loses data."""
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - any listener error; the interlocks must go on
+            if not self._listener_failed:
+                self._listener_failed = True
+                self._try(lambda: self._warn("cuff_listener_failed",
+                                             f"a pressure or event listener failed ({type(exc).__name__}: {exc}); "
+                                             "later failures are not repeated"))
+
     def _device_info(self) -> DeviceInfo:
         if self.info is None:
             raise AbortError("the cuff is not identified yet", reason="safety")
         return self.info
+
+    @property
+    def _readback(self) -> bool:
+        """The device measures its pressure (True until it has said otherwise)."""
+        info = self.info or self.cuff.info
+        return info is None or info.pressure_readback
 
     def _last_known(self) -> str:
         if self.last_pressure_kpa is None:
@@ -685,7 +734,7 @@ class CuffSupervisor:
                 self._run_inflated_s += max(0.0, result.t_write - self._active.t_start)
                 self._active = None
             p = self.last_pressure_kpa
-            if was_active or p is None or p >= self.limits.release_threshold_kpa:
+            if self._readback and (was_active or p is None or p >= self.limits.release_threshold_kpa):
                 self._release_deadline = result.t_ack + extra_s + self.limits.release_deadline_s
         self._target_kpa = 0.0
 
@@ -727,7 +776,7 @@ class CuffSupervisor:
         self._record({"kind": "cuff_event", "t": ev.t, "name": ev.name, "fields": dict(ev.fields)})
         self._react(ev)
         for fn in list(self._listeners):
-            self._try(lambda: fn(ev))
+            self._listen(lambda: fn(ev))
 
     def _react(self, ev: DeviceEvent) -> None:
         """What an event means for the run (policy by event kind)."""
@@ -765,7 +814,7 @@ class CuffSupervisor:
         self.last_pressure_kpa, self.last_state = sample.pressure_kpa, sample.state
         callback = self._on_sample_cb
         if callback is not None:
-            self._try(lambda: callback(sample))
+            self._listen(lambda: callback(sample))
         if sample.pressure_kpa > self._armed_kpa + self.limits.overpressure_margin_kpa and self._started:
             self._trip("host_overpressure", f"pressure {sample.pressure_kpa:.1f} kPa is over the ceiling "
                        f"{self._armed_kpa:g} kPa + {self.limits.overpressure_margin_kpa:g} kPa", t=sample.t)

@@ -353,7 +353,7 @@ def _readline_with_timeout(proc: subprocess.Popen[str], timeout_s: float) -> str
 
 def make_device(protocol: str, *, clock: Clock, hard_limit_kpa: float | None = None,
                 leak_kpa_s: float = 0.0, seed: int = 0) -> ByteDevice:
-    """A fresh simulated device speaking `protocol` ('line' = CUFF/1, or 'cpar')."""
+    """A fresh simulated device speaking `protocol` ('line' = CUFF/1, 'cpar', or 'gated' = the GATE/1 gate board)."""
     if protocol == "line":
         from experiment.cuff.simdevice import SimCuffDevice
         return SimCuffDevice(hard_limit_kpa=100.0 if hard_limit_kpa is None else hard_limit_kpa,
@@ -363,7 +363,12 @@ def make_device(protocol: str, *, clock: Clock, hard_limit_kpa: float | None = N
             raise InputError("simulate-cuff: --hard-limit and --leak apply to --protocol line only")
         from experiment.cuff import cpar_sim  # the CPAR simulator, imported only when asked for
         return cpar_sim.make_cpar_sim(clock)
-    raise InputError(f"simulate-cuff: unknown protocol {protocol!r}; allowed: line, cpar")
+    if protocol == "gated":
+        if hard_limit_kpa is not None or leak_kpa_s:
+            raise InputError("simulate-cuff: --hard-limit and --leak apply to --protocol line only")
+        from experiment.cuff.gate_sim import SimGateBoard
+        return SimGateBoard()
+    raise InputError(f"simulate-cuff: unknown protocol {protocol!r}; allowed: line, cpar, gated")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -406,8 +411,8 @@ def _serve(server: SimServer, protocol: str, stop: threading.Event, parent_pid: 
     dry run's simulated cuff must not outlive its run)."""
     print(server.path, flush=True)
     if parent_pid is None:
-        sys.stderr.write(f"simulated cuff ({protocol}) on {server.path}; "
-                         f"use --cuff {protocol}:{server.path}; Ctrl-C to stop\n")
+        sys.stderr.write(f"simulated cuff ({protocol}) on {server.path}; use --cuff {protocol}:{server.path}"
+                         f"{':board' if protocol == 'gated' else ''}; Ctrl-C to stop\n")
         sys.stderr.flush()
     while not stop.wait(PARENT_CHECK_S if parent_pid is not None else 0.5):
         if not server.alive:

@@ -61,8 +61,12 @@ class SerialTransport:
     READ_TIMEOUT_S = 0.1      # how often the reader re-checks for close where cancel_read is missing
     WRITE_TIMEOUT_S = 0.5     # a write never blocks longer than this
 
-    def __init__(self, port: str, *, clock: Clock, baudrate: int = BAUDRATE, exclusive: bool = True) -> None:
+    def __init__(self, port: str, *, clock: Clock, baudrate: int = BAUDRATE, exclusive: bool = True,
+                 after_open: Callable[[serial.Serial], None] | None = None) -> None:
+        """`after_open` runs on the open port before the reader starts (the gate board sets HUPCL);
+        a HardwareError from it closes the port again."""
         self.port = port
+        self._after_open = after_open
         self._clock = clock
         self._baudrate = baudrate
         self._exclusive = exclusive and os.name == "posix"
@@ -84,6 +88,12 @@ class SerialTransport:
             ser.reset_input_buffer()   # whatever waited in the buffer predates this session
         except (serial.SerialException, OSError, ValueError) as exc:
             raise HardwareError(f"cannot open cuff port {self.port}: {exc}") from exc
+        if self._after_open is not None:
+            try:
+                self._after_open(ser)
+            except HardwareError:
+                ser.close()
+                raise
         self._serial = ser
         self._thread = threading.Thread(target=self._read_loop, args=(ser, on_data, on_lost),
                                         name=f"serial-reader-{self.port}", daemon=True)

@@ -68,7 +68,7 @@ class WarningRecord(TypedDict):
 
     kind: Literal["warning"]
     t: float                     # when
-    code: str                    # a reason code (console_lost, refresh_mismatch, stimulation_off, reanchor_clamped, scanner_silent, cuff_release_not_verified, cuff_state_unknown, cuff_thread_not_stopped, cuff_close_failed, participant_fields_not_kept, ...)
+    code: str                    # a reason code (console_lost, refresh_mismatch, stimulation_off, reanchor_clamped, scanner_silent, cuff_release_not_verified, cuff_state_unknown, cuff_thread_not_stopped, cuff_close_failed, cuff_listener_failed, participant_fields_not_kept, lsl_failed, observer_close_failed, ...)
     message: str                 # what the operator was told
 
 
@@ -77,7 +77,7 @@ class SafetyRecord(TypedDict):
 
     kind: Literal["safety"]
     t: float                     # when it fired
-    reason: str                  # a reason code of experiment/cuff/safety.py (over_ceiling, stimulus_time_limit, run_time_limit, device_estop, connection_lost, latched_at_start, ...), participant_stop_key/_button, or the reason given to emergency_vent
+    reason: str                  # a reason code of experiment/cuff/safety.py (over_ceiling, not_panel_pressure (a gated inflator sent a target other than its panel setting), stimulus_time_limit, run_time_limit, device_estop, connection_lost, latched_at_start, ...), participant_stop_key/_button, or the reason given to emergency_vent
     action: str                  # vent, estop, stop; refuse (nothing was sent); `stimulation off, run continues`
     message: NotRequired[str]    # what happened, in words (absent for a participant stop the run goes on after)
     i: NotRequired[int | None]   # plan index (stimulus index in a calibration) of a refused target
@@ -287,6 +287,48 @@ class RatingRecord(TypedDict):
     timed_out: bool              # no confirmation before the scale's timeout or the phase's end
     moved: bool                  # the participant moved the marker
     t: float                     # when it was logged
+
+
+class ButtonRecord(TypedDict):
+    """A press on a serial button box (docs/buttons.md); the `key` record that follows says what it did."""
+
+    kind: Literal["button"]
+    t: float                     # when its last byte was read (the reader thread's stamp)
+    button: str                  # its name: the key name it presses
+    raw: str                     # its bytes, hex
+    device_ms: int | None        # a Cedrus pad's own reaction timer (null for a fORP or a byte map)
+
+
+class UnmatchedBytesRecord(TypedDict):
+    """Bytes on a button box's line that were neither a trigger nor a button (since the last frame): ignored."""
+
+    kind: Literal["unmatched_bytes"]
+    t: float                     # arrival of the first of them
+    n: int                       # how many
+    head: str                    # the first 32 of them, hex
+
+
+class LslCounts(TypedDict):
+    """Samples pushed to the Lab Streaming Layer outlets."""
+
+    markers: int
+    pressure: int
+
+
+class LslRecord(TypedDict):
+    """The Lab Streaming Layer outlets opened or closed (`run --lsl`; docs/lsl.md)."""
+
+    kind: Literal["lsl"]
+    t: float                     # when
+    event: str                   # open, close
+    offset_s: float              # LSL time - run time (pylsl.local_clock() minus the run's clock): a sample at run time t was stamped t + the open record's offset_s
+    offset_uncertainty_s: float  # half the tightest bracket of run-clock reads around the LSL reading
+    streams: NotRequired[list[str]]         # open: the streams' names
+    source_id: NotRequired[str]             # open: their source id (without _markers / _pressure)
+    pressure_hz: NotRequired[float]         # open: the pressure stream's nominal rate
+    liblsl: NotRequired[int]                # open: liblsl's version
+    pushed: NotRequired[LslCounts]          # close: samples pushed
+    offset_change_s: NotRequired[float]     # close: this offset minus the open record's
 
 
 class FrameSummary(TypedDict):
@@ -536,7 +578,8 @@ SupervisorRecord = Union[CuffCmdRecord, CuffEventRecord, SafetyRecord, WarningRe
 _SharedRecord = Union[SupervisorRecord, KeyRecord, OperatorRecord, InstructionsRecord, InstructionsTurnedRecord,
                       EndRecord]
 _RunOnlyRecord = Union[PlanRecord, DisplayRecord, WaitingRecord, PulseRecord, T0Record, OnsetRecord, ReanchorRecord,
-                       RatingRecord, FramesRecord, FrameDropRecord, GcRecord, PriorityRecord]
+                       RatingRecord, FramesRecord, FrameDropRecord, GcRecord, PriorityRecord, ButtonRecord,
+                       UnmatchedBytesRecord, LslRecord]
 _CalibrationOnlyRecord = Union[StimulusRecord, StimulusEndRecord, PressRecord, CalibrationRatingRecord, SimRecord,
                                ParticipantFieldsRecord, DoneRecord, FitRecord, DecisionRecord]
 
@@ -566,7 +609,8 @@ REGISTRY: dict[str, dict[str, type]] = {
             "t0": T0Record, "onset": OnsetRecord, "cuff_cmd": CuffCmdRecord, "cuff_event": CuffEventRecord,
             "reanchor": ReanchorRecord, "rating": RatingRecord, "key": KeyRecord, "frames": FramesRecord,
             "frame_drop": FrameDropRecord, "gc": GcRecord, "priority": PriorityRecord, "warning": WarningRecord,
-            "safety": SafetyRecord, "operator": OperatorRecord, "end": EndRecord},
+            "safety": SafetyRecord, "operator": OperatorRecord, "end": EndRecord, "button": ButtonRecord,
+            "unmatched_bytes": UnmatchedBytesRecord, "lsl": LslRecord},
     "calibration": {"cuff_cmd": CuffCmdRecord, "cuff_event": CuffEventRecord, "safety": SafetyRecord,
                     "warning": WarningRecord, "key": KeyRecord, "instructions": InstructionsRecord,
                     "instructions_turned": InstructionsTurnedRecord, "stimulus": StimulusRecord,

@@ -225,6 +225,17 @@ def _pressure_levels(data: RunData) -> dict[str, str]:
                 if n in levels else n) for n in used}
 
 
+def not_measured_text(header: Mapping[str, Any]) -> str | None:
+    """Why the run's pressure was not measured (a gated inflator without read-back), or None when it was."""
+    cuff = header.get("cuff") or {}
+    if cuff.get("pressure_readback", True):
+        return None
+    panel = (header.get("briefing") or {}).get("panel_kpa")
+    setting = f" ({panel:g} kPa, confirmed by the operator before the run)" if isinstance(panel, (int, float)) else ""
+    return (f"n/a: not measured. The cuff ({cuff.get('name')}, {cuff.get('kind')}) is a gate on an inflator whose "
+            f"pressure is set on its front panel{setting}; nothing measured the pressure in the cuff.")
+
+
 def events_sidecar(data: RunData, *, run_uid: str, source_log: str) -> dict[str, Any]:
     """events.json: every column described, trial_type levels with HED, StimulusPresentation."""
     levels = sorted({e.trial_type for e in data.events} | {p.bids_trial_type for p in data.phases
@@ -267,6 +278,13 @@ def events_sidecar(data: RunData, *, run_uid: str, source_log: str) -> dict[str,
         "RunStatusDescription": data.status.summary(),
         "CuedpainRun": {**run_block(data, run_uid=run_uid, source_log=source_log), "Notes": list(data.notes)},
     }
+    unmeasured = not_measured_text(data.header)
+    if unmeasured is not None:
+        for column in ("measured_pressure_kpa", "peak_pressure_kpa"):
+            side[column] = {**side[column], "Description": f"{side[column]['Description']} {unmeasured}"}
+        side["target_pressure_kpa"] = {**side["target_pressure_kpa"],
+                                       "Description": "Commanded cuff pressure in this phase: the pressure set on "
+                                                      "the inflator's panel, its gate open."}
     return side
 
 

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from experiment.outputs.bids import not_measured_text
 from experiment.outputs.derive import RunData, timing_quality
 
 PROVENANCE_FORMAT = "cuedpain-provenance/1"
@@ -72,6 +73,7 @@ def provenance(data: RunData, *, run_uid: str, protocol_copy: Mapping[str, Any] 
         "display": _strip(data.display),
         "timing_test": h.get("timing_test"),   # the newest timing test of the dataset root when the run began
         "cuff": h.get("cuff"), "device": _strip(data.device), "scanner": h.get("scanner"),
+        "pressure_measured": not_measured_text(h) is None, "pressure_not_measured_why": not_measured_text(h),
         "pressure": h.get("pressure"), "cue_mapping": h.get("cue_mapping"),
         "briefing": h.get("briefing"), "confirmation": h.get("confirmation"),
         "scan": {"tr_s": h.get("tr_s"), "n_volumes": h.get("n_volumes"), "discard_pulses": h.get("discard_pulses"),

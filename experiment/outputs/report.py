@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from experiment.outputs.atomic import write_text
+from experiment.outputs.bids import not_measured_text
 from experiment.outputs.derive import RunData, TimingQuality, derive_run, timing_quality
 from experiment.outputs.writer import load_run, owned_paths, run_id_of
 
@@ -188,7 +189,9 @@ def pressure_figure(data: RunData) -> str:
                 color="#d55e00", lw=1, ls="--", label="commanded")
     handles = ax.get_legend_handles_labels()[0] + handles
     if not data.samples:
-        ax.text(0.5, 0.5, "no pressure samples", transform=ax.transAxes, ha="center")
+        unmeasured = not_measured_text(data.header) is not None
+        ax.text(0.5, 0.5, "not measured: the pressure was set on the inflator's panel" if unmeasured
+                else "no pressure samples", transform=ax.transAxes, ha="center")
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     _mark_stop(ax, data)
     ax.set_xlabel("seconds from t0 (shaded: the phases of events.tsv, coloured by trial_type)")

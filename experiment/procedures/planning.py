@@ -26,7 +26,7 @@ from pathlib import Path
 from experiment.errors import InputError
 from experiment.protocol.model import Protocol, load_protocol
 from experiment.protocol.cuff_timing import CuffTiming
-from experiment.protocol.rig import load_rig
+from experiment.protocol.rig import check_rig_for_protocol, load_rig
 from experiment.protocol.schedule import Timeline, WorstCase, build_schedule, volumes_for, worst_case
 from experiment.units import kpa_to_mmhg
 
@@ -270,7 +270,11 @@ def command(args: argparse.Namespace) -> int:
     The rig file's `cuff_timing` (default: `CuffTiming()`) is what the inflation checks count with.
     """
     protocol = load_protocol(args.protocol)
-    timing = load_rig(getattr(args, "rig", None)).cuff_timing
+    rig_path = getattr(args, "rig", None)
+    rig = load_rig(rig_path)
+    if rig_path is not None:
+        check_rig_for_protocol(protocol, rig)    # as a run would: screen facts for deg/cm cues, one level on a gated cuff
+    timing = rig.cuff_timing
     if args.command == "validate":
         timeline = build_schedule(protocol, timing=timing)
         print(f"{args.protocol}: valid")

@@ -44,6 +44,9 @@ def command(args: argparse.Namespace) -> int:
         raise InputError("nothing to check: give --cuff SPEC and/or --scanner SPEC, or a --rig file that names them")
     if args.test_pressure is not None and not args.test_pressure > 0:
         raise InputError(f"--test-pressure must be above 0 kPa, got {args.test_pressure:g}")
+    if args.test_pressure is not None and cuff_spec is not None and cuff_spec.gated:
+        raise InputError(f"--test-pressure: the cuff {cuff_spec} is a gated inflator whose pressure is set on its "
+                         "panel; a test pulse at a chosen pressure is not possible (leave --test-pressure out)")
     if args.clear_fault and cuff_spec is None:
         raise InputError("--clear-fault clears a latched cuff: give --cuff SPEC or a --rig file that names it")
     if scanner_spec is not None and scanner_spec.simulated:

@@ -22,12 +22,12 @@ from dataclasses import field, replace
 from pathlib import Path
 
 from experiment.errors import InputError
-from experiment.protocol.model import Keys, Protocol
+from experiment.protocol.model import PRESSURE, Keys, Pressure, Protocol
 from experiment.protocol.cuff_timing import CUFF_TIMING, CuffTiming
-from experiment.protocol.schema import (Boolean, Choice, Integer, KeyName, Nullable, Number, Pair, Record, Refined,
-                                        Text, json_schema_document, record, spec)
-from experiment.protocol.specs import (CUFF_FORMS, SCANNER_FORMS, CuffSpec, KeyboardSpec, ScannerSpec,
-                                       parse_cuff_spec, parse_scanner_spec)
+from experiment.protocol.schema import (Boolean, Choice, Integer, KeyName, MapOf, Nullable, Number, Pair, Record,
+                                        Refined, Text, json_schema_document, record, spec)
+from experiment.protocol.specs import (BUTTONS_FORMS, CUFF_FORMS, SCANNER_FORMS, ButtonSpec, CuffSpec, KeyboardSpec,
+                                       ScannerSpec, parse_buttons_spec, parse_cuff_spec, parse_scanner_spec)
 from experiment.protocol.yamlload import FieldPath, Located, Where, parse_yaml, read_yaml
 
 SCHEMA_ID = "https://github.com/cuedpain/cuedpain/protocols/cuedpain-rig.schema.json"
@@ -52,6 +52,19 @@ def _cuff(text: str, path: FieldPath, where: Where) -> CuffSpec:
 
 def _scanner(text: str, path: FieldPath, where: Where) -> ScannerSpec:
     return parse_scanner_spec(text, what=_field(where, path))
+
+
+def _buttons(text: str, path: FieldPath, where: Where) -> ButtonSpec:
+    return parse_buttons_spec(text, what=_field(where, path))
+
+
+BYTE_KEY = Text("a byte: 0xNN or one character, quoted in YAML", pattern=r"0x[0-9a-fA-F]{2}|.",
+                pattern_doc="a byte as '0xNN' (two hex digits) or one character, quoted", max_length=4)
+
+
+def byte_of(key: str) -> int:
+    """A `button_map` key ('0x31' or '1') -> its byte value."""
+    return int(key, 16) if len(key) == 4 and key.startswith("0x") else ord(key)
 
 
 _UNITS = ("pix", "norm", "height", "deg", "cm")
@@ -129,6 +142,16 @@ class Rig:
     scanner: ScannerSpec | None = spec(Nullable(Refined(Text(f"trigger source: {SCANNER_FORMS} (null: not "
                                                              "configured)", max_length=300), _scanner)),
                                        default=None)
+    buttons: ButtonSpec | None = spec(Nullable(Refined(Text(f"button box on a serial line: {BUTTONS_FORMS} (null: "
+                                                            "the keyboard only)", max_length=300), _buttons)),
+                                      default=None)
+    button_map: dict[str, str] | None = spec(Nullable(MapOf(BYTE_KEY, KeyName("the button (key) name this byte "
+                                                                              "presses"), "a custom button box's "
+                                                                              "bytes -> button names (buttons: "
+                                                            "serial:PORT:custom)", min_items=1, max_items=256,
+                                                            key_label="byte")), default=None)
+    lsl: bool = spec(Boolean("publish markers and the pressure trace as Lab Streaming Layer streams (docs/lsl.md)"),
+                     default=False)
     discard_pulses: int | None = spec(Nullable(Integer("overrides the protocol's scan.discard_pulses for this "
                                                        "scanner", minimum=0, maximum=100)), default=None)
     screen: Screen = spec(SCREEN, default=SCREEN.defaults())
@@ -141,6 +164,10 @@ class Rig:
                                                "it with --calibration FILE", unit="hours", minimum=0.0,
                                                exclusive_minimum=True, maximum=24.0 * 365), default=12.0)
     cuff_timing: CuffTiming = spec(CUFF_TIMING, default=CUFF_TIMING.defaults())
+    cuff_panel_pressure: Pressure | None = spec(Nullable(PRESSURE, "the pressure set on the front panel of a gated "
+                                                         "inflator (cuff gated:PORT:GATE), which the operator confirms "
+                                                         "before each run; a run's target must equal it (null: not "
+                                                         "declared)"), default=None)
     timing_limits: TimingLimits = spec(TIMING_LIMITS, default=TIMING_LIMITS.defaults())
     sim_link: str = spec(Choice(["auto", "pty", "socket"], "how a dry run serves its simulated cuff and scanner: "
                                 "a pseudo-terminal (POSIX), a loopback TCP port (socket://, as on Windows), or "
@@ -178,7 +205,22 @@ def build_rig(doc: Located) -> Rig:
             raise where.error(("keys", role), f"key {key!r} is already the {seen[key]} key; every key needs its "
                                               f"own role")
         seen[key] = role
+    _check_button_map(rig, where)
     return rig
+
+
+def _check_button_map(rig: Rig, where: Where) -> None:
+    """A custom button box needs its byte map, and a byte map needs a custom box to read it."""
+    from experiment.protocol.specs import ButtonPresetName, SerialButtonSpec
+
+    custom = isinstance(rig.buttons, SerialButtonSpec) and rig.buttons.preset is ButtonPresetName.CUSTOM
+    if custom and rig.button_map is None:
+        raise where.error(("buttons",), "a custom button box needs button_map (byte -> button name) in the rig file")
+    if rig.button_map is not None and not custom:
+        raise where.error(("button_map",), "button_map is read only by a custom button box: set buttons: "
+                                           "serial:PORT:custom")
+    if rig.button_map is not None and len({byte_of(k) for k in rig.button_map}) != len(rig.button_map):
+        raise where.error(("button_map",), "a byte is mapped twice (as '0xNN' and as its character)")
 
 
 def parse_rig(text: str, *, file: str = "<rig>") -> Rig:
@@ -219,7 +261,14 @@ def effective_keys(protocol: Protocol, rig: Rig, *, scanner: ScannerSpec | None 
 
 
 def check_rig_for_protocol(protocol: Protocol, rig: Rig) -> None:
-    """Cues in deg need the screen's width and distance; in cm, its width."""
+    """Cues in deg need the screen's width and distance; in cm, its width. A gated inflator (its
+    pressure set on its panel) gives one pressure level per run."""
+    levels = protocol.stimulation.levels
+    if rig.cuff is not None and rig.cuff.gated and len(levels) > 1:
+        raise protocol.where.error(("stimulation", "levels"),
+                                   f"{len(levels)} pressure levels ({', '.join(levels)}), but the cuff of {rig.label} "
+                                   f"({rig.cuff}) is a gated inflator whose pressure is set on its panel: one level "
+                                   "per run")
     for name, cue in protocol.cues.items():
         need = {"deg": ("width_cm", "distance_cm"), "cm": ("width_cm",)}.get(cue.units, ())
         missing = [n for n in need if getattr(rig.screen, n) is None]

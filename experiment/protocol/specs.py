@@ -4,7 +4,11 @@ A spec is parsed once, where it enters (the command line or the rig file), into 
 frozen value; devices are built from that value, never from text. `str(spec)` (also
 `spec.text`) is the canonical text, and `parse(str(spec)) == spec` for every spec.
 
-    cuff      sim | line:PORT | cpar:PORT
+    cuff      sim | sim:gated[:GATE] | line:PORT | cpar:PORT | gated:PORT:GATE
+                                         GATE rts | dtr (a relay on that modem line) | board
+                                         (a GATE/1 gate board, docs/gate-board.md); sim:gated is the
+                                         simulated gate board (dry runs only), sim:gated:rts|dtr the
+                                         same board without its sensor, standing in for a relay
     scanner   keyboard[:KEY[:BACKEND]]   KEY a PsychoPy key name (default: the protocol's
                                          keys.trigger); BACKEND ptb (default) | event
               serial:PORT[:PRESET]       PRESET syncbox | forp (default) | forp-bitwise |
@@ -36,7 +40,7 @@ from typing import ClassVar, Mapping, TypeVar, Union
 
 from experiment.errors import InputError
 
-CUFF_FORMS = "sim | line:PORT | cpar:PORT"
+CUFF_FORMS = "sim | sim:gated[:rts|dtr] | line:PORT | cpar:PORT | gated:PORT:rts|dtr|board"
 PORT_FORMS = "a device path, a COM name or a pyserial URL (socket://host:port, rfc2217://host:port, hwgrep://...)"
 PRESET_FORMS = "syncbox | forp | forp-bitwise | NAME@BAUD | custom:BYTE@BAUD (BYTE: 0xNN or one character)"
 KEYBOARD_FORMS = "keyboard | keyboard:KEY | keyboard:KEY:BACKEND (KEY a PsychoPy key name such as 5 or t; " \
@@ -59,6 +63,15 @@ class CuffKind(Enum):
     SIM = "sim"
     LINE = "line"     # CUFF/1 text protocol
     CPAR = "cpar"     # Nocitech CPAR binary protocol
+    GATED = "gated"   # a panel-set inflator switched by a gate (docs/gate-board.md)
+
+
+class Gate(Enum):
+    """How a gated inflator is switched."""
+
+    RTS = "rts"       # a relay on the port's RTS line
+    DTR = "dtr"       # a relay on the port's DTR line
+    BOARD = "board"   # a GATE/1 gate board on the port
 
 
 class ScannerKind(Enum):
@@ -183,10 +196,14 @@ PRESETS: Mapping[str, SerialPreset] = MappingProxyType(
 
 @dataclass(frozen=True)
 class CuffSpec:
-    """A cuff device: the simulator (dry runs only), or a driver on a port."""
+    """A cuff device: a simulator (dry runs only), or a driver on a port. `gate` says how a
+    gated inflator is switched (`gated:PORT:GATE`); `sim` with a gate is the simulated gate
+    board (`sim:gated`), without its sensor for RTS or DTR (`sim:gated:rts`: a relay has no
+    read-back, and a pseudo-terminal no modem lines)."""
 
     kind: CuffKind
     port: str | None = None   # None for sim
+    gate: Gate | None = None  # gated only, and sim:gated (BOARD)
 
     def __post_init__(self) -> None:
         if (self.kind is CuffKind.SIM) != (self.port is None):
@@ -194,20 +211,34 @@ class CuffSpec:
         problem = None if self.port is None else _port_problem(self.port)
         if problem is not None:
             raise ValueError(f"CuffSpec: {problem}")
+        if self.kind is CuffKind.GATED and self.gate is None:
+            raise ValueError("CuffSpec: gated needs its gate (rts, dtr or board)")
+        if self.gate is not None and self.kind not in (CuffKind.GATED, CuffKind.SIM):
+            raise ValueError(f"CuffSpec: {self.kind.value} takes no gate")
 
     @property
     def simulated(self) -> bool:
         return self.kind is CuffKind.SIM
 
     @property
+    def gated(self) -> bool:
+        """A panel-set inflator behind a gate (real or simulated): its pressure is the panel's."""
+        return self.gate is not None
+
+    @property
     def text(self) -> str:
-        return self.kind.value if self.port is None else f"{self.kind.value}:{self.port}"
+        if self.kind is CuffKind.SIM:
+            if self.gate is None:
+                return "sim"
+            return "sim:gated" + ("" if self.gate is Gate.BOARD else f":{self.gate.value}")
+        return f"{self.kind.value}:{self.port}" + (f":{self.gate.value}" if self.gate is not None else "")
 
     def __str__(self) -> str:
         return self.text
 
 
 SIM_CUFF = CuffSpec(CuffKind.SIM)
+SIM_GATED = CuffSpec(CuffKind.SIM, gate=Gate.BOARD)
 
 
 @dataclass(frozen=True)
@@ -290,7 +321,8 @@ class _Refused(Exception):
 
 
 def parse_cuff_spec(text: str, *, what: str) -> CuffSpec:
-    """`sim`, `line:PORT`, `cpar:PORT` -> CuffSpec; an InputError names `what` (option or rig field)."""
+    """`sim`, `sim:gated`, `line:PORT`, `cpar:PORT`, `gated:PORT:GATE` -> CuffSpec; an InputError names
+    `what` (option or rig field)."""
     try:
         return _cuff(text)
     except _Refused as r:
@@ -327,15 +359,36 @@ def _cuff(text: str) -> CuffSpec:
         raise _Refused(f"unknown cuff kind {kind_text!r} in {spec!r}{_lowercase_hint(CuffKind, kind_text)}",
                        CUFF_FORMS)
     if kind is CuffKind.SIM:
+        head, colon, gate_text = port.partition(":")
+        gate = _member(Gate, gate_text) if colon else Gate.BOARD
+        if sep and head == CuffKind.GATED.value and gate is not None:
+            return CuffSpec(CuffKind.SIM, gate=gate)
         if sep:
-            raise _Refused(f"'sim' takes no port, got {spec!r}", CUFF_FORMS)
+            raise _Refused(f"'sim' takes no port (the simulated gate board is sim:gated[:rts|dtr]), got {spec!r}",
+                           CUFF_FORMS)
         return SIM_CUFF
+    if kind is CuffKind.GATED:
+        return _gated(spec, port)
     problem = _port_problem(port)
     if problem is not None:
         raise _Refused(f"{kind.value!r} needs a port, got {spec!r}" if not port else f"{problem}, in {spec!r}",
                        f"{kind.value}:PORT with PORT {PORT_FORMS}, e.g. {kind.value}:/dev/ttyUSB0 or "
                        f"{kind.value}:COM3")
     return CuffSpec(kind, port)
+
+
+def _gated(spec: str, rest: str) -> CuffSpec:
+    allowed = (f"gated:PORT:GATE with GATE {_names(Gate)} (rts, dtr: a relay on that line of the port; board: "
+               f"a GATE/1 gate board) and PORT {PORT_FORMS}, e.g. gated:/dev/ttyUSB0:rts")
+    port, sep, last = rest.rpartition(":")
+    gate = _member(Gate, last) if sep else None
+    if gate is None:
+        raise _Refused(f"{spec!r} does not say how the gate is wired (it ends in ':rts', ':dtr' or ':board')",
+                       allowed)
+    problem = _port_problem(port)
+    if problem is not None:
+        raise _Refused(f"'gated' needs a port, got {spec!r}" if not port else f"{problem}, in {spec!r}", allowed)
+    return CuffSpec(CuffKind.GATED, port, gate)
 
 
 def _scanner(text: str) -> ScannerSpec:
@@ -439,3 +492,90 @@ def _sim(spec: str, rest: str | None) -> SimSpec:
         raise _Refused(f"simulated scanner driver {rest!r} is not one of {_names(SimDriver)}",
                        f"{SIM_FORMS} (dry runs only)")
     return SimSpec(driver)
+
+
+# ---------------------------------------------------------------- button boxes (--buttons, the rig's `buttons:`)
+
+class ButtonPresetName(Enum):
+    """How a button box on a serial line says which button: docs/buttons.md."""
+
+    FORP = "forp"         # Current Designs fORP, ASCII mode: one byte per press ('1'-'4', '6'-'9'; '5' is the trigger)
+    CEDRUS = "cedrus"     # Cedrus RB-series XID: 6-byte packets 'k', key info, 4-byte timer
+    CUSTOM = "custom"     # the rig file's `button_map` (byte -> button name)
+
+
+BUTTON_BAUDS: Mapping[ButtonPresetName, int] = MappingProxyType({
+    ButtonPresetName.FORP: 19200, ButtonPresetName.CEDRUS: 115200, ButtonPresetName.CUSTOM: 19200})
+BUTTON_PRESET_FORMS = "forp | cedrus | custom (the rig file's button_map), each optionally @BAUD"
+BUTTONS_FORMS = f"serial:PORT[:PRESET] with PRESET {BUTTON_PRESET_FORMS} | sim (dry runs: the simulated " \
+                "participant presses fORP buttons on the simulated scanner's line)"
+
+
+@dataclass(frozen=True)
+class SerialButtonSpec:
+    """A button box on a serial port (or a pyserial URL); the same port as a serial trigger
+    spec means one line carries both (one reader splits the bytes)."""
+
+    port: str
+    preset: ButtonPresetName = ButtonPresetName.FORP
+    baud: int = BUTTON_BAUDS[ButtonPresetName.FORP]
+    simulated: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        problem = _port_problem(self.port) or (None if self.baud in STANDARD_BAUDS else
+                                               f"baud rate {self.baud} is not a standard rate")
+        if problem is not None:
+            raise ValueError(f"SerialButtonSpec: {problem}")
+
+    @property
+    def text(self) -> str:
+        """Always with the preset, so a port ending in ':WORD' stays a port."""
+        baud = "" if self.baud == BUTTON_BAUDS[self.preset] else f"@{self.baud}"
+        return f"serial:{self.port}:{self.preset.value}{baud}"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class SimButtonSpec:
+    """Dry runs: the simulated participant presses fORP buttons on the simulated scanner's line."""
+
+    simulated: ClassVar[bool] = True
+    text: ClassVar[str] = "sim"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+ButtonSpec = Union[SerialButtonSpec, SimButtonSpec]
+
+
+def parse_buttons_spec(text: str, *, what: str) -> ButtonSpec:
+    """`serial:PORT[:PRESET[@BAUD]]`, `sim` -> ButtonSpec; an InputError names `what` (option or rig field)."""
+    try:
+        return _buttons(text)
+    except _Refused as r:
+        raise InputError(f"{what}: {r.problem}; allowed: {r.allowed}") from None
+
+
+def _buttons(text: str) -> ButtonSpec:
+    spec = text.strip()
+    if spec == "sim":
+        return SimButtonSpec()
+    kind, sep, rest = spec.partition(":")
+    if kind != "serial" or not sep:
+        raise _Refused(f"unknown button box {spec!r}" if spec else "no button box given", BUTTONS_FORMS)
+    head, sep, last = rest.rpartition(":")
+    port, preset_text = (head, last) if sep and _WORD_TAIL.fullmatch(last) else (rest, None)
+    problem = _port_problem(port)
+    if problem is not None:
+        raise _Refused(f"'serial' {problem}, got {spec!r}" if not port else f"{problem}, in {spec!r}", BUTTONS_FORMS)
+    if preset_text is None:
+        return SerialButtonSpec(port)
+    named = _NAMED.fullmatch(preset_text)
+    preset = None if named is None else _member(ButtonPresetName, named["name"])
+    if named is None or preset is None:
+        raise _Refused(f"unknown button preset {preset_text!r} in {spec!r}", BUTTON_PRESET_FORMS)
+    baud = BUTTON_BAUDS[preset] if named["baud"] is None else _baud(named["baud"], spec)
+    return SerialButtonSpec(port, preset, baud)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from experiment.buttons.decoders import ButtonDecoder
 from experiment.clock import Clock, VirtualClock
 from experiment.errors import InputError
 from experiment.protocol.specs import KeyboardSpec, ScannerSpec, SerialSpec, SimDriver, SimSpec
@@ -34,21 +35,29 @@ def resolve_sim_driver(driver: SimDriver | None, *, virtual_clock: bool, pty: bo
 
 
 def make_trigger_source(spec: ScannerSpec, *, clock: Clock, win: Any = None, dry_run: bool,
-                        plan: ScannerPlan | None = None, default_key: str = "5") -> TriggerSource:
+                        plan: ScannerPlan | None = None, default_key: str = "5",
+                        buttons: ButtonDecoder | None = None) -> TriggerSource:
     """Build (not open) the trigger source `spec` names.
 
     `win` is the PsychoPy window (an object of an untyped library, hence Any), or None
     when the command opens none; `default_key` is the trigger key of a `keyboard` spec
-    that names none.
+    that names none. `buttons`: the line also carries a button box's bytes (a serial
+    spec, or a simulated scanner on a pty or socket, which then has a simulated fORP).
     """
+    if buttons is not None and not (isinstance(spec, SerialSpec) or (
+            isinstance(spec, SimSpec) and not clock.virtual
+            and spec.driver in (None, SimDriver.SERIAL, SimDriver.PTY, SimDriver.SOCKET))):
+        raise InputError(f"scanner {spec.text!r}: only a serial line (or a simulated scanner on a pty or socket) "
+                         "can carry the button box too")
     if isinstance(spec, KeyboardSpec):
         return KeyboardSource(win, clock=clock, trigger_keys=(spec.key or default_key,), backend=spec.backend.value)
     if isinstance(spec, SerialSpec):
-        return SerialSource(spec.port, clock=clock, preset=spec.preset)
-    return _simulated(spec, clock=clock, win=win, dry_run=dry_run, plan=plan)
+        return SerialSource(spec.port, clock=clock, preset=spec.preset, buttons=buttons)
+    return _simulated(spec, clock=clock, win=win, dry_run=dry_run, plan=plan, buttons=buttons)
 
 
-def _simulated(spec: SimSpec, *, clock: Clock, win: Any, dry_run: bool, plan: ScannerPlan | None) -> TriggerSource:
+def _simulated(spec: SimSpec, *, clock: Clock, win: Any, dry_run: bool, plan: ScannerPlan | None,
+               buttons: ButtonDecoder | None = None) -> TriggerSource:
     if not dry_run:
         raise InputError(f"scanner {spec.text!r}: the simulated scanner is only allowed in a dry run (--dry-run); "
                          f"a real run needs keyboard[:KEY] or serial:PORT[:PRESET]")
@@ -65,9 +74,9 @@ def _simulated(spec: SimSpec, *, clock: Clock, win: Any, dry_run: bool, plan: Sc
                              f"experiment.clock.VirtualClock")
         return VirtualScanner(plan, clock=clock)
     if driver is SimDriver.PTY:
-        return pty_sim_source(plan, clock=clock)
+        return pty_sim_source(plan, clock=clock, buttons=buttons)
     if driver is SimDriver.SOCKET:
-        return socket_sim_source(plan, clock=clock)
+        return socket_sim_source(plan, clock=clock, buttons=buttons)
     if win is None:
         raise InputError(f"scanner {spec.text!r}: the '{driver.value}' simulated scanner types into the participant "
                          f"window, which this command does not open")
@@ -78,8 +87,10 @@ def _simulated(spec: SimSpec, *, clock: Clock, win: Any, dry_run: bool, plan: Sc
 
 
 def open_trigger_source(spec: ScannerSpec, *, clock: Clock, win: Any = None, dry_run: bool,
-                        plan: ScannerPlan | None = None, default_key: str = "5") -> TriggerSource:
+                        plan: ScannerPlan | None = None, default_key: str = "5",
+                        buttons: ButtonDecoder | None = None) -> TriggerSource:
     """Build and open the trigger source `spec` names; the caller closes it."""
-    source = make_trigger_source(spec, clock=clock, win=win, dry_run=dry_run, plan=plan, default_key=default_key)
+    source = make_trigger_source(spec, clock=clock, win=win, dry_run=dry_run, plan=plan, default_key=default_key,
+                                 buttons=buttons)
     source.open()
     return source

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 from multiprocessing.connection import Connection
 from typing import Sequence
@@ -62,6 +63,8 @@ def _serve(conn: Connection, parent_pid: int, payload: bytes) -> None:  # pragma
                     pulsing = False
                 elif msg[0] == "report":
                     conn.send(("sent", sent))
+                elif msg[0] == "write":     # a simulated button box's bytes, on the same line
+                    _write_all(master, msg[1])
                 elif msg[0] == "exit":
                     return
                 continue
@@ -70,11 +73,17 @@ def _serve(conn: Connection, parent_pid: int, payload: bytes) -> None:  # pragma
             while time.perf_counter() < due:
                 pass
             t_sent = time.perf_counter()
-            os.write(master, payload)
+            _write_all(master, payload)
             sent.append(t_sent)
     finally:
         os.close(master)
         os.close(slave)
+
+
+def _write_all(fd: int, data: bytes) -> None:  # pragma: no cover - runs in the child
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class ProcessScanner:
@@ -98,6 +107,7 @@ class ProcessScanner:
         self._proc.start()
         child_conn.close()
         self._sent_pc: list[float] = []
+        self._send_lock = threading.Lock()   # the button box's thread and the caller's share the pipe
         self._offset = self._clock_offset()
         self.start_t: float | None = None
         self._stopped = False
@@ -138,7 +148,7 @@ class ProcessScanner:
         now_pc = time.perf_counter()
         self.start_t = self._clock.now() + self._start_delay_s
         start_pc = now_pc + self._start_delay_s
-        self._conn.send(("start", [start_pc + x for x in self._offsets]))
+        self._send(("start", [start_pc + x for x in self._offsets]))
 
     @property
     def sent(self) -> list[float]:
@@ -146,14 +156,23 @@ class ProcessScanner:
         it runs, the last answer after it ended)."""
         if self._proc.exitcode is None and not self._conn.closed:
             try:
-                self._conn.send(("report",))
-                if self._conn.poll(REPORT_TIMEOUT_S):
-                    kind, times = self._conn.recv()
-                    if kind == "sent":
-                        self._sent_pc = list(times)
+                with self._send_lock:
+                    self._conn.send(("report",))
+                    if self._conn.poll(REPORT_TIMEOUT_S):
+                        kind, times = self._conn.recv()
+                        if kind == "sent":
+                            self._sent_pc = list(times)
             except (EOFError, OSError):
                 pass
         return [t + self._offset for t in self._sent_pc]
+
+    def write(self, data: bytes) -> None:
+        """Have the child write `data` on the line now (a simulated button box shares it)."""
+        self._send(("write", bytes(data)))
+
+    def _send(self, msg: tuple[object, ...]) -> None:
+        with self._send_lock:
+            self._conn.send(msg)
 
     def stop(self) -> None:
         """No more pulses (the pty stays open until `close`, so the reader never sees the line drop)."""
@@ -161,7 +180,7 @@ class ProcessScanner:
             _ = self.sent
             self._stopped = True
             try:
-                self._conn.send(("stop",))
+                self._send(("stop",))
             except OSError:
                 pass
 
@@ -169,7 +188,7 @@ class ProcessScanner:
         """Tell the child to exit, join it, and raise if it did not end cleanly."""
         self.stop()
         try:
-            self._conn.send(("exit",))
+            self._send(("exit",))
         except OSError:
             pass
         self._proc.join(JOIN_TIMEOUT_S)

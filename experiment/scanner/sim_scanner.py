@@ -21,6 +21,7 @@ with a real clock.
 
 from __future__ import annotations
 
+import heapq
 import os
 import shutil
 import socket
@@ -34,7 +35,9 @@ import numpy.typing as npt
 
 from experiment.clock import Clock, VirtualClock
 from experiment.errors import DeviceFault, HardwareError, InputError
+from experiment.buttons.decoders import ButtonDecoder, ButtonPress, Unmatched
 from experiment.scanner.base import KeyPress, Pulse, PulseBuffer, TriggerSource
+from experiment.scanner.serial_source import PRESETS, SerialSource
 
 Seconds = npt.NDArray[np.float64]
 
@@ -268,6 +271,65 @@ class XdotoolScanner(_TimedDriver):
             self._proc = None
 
 
+class ButtonPresser:
+    """A simulated button box on a simulated scanner's line: writes each press's bytes at its time.
+
+    `press(data, t)` may be called from any thread; one thread sleeps until the earliest
+    press is due and writes it with `write` (the pty master or the socket the scanner
+    driver writes its pulses to), so triggers and presses share one real line. `sent`
+    records (t just before the write, bytes)."""
+
+    def __init__(self, write: Callable[[bytes], None], *, clock: Clock) -> None:
+        if clock.virtual:
+            raise InputError("the simulated button box needs a real clock")
+        self._write = write
+        self._clock = clock
+        self._due: list[tuple[float, int, bytes]] = []
+        self._cond = threading.Condition()
+        self._stop = False
+        self._n = 0
+        self._thread: threading.Thread | None = None
+        self.sent: list[tuple[float, bytes]] = []
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sim-buttons", daemon=True)
+        self._thread.start()
+
+    def press(self, data: bytes, t: float) -> None:
+        with self._cond:
+            heapq.heappush(self._due, (t, self._n, data))
+            self._n += 1
+            self._cond.notify()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._stop and not self._due:
+                        self._cond.wait()
+                    if self._stop:
+                        return
+                    t, _, data = self._due[0]
+                    wait_s = t - self._clock.now()
+                    if wait_s > 0.002:
+                        self._cond.wait(min(wait_s - 0.002, 0.05))   # a new, earlier press wakes it
+                        continue
+                    heapq.heappop(self._due)
+                self._clock.sleep_until(t)
+                self.sent.append((self._clock.now(), data))
+                self._write(data)
+        except BaseException as exc:  # noqa: BLE001 - reported through .error
+            self.error = exc
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(2.0)
+
+
 class VirtualScanner:
     """A trigger source on a VirtualClock: each planned pulse fires as a timer."""
 
@@ -342,9 +404,11 @@ class DrivenSource:
     cleanup: Callable[[], None] = _nothing
     name: str = "sim"
     reads_keyboard: bool = False
+    make_presser: Callable[[], ButtonPresser] | None = None   # a simulated button box on the same line
     simulated: bool = field(default=True, init=False)
     source: TriggerSource | None = field(default=None, init=False)
     driver: PulseDriver | None = field(default=None, init=False)
+    presser: ButtonPresser | None = field(default=None, init=False)
 
     def open(self) -> None:
         try:
@@ -352,9 +416,31 @@ class DrivenSource:
             self.source.open()
             self.driver = self.make_driver()
             self.driver.start()
+            if self.make_presser is not None:
+                self.presser = self.make_presser()
+                self.presser.start()
         except BaseException:
             self.close()
             raise
+
+    def press(self, presses: list[KeyPress]) -> None:
+        """The simulated participant's presses (button, time): their fORP bytes go on the line at those times."""
+        from experiment.buttons.decoders import forp_byte
+
+        if self.presser is None:
+            raise RuntimeError("DrivenSource: this simulated scanner has no button box")
+        for button, t in presses:
+            self.presser.press(forp_byte(button), t)
+
+    def poll_buttons(self) -> list[ButtonPress]:
+        if self.presser is not None and self.presser.error is not None:
+            raise DeviceFault(f"simulated button box failed: {self.presser.error}")
+        source = self._reader()
+        return source.poll_buttons() if isinstance(source, SerialSource) else []
+
+    def take_unmatched(self) -> Unmatched | None:
+        source = self._reader()
+        return source.take_unmatched() if isinstance(source, SerialSource) else None
 
     def _reader(self) -> TriggerSource:
         if self.source is None:
@@ -371,6 +457,8 @@ class DrivenSource:
 
     def close(self) -> None:
         try:
+            if self.presser is not None:
+                self.presser.stop()
             if self.driver is not None:
                 self.driver.stop()
             if self.source is not None:
@@ -384,14 +472,15 @@ def has_pty() -> bool:
     return hasattr(os, "openpty")
 
 
-def pty_sim_source(plan: ScannerPlan, *, clock: Clock) -> DrivenSource:
+def pty_sim_source(plan: ScannerPlan, *, clock: Clock, buttons: ButtonDecoder | None = None) -> DrivenSource:
     """The simulated scanner through a real pseudo-terminal and SerialSource (POSIX).
 
     The pulses are written by a child process that owns the pseudo-terminal
     (`experiment.scanner.sim_process`), so they never wait for this process's frame loop;
-    it is started at `open()` and joined (and its exit checked) at `close()`.
+    it is started at `open()` and joined (and its exit checked) at `close()`. With `buttons`
+    (a fORP decoder), a simulated button box writes the participant's presses on the same
+    line (through the child, which owns it) and the one reader splits them from the pulses.
     """
-    from experiment.scanner.serial_source import PRESETS, SerialSource
     from experiment.scanner.sim_process import ProcessScanner
 
     if not has_pty():
@@ -402,37 +491,44 @@ def pty_sim_source(plan: ScannerPlan, *, clock: Clock) -> DrivenSource:
     def make_source() -> SerialSource:
         children.append(ProcessScanner(plan.pulse_times_s().tolist(), clock=clock, start_delay_s=plan.start_delay_s,
                                        payload=b"5", tr_s=plan.tr_s))
-        return SerialSource(children[0].port, clock=clock, preset=PRESETS["forp"], name="sim")
+        return SerialSource(children[0].port, clock=clock, preset=PRESETS["forp"], name="sim", buttons=buttons)
 
     def cleanup() -> None:
         while children:
             children.pop().close()
 
-    return DrivenSource(make_source=make_source, make_driver=lambda: children[0], cleanup=cleanup)
+    return DrivenSource(make_source=make_source, make_driver=lambda: children[0], cleanup=cleanup,
+                        make_presser=None if buttons is None else
+                        lambda: ButtonPresser(lambda data: children[0].write(data), clock=clock))
 
 
-def socket_sim_source(plan: ScannerPlan, *, clock: Clock) -> DrivenSource:
+def socket_sim_source(plan: ScannerPlan, *, clock: Clock, buttons: ButtonDecoder | None = None) -> DrivenSource:
     """The simulated scanner through a loopback TCP socket and SerialSource (any platform).
 
     At `open()` a `LoopbackListener` listens on 127.0.0.1, `SerialSource` opens its
     `socket://` URL (pyserial), and the driver takes that connection; `close()` closes
-    the reader, then both sockets.
+    the reader, then both sockets. `buttons`: as for `pty_sim_source`.
     """
-    from experiment.scanner.serial_source import PRESETS, SerialSource
 
     links: list[LoopbackListener] = []
 
     def make_source() -> SerialSource:
         links.append(LoopbackListener())
-        return SerialSource(links[0].url, clock=clock, preset=PRESETS["forp"], name="sim")
+        return SerialSource(links[0].url, clock=clock, preset=PRESETS["forp"], name="sim", buttons=buttons)
 
     def cleanup() -> None:
         while links:
             links.pop().close()
 
+    def send(data: bytes) -> None:
+        connection = links[0].connection
+        assert connection is not None
+        connection.sendall(data)
+
     return DrivenSource(make_source=make_source,
                         make_driver=lambda: SocketScanner(plan, links[0].accept(), clock=clock, payload=b"5"),
-                        cleanup=cleanup)
+                        cleanup=cleanup,
+                        make_presser=None if buttons is None else lambda: ButtonPresser(send, clock=clock))
 
 
 def xdotool_sim_source(plan: ScannerPlan, *, clock: Clock, win: Any = None, key: str = "5",

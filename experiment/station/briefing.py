@@ -102,21 +102,34 @@ def _cuff_lines(cuff: DeviceInfo, calibration_cuff: Mapping[str, object] | None)
     return lines
 
 
+def panel_line(panel_kpa: float, cuff: DeviceInfo) -> str:
+    """A gated inflator's pressure: set on its panel by the operator, measured or not."""
+    measured = "measured by the gate board's sensor" if cuff.pressure_readback else "not measured"
+    return f"pressure set on the device's panel: {_kpa(panel_kpa)}, {measured}"
+
+
 def run_briefing(*, participant: str, session: str | None, run: int, protocol_path: str, protocol_sha256: str,
                  pressure: PressureInfo, ceiling_kpa: float, cuff: DeviceInfo, trigger_spec: str,
-                 trigger_simulated: bool, dry_run: bool) -> Briefing:
-    """The block shown before a run waits for the scanner."""
+                 trigger_simulated: bool, dry_run: bool, panel_kpa: float | None = None,
+                 buttons: str | None = None, lsl: bool = False) -> Briefing:
+    """The block shown before a run waits for the scanner; a gated inflator adds its panel line
+    (the operator confirms the panel shows it), a serial button box its line, LSL streams theirs."""
     ses = f", session {session}" if session else ""
     lines = [("participant", f"sub-{participant}{ses}, run {run}"),
              ("protocol", f"{protocol_path} (sha256 {protocol_sha256[:12]})"),
              ("pressure", pressure_line(pressure)),
+             *([] if panel_kpa is None else [("panel", panel_line(panel_kpa, cuff))]),
              ("ceiling", _kpa(ceiling_kpa)),
              *_cuff_lines(cuff, pressure.get("calibration_cuff")),
-             ("trigger", trigger_spec + (" (SIMULATED)" if trigger_simulated else ""))]
+             ("trigger", trigger_spec + (" (SIMULATED)" if trigger_simulated else "")),
+             *([("buttons", buttons)] if buttons is not None else []),
+             *([("streams", "Lab Streaming Layer: markers and pressure (docs/lsl.md)")] if lsl else [])]
     facts = {"participant": participant, "session": session, "run": run, "protocol_path": protocol_path,
              "protocol_sha256": protocol_sha256, "pressure": dict(pressure), "ceiling_kpa": ceiling_kpa,
              "ceiling_mmhg": round(kpa_to_mmhg(ceiling_kpa), 1), "cuff": asdict(cuff),
-             "trigger": {"spec": trigger_spec, "simulated": trigger_simulated}, "dry_run": dry_run}
+             "trigger": {"spec": trigger_spec, "simulated": trigger_simulated}, "dry_run": dry_run,
+             **({} if panel_kpa is None else {"panel_kpa": panel_kpa, "pressure_measured": cuff.pressure_readback}),
+             **({"buttons": buttons} if buttons is not None else {}), **({"lsl": True} if lsl else {})}
     return Briefing("run", dry_run, tuple(lines), facts)
 
 

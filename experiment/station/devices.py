@@ -2,7 +2,8 @@
 
     real      the cuff and trigger line the specs name; a real window; a device that
               says it is simulated is refused (exit 4)
-    dry run   the simulated CUFF/1 cuff served on a pseudo-terminal and driven through
+    dry run   the simulated CUFF/1 cuff (or, for `sim:gated`, the simulated gate board with its
+              panel at the run's pressure) served on a pseudo-terminal and driven through
               the serial driver, the simulated scanner writing into a pseudo-terminal
               read by the serial trigger source, a real window marked DRY RUN
     headless  the same simulated devices on a virtual clock (in-process, no threads) and
@@ -18,16 +19,17 @@ from typing import TYPE_CHECKING, Callable, Literal, Protocol
 from experiment.clock import Clock, VirtualClock
 from experiment.errors import HardwareError
 from experiment.protocol.model import Safety
-from experiment.log.records import DisplayInfo, SupervisorRecord
+from experiment.log.records import DisplayInfo, SessionRecord, SupervisorRecord
 from experiment.station.display import FrameStats
 from experiment.station.rating import RatingState
 
 if TYPE_CHECKING:
+    from experiment.buttons.decoders import ButtonDecoder, ButtonSource
     from experiment.cuff.base import PressureSample
     from experiment.cuff.safety import CuffSupervisor, SafetyLimits
-    from experiment.protocol.specs import ScannerSpec
+    from experiment.protocol.specs import ButtonSpec, ScannerSpec
     from experiment.scanner.base import TriggerSource
-    from experiment.station.station import CuffNeed, Mode, TriggerNeed, WindowSpec
+    from experiment.station.station import ButtonNeed, CuffNeed, Mode, TriggerNeed, WindowSpec
 
 KeyReader = Callable[[], list[tuple[str, float]]]
 """Participant and operator keys since the last call: (key name, time on the run's clock)."""
@@ -50,9 +52,12 @@ class Display(Protocol):
     def close(self) -> None: ...
 
 
-def safety_limits(safety: Safety, *, rates_kpa_s: tuple[float, ...] = ()) -> SafetyLimits:
+def safety_limits(safety: Safety, *, rates_kpa_s: tuple[float, ...] = (), panel_kpa: float | None = None,
+                  needs_readback: bool = False) -> SafetyLimits:
     """The supervisor's interlock settings from a protocol's (or a calibration's) safety section;
-    `rates_kpa_s`, the ramp rates the session will command, are checked against the device at start."""
+    `rates_kpa_s`, the ramp rates the session will command, are checked against the device at start;
+    `panel_kpa` is a gated inflator's panel setting (the only target it may be sent); `needs_readback`:
+    the session waits for the target to be reached, so the device must measure its pressure."""
     from experiment.cuff.safety import SafetyLimits
 
     return SafetyLimits(ceiling_kpa=safety.max_pressure_kpa, max_stimulus_s=safety.max_inflation_per_stimulus_s,
@@ -60,7 +65,8 @@ def safety_limits(safety: Safety, *, rates_kpa_s: tuple[float, ...] = ()) -> Saf
                         release_threshold_kpa=safety.release_threshold_kpa,
                         release_deadline_s=safety.release_deadline_s,
                         overpressure_margin_kpa=safety.compliance_margin_kpa,
-                        planned_rates_kpa_s=tuple(sorted(set(rates_kpa_s))))
+                        planned_rates_kpa_s=tuple(sorted(set(rates_kpa_s))), panel_kpa=panel_kpa,
+                        needs_readback=needs_readback)
 
 
 def open_cuff(need: CuffNeed, *, mode: Mode, clock: Clock, stack: ExitStack,
@@ -71,7 +77,7 @@ def open_cuff(need: CuffNeed, *, mode: Mode, clock: Clock, stack: ExitStack,
     from experiment.cuff.safety import CuffSupervisor
 
     link: Literal["pty", "socket"] | None = "pty" if sim_link == "pty" else "socket" if sim_link == "socket" else None
-    raw = open_raw(need.spec, clock=clock, dry_run=mode.simulated, sim_link=link)
+    raw = open_raw(need.spec, clock=clock, dry_run=mode.simulated, sim_link=link, panel_kpa=need.limits.panel_kpa)
     if not mode.simulated and raw.info is not None and raw.info.simulated:
         raw.close()
         raise HardwareError(f"the cuff on {raw.info.port} identifies itself as a simulator ({raw.info.name}); a real "
@@ -117,13 +123,15 @@ def open_display(window: WindowSpec, *, mode: Mode, clock: Clock, stack: ExitSta
 
 
 def open_trigger(need: TriggerNeed, *, mode: Mode, clock: Clock, stack: ExitStack,
-                 display: Display, sim_link: str = "auto") -> TriggerSource:
-    """The trigger source; a simulated one only in a rehearsal (on the rig's `sim_link`)."""
+                 display: Display, sim_link: str = "auto", buttons: ButtonDecoder | None = None) -> TriggerSource:
+    """The trigger source; a simulated one only in a rehearsal (on the rig's `sim_link`).
+    `buttons`: the same line carries the button box (one reader splits the bytes)."""
     from experiment.scanner.factory import open_trigger_source
 
     spec = trigger_spec_for(need.spec, mode=mode, sim_link=sim_link)
     source = open_trigger_source(spec, clock=clock, win=getattr(display, "win", None),
-                                 dry_run=mode.simulated, plan=need.plan, default_key=need.default_key)
+                                 dry_run=mode.simulated, plan=need.plan, default_key=need.default_key,
+                                 buttons=buttons)
     stack.callback(source.close)
     if not mode.simulated and source.simulated:
         raise HardwareError(f"the trigger source {str(need.spec)!r} is simulated; a real run never uses a "
@@ -159,3 +167,68 @@ def key_reader(*, mode: Mode, trigger: TriggerSource | None, display: Display, c
     keys = KeyboardSource(getattr(display, "win", None), clock=clock, trigger_keys=(), name="keys")
     keys.open()
     return keys.poll_keys
+
+
+# ---------------------------------------------------------------- button boxes (docs/buttons.md)
+
+
+def button_decoder(need: ButtonNeed) -> ButtonDecoder:
+    """The decoder of a button box's wire format (a simulated box speaks fORP)."""
+    from experiment.buttons.decoders import make_decoder
+    from experiment.protocol.specs import ButtonPresetName, SerialButtonSpec
+
+    preset = need.spec.preset if isinstance(need.spec, SerialButtonSpec) else ButtonPresetName.FORP
+    return make_decoder(preset, need.byte_map)
+
+
+def shares_line(buttons: ButtonSpec, trigger: ScannerSpec | None) -> bool:
+    """Whether the button box is on the trigger's line: then one reader owns the port and splits its bytes."""
+    from experiment.protocol.specs import SerialButtonSpec, SerialSpec
+
+    if not isinstance(buttons, SerialButtonSpec):
+        return True    # the simulated box is always on the simulated scanner's line
+    return isinstance(trigger, SerialSpec) and trigger.port == buttons.port
+
+
+def line_buttons(trigger: TriggerSource) -> ButtonSource:
+    """The button side of a trigger source whose line carries the box too."""
+    from experiment.scanner.serial_source import SerialSource
+    from experiment.scanner.sim_scanner import DrivenSource
+
+    if isinstance(trigger, (SerialSource, DrivenSource)):
+        return trigger
+    raise HardwareError(f"the trigger source {trigger.name!r} cannot carry a button box")
+
+
+def open_buttons(need: ButtonNeed, decoder: ButtonDecoder, *, mode: Mode, clock: Clock,
+                 stack: ExitStack) -> ButtonSource:
+    """A button box on its own serial line, read by its own thread."""
+    from experiment.protocol.specs import SerialButtonSpec
+    from experiment.scanner.serial_source import SerialSource
+
+    spec = need.spec
+    if not isinstance(spec, SerialButtonSpec):
+        raise HardwareError("the simulated button box needs the simulated scanner on a pty or socket "
+                            "(--scanner sim in a real-time dry run)")
+    source = SerialSource(spec.port, clock=clock, preset=None, buttons=decoder, baud=spec.baud, name="buttons")
+    source.open()
+    stack.callback(source.close)
+    return source
+
+
+def with_buttons(keys: KeyReader, buttons: ButtonSource, *, record: Callable[[SessionRecord], None]) -> KeyReader:
+    """The keyboard's keys and the box's presses (as key names), oldest first; each press is logged
+    as a `button` record, bytes that matched nothing as one `unmatched_bytes` record per poll."""
+
+    def read() -> list[tuple[str, float]]:
+        out = keys()
+        for p in buttons.poll_buttons():
+            record({"kind": "button", "t": p.t, "button": p.button, "raw": p.raw.hex(), "device_ms": p.device_ms})
+            out.append((p.button, p.t))
+        u = buttons.take_unmatched()
+        if u is not None:
+            record({"kind": "unmatched_bytes", "t": u.t, "n": u.n, "head": u.head.hex()})
+        out.sort(key=lambda k: k[1])
+        return out
+
+    return read

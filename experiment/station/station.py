@@ -33,7 +33,7 @@ from experiment.clock import Clock, VirtualClock, psychopy_clock
 from experiment.errors import AbortError
 from experiment.protocol.model import Cue, Keys
 from experiment.protocol.rig import Screen
-from experiment.protocol.specs import CuffSpec, ScannerSpec
+from experiment.protocol.specs import ButtonSpec, CuffSpec, ScannerSpec
 from experiment.station.briefing import Briefing, Confirmation, confirm
 from experiment.station.console import OperatorConsole
 from experiment.station.rating import RatingScale
@@ -41,6 +41,7 @@ from experiment.station.recorder import Recorder, stop_reason
 from experiment.station.signals import StopRequest, StopSignals
 
 if TYPE_CHECKING:
+    from experiment.buttons.decoders import ButtonSource
     from experiment.cuff.base import PressureSample
     from experiment.cuff.safety import CuffSupervisor, SafetyLimits
     from experiment.scanner.base import TriggerSource
@@ -90,6 +91,14 @@ class TriggerNeed:
 
 
 @dataclass(frozen=True)
+class ButtonNeed:
+    """A button box on a serial line (docs/buttons.md); `byte_map` is a custom box's bytes -> button names."""
+
+    spec: ButtonSpec
+    byte_map: Mapping[int, str] | None = None
+
+
+@dataclass(frozen=True)
 class StationSpec:
     """What a procedure needs from the rig, resolved from the rig file and the command line."""
 
@@ -101,6 +110,7 @@ class StationSpec:
     assume_yes: bool = False      # --yes: the operator confirmed in advance (recorded)
     sim_link: str = "auto"        # dry runs: simulated devices on a pty, a loopback socket, or auto
     confirmed_by: str | None = None   # with --yes: who confirmed instead (e.g. 'station': its page), recorded
+    buttons: ButtonNeed | None = None   # a serial button box besides the keyboard
 
     @property
     def key_roles(self) -> dict[str, str]:
@@ -133,10 +143,14 @@ class Station:
         self.trigger: TriggerSource | None = None
         self.trigger_spec: ScannerSpec | None = None   # what the trigger source was opened with
         self.read_keys: KeyReader = lambda: []
+        self.buttons: ButtonSource | None = None
+        self.buttons_shared = False     # the button box is on the trigger's line (one reader)
         self.signals: StopSignals | None = None
         self._stop_logged = False
         self.confirmation: Confirmation | None = None
         self._sample_listeners: list[Callable[[PressureSample], None]] = []
+        self._record_listeners: list[Callable[[SessionRecord], None]] = []
+        self._closers: list[Callable[[], None]] = []
         self._life = _Lifetime()
 
     # ------------------------------------------------------------ lifetime
@@ -161,12 +175,21 @@ class Station:
         else:
             self.signals = stack.enter_context(StopSignals(vent=lambda name: None, now=self.clock.now))
         self.display = devices.open_display(spec.window, mode=spec.mode, clock=self.clock, stack=stack)
+        decoder = None if spec.buttons is None else devices.button_decoder(spec.buttons)
         if spec.trigger is not None:
             self.trigger_spec = devices.trigger_spec_for(spec.trigger.spec, mode=spec.mode, sim_link=spec.sim_link)
+            self.buttons_shared = spec.buttons is not None and devices.shares_line(spec.buttons.spec,
+                                                                                   self.trigger_spec)
             self.trigger = devices.open_trigger(spec.trigger, mode=spec.mode, clock=self.clock, stack=stack,
-                                                display=self.display, sim_link=spec.sim_link)
-        self.read_keys = devices.key_reader(mode=spec.mode, trigger=self.trigger, display=self.display,
-                                            clock=self.clock)
+                                                display=self.display, sim_link=spec.sim_link,
+                                                buttons=decoder if self.buttons_shared else None)
+        if spec.buttons is not None and decoder is not None:
+            self.buttons = (devices.line_buttons(self.trigger) if self.buttons_shared and self.trigger is not None
+                            else devices.open_buttons(spec.buttons, decoder, mode=spec.mode, clock=self.clock,
+                                                      stack=stack))
+        keys = devices.key_reader(mode=spec.mode, trigger=self.trigger, display=self.display, clock=self.clock)
+        self.read_keys = keys if self.buttons is None else devices.with_buttons(keys, self.buttons,
+                                                                                 record=self.record)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -184,7 +207,19 @@ class Station:
                 life.stack.close()
             finally:
                 self._write_end(life, ok=exc is None)
+                self._close_observers()
                 self.rec.close()
+
+    def _close_observers(self) -> None:
+        """After the `end` record, before the logs close: what observes the log (LSL) closes, in
+        reverse order; a failure is logged, never raised (the data is in the log)."""
+        while self._closers:
+            try:
+                self._closers.pop()()
+            except Exception as exc:  # noqa: BLE001 - an observer cannot lose the run its log already holds
+                if self.rec.writable:
+                    self.rec.record({"kind": "warning", "t": self.clock.now(), "code": "observer_close_failed",
+                                     "message": f"closing a log observer failed: {exc!r}"})
 
     def _write_end(self, life: _Lifetime, *, ok: bool) -> None:
         if life.end is None:
@@ -231,8 +266,18 @@ class Station:
     def record(self, rec: SessionRecord) -> None:
         """Log a record (any thread); interlock records are also shown to the operator at once."""
         self.rec.record(rec)
+        for fn in self._record_listeners:
+            fn(rec)
         if rec["kind"] == "safety":
             self.console.warn(f"SAFETY {rec['reason']}: {rec.get('message') or rec['action']}")
+
+    def add_record_listener(self, fn: Callable[[SessionRecord], None], *,
+                            close: Callable[[], None] | None = None) -> None:
+        """Also hand every record logged from now on to `fn` (any thread; must not block: LSL's
+        publisher only queues it); `close` runs after the `end` record, before the logs close."""
+        self._record_listeners.append(fn)
+        if close is not None:
+            self._closers.append(close)
 
     def add_sample_listener(self, fn: Callable[[PressureSample], None]) -> None:
         """Also hand every cuff pressure sample to `fn` (reader thread; must not block)."""
@@ -277,6 +322,23 @@ class Station:
         self._log_stop_request(request)
         err = request.error()
         return err.reason or request.name, err.message
+
+    def press_buttons(self, presses: list[tuple[str, float]]) -> None:
+        """Dry runs with `--buttons sim`: the simulated participant's presses go out as fORP bytes
+        on the simulated scanner's line at their times (the reader reads them back like a box's)."""
+        from experiment.scanner.sim_scanner import DrivenSource
+
+        if not isinstance(self.buttons, DrivenSource):
+            raise RuntimeError("press_buttons needs the simulated button box (--buttons sim in a dry run)")
+        self.buttons.press(presses)
+
+    def buttons_info(self) -> dict[str, object] | None:
+        """For the log header: the button box, and whether it shares the trigger's line."""
+        need = self.spec.buttons
+        if need is None:
+            return None
+        return {"spec": str(need.spec), "simulated": need.spec.simulated, "shared_with_trigger": self.buttons_shared,
+                "byte_map": None if need.byte_map is None else {f"0x{b:02x}": n for b, n in need.byte_map.items()}}
 
     def now(self) -> float:
         return self.clock.now()

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from experiment.errors import CuedpainError
 from experiment.procedures.visit.listing import rig_check_facts
 from experiment.procedures.visit.state import Row
 from experiment.protocol.visit import CalibrationStep, ScannerCheckStep, Visit
 from experiment.units import kpa_to_mmhg
+
+if TYPE_CHECKING:
+    from experiment.procedures.run.preflight import RunPlan
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ def _lines(visit: Visit, row: Row, w: Where, pressure_kpa: float | None) -> list
                 ["ceiling", _kpa(c.calibration.ceiling_kpa)], cuff]
     from experiment.procedures.run.preflight import RunRequest
     from experiment.procedures.run.preflight import preflight as run_preflight
+    from experiment.protocol.specs import Gate
     from experiment.station.briefing import pressure_line
 
     assert row.protocol is not None
@@ -112,8 +116,26 @@ def _lines(visit: Visit, row: Row, w: Where, pressure_kpa: float | None) -> list
                                     rig=w.rig, dry_run=w.dry_run, headless=w.headless, data=w.data, yes=True,
                                     instructions=row.instructions or None))
     sim = " (SIMULATED)" if w.dry_run else ""
+    panel = [] if plan.panel_kpa is None else [["panel", f"pressure set on the device's panel: {_kpa(plan.panel_kpa)}, "
+                                                + ("measured by the gate board's sensor, if it has one"
+                                                   if plan.cuff_spec.gate is Gate.BOARD else "not measured")]]
     return [["run", f"run {plan.run_id.run}: {plan.protocol.name}"],
             ["protocol", f"{plan.protocol_path} (sha256 {plan.protocol.sha256[:12]})"],
-            ["pressure", pressure_line(plan.pressure)], ["ceiling", _kpa(plan.protocol.safety.max_pressure_kpa)],
-            cuff, ["trigger", str(plan.scanner_spec) + sim],
+            ["pressure", pressure_line(plan.pressure)], *panel,
+            ["ceiling", _kpa(plan.protocol.safety.max_pressure_kpa)],
+            cuff, ["trigger", str(plan.scanner_spec) + sim], *_input_lines(plan),
             ["instructions", f"{len(plan.instructions)} page(s) before waiting for the scanner"]]
+
+
+def _input_lines(plan: RunPlan) -> list[list[str]]:
+    """A serial button box and Lab Streaming Layer streams, when the run has them (docs/buttons.md, docs/lsl.md)."""
+    from experiment.station.devices import shares_line
+
+    lines = []
+    if plan.buttons is not None:
+        shared = shares_line(plan.buttons.spec, plan.scanner_spec)
+        lines.append(["buttons", str(plan.buttons.spec) + (" (SIMULATED)" if plan.buttons.spec.simulated else "")
+                      + (", on the trigger's line (one reader)" if shared else "")])
+    if plan.lsl:
+        lines.append(["streams", "Lab Streaming Layer: markers and pressure (docs/lsl.md)"])
+    return lines

@@ -151,8 +151,20 @@ def _checked_values(req: CalibrationRequest) -> tuple[str, str | None, float, fl
     return participant, session, ceiling, target
 
 
+def check_not_gated(cuff: str | None, rig: Rig) -> None:
+    """InputError when the cuff (--cuff, else the rig's, also for a rehearsal) is a gated inflator:
+    its pressure is set on its panel, so it cannot give the pressures a calibration or a check chooses."""
+    cli_cuff = None if cuff is None else parse_cuff_spec(cuff, what="--cuff")
+    spec = cli_cuff or rig.cuff
+    if spec is not None and spec.gated:
+        raise InputError(f"the cuff {spec} is a gated inflator whose pressure is set on its panel: it cannot give the "
+                         "several pressures a calibration or a pressure check needs. Calibrate on a cuff that sets "
+                         "its own pressure, or run at the panel's fixed pressure")
+
+
 def _cuff_spec(req: CalibrationRequest, rig: Rig) -> CuffSpec:
-    """The cuff spec, parsed once; the simulated cuff only in a dry run."""
+    """The cuff spec, parsed once; the simulated cuff only in a dry run; never a gated inflator."""
+    check_not_gated(req.cuff, rig)
     cli_cuff = None if req.cuff is None else parse_cuff_spec(req.cuff, what="--cuff")
     if req.dry_run:
         if cli_cuff is not None and not cli_cuff.simulated:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from experiment.errors import InputError
 from experiment.outputs.dataset import default_root
-from experiment.procedures.calibration.preflight import CalibrationRequest, CalibrationSetup
+from experiment.procedures.calibration.preflight import CalibrationRequest, CalibrationSetup, check_not_gated
 from experiment.procedures.calibration.preflight import preflight as calibration_preflight
 from experiment.procedures.calibration.results import (CalibrationFile, calibration_dir, check_usable,
                                                        latest_calibration, read_calibration)
@@ -87,6 +87,7 @@ def preflight(req: PressureCheckRequest) -> PressureCheckSetup:
         if not (math.isfinite(value) and lo <= value <= hi):
             raise InputError(f"{name} must be {lo:g}-{hi:g} s, got {value:g}")
     rig = load_rig(req.rig)
+    check_not_gated(req.cuff, rig)
     data_root = req.data if req.data is not None else default_root(dry_run=req.dry_run)
     source = _source(req, data_root, participant, session, rig.calibration_max_age_h)
     ceiling = float(source.ceiling_kpa or 0.0)

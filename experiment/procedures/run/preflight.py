@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiment.errors import InputError
+from experiment.cuff.safety import PANEL_TOLERANCE_KPA
+from experiment.errors import HardwareError, InputError
 from experiment.log.records import PressureInfo
 from experiment.outputs.dataset import check_root, default_root
 from experiment.outputs.rundir import RunId, resolve_run
@@ -20,11 +21,15 @@ from experiment.procedures.run.ratings import rating_scales
 from experiment.protocol.model import Protocol, load_protocol
 from experiment.protocol.rig import Rig, check_rig_for_protocol, effective_keys, load_rig
 from experiment.protocol.schedule import Timeline, build_schedule
-from experiment.protocol.specs import SIM_CUFF, CuffSpec, ScannerSpec, SimSpec, parse_cuff_spec, parse_scanner_spec
+from experiment.protocol.rig import byte_of
+from experiment.protocol.specs import (SIM_CUFF, ButtonPresetName, CuffKind, CuffSpec, Gate, ScannerSpec,
+                                       SerialButtonSpec, SerialSpec, SimDriver, SimSpec, parse_buttons_spec,
+                                       parse_cuff_spec,
+                                       parse_scanner_spec)
 from experiment.scanner.sim_scanner import ScannerPlan
 from experiment.station.devices import safety_limits
 from experiment.station.runinfo import check_writable
-from experiment.station.station import CuffNeed, Mode, StationSpec, TriggerNeed, WindowSpec
+from experiment.station.station import ButtonNeed, CuffNeed, Mode, StationSpec, TriggerNeed, WindowSpec
 from experiment.station.surroundings import check_can_confirm, check_display
 
 
@@ -42,6 +47,8 @@ class RunRequest:
     rig: Path | None = None
     cuff: str | None = None
     scanner: str | None = None
+    buttons: str | None = None          # --buttons: a serial button box (docs/buttons.md)
+    lsl: bool | None = None             # --lsl; None: the rig's `lsl`
     dry_run: bool = False
     headless: bool = False
     data: Path | None = None
@@ -49,6 +56,7 @@ class RunRequest:
     calibration: Path | None = None
     pressure_override_kpa: float | None = None
     override_reason: str | None = None
+    panel_kpa: float | None = None      # a gated inflator's panel setting (else the rig's cuff_panel_pressure)
     yes: bool = False
     confirmed_by: str | None = None     # with yes: who confirmed instead of the terminal ('station')
     instructions: tuple[str, ...] | None = None   # pages instead of the protocol's (a visit step's)
@@ -72,8 +80,11 @@ class RunPlan:
     scanner_spec: ScannerSpec
     pressure: PressureInfo              # the pressure and where it came from (log header, briefing)
     assume_yes: bool
+    panel_kpa: float | None = None      # a gated inflator: the panel setting the target equals (checked)
     confirmed_by: str | None = None
     instructions: tuple[str, ...] = ()  # pages shown before waiting for the scanner
+    buttons: ButtonNeed | None = None   # a serial button box besides the keyboard
+    lsl: bool = False                   # publish Lab Streaming Layer streams (docs/lsl.md)
 
     @property
     def dry_run(self) -> bool:
@@ -90,6 +101,11 @@ class RunPlan:
         """The ramp rates the run will command (the cuff must accept them: checked at start)."""
         return tuple({e.rate_kpa_s for e in self.timeline.events if e.rate_kpa_s is not None})
 
+    @property
+    def needs_readback(self) -> bool:
+        """A phase is timed from the moment the target is reached: the cuff must measure its pressure."""
+        return any(e.timed_from == "target_reached" and e.cuff == "inflate" for e in self.timeline.events)
+
     def station_spec(self) -> StationSpec:
         """What the run needs from the Station."""
         p, scan = self.protocol, self.protocol.scan
@@ -100,9 +116,12 @@ class RunPlan:
                            discard_pulses=self.discard_pulses, jitter_s=0.0002, seed=self.seed,
                            start_delay_s=1.0 + INSTRUCTION_PAGE_DRY_RUN_S * len(self.instructions))
         return StationSpec(mode=self.mode, keys=keys, window=window,
-                           cuff=CuffNeed(self.cuff_spec, safety_limits(p.safety, rates_kpa_s=self.rates_kpa_s)),
+                           cuff=CuffNeed(self.cuff_spec, safety_limits(p.safety, rates_kpa_s=self.rates_kpa_s,
+                                                                       panel_kpa=self.panel_kpa,
+                                                                       needs_readback=self.needs_readback)),
                            trigger=TriggerNeed(self.scanner_spec, plan, default_key=keys.trigger),
-                           assume_yes=self.assume_yes, sim_link=self.rig.sim_link, confirmed_by=self.confirmed_by)
+                           assume_yes=self.assume_yes, sim_link=self.rig.sim_link, confirmed_by=self.confirmed_by,
+                           buttons=self.buttons)
 
 
 def mode_of(*, dry_run: bool, headless: bool) -> Mode:
@@ -119,7 +138,11 @@ def _device_specs(req: RunRequest, rig: Rig) -> tuple[CuffSpec, ScannerSpec]:
     if req.dry_run:
         if cli_cuff is not None and not cli_cuff.simulated:
             raise InputError(f"--dry-run uses the simulated cuff; remove --cuff {cli_cuff} or drop --dry-run")
-        return SIM_CUFF, cli_scanner or SimSpec()
+        # a rig with a gated inflator rehearses with the simulated gate board, under the same rules
+        # (without its sensor for a relay, which has no read-back)
+        rig_gate = None if rig.cuff is None else rig.cuff.gate
+        return cli_cuff or (SIM_CUFF if rig_gate is None else CuffSpec(CuffKind.SIM, gate=rig_gate)), \
+            cli_scanner or SimSpec()
     cuff, scanner = cli_cuff or rig.cuff, cli_scanner or rig.scanner
     if cuff is None:
         raise InputError("no cuff given: use --cuff line:PORT or cpar:PORT, a rig file, or --dry-run")
@@ -130,6 +153,49 @@ def _device_specs(req: RunRequest, rig: Rig) -> tuple[CuffSpec, ScannerSpec]:
             where = what if spec in (cli_cuff, cli_scanner) else f"{rig.label}: {what[2:]}"
             raise InputError(f"{where} {spec} is only allowed with --dry-run; a real run never uses simulation")
     return cuff, scanner
+
+
+def _buttons(req: RunRequest, rig: Rig, scanner: ScannerSpec, mode: Mode) -> ButtonNeed | None:
+    """The button box: --buttons, else the rig's (a dry run takes only --buttons, as for the scanner);
+    a shared line's baud rate, a custom box's byte map, `sim` only in a real-time dry run with `--scanner sim`."""
+    spec = (parse_buttons_spec(req.buttons, what="--buttons") if req.buttons is not None
+            else None if req.dry_run else rig.buttons)
+    if spec is None:
+        return None
+    what = "--buttons" if req.buttons is not None else f"{rig.label}: buttons"
+    if mode is Mode.HEADLESS:
+        raise InputError(f"{what} {spec}: a headless run has no button box (its simulated participant answers "
+                         "directly); drop --headless to rehearse with one")
+    if not isinstance(spec, SerialButtonSpec):
+        if not req.dry_run:
+            raise InputError(f"{what} sim is only allowed with --dry-run; a real run never uses simulation")
+        if not isinstance(scanner, SimSpec) or scanner.driver not in (None, SimDriver.SERIAL, SimDriver.PTY,
+                                                                      SimDriver.SOCKET):
+            raise InputError(f"{what} sim presses fORP buttons on the simulated scanner's line: it needs --scanner "
+                             f"sim (or sim:pty, sim:socket), not {scanner}")
+        return ButtonNeed(spec)
+    if isinstance(scanner, SerialSpec) and scanner.port == spec.port and scanner.preset.baud != spec.baud:
+        raise InputError(f"{what} {spec} shares the port {spec.port} with --scanner {scanner}, but at {spec.baud} "
+                         f"baud against {scanner.preset.baud}: one line has one baud rate (add @BAUD to one of them)")
+    byte_map = None
+    if spec.preset is ButtonPresetName.CUSTOM:
+        if rig.button_map is None:
+            raise InputError(f"{what} {spec}: a custom button box needs the rig file's button_map (byte -> button "
+                             f"name); {rig.label} has none")
+        byte_map = {byte_of(k): v for k, v in rig.button_map.items()}
+    return ButtonNeed(spec, byte_map)
+
+
+def _check_lsl(mode: Mode, *, from_rig: bool, rig: Rig) -> None:
+    """LSL streams need real time and pylsl (with its bundled liblsl)."""
+    import importlib.util
+
+    what = f"{rig.label}: lsl" if from_rig else "--lsl"
+    if mode is Mode.HEADLESS:
+        raise InputError(f"{what}: a headless run is on a virtual clock; Lab Streaming Layer streams need real time "
+                         "(drop --headless)")
+    if importlib.util.find_spec("pylsl") is None:
+        raise HardwareError(f"{what}: the pylsl package is not installed (pip install pylsl; it bundles liblsl)")
 
 
 def preflight(req: RunRequest) -> RunPlan:
@@ -145,6 +211,10 @@ def preflight(req: RunRequest) -> RunPlan:
                          run=req.run)
     cuff_spec, scanner_spec = _device_specs(req, rig)
     effective_keys(protocol, rig, scanner=scanner_spec)     # every key its own role, before any device
+    buttons = _buttons(req, rig, scanner_spec, mode)
+    lsl = rig.lsl if req.lsl is None else req.lsl
+    if lsl:
+        _check_lsl(mode, from_rig=req.lsl is None, rig=rig)
     pressure = resolve_pressure(protocol, data_root=data_root, participant=run_id.participant,
                                 session=run_id.session, dry_run=req.dry_run, calibration_file=req.calibration,
                                 max_age_h=rig.calibration_max_age_h, override_kpa=req.pressure_override_kpa,
@@ -152,6 +222,7 @@ def preflight(req: RunRequest) -> RunPlan:
     seed = req.seed if req.seed is not None else protocol.seed
     timeline = build_schedule(protocol, seed=seed, participant=run_id.participant,
                               levels_kpa=calibrated_levels_kpa(pressure, protocol), timing=rig.cuff_timing)
+    panel_kpa = gated_panel_kpa(cuff_spec, timeline, rig=rig, panel_kpa=req.panel_kpa, dry_run=req.dry_run)
     check_stimulus_files(protocol)
     check_can_confirm(dry_run=req.dry_run, assume_yes=req.yes)
     if mode is not Mode.HEADLESS:
@@ -159,8 +230,47 @@ def preflight(req: RunRequest) -> RunPlan:
     return RunPlan(protocol=protocol, protocol_path=req.protocol, rig=rig, rig_path=req.rig, timeline=timeline,
                    run_id=run_id, take_next=req.run == "next", data_root=data_root, mode=mode, seed=seed,
                    cuff_spec=cuff_spec, scanner_spec=scanner_spec, pressure=pressure, assume_yes=req.yes,
+                   panel_kpa=panel_kpa,
                    confirmed_by=req.confirmed_by,
-                   instructions=protocol.instructions if req.instructions is None else req.instructions)
+                   instructions=protocol.instructions if req.instructions is None else req.instructions,
+                   buttons=buttons, lsl=lsl)
+
+
+def gated_panel_kpa(cuff: CuffSpec, timeline: Timeline, *, rig: Rig, panel_kpa: float | None,
+                    dry_run: bool) -> float | None:
+    """A gated inflator's panel setting, checked against the run (None for any other cuff).
+
+    Its pressure is set on its panel, so the run has one pressure level and its target is the
+    panel setting (--panel-pressure, else the rig's cuff_panel_pressure). A dry run without one
+    sets the simulated panel to the target.
+    """
+    if not cuff.gated:
+        return None
+    if cuff.gate in (Gate.RTS, Gate.DTR) and any(e.timed_from == "target_reached" and e.cuff == "inflate"
+                                                 for e in timeline.events):
+        raise InputError(f"the cuff {cuff} is a relay on a gated inflator: nothing measures its pressure, so no phase "
+                         "can be timed from the moment the target is reached; time them from onset")
+    targets = sorted({round(e.target_kpa, 3) for e in timeline.events
+                      if e.cuff == "inflate" and e.target_kpa is not None})
+    if len(targets) > 1:
+        raise InputError(f"the cuff {cuff} is a gated inflator whose pressure is set on its panel: it cannot give "
+                         f"several pressures in one run, and this protocol has {len(targets)} "
+                         f"({', '.join(f'{t:g}' for t in targets)} kPa); use a protocol with one pressure level")
+    declared = panel_kpa if panel_kpa is not None else \
+        None if rig.cuff_panel_pressure is None else rig.cuff_panel_pressure.kpa
+    if declared is None:
+        if dry_run:
+            return targets[0] if targets else None
+        raise InputError(f"the cuff {cuff} is a gated inflator: say what its panel is set to with --panel-pressure KPA "
+                         f"or the rig's cuff_panel_pressure (it must equal the run's target"
+                         f"{f' {targets[0]:g} kPa' if targets else ''})")
+    if not (declared > 0 and declared == declared):
+        raise InputError(f"--panel-pressure must be a pressure above 0 kPa, got {declared:g}")
+    if targets and abs(declared - targets[0]) > PANEL_TOLERANCE_KPA + 1e-9:
+        raise InputError(f"the inflator's panel is set to {declared:.1f} kPa but this run's target is "
+                         f"{targets[0]:.1f} kPa; "
+                         "set the panel to the target (and say so), or use the protocol meant for this setting")
+    return declared
 
 
 def check_stimulus_files(protocol: Protocol) -> None:

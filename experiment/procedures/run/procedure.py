@@ -43,10 +43,20 @@ from experiment.scanner.startgate import StartGate, wait_for_t0
 from experiment.station.briefing import Briefing, run_briefing
 from experiment.station.console import OperatorConsole, Status
 from experiment.station.devices import make_safe
+from experiment.station.rating import RatingScale
 from experiment.station.realtime import Realtime
 from experiment.station.recorder import STOPS
 from experiment.station.runinfo import package_versions, software_revision
 from experiment.station.station import Mode, Station
+
+
+def _buttons_line(st: Station) -> str | None:
+    """The confirmation block's `buttons` line: the box, and whether it is on the trigger's line."""
+    info = st.buttons_info()
+    if info is None:
+        return None
+    return (str(info["spec"]) + (" (SIMULATED)" if info["simulated"] else "")
+            + (", on the trigger's line (one reader)" if info["shared_with_trigger"] else ""))
 
 
 @dataclass(frozen=True)
@@ -122,7 +132,8 @@ class RunProcedure:
                             protocol_path=str(plan.protocol_path), protocol_sha256=plan.protocol.sha256,
                             pressure=plan.pressure, ceiling_kpa=plan.protocol.safety.max_pressure_kpa,
                             cuff=st.cuff.info, trigger_spec=str(st.trigger_spec),
-                            trigger_simulated=st.trigger.simulated, dry_run=plan.dry_run)
+                            trigger_simulated=st.trigger.simulated, dry_run=plan.dry_run, panel_kpa=plan.panel_kpa,
+                            buttons=_buttons_line(st), lsl=plan.lsl)
 
     def _guarded(self) -> Outcome:
         """The run inside the log: an orderly stop or a bug becomes an Outcome, never an escape."""
@@ -158,6 +169,8 @@ class RunProcedure:
         for ev in plan.timeline.events:
             self.record(plan_record(ev))
         self._describe_display()
+        if plan.lsl:
+            self._open_lsl()
         st.console.say(f"writing to {source_dir}")
 
     def _header(self) -> dict[str, object]:
@@ -172,6 +185,7 @@ class RunProcedure:
             "cuff": asdict(st.cuff.info),
             "briefing": self.briefing.record(), "confirmation": st.confirmation,
             "scanner": {"kind": st.trigger.name, "spec": str(st.trigger_spec), "simulated": st.trigger.simulated},
+            "buttons": st.buttons_info(), "lsl": plan.lsl,
             "tr_s": p.scan.tr_s, "n_volumes": p.scan.n_volumes, "discard_pulses": plan.discard_pulses,
             "scanner_discarded": p.scan.scanner_discarded,
             "pressure": plan.pressure, "cuff_timing": asdict(plan.rig.cuff_timing),
@@ -183,6 +197,20 @@ class RunProcedure:
             "run_length_s": plan.timeline.run_length_s,
             "timing_test": latest_timing_test(plan.data_root),   # the newest `cuedpain timing-test` of this root
         }
+
+    def _open_lsl(self) -> None:
+        """The Lab Streaming Layer outlets, fed from the log from here on (docs/lsl.md)."""
+        from experiment.log.lsl import LslPublisher, StreamMeta
+
+        plan, st, p = self.plan, self.st, self.plan.protocol
+        assert st.cuff is not None
+        meta = StreamMeta(participant=plan.run_id.participant, session=plan.run_id.session, run=plan.run_id.run,
+                          task=p.task, protocol_name=p.name, protocol_sha256=p.sha256, dry_run=plan.dry_run)
+        publisher = LslPublisher(meta, clock=st.clock, pressure_hz=float(st.cuff.limits.stream_hz), log=self.record)
+        st.add_record_listener(publisher.observe, close=publisher.close)
+        st.add_sample_listener(publisher.observe_sample)
+        st.console.say(f"LSL streams {publisher.markers_name} and {publisher.pressure_name} open "
+                       f"(source {meta.source_id}; LSL time = run time {publisher.offset_s:+.6f} s)")
 
     def _describe_display(self) -> None:
         st = self.st
@@ -324,6 +352,14 @@ class RunProcedure:
         assert st.cuff is not None and st.display is not None
         cuff = st.cuff
         scripted = scripted_ratings(plan.timeline, seed=plan.seed) if plan.mode is Mode.HEADLESS else None
+        if plan.buttons is not None and plan.buttons.spec.simulated:
+            answer = scripted_ratings(plan.timeline, seed=plan.seed)
+
+            def on_the_line(i: int, scale: RatingScale, t_onset: float) -> list[tuple[str, float]]:
+                st.press_buttons(answer(i, scale, t_onset))   # fORP bytes on the scanner's line, read back
+                return []
+
+            scripted = on_the_line
         # the run lasts until the scan's last declared volume has been acquired, so every
         # pulse is logged and the pulse count can be checked against the volumes
         run_end_s = max(plan.timeline.run_length_s, p.scan.n_volumes * p.scan.tr_s)
