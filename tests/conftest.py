@@ -40,7 +40,9 @@ def xdisplay():
     # Xvfb must outlive this process: PsychoPy/pyglet keep their X connection until the
     # interpreter exits, and a server that goes away first makes Xlib exit(1) ("XIO
     # fatal IO error"). A small watcher stops Xvfb once the test process has gone.
-    proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+    # -r: no key auto-repeat. The tests type discrete key events; on a busy machine a key's release
+    # can reach the server after the repeat delay and be read as a second press (a pulse too many)
+    proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1024x768x24", "-nolisten", "tcp", "-r"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     subprocess.Popen(["sh", "-c", f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; kill {proc.pid}"],
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -567,3 +567,13 @@ def test_protocol_paths_resolve_relative_to_the_file(tmp_path):
     target.write_text(text)
     p = load_protocol(target)
     assert p.stimuli_dir == Path(tmp_path / "images")
+
+
+@pytest.mark.parametrize("key", ["\n", " padded", "tab\there", ""])
+def test_an_unprintable_key_is_quoted_in_the_message_path(key: str) -> None:
+    """Found by the mutation test: a key of '\\n' put a line break into the field path."""
+    doc = load_dict(DEMO)
+    doc["metadata"][key] = None
+    with pytest.raises(InputError) as err:
+        parse_protocol(yaml.safe_dump(doc, sort_keys=False), file="m.yaml", base_dir=PROTOCOLS)
+    assert "\n" not in err.value.message and f"metadata.{key!r}: unknown key" in err.value.message

@@ -45,7 +45,8 @@ def format_path(path: FieldPath) -> str:
         if isinstance(item, int):
             out += f"[{item}]"
         else:
-            out += f".{item}" if out else str(item)
+            name = item if item.isprintable() and item.strip() == item and item else repr(item)
+            out += f".{name}" if out else name
     return out or "(top level)"
 
 
