@@ -76,7 +76,9 @@ def test_timing_test_under_xvfb_reports_a_lag_from_the_simulated_sensor(xdisplay
     doc = json.loads(files[0].read_text())
     light = doc["figures"]["light"]
     assert light["sensor_simulated"] is True and light["flashes"] >= 2
-    assert light["seen"] >= 1 and 0.0 <= light["lag"]["median_ms"] < 100.0
+    # under Xvfb the pixels may be in the X server just before flip() returns its timestamp: a
+    # lag down to -5 ms (the early margin) is a measured value, not an error
+    assert light["seen"] >= 1 and -5.0 <= light["lag"]["median_ms"] < 100.0
     assert doc["figures"]["onsets"]["n"] == light["flashes"]       # one flash per cue change
     assert doc["figures"]["refresh"]["rig_hz"] == 60
     assert "flip to light:" in done.stdout and "(SIMULATED sensor)" in done.stdout
