@@ -151,7 +151,8 @@ def cuff_latencies(records: Sequence[dict[str, Any]]) -> CuffLatencies:
         onset = onsets.get(r["i"])
         if onset is None or r.get("t_write") is None or r.get("t_ack") is None:
             continue
-        p2w.append(r["t_write"] - onset["planned_t"])
+        # the command's own plan when the run logged it (cuff commands on the scheduler thread), else the phase's
+        p2w.append(r["t_write"] - (r["planned_t"] if r.get("planned_t") is not None else onset["planned_t"]))
         f2w.append(r["t_write"] - onset["t"])
         w2a.append(r["t_ack"] - r["t_write"])
         names.append(str(r["command"]).split()[0])
@@ -220,3 +221,20 @@ def marker_times(lines: Iterable[tuple[float, str]], markers: dict[str, str], *,
 
 def _rounded(d: dict[str, Any], digits: int = 3) -> dict[str, Any]:
     return {k: (round(v, digits) if isinstance(v, float) and math.isfinite(v) else v) for k, v in d.items()}
+
+
+def gc_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The run's garbage collections in quiet phases (`gc` records) and the priority it obtained."""
+    collects = [float(r["duration_s"]) for r in records if r.get("kind") == "gc" and r.get("action") == "collect"]
+    freeze = first_of_kind(records, "gc")
+    return {"collections": len(collects), "duration": summarize(collects).as_dict() if collects else None,
+            "freeze_s": None if freeze is None else freeze.get("duration_s"),
+            "priority": first_of_kind(records, "priority")}
+
+
+def worst_key(records: Sequence[dict[str, Any]]) -> tuple[float, float]:
+    """How bad a dry run was, for picking the worst of several: its largest onset error, then its
+    longest frame interval (seconds)."""
+    _, errors, _ = onset_errors(records)
+    frames = first_of_kind(reversed(list(records)), "frames") or {}
+    return (max((abs(e) for e in errors), default=0.0), float(frames.get("max_interval_s") or 0.0))

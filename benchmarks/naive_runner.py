@@ -83,10 +83,11 @@ def run(protocol_path: Path, *, participant: str, seed: int | None = None) -> di
     clock = psychopy_clock()
     onsets: list[dict[str, Any]] = []
     with ExitStack() as stack:
-        cuff = devices.open_cuff(spec, clock=clock, stack=stack, on_record=lambda record: None,
+        st = spec.station
+        cuff = devices.open_cuff(st.cuff, mode=st.mode, clock=clock, stack=stack, on_record=lambda record: None,
                                  on_sample=lambda sample: None)  # no log during the run (module doc)
-        display = devices.open_display(spec, clock=clock, stack=stack)
-        source = devices.open_trigger_source(spec, clock=clock, stack=stack, display=display)
+        display = devices.open_display(st.window, mode=st.mode, clock=clock, stack=stack)
+        source = devices.open_trigger(st.trigger, mode=st.mode, clock=clock, stack=stack, display=display)
         try:
             display.show(protocol.fixation_cue.name)
             display.flip()

@@ -99,4 +99,19 @@ def analyse(dry: dict[str, Any], naive: dict[str, Any]) -> dict[str, Any]:
                          "planned_to_write": analysis.summarize(cuff.planned_to_write).as_dict(),
                          "flip_to_write": analysis.summarize(cuff.flip_to_write).as_dict(),
                          "write_to_ack": analysis.summarize(cuff.write_to_ack).as_dict()},
+        "gc": analysis.gc_summary(records),
     }
+
+
+def brief(dry: dict[str, Any]) -> dict[str, Any]:
+    """One dry run in a line of figures (for `--repeat`: every run, and which was the worst)."""
+    records = dry["records"]
+    _, errors, _ = analysis.onset_errors(records)
+    frames = analysis.first_of_kind(reversed(records), "frames") or {}
+    cuff = analysis.cuff_latencies(records)
+    largest, longest = analysis.worst_key(records)
+    return {"largest_onset_error_ms": round(largest * 1000, 3), "longest_frame_ms": round(longest * 1000, 3),
+            "frames_over_1_5": frames.get("dropped"), "n_frames": frames.get("n"),
+            "over_half_frame": sum(1 for e in errors if abs(e) > (1 / 120)),
+            "cuff_planned_to_write_p99_ms": analysis.summarize(cuff.planned_to_write).as_dict().get("p99_ms"),
+            "gc": analysis.gc_summary(records)}

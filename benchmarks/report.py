@@ -51,6 +51,21 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                          "p99 / longest; over 1.5 frames",
                          f"{_num(1000 * f['p99_interval_s'])} / {_num(1000 * f['max_interval_s'])} ms; "
                          f"{f['dropped']} of {f['n']}"))
+    g = (on or {}).get("gc")
+    if g:
+        dur = g.get("duration") or {}
+        prio = g.get("priority") or {}
+        rows.append(("1", "Garbage collections in quiet phases (dry run); priority",
+                     "count; median / max duration; nice obtained",
+                     f"{g['collections']}; {_num(dur.get('median_ms'))} / {_num(dur.get('max_ms'))} ms; "
+                     + (f"nice {prio.get('nice')}" if prio.get("obtained") else "not raised")))
+    dr = r.get("dry_runs")
+    if dr and dr["n"] > 1:
+        worst = dr["runs"][dr["worst"] - 1]
+        rows.append(("1", f"Worst of {dr['n']} full-length dry runs (run {dr['worst']}; benchmarks 1 and 3 are "
+                          "from it)", "largest onset error; longest frame; onsets over half a frame",
+                     f"{_num(worst['largest_onset_error_ms'])} ms; {_num(worst['longest_frame_ms'])} ms; "
+                     f"{worst['over_half_frame']}"))
     t = r.get("trigger_latency")
     if t:
         rows.append(("2", f"Trigger stamp latency, pty, render loop on ({t['n']} pulses)", "median / p99 / max",
@@ -100,6 +115,28 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             if mark in s:
                 rows.append(("6", f"Start-up: {label}", "median", f"{_num(s[mark]['median'])} s"))
     return rows
+
+
+def timing_test_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Benchmark 8: the timing test's figures (simulated light sensor)."""
+    tt = r.get("timing_test")
+    if not tt:
+        return []
+    f = tt["figures"]
+    fr, on, light = f["frames"], f["onsets"], f["light"]
+    iv = fr["interval"]
+    return [
+        ("10", f"timing-test: refresh (rig 60 Hz; {f['refresh']['vsync'] and 'vsync' or 'no vsync'})",
+         "measured", f"{_num(f['refresh']['measured_hz'])} Hz"),
+        ("10", f"timing-test: frame interval ({fr['n_intervals']} frames, {tt['duration_s']:g} s of cues)",
+         "median / p99 / max; over 1.5 frames",
+         f"{_num(iv['median_ms'])} / {_num(iv['p99_ms'])} / {_num(iv['max_ms'])} ms; {fr['dropped']}"),
+        ("10", f"timing-test: cue onset error ({on['n']} cue changes)", "median / largest abs",
+         f"{_num(on['error']['median_ms'])} / {_num(on['largest_abs_ms'])} ms"),
+        ("10", f"timing-test: flip → pixels in the X server (simulated sensor; {light['seen']} of "
+              f"{light['flashes']} flashes)", "median / SD / max",
+         f"{_num(light['lag']['median_ms'])} / {_num(light['lag']['sd_ms'])} / {_num(light['lag']['max_ms'])} ms"),
+    ]
 
 
 def notes(r: dict[str, Any]) -> list[str]:
@@ -166,7 +203,8 @@ def render(r: dict[str, Any]) -> str:
         "| # | measured | statistic | value |",
         "|---|---|---|---|",
     ]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table_rows(r)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
+              for row in table_rows(r) + timing_test_rows(r)]
     lines += ["", "Notes:", ""] + [f"* {n}" for n in notes(r)]
     lines += ["", "What each number means and how it is measured: benchmarks/README.md.", ""]
     return "\n".join(lines)

@@ -188,3 +188,25 @@ def test_the_report_says_when_an_onset_error_exceeds_half_a_frame() -> None:
     assert not any(n.startswith("Goal missed") for n in notes(_results(8.0)))
     table = render(_results(8.0))
     assert "| ×10000; ×8000; at least ×2500 |" in table
+
+
+def test_cuff_latency_counts_from_the_commands_own_plan_and_gc_and_worst_run_are_summarised() -> None:
+    records = [
+        {"kind": "onset", "i": 3, "t": 10.010, "planned_t": 10.000, "trial": 1, "planned_onset_s": 5.0, "phase": "pain"},
+        {"kind": "cuff_cmd", "i": 3, "t_write": 10.0004, "t_ack": 10.0009, "ok": True, "command": "SET 20",
+         "planned_t": 10.000},
+        {"kind": "onset", "i": 4, "t": 20.008, "planned_t": 20.000, "trial": 1, "planned_onset_s": 15.0, "phase": "deflation"},
+        {"kind": "cuff_cmd", "i": 4, "t_write": 20.009, "t_ack": 20.0095, "ok": True, "command": "DEFLATE"},  # old log
+        {"kind": "gc", "action": "freeze", "duration_s": 0.03},
+        {"kind": "priority", "obtained": True, "nice": -10},
+        {"kind": "gc", "action": "collect", "duration_s": 0.002},
+        {"kind": "gc", "action": "collect", "duration_s": 0.004},
+        {"kind": "frames", "max_interval_s": 0.02, "n": 100, "dropped": 0},
+    ]
+    cuff = analysis.cuff_latencies(records)
+    assert cuff.planned_to_write == [pytest.approx(0.0004), pytest.approx(0.009)]
+    assert cuff.flip_to_write == [pytest.approx(-0.0096), pytest.approx(0.001)]
+    g = analysis.gc_summary(records)
+    assert g["collections"] == 2 and g["duration"]["max_ms"] == pytest.approx(4.0) and g["freeze_s"] == 0.03
+    assert g["priority"]["nice"] == -10
+    assert analysis.worst_key(records) == (pytest.approx(0.010), pytest.approx(0.02))

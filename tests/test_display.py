@@ -99,3 +99,28 @@ def test_simulated_display_flips_on_an_exact_grid() -> None:
     t3 = disp.flip()
     assert t3 == pytest.approx(10.0 + 7 / 60)
     assert disp.stats.dropped == 1
+
+
+@pytest.mark.display
+def test_the_light_patch_turns_white_at_a_cue_change_for_a_tenth_of_a_second(xdisplay) -> None:
+    disp = WindowDisplay(clock=psychopy_clock(), cues=CUES, stimuli_dir=DATA, fullscreen=False, size=(320, 240),
+                         units="height", refresh_hz=60.0, title="cuedpain-test-patch",
+                         light_patch=("bottom_right", 20))
+    try:
+        def patch_rgb() -> np.ndarray:
+            a = np.asarray(disp.grab_back_buffer().convert("RGB"))
+            return a[-14:-6, -14:-6].reshape(-1, 3).mean(axis=0)
+
+        assert patch_rgb().max() < 30 and disp.patch_flashes == []      # black before any cue change
+        disp.show("pain")
+        t_flip = disp.flip()
+        assert disp.patch_flashes == [t_flip]
+        assert patch_rgb().min() > 225                                  # white after the change's flip
+        disp.show("pain")                                                # the same cue: no new flash
+        disp.flip()
+        assert disp.patch_flashes == [t_flip]
+        while disp.flip() < t_flip + 0.12:
+            pass
+        assert patch_rgb().max() < 30                                    # black again after 0.1 s
+    finally:
+        disp.close()

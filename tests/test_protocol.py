@@ -166,7 +166,7 @@ CASES = [
     # (old, new, expected message (regex))
     ("        duration: 3\n", "        duraton: 3\n",
      r"^p\.yaml:20:9: trial_types\.pain\.phases\[1\]\.duraton: unknown key 'duraton' \(did you mean 'duration'\?\); "
-     r"allowed keys here: name, kind, cue, duration, cuff, timed_from, bids_trial_type, level, scale$"),
+     r"allowed keys here: name, kind, cue, duration, cuff, timed_from, cuff_at, bids_trial_type, level, scale$"),
     ("        duration: 3\n", "        duration: -1\n",
      r"^p\.yaml:20:19: trial_types\.pain\.phases\[1\]\.duration: must be a number of seconds more than 0 and at "
      r"most 600, got -1\.0$"),

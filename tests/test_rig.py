@@ -80,7 +80,7 @@ RIG = textwrap.dedent("""\
      r"^r\.yaml:2:17: discard_pulses: must be a whole number from 0 to 100, got -1$"),
     ("screen:\n  fullscreen: false\n  size: [800, 600]\n", "screen: [1, 2]\n",
      r"^r\.yaml:3:1: screen: must be a mapping \(key: value lines\) with keys fullscreen, index, size, units, "
-     r"refresh_hz, width_cm, distance_cm; got a list of 2$"),
+     r"refresh_hz, width_cm, distance_cm, light_patch, light_patch_px; got a list of 2$"),
     ("keys: {left: '1', right: '2'}", "keys: {left: '1', right: '2'",
      r"^r\.yaml:7:1: YAML syntax error: while parsing a flow mapping expected ',' or '\}', but got '<stream end>'$"),
 ])

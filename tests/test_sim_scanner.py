@@ -15,6 +15,7 @@ from experiment.protocol.specs import SimDriver, SimSpec, parse_scanner_spec
 from experiment.scanner.factory import make_trigger_source, open_trigger_source, resolve_sim_driver
 from experiment.scanner.pulsecheck import PulseMonitor
 from experiment.scanner.serial_source import PRESETS, SerialSource
+from experiment.scanner.sim_process import ProcessScanner
 from experiment.scanner.sim_scanner import (DrivenSource, LoopbackListener, PtyScanner, ScannerPlan, SocketScanner,
                                             VirtualScanner)
 from experiment.scanner.startgate import StartGate, wait_for_t0
@@ -246,7 +247,7 @@ def test_sim_with_a_real_clock_goes_through_a_pty_and_the_serial_reader() -> Non
     plan = ScannerPlan(tr_s=0.03, n_volumes=10, start_delay_s=0.02)
     source = open_trigger_source(SimSpec(), clock=clock, dry_run=True, plan=plan)
     assert isinstance(source, DrivenSource) and isinstance(source.source, SerialSource)
-    assert isinstance(source.driver, PtyScanner) and not source.reads_keyboard
+    assert isinstance(source.driver, ProcessScanner) and not source.reads_keyboard   # pulses from a child process
     try:
         assert source.driver.done.wait(5)
         got: list = []

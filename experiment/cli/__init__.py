@@ -29,6 +29,7 @@ COMMANDS = {
     "participants": "participants", "discard": "discard", "study": "study",
     "confirm-pressure": "confirm_pressure", "scanner-check": "scanner_check",
     "visit": "visit", "station": "station", "ports": "ports",
+    "timing-test": "timing_test", "simulate-light-sensor": "simulate_light_sensor",
 }
 
 

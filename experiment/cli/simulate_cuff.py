@@ -18,6 +18,10 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--socket", metavar="PORT", type=int, nargs="?", const=0, default=None,
                    help="serve on 127.0.0.1:PORT (any free port without PORT) and print socket://127.0.0.1:PORT; "
                         "the default where there are no pseudo-terminals (Windows)")
+    p.add_argument("--seed", type=int, default=0, help="the simulated pneumatics' noise seed")
+    p.add_argument("--parent-pid", metavar="PID", type=int, default=None,
+                   help="stop serving when process PID is no longer this one's parent (a dry run's cuff "
+                        "dies with its run)")
 
 
 def command(args: argparse.Namespace) -> int:

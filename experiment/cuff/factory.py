@@ -27,7 +27,7 @@ from experiment.clock import Clock, VirtualClock
 from experiment.cuff.base import Cuff
 from experiment.cuff.line_driver import LineCuff
 from experiment.cuff.simdevice import SimCuffDevice
-from experiment.cuff.simserver import SimLink, SimServer, default_sim_link
+from experiment.cuff.simserver import SimLink, SimServer, default_sim_link, start_sim_process
 from experiment.cuff.transport import LoopbackTransport, SerialTransport
 from experiment.errors import HardwareError, InputError
 from experiment.protocol.specs import CuffKind, CuffSpec, Gate
@@ -79,16 +79,20 @@ def open_cuff(spec: CuffSpec, *, clock: Clock, dry_run: bool, reply_timeout_s: f
 
 
 def _open_sim(*, clock: Clock, reply_timeout_s: float, sim_options: SimOptions, link: SimLink) -> Cuff:
-    device = SimCuffDevice(**sim_options)
     if isinstance(clock, VirtualClock):
+        device = SimCuffDevice(**sim_options)
         cuff = LineCuff(LoopbackTransport(device, clock=clock, port="sim:loopback"),
                         clock=clock, reply_timeout_s=reply_timeout_s)
         _connect(cuff, "sim:loopback")
         return cuff
-    server = SimServer(device, clock=clock, link=link)
-    cuff = LineCuff(SerialTransport(server.path, clock=clock), clock=clock, reply_timeout_s=reply_timeout_s,
-                    on_close=[server.close])
-    _connect(cuff, server.path)
+    child = start_sim_process(link=link, **sim_options)
+    try:
+        cuff = LineCuff(SerialTransport(child.path, clock=clock), clock=clock, reply_timeout_s=reply_timeout_s,
+                        on_close=[child.close_checked])
+    except BaseException:
+        child.close()
+        raise
+    _connect(cuff, child.path)
     return cuff
 
 

@@ -64,7 +64,7 @@ from experiment.cuff.base import (Ack, ArmAck, CommandRefused, Cuff, CuffState, 
                                   DeviceEvent, DeviceInfo, DeviceRestarted, EventKind, Fault, PingAck,
                                   PressureSample, RampAck, StopSource)
 from experiment.errors import AbortError, CuedpainError, DeviceFault, HardwareError, InputError
-from experiment.log.records import SupervisorRecord
+from experiment.log.records import CuffCmdRecord, SupervisorRecord
 
 GUARD_PERIOD_S = 0.005     # guard thread: vent requests and deadline checks
 VENTED_KPA = 1.0           # CUFF/1's "released" level: ARM needs the cuff below it
@@ -416,13 +416,15 @@ class CuffSupervisor:
                 return
             pressure_kpa = measured
 
-    def stimulate(self, target_kpa: float, rate_kpa_s: float, *, tag: int | None = None) -> RampAck:
-        """Ramp to `target_kpa` at `rate_kpa_s` (RATE if changed, then SET). `tag`: plan index (`i`)."""
+    def stimulate(self, target_kpa: float, rate_kpa_s: float, *, tag: int | None = None,
+                  planned_t: float | None = None) -> RampAck:
+        """Ramp to `target_kpa` at `rate_kpa_s` (RATE if changed, then SET). `tag`: plan index (`i`);
+        `planned_t`: when the plan wanted it written (logged next to the write time)."""
         self._require_running("stimulate")
         self._check_request(target_kpa, rate_kpa_s, tag)
         new = self._begin_stimulus(target_kpa)
         try:
-            result = self._ramp(target_kpa, rate_kpa_s, tag)
+            result = self._ramp(target_kpa, rate_kpa_s, tag, planned_t)
         except DeviceFault:
             if new:
                 with self._lock:
@@ -486,16 +488,18 @@ class CuffSupervisor:
             raise AbortError(self.trip_message or "run time limit", reason="safety")
         return active is None
 
-    def _ramp(self, target_kpa: float, rate_kpa_s: float, tag: int | None) -> RampAck:
+    def _ramp(self, target_kpa: float, rate_kpa_s: float, tag: int | None, planned_t: float | None) -> RampAck:
         if rate_kpa_s != self._rate_kpa_s:
-            self._command("RATE", lambda: self.cuff.set_rate(rate_kpa_s), purpose="stimulate", tag=tag)
+            self._command("RATE", lambda: self.cuff.set_rate(rate_kpa_s), purpose="stimulate", tag=tag,
+                          planned_t=planned_t)
             self._rate_kpa_s = rate_kpa_s
-        return self._command("SET", lambda: self.cuff.set_target(target_kpa), purpose="stimulate", tag=tag)
+        return self._command("SET", lambda: self.cuff.set_target(target_kpa), purpose="stimulate", tag=tag,
+                             planned_t=planned_t)
 
-    def deflate(self, *, tag: int | None = None) -> DeflateAck:
+    def deflate(self, *, tag: int | None = None, planned_t: float | None = None) -> DeflateAck:
         """Ramp down at the current rate; the release is then verified by read-back."""
         self._require_running("deflate")
-        result = self._command("DEFLATE", self.cuff.deflate, purpose="deflate", tag=tag)
+        result = self._command("DEFLATE", self.cuff.deflate, purpose="deflate", tag=tag, planned_t=planned_t)
         self._end_stimulus(result, extra_s=result.eta_s or 0.0)
         return result
 
@@ -585,31 +589,42 @@ class CuffSupervisor:
     def _warn(self, code: str, message: str) -> None:
         self._record({"kind": "warning", "t": self._clock.now(), "code": code, "message": message})
 
-    def _command(self, name: str, fn: Callable[[], _Reply], *, purpose: str, tag: int | None = None) -> _Reply:
-        """Run one driver call, log it as `cuff_cmd`, trip on failure (then re-raise)."""
+    def _command(self, name: str, fn: Callable[[], _Reply], *, purpose: str, tag: int | None = None,
+                 planned_t: float | None = None) -> _Reply:
+        """Run one driver call, log it as `cuff_cmd` (with `planned_t` when the plan timed it), trip
+        on failure (then re-raise)."""
         t_call = self._clock.now()
         try:
             out = fn()
         except DeviceFault as exc:
-            self._command_failed(name, exc, purpose=purpose, tag=tag)
+            self._command_failed(name, exc, purpose=purpose, tag=tag, planned_t=planned_t)
             raise
+        rec: CuffCmdRecord
         if isinstance(out, CuffStatus):   # log what it says, timed around the call
-            self._record({"kind": "cuff_cmd", "t_write": t_call, "t_ack": self._clock.now(), "command": name,
-                          "reply": out.summary(), "ok": True, "i": tag, "purpose": purpose})
+            rec = {"kind": "cuff_cmd", "t_write": t_call, "t_ack": self._clock.now(), "command": name,
+                   "reply": out.summary(), "ok": True, "i": tag, "purpose": purpose}
             self.last_state = out.state
             if out.pressure_kpa is not None:
                 self.last_pressure_kpa = out.pressure_kpa
                 self._note_pressure(out.pressure_kpa)
         else:
-            self._record({"kind": "cuff_cmd", "t_write": out.t_write, "t_ack": out.t_ack,
-                          "command": out.command, "reply": out.reply, "ok": True, "i": tag, "purpose": purpose})
+            rec = {"kind": "cuff_cmd", "t_write": out.t_write, "t_ack": out.t_ack, "command": out.command,
+                   "reply": out.reply, "ok": True, "i": tag, "purpose": purpose}
+        if planned_t is not None:
+            rec["planned_t"] = planned_t
+        self._record(rec)
         return out
 
-    def _command_failed(self, name: str, exc: DeviceFault, *, purpose: str, tag: int | None) -> None:
+    def _command_failed(self, name: str, exc: DeviceFault, *, purpose: str, tag: int | None,
+                        planned_t: float | None = None) -> None:
         ack = exc.ack if isinstance(exc, CommandRefused) else None
-        self._record({"kind": "cuff_cmd", "t_write": ack.t_write if ack else None, "t_ack": ack.t_ack if ack else None,
-                      "command": ack.command if ack else name, "reply": ack.reply if ack else None, "ok": False,
-                      "i": tag, "purpose": purpose, "error": exc.message})
+        rec: CuffCmdRecord = {"kind": "cuff_cmd", "t_write": ack.t_write if ack else None,
+                              "t_ack": ack.t_ack if ack else None, "command": ack.command if ack else name,
+                              "reply": ack.reply if ack else None, "ok": False, "i": tag, "purpose": purpose,
+                              "error": exc.message}
+        if planned_t is not None:
+            rec["planned_t"] = planned_t
+        self._record(rec)
         self._trip(_failure_code(exc, lost=self._lost is not None), f"{name} ({purpose}) failed: {exc.message}")
 
     def _try(self, fn: Callable[[], _T]) -> _T | None:

@@ -41,6 +41,7 @@ from experiment.errors import HardwareError, InputError
 TICK_S = 0.003
 OPEN_SETTLE_S = 0.03   # a "boot" after each port open (see the module docstring)
 LOOPBACK_HOST = "127.0.0.1"
+PARENT_CHECK_S = 0.1   # a served child checks this often that its parent (the run) is still there
 SimLink = Literal["pty", "socket"]
 
 
@@ -301,7 +302,7 @@ class SimServerProcess:
         self.path = line.strip()
 
     def close(self, timeout_s: float = 5.0) -> int:
-        """SIGTERM, wait; returns the exit code."""
+        """SIGTERM, wait; returns the exit code (negative: killed by that signal)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -313,6 +314,28 @@ class SimServerProcess:
             if stream is not None:
                 stream.close()
         return self.proc.returncode
+
+    def close_checked(self, timeout_s: float = 5.0) -> None:
+        """Stop the child, wait for it, and raise if it did not end cleanly (exit 0 on SIGTERM):
+        a simulated device that died early or had to be killed is said, not swallowed."""
+        died_early = self.proc.poll()
+        code = self.close(timeout_s)
+        if died_early is not None or code != 0:
+            raise HardwareError(f"the simulated cuff's process (pid {self.proc.pid}) "
+                                f"{'had already ended' if died_early is not None else 'ended'} with exit code {code}")
+
+
+def start_sim_process(*, link: SimLink = "pty", hard_limit_kpa: float | None = None, leak_kpa_s: float = 0.0,
+                      seed: int = 0) -> SimServerProcess:
+    """Serve a simulated CUFF/1 cuff from a child process of its own (dry runs): its byte pump
+    and firmware model then never hold this process's interpreter lock while a frame is drawn.
+    The child stops when this process is no longer its parent."""
+    argv = ["--parent-pid", str(os.getpid()), "--leak", repr(leak_kpa_s), "--seed", str(seed)]
+    if hard_limit_kpa is not None:
+        argv += ["--hard-limit", repr(hard_limit_kpa)]
+    if link == "socket":
+        argv += ["--socket"]
+    return SimServerProcess(argv)
 
 
 def _readline_with_timeout(proc: subprocess.Popen[str], timeout_s: float) -> str:
@@ -329,12 +352,12 @@ def _readline_with_timeout(proc: subprocess.Popen[str], timeout_s: float) -> str
 
 
 def make_device(protocol: str, *, clock: Clock, hard_limit_kpa: float | None = None,
-                leak_kpa_s: float = 0.0) -> ByteDevice:
+                leak_kpa_s: float = 0.0, seed: int = 0) -> ByteDevice:
     """A fresh simulated device speaking `protocol` ('line' = CUFF/1, 'cpar', or 'gated' = the GATE/1 gate board)."""
     if protocol == "line":
         from experiment.cuff.simdevice import SimCuffDevice
         return SimCuffDevice(hard_limit_kpa=100.0 if hard_limit_kpa is None else hard_limit_kpa,
-                             leak_kpa_s=leak_kpa_s)
+                             leak_kpa_s=leak_kpa_s, seed=seed)
     if protocol == "cpar":
         if hard_limit_kpa is not None or leak_kpa_s:
             raise InputError("simulate-cuff: --hard-limit and --leak apply to --protocol line only")
@@ -360,7 +383,9 @@ def command(args: argparse.Namespace) -> int:
         raise InputError(f"simulate-cuff: --socket PORT must be 0-65535 (0 or none: any free port), got {tcp_port}")
     link: SimLink = "socket" if tcp_port is not None else default_sim_link()
     clock = RealClock()
-    device = make_device(args.protocol, clock=clock, hard_limit_kpa=args.hard_limit, leak_kpa_s=args.leak)
+    device = make_device(args.protocol, clock=clock, hard_limit_kpa=args.hard_limit, leak_kpa_s=args.leak,
+                         seed=getattr(args, "seed", 0))
+    parent_pid: int | None = getattr(args, "parent_pid", None)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -370,7 +395,7 @@ def command(args: argparse.Namespace) -> int:
     try:
         server = SimServer(device, clock=clock, link=link, tcp_port=tcp_port or 0)
         try:
-            _serve(server, args.protocol, stop)
+            _serve(server, args.protocol, stop, parent_pid)
         finally:
             server.close()
     finally:
@@ -381,11 +406,17 @@ def command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(server: SimServer, protocol: str, stop: threading.Event) -> None:
+def _serve(server: SimServer, protocol: str, stop: threading.Event, parent_pid: int | None = None) -> None:
+    """Serve until a stop signal, or until `parent_pid` is no longer the parent (it died: a
+    dry run's simulated cuff must not outlive its run)."""
     print(server.path, flush=True)
-    sys.stderr.write(f"simulated cuff ({protocol}) on {server.path}; "
-                     f"use --cuff {protocol}:{server.path}{':board' if protocol == 'gated' else ''}; Ctrl-C to stop\n")
-    sys.stderr.flush()
-    while not stop.wait(0.5):
+    if parent_pid is None:
+        sys.stderr.write(f"simulated cuff ({protocol}) on {server.path}; use --cuff {protocol}:{server.path}"
+                         f"{':board' if protocol == 'gated' else ''}; Ctrl-C to stop\n")
+        sys.stderr.flush()
+    while not stop.wait(PARENT_CHECK_S if parent_pid is not None else 0.5):
         if not server.alive:
             raise HardwareError("simulate-cuff: the server thread stopped")
+        if parent_pid is not None and os.getppid() != parent_pid:
+            sys.stderr.write(f"simulate-cuff: parent {parent_pid} is gone; stopping\n")
+            return

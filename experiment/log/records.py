@@ -95,6 +95,7 @@ class CuffCmdRecord(TypedDict):
     i: int | None                # plan index (stimulus index in a calibration) the command belongs to, or null
     purpose: str                 # why it was sent (stimulus, deflate, vent, arm, heartbeat, ...)
     error: NotRequired[str]      # what went wrong (only when `ok` is false)
+    planned_t: NotRequired[float]  # a run's stimulus or deflation: when the plan wanted it written (t0 + onset, as re-anchored)
 
 
 class CuffEventRecord(TypedDict):
@@ -201,6 +202,7 @@ class PlanRecord(TypedDict):
     phase_kind: str              # cue or rating
     level: str | None            # the pressure level of an inflating phase, else null
     scale: str | None            # the rating scale of a rating phase, else null
+    cuff_at: NotRequired[str]    # planned (the cuff command at its planned time, from the scheduler thread) or flip (on the phase's flip); absent in older logs
 
 
 class DisplayInfo(TypedDict):
@@ -343,6 +345,30 @@ class FramesRecord(FrameSummary):
     """Frame statistics, once per trial and at the end."""
 
     kind: Literal["frames"]
+
+
+class GcRecord(TypedDict):
+    """Garbage collection in a real-time run (experiment/station/realtime.py)."""
+
+    kind: Literal["gc"]
+    t: float                     # when
+    action: str                  # freeze (after set-up: everything so far frozen, automatic collection off) or collect (in a quiet phase)
+    collected: int               # objects collected
+    duration_s: float            # how long it took
+    frozen: NotRequired[int]     # freeze: objects frozen
+    slack_s: NotRequired[float]  # collect: time left to the next event
+
+
+class PriorityRecord(TypedDict):
+    """What the operating system granted when a real-time run raised its priority."""
+
+    kind: Literal["priority"]
+    t: float                     # when
+    asked: str                   # e.g. nice -10
+    obtained: bool               # granted
+    nice_before: NotRequired[int | None]  # the niceness before
+    nice: NotRequired[int | None]         # the niceness now (when obtained, or unchanged)
+    message: NotRequired[str]    # why not (when not obtained)
 
 
 class FrameDropRecord(TypedDict):
@@ -552,7 +578,8 @@ SupervisorRecord = Union[CuffCmdRecord, CuffEventRecord, SafetyRecord, WarningRe
 _SharedRecord = Union[SupervisorRecord, KeyRecord, OperatorRecord, InstructionsRecord, InstructionsTurnedRecord,
                       EndRecord]
 _RunOnlyRecord = Union[PlanRecord, DisplayRecord, WaitingRecord, PulseRecord, T0Record, OnsetRecord, ReanchorRecord,
-                       RatingRecord, FramesRecord, FrameDropRecord, ButtonRecord, UnmatchedBytesRecord, LslRecord]
+                       RatingRecord, FramesRecord, FrameDropRecord, GcRecord, PriorityRecord, ButtonRecord,
+                       UnmatchedBytesRecord, LslRecord]
 _CalibrationOnlyRecord = Union[StimulusRecord, StimulusEndRecord, PressRecord, CalibrationRatingRecord, SimRecord,
                                ParticipantFieldsRecord, DoneRecord, FitRecord, DecisionRecord]
 
@@ -581,8 +608,8 @@ REGISTRY: dict[str, dict[str, type]] = {
             "instructions_turned": InstructionsTurnedRecord, "waiting": WaitingRecord, "pulse": PulseRecord,
             "t0": T0Record, "onset": OnsetRecord, "cuff_cmd": CuffCmdRecord, "cuff_event": CuffEventRecord,
             "reanchor": ReanchorRecord, "rating": RatingRecord, "key": KeyRecord, "frames": FramesRecord,
-            "frame_drop": FrameDropRecord, "warning": WarningRecord, "safety": SafetyRecord,
-            "operator": OperatorRecord, "end": EndRecord, "button": ButtonRecord,
+            "frame_drop": FrameDropRecord, "gc": GcRecord, "priority": PriorityRecord, "warning": WarningRecord,
+            "safety": SafetyRecord, "operator": OperatorRecord, "end": EndRecord, "button": ButtonRecord,
             "unmatched_bytes": UnmatchedBytesRecord, "lsl": LslRecord},
     "calibration": {"cuff_cmd": CuffCmdRecord, "cuff_event": CuffEventRecord, "safety": SafetyRecord,
                     "warning": WarningRecord, "key": KeyRecord, "instructions": InstructionsRecord,

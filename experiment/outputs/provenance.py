@@ -71,6 +71,7 @@ def provenance(data: RunData, *, run_uid: str, protocol_copy: Mapping[str, Any] 
         "software": h.get("software"), "python": h.get("python"), "packages": h.get("packages"),
         "operating_system": h.get("platform"),
         "display": _strip(data.display),
+        "timing_test": h.get("timing_test"),   # the newest timing test of the dataset root when the run began
         "cuff": h.get("cuff"), "device": _strip(data.device), "scanner": h.get("scanner"),
         "pressure_measured": not_measured_text(h) is None, "pressure_not_measured_why": not_measured_text(h),
         "pressure": h.get("pressure"), "cue_mapping": h.get("cue_mapping"),

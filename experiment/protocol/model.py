@@ -313,6 +313,10 @@ class Phase:
                                   "target_reached (inflate phases only): the duration counts from the moment the "
                                   "target pressure is reached; the predicted ramp is added to the plan"),
                            default="onset")
+    cuff_at: str = spec(Choice(["planned", "flip"],
+                               "when the phase's cuff command goes out: planned (at t0 + the phase's onset, from a "
+                               "scheduler thread that does not wait for the screen) or flip (on the flip that "
+                               "shows the phase, locked to its cue)"), default="planned")
     bids_trial_type: str | None = spec(Nullable(Text("trial_type of this phase in events.tsv (null: not an event)",
                                                      pattern=r"[A-Za-z][A-Za-z0-9_]{0,63}",
                                                      pattern_doc="letters, digits and '_', starting with a letter")),

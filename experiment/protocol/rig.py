@@ -70,6 +70,9 @@ def byte_of(key: str) -> int:
 _UNITS = ("pix", "norm", "height", "deg", "cm")
 
 
+PATCH_CORNERS = ("none", "top_left", "top_right", "bottom_left", "bottom_right")
+
+
 @record
 class Screen:
     fullscreen: bool = spec(Boolean("full-screen window"), default=True)
@@ -84,9 +87,36 @@ class Screen:
                                                   minimum=0.0, exclusive_minimum=True, maximum=2000.0)), default=None)
     distance_cm: float | None = spec(Nullable(Number("eye to screen distance (needed for deg units)", minimum=0.0,
                                                      exclusive_minimum=True, maximum=5000.0)), default=None)
+    light_patch: str = spec(Choice(list(PATCH_CORNERS), "a square in this corner of the screen turns white for "
+                                   "0.1 s at every cue change, for a light sensor (`cuedpain timing-test`, "
+                                   "docs/light-sensor.md); also shown during runs when set (none: never)"),
+                            default="none")
+    light_patch_px: int = spec(Integer("the light patch's side", unit="pixels", minimum=4, maximum=400), default=40)
 
 
 SCREEN = Record(Screen, "the participant's screen")
+
+
+@record
+class TimingLimits:
+    """What `cuedpain timing-test` calls fit (its verdict)."""
+
+    refresh_tolerance_pct: float = spec(Number("largest difference between the measured refresh rate and "
+                                               "screen.refresh_hz", unit="%", minimum=0.0, maximum=50.0), default=2.0)
+    max_dropped_pct: float = spec(Number("most frames over 1.5 frame intervals", unit="% of frames", minimum=0.0,
+                                         maximum=100.0), default=0.1)
+    max_onset_error_ms: float = spec(Number("largest distance of a cue's flip from its planned time", unit="ms",
+                                            minimum=0.0, exclusive_minimum=True, maximum=1000.0), default=10.0)
+    max_light_lag_ms: float = spec(Number("largest median lag from flip to light at the sensor", unit="ms",
+                                          minimum=0.0, exclusive_minimum=True, maximum=1000.0), default=50.0)
+    max_lag_sd_ms: float = spec(Number("largest standard deviation of that lag (a constant lag can be corrected "
+                                       "for, a variable one cannot)", unit="ms", minimum=0.0, exclusive_minimum=True,
+                                       maximum=1000.0), default=4.0)
+    max_missed_flashes: int = spec(Integer("most patch flashes the sensor may miss", minimum=0, maximum=1000),
+                                   default=0)
+
+
+TIMING_LIMITS = Record(TimingLimits, "the limits of `cuedpain timing-test`'s verdict")
 
 
 @record
@@ -138,6 +168,7 @@ class Rig:
                                                          "inflator (cuff gated:PORT:GATE), which the operator confirms "
                                                          "before each run; a run's target must equal it (null: not "
                                                          "declared)"), default=None)
+    timing_limits: TimingLimits = spec(TIMING_LIMITS, default=TIMING_LIMITS.defaults())
     sim_link: str = spec(Choice(["auto", "pty", "socket"], "how a dry run serves its simulated cuff and scanner: "
                                 "a pseudo-terminal (POSIX), a loopback TCP port (socket://, as on Windows), or "
                                 "auto: a pseudo-terminal where there are some"), default="auto")

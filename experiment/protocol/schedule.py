@@ -77,6 +77,7 @@ class PlannedEvent:
     kind: str = "cue"             # cue | rating (the phase's kind; lead_in and tail: cue)
     level: str | None = None      # inflate/hold: the pressure level (stimulation.levels)
     scale: str | None = None      # rating phases: the rating scale shown
+    cuff_at: str = "planned"      # planned | flip: when the cuff command goes out
 
     @property
     def end_s(self) -> float:
@@ -602,7 +603,8 @@ def _trial_events(protocol: Protocol, trial: int, name: str, t: int, draws: Mapp
             cue=mapping.get(p.cue, p.cue) if p.cue is not None else None, cuff=p.cuff,
             target_kpa=kpa[level] if held and level is not None else 0.0,
             rate_kpa_s=rate if p.cuff == "inflate" else None, timed_from=p.timed_from, ramp_s=ramp / 1000,
-            bids_trial_type=p.bids_trial_type, kind=p.kind, level=level if held else None, scale=p.scale))
+            bids_trial_type=p.bids_trial_type, kind=p.kind, level=level if held else None, scale=p.scale,
+            cuff_at=p.cuff_at))
         if p.cuff == "deflate":
             level = None
         t += dur

@@ -28,7 +28,7 @@ import socket
 import subprocess
 import threading
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -378,6 +378,17 @@ def _nothing() -> None:
     pass
 
 
+class PulseDriver(Protocol):
+    """What `DrivenSource` starts and stops: a thread of this process, or a child process."""
+
+    @property
+    def error(self) -> BaseException | None: ...
+    @property
+    def sent(self) -> list[float]: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
 @dataclass
 class DrivenSource:
     """A real trigger source fed by a simulated scanner driver; pulses say `sim`.
@@ -389,14 +400,14 @@ class DrivenSource:
     """
 
     make_source: Callable[[], TriggerSource]
-    make_driver: Callable[[], _TimedDriver]
+    make_driver: Callable[[], PulseDriver]
     cleanup: Callable[[], None] = _nothing
     name: str = "sim"
     reads_keyboard: bool = False
     make_presser: Callable[[], ButtonPresser] | None = None   # a simulated button box on the same line
     simulated: bool = field(default=True, init=False)
     source: TriggerSource | None = field(default=None, init=False)
-    driver: _TimedDriver | None = field(default=None, init=False)
+    driver: PulseDriver | None = field(default=None, init=False)
     presser: ButtonPresser | None = field(default=None, init=False)
 
     def open(self) -> None:
@@ -464,38 +475,31 @@ def has_pty() -> bool:
 def pty_sim_source(plan: ScannerPlan, *, clock: Clock, buttons: ButtonDecoder | None = None) -> DrivenSource:
     """The simulated scanner through a real pseudo-terminal and SerialSource (POSIX).
 
-    The pseudo-terminal is made at `open()` and closed at `close()`. With `buttons` (a fORP
-    decoder), a simulated button box writes the participant's presses on the same line and
-    the one reader splits them from the pulses.
+    The pulses are written by a child process that owns the pseudo-terminal
+    (`experiment.scanner.sim_process`), so they never wait for this process's frame loop;
+    it is started at `open()` and joined (and its exit checked) at `close()`. With `buttons`
+    (a fORP decoder), a simulated button box writes the participant's presses on the same
+    line (through the child, which owns it) and the one reader splits them from the pulses.
     """
+    from experiment.scanner.sim_process import ProcessScanner
 
     if not has_pty():
         raise InputError("the simulated scanner 'sim:pty' needs a POSIX pseudo-terminal; use sim:socket, "
                          "--headless or sim:syncgen")
-    fds: list[int] = []
+    children: list[ProcessScanner] = []
 
     def make_source() -> SerialSource:
-        fds.extend(os.openpty())  # [master, slave]
-        return SerialSource(os.ttyname(fds[1]), clock=clock, preset=PRESETS["forp"], name="sim", buttons=buttons)
+        children.append(ProcessScanner(plan.pulse_times_s().tolist(), clock=clock, start_delay_s=plan.start_delay_s,
+                                       payload=b"5", tr_s=plan.tr_s))
+        return SerialSource(children[0].port, clock=clock, preset=PRESETS["forp"], name="sim", buttons=buttons)
 
     def cleanup() -> None:
-        while fds:
-            try:
-                os.close(fds.pop())
-            except OSError:
-                pass
+        while children:
+            children.pop().close()
 
-    return DrivenSource(make_source=make_source,
-                        make_driver=lambda: PtyScanner(plan, fds[0], clock=clock, payload=b"5"),
-                        cleanup=cleanup,
+    return DrivenSource(make_source=make_source, make_driver=lambda: children[0], cleanup=cleanup,
                         make_presser=None if buttons is None else
-                        lambda: ButtonPresser(lambda data: _write_all(fds[0], data), clock=clock))
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+                        lambda: ButtonPresser(lambda data: children[0].write(data), clock=clock))
 
 
 def socket_sim_source(plan: ScannerPlan, *, clock: Clock, buttons: ButtonDecoder | None = None) -> DrivenSource:

@@ -116,7 +116,8 @@ def open_display(window: WindowSpec, *, mode: Mode, clock: Clock, stack: ExitSta
                             size=screen.size or (1024, 768), screen=screen.index, units=screen.units,
                             refresh_hz=screen.refresh_hz or 60.0, dry_run=mode.simulated,
                             width_cm=screen.width_cm, distance_cm=screen.distance_cm,
-                            rating_scales=window.rating_scales)
+                            rating_scales=window.rating_scales,
+                            light_patch=(screen.light_patch, screen.light_patch_px))
     stack.callback(display.close)
     return display
 

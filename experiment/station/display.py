@@ -26,6 +26,9 @@ from experiment.protocol.model import Cue
 from experiment.station.rating import RatingScale, RatingState
 
 
+PATCH_WHITE_S = 0.1   # how long the light patch stays white after a cue change
+
+
 @dataclass
 class FrameStats:
     """Frame intervals measured from flip times: bounded, O(1) per frame."""
@@ -164,7 +167,7 @@ class WindowDisplay:
                  units: str = "height", refresh_hz: float = 60.0, dry_run: bool = False,
                  title: str | None = None, background: str = "black",
                  width_cm: float | None = None, distance_cm: float | None = None,
-                 rating_scales: Sequence[RatingScale] = ()) -> None:
+                 rating_scales: Sequence[RatingScale] = (), light_patch: tuple[str, int] | None = None) -> None:
         try:
             from psychopy import logging as pplogging
             from psychopy import visual
@@ -180,6 +183,7 @@ class WindowDisplay:
         # console; drops are measured and logged by FrameStats instead.
         pplogging.console.setLevel(pplogging.ERROR)
         self._prepare_stimuli(cues, stimuli_dir, dry_run=dry_run, rating_scales=rating_scales)
+        self._init_patch(light_patch)
         self._cue: str | None = None
         self.refresh_hz = refresh_hz
         self.frame_s = 1.0 / refresh_hz
@@ -203,6 +207,7 @@ class WindowDisplay:
         self._show_message = False
         self._rating: RatingState | None = None
         self._rating_shapes = self._make_rating_shapes()
+        self._marker_drawn: tuple[float, float, float, bool] | None = None   # what the marker was last set to
         self._rating_texts: dict[tuple[str, str, str], dict[str, Any]] = {}
         for scale in rating_scales:  # lay the texts out now: the first layout costs a frame or more
             self._texts_for(scale)
@@ -245,6 +250,29 @@ class WindowDisplay:
         if cue.shape == "cross":
             return v.ShapeStim(self.win, vertices="cross", size=(w, h), **common)
         raise InputError(f"cue {name!r}: unknown shape {cue.shape!r}")
+
+    def _init_patch(self, light_patch: tuple[str, int] | None) -> None:
+        """The light sensor's patch (`light_patch`: corner and side in pixels; none: no patch)."""
+        self._patch = None if light_patch is None or light_patch[0] == "none" else self._make_patch(*light_patch)
+        self._patch_white = False
+        self._flash_pending = False
+        self._flash_until: float | None = None
+        self.patch_flashes: list[float] = []   # flip times at which the light patch turned white
+
+    def _make_patch(self, corner: str, side_px: int) -> Any:
+        """The light sensor's square in a corner of the window (docs/light-sensor.md), black until a cue changes."""
+        w, h = (int(x) for x in self.win.size)
+        x = (w - side_px) / 2 * (1 if corner.endswith("right") else -1)
+        y = (h - side_px) / 2 * (1 if corner.startswith("top") else -1)
+        patch = self._visual.Rect(self.win, width=side_px, height=side_px, units="pix", pos=(x, y),
+                                  fillColor="black", lineColor="black", lineWidth=0)
+        patch.draw()
+        return patch
+
+    def _set_patch(self, white: bool) -> None:
+        if self._patch is not None and white != self._patch_white:   # set only on change (PsychoPy rebuilds colours)
+            self._patch.fillColor = self._patch.lineColor = "white" if white else "black"
+            self._patch_white = white
 
     def _make_rating_shapes(self) -> dict[str, Any]:
         v = self._visual
@@ -296,6 +324,8 @@ class WindowDisplay:
     def show(self, cue: str | None) -> None:
         if cue is not None and cue not in self._stims:
             raise InputError(f"cue {cue!r} is not defined")
+        if cue != self._cue:
+            self._flash_pending = self._patch is not None
         self._cue = cue
 
     def show_rating(self, state: RatingState | None) -> None:
@@ -312,15 +342,20 @@ class WindowDisplay:
         if self._rating is not None:
             r, shapes = self._rating, self._rating_shapes
             sc = r.scale
-            frac = (r.value - sc.low) / (sc.high - sc.low)
-            shapes["marker"].pos = (-0.4 + 0.8 * frac, -0.05)
-            shapes["marker"].fillColor = shapes["marker"].lineColor = "limegreen" if r.confirmed else "orange"
+            marker = (r.value, sc.low, sc.high, r.confirmed)
+            if marker != self._marker_drawn:   # PsychoPy rebuilds vertices and colours on every set: only on change
+                frac = (r.value - sc.low) / (sc.high - sc.low)
+                shapes["marker"].pos = (-0.4 + 0.8 * frac, -0.05)
+                shapes["marker"].fillColor = shapes["marker"].lineColor = "limegreen" if r.confirmed else "orange"
+                self._marker_drawn = marker
             for stim in [*shapes.values(), *self._texts_for(sc).values()]:
                 stim.draw()
         if self._show_message:
             self._message.draw()
         if self._dry_mark is not None:
             self._dry_mark.draw()
+        if self._patch is not None:
+            self._patch.draw()
 
     # -- timing --
     def predict_next_flip(self) -> float:
@@ -340,6 +375,12 @@ class WindowDisplay:
 
     def flip(self, *, on_flip: Callable[[], None] | None = None) -> float:
         """Draw, flip, return the flip time on the run's clock."""
+        if self._patch is not None:
+            if self._flash_pending:
+                self._set_patch(True)
+            elif self._flash_until is not None and self._clock.now() >= self._flash_until:
+                self._set_patch(False)
+                self._flash_until = None
         self._draw()
         if not self.vsync:
             self._clock.sleep_until(self.predict_next_flip())
@@ -348,6 +389,10 @@ class WindowDisplay:
             self._next_grid = (self._next_grid or t) + self.frame_s
         self._last_flip = t
         self.stats.add(t)
+        if self._flash_pending:
+            self._flash_pending = False
+            self._flash_until = t + PATCH_WHITE_S - self.frame_s / 2
+            self.patch_flashes.append(t)
         if on_flip is not None:
             on_flip()
         return t

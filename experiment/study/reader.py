@@ -369,7 +369,7 @@ def read_study(root: Path, *, plan_reader: PlanReader = no_plans,
         for d in sorted(source.iterdir()):
             if d.is_dir() and re.match(r"^sub-[A-Za-z0-9]+$", d.name):
                 _subject_source(ctx, d, run_dirs, cals, attempts)
-            elif d.name not in ("cuedpain-dataset.json", "rig-checks", "station") and not d.name.startswith("."):
+            elif d.name not in ("cuedpain-dataset.json", "rig-checks", "timing-tests", "station") and not d.name.startswith("."):
                 ctx.problem(d, "not a participant's sourcedata; ignored")
     runs = tuple(read_run(ctx, d) for d in run_dirs)
     _check_bids_tree(ctx, {r.stem for r in runs})

@@ -19,6 +19,7 @@ import platform
 import shutil
 import sys
 import traceback
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -29,8 +30,10 @@ from experiment.errors import EXIT_ABORTED, EXIT_OK, AbortError
 from experiment.log.records import PlanRecord, RunRecord
 from experiment.outputs.dataset import claim_root
 from experiment.outputs.rundir import create_source_dir, move_to_attempts
+from experiment.procedures.run.cuffschedule import CuffScheduler
 from experiment.procedures.run.preflight import RunPlan
 from experiment.procedures.run.ratings import rating_scales, scripted_ratings
+from experiment.procedures.timingtest.procedure import latest_timing_test
 from experiment.procedures.run.trialloop import LoopHooks, LoopResult, TrialLoop
 from experiment.protocol.model import describe
 from experiment.protocol.schedule import PlannedEvent
@@ -41,6 +44,7 @@ from experiment.station.briefing import Briefing, run_briefing
 from experiment.station.console import OperatorConsole, Status
 from experiment.station.devices import make_safe
 from experiment.station.rating import RatingScale
+from experiment.station.realtime import Realtime
 from experiment.station.recorder import STOPS
 from experiment.station.runinfo import package_versions, software_revision
 from experiment.station.station import Mode, Station
@@ -86,6 +90,7 @@ def plan_record(ev: PlannedEvent) -> PlanRecord:
     return {"kind": "plan", "i": ev.index, "trial": ev.trial, "trial_type": ev.trial_type, "phase": ev.phase, "onset_s": ev.onset_s,
             "duration_s": ev.duration_s, "cue": ev.cue, "cuff": ev.cuff, "target_kpa": ev.target_kpa,
             "rate_kpa_s": ev.rate_kpa_s, "timed_from": ev.timed_from, "ramp_s": ev.ramp_s,
+            "cuff_at": ev.cuff_at,
             "bids_trial_type": ev.bids_trial_type, "phase_kind": ev.kind, "level": ev.level, "scale": ev.scale}
 
 
@@ -99,6 +104,7 @@ class RunProcedure:
                                     stop_after_trs=plan.protocol.scan.scanner_stop_trs)
         self.gate = StartGate(plan.discard_pulses, scanner_discarded=plan.protocol.scan.scanner_discarded)
         self._console = console
+        self._realtime: Realtime | None = None
         self.st: Station
         self.briefing: Briefing
 
@@ -189,6 +195,7 @@ class RunProcedure:
             "start_wall": datetime.now().astimezone().isoformat(timespec="seconds"),
             "platform": platform.platform(), "python": sys.version.split()[0], "packages": package_versions(),
             "run_length_s": plan.timeline.run_length_s,
+            "timing_test": latest_timing_test(plan.data_root),   # the newest `cuedpain timing-test` of this root
         }
 
     def _open_lsl(self) -> None:
@@ -235,10 +242,15 @@ class RunProcedure:
         status.n_trials = max((ev.trial for ev in self.plan.timeline.events), default=0)
         status.pulses_expected = self.plan.protocol.scan.n_volumes
         self._show_instructions()
-        t0 = self._wait_for_t0()
-        loop = self._trial_loop(t0)
-        st.cuff.add_event_listener(loop.device_events.put)
-        result = loop.run()
+        with ExitStack() as realtime:
+            if self.plan.mode is not Mode.HEADLESS:   # set-up done: no collection pauses, a higher priority
+                self._realtime = realtime.enter_context(Realtime(now=st.now, log=self.record))
+            t0 = self._wait_for_t0()
+            loop = self._trial_loop(t0)
+            # entered last, so it is closed (cancelled, joined) first, before the Station vents
+            loop.scheduler = realtime.enter_context(CuffScheduler(st.clock))
+            st.cuff.add_event_listener(loop.device_events.put)
+            result = loop.run()
         assert st.display is not None
         self.record({"kind": "frames", **st.display.stats.summary(st.now())})
         return result
@@ -351,21 +363,23 @@ class RunProcedure:
         # the run lasts until the scan's last declared volume has been acquired, so every
         # pulse is logged and the pulse count can be checked against the volumes
         run_end_s = max(plan.timeline.run_length_s, p.scan.n_volumes * p.scan.tr_s)
+        realtime = self._realtime
         hooks = LoopHooks(poll_pulses=self._poll_pulses, poll_keys=st.read_keys, check_safety=self._check,
                           stimulate=self._stimulate, deflate=self._deflate, status=self._show_status,
-                          vent=lambda reason: make_safe(cuff, reason), scripted_keys=scripted)
+                          vent=lambda reason: make_safe(cuff, reason), scripted_keys=scripted,
+                          idle=None if realtime is None else (lambda slack_s, quiet: realtime.idle(slack_s, quiet=quiet)))
         return TrialLoop(timeline=plan.timeline.events, t0=t0, run_end_s=run_end_s, clock=st.clock,
                          display=st.display, hooks=hooks, log=self.record,
                          rating_scales=rating_scales(p, st.spec.keys), key_roles=st.spec.key_roles,
                          on_participant_stop=p.safety.on_participant_stop)
 
-    def _stimulate(self, i: int, target_kpa: float, rate_kpa_s: float) -> None:
+    def _stimulate(self, i: int, target_kpa: float, rate_kpa_s: float, planned_t: float) -> None:
         assert self.st.cuff is not None
-        self.st.cuff.stimulate(target_kpa, rate_kpa_s, tag=i)
+        self.st.cuff.stimulate(target_kpa, rate_kpa_s, tag=i, planned_t=planned_t)
 
-    def _deflate(self, i: int) -> None:
+    def _deflate(self, i: int, planned_t: float) -> None:
         assert self.st.cuff is not None
-        self.st.cuff.deflate(tag=i)
+        self.st.cuff.deflate(tag=i, planned_t=planned_t)
 
     def _check(self, now: float) -> None:
         """Every frame: the Station's checks, then a scanner that stopped sending pulses."""

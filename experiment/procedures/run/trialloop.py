@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import queue
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Callable, Mapping, Sequence
 
 from experiment.clock import Clock
 from experiment.cuff.base import DeviceEvent, EventKind, StopSource
 from experiment.errors import AbortError
 from experiment.log.records import RunRecord
+from experiment.procedures.run.cuffschedule import HORIZON_S, CuffScheduler
 from experiment.protocol.schedule import PlannedEvent
 from experiment.station.devices import Display
 from experiment.station.rating import RatingScale, RatingState, press, start_rating, timed_out
@@ -62,12 +64,15 @@ class LoopHooks:
     poll_pulses: Callable[[], None]                 # read, log and check pulses
     poll_keys: Callable[[], Keys]                   # participant/operator keys since last call
     check_safety: Callable[[float], None]           # raises AbortError/DeviceFault when tripped
-    stimulate: Callable[[int, float, float], None]  # (event index, target kPa, rate kPa/s)
-    deflate: Callable[[int], None]                  # (event index)
+    stimulate: Callable[[int, float, float, float], None]  # (event index, target kPa, rate kPa/s, planned time)
+    deflate: Callable[[int, float], None]           # (event index, planned time)
     status: Callable[[int, str, float | None], None]  # console: (trial, phase, next event in s)
     vent: Callable[[str], None]                     # vent now (participant stop key); never raises
     # headless dry runs: (plan index of the rating phase, scale, scale onset) -> simulated key presses
     scripted_keys: Callable[[int, RatingScale, float], Keys] | None = None
+    # real-time runs: (time to the next event in s, nothing moves on screen) after each flip;
+    # garbage is collected there when there is room (experiment.station.realtime)
+    idle: Callable[[float, bool], None] | None = None
 
 
 @dataclass
@@ -113,6 +118,7 @@ class TrialLoop:
     key_roles: dict[str, str]          # key -> "escape" | "stop" | "response"
     on_participant_stop: str = "end"   # "end" | "continue_without_stimulation"
     device_events: "queue.SimpleQueue[DeviceEvent]" = field(default_factory=queue.SimpleQueue)
+    scheduler: CuffScheduler | None = None   # cuff commands at their planned times (cuff_at: planned)
     _s: _LoopState = field(init=False)
 
     def __post_init__(self) -> None:
@@ -137,10 +143,13 @@ class TrialLoop:
         now = self.clock.now()
         self.hooks.poll_pulses()
         self._take_device_events()
+        if self.scheduler is not None:   # a command's own failure first: it is the cause of any trip it made
+            self.scheduler.check()
         self.hooks.check_safety(now)
         self._take_keys(now)
         if self._s.stim_off is not None:
             self._s.waiting_reach = None   # no stimulation: nothing will reach a target
+        self._hand_over(now)
         r = self._s.rating
         if r is not None and (r.state.confirmed or timed_out(r.state, now)):
             self._finish_rating(now)
@@ -223,16 +232,51 @@ class TrialLoop:
                       "planned_t": s.planned[i], "onset_s": t_flip - self.t0, "planned_onset_s": ev.onset_s})
             self._command_cuff(i, ev, t_flip)
 
+    def _hand_over(self, now: float) -> None:
+        """Give the scheduler the cuff commands due within its horizon whose time is fixed."""
+        s, tl, sch = self._s, self.timeline, self.scheduler
+        if sch is None or s.stim_off is not None or s.waiting_reach is not None:
+            return
+        for j in range(s.tracker.started, len(tl)):
+            ev = tl[j]
+            if s.planned[j] - now > HORIZON_S:
+                return
+            if ev.cuff in ("inflate", "deflate") and ev.cuff_at == "planned" and j not in sch.handed:
+                sch.schedule(j, s.planned[j], partial(self._scheduled_command, j))
+            if ev.cuff == "inflate" and ev.timed_from == "target_reached":
+                return   # the phases after it move when the target is reached
+
+    def _scheduled_command(self, i: int, planned_t: float) -> None:
+        """The scheduler's thread: one phase's cuff command at its planned time.
+
+        A participant's stop (the device's button) that the frame loop has not taken yet makes
+        the supervisor refuse the command: that is a skipped command, as in the loop, not an
+        error; the loop applies the protocol's `on_participant_stop` when it takes the event."""
+        ev = self.timeline[i]
+        try:
+            if ev.cuff == "inflate" and ev.target_kpa is not None and ev.rate_kpa_s is not None:
+                self.hooks.stimulate(i, ev.target_kpa, ev.rate_kpa_s, planned_t)
+            elif ev.cuff == "deflate":
+                self.hooks.deflate(i, planned_t)
+        except AbortError as exc:
+            if not (exc.reason or "").startswith("participant_stop"):
+                raise
+            self.log({"kind": "warning", "t": planned_t, "code": "stimulation_off",
+                      "message": f"cuff command for event {i} skipped: stimulation stopped ({exc.message})"})
+
     def _command_cuff(self, i: int, ev: PlannedEvent, t_flip: float) -> None:
         if ev.cuff not in ("inflate", "deflate"):
             return
+        sch = self.scheduler
+        if sch is not None and i in sch.handed and (i in sch.written or self._s.stim_off is None):
+            return   # written at its planned time by the scheduler (or being written)
         if self._s.stim_off is not None:
             self.log({"kind": "warning", "t": t_flip, "code": "stimulation_off",
                       "message": f"cuff command for event {i} skipped: stimulation stopped ({self._s.stim_off})"})
         elif ev.cuff == "inflate" and ev.target_kpa is not None and ev.rate_kpa_s is not None:
-            self.hooks.stimulate(i, ev.target_kpa, ev.rate_kpa_s)
+            self.hooks.stimulate(i, ev.target_kpa, ev.rate_kpa_s, self._s.planned[i])
         elif ev.cuff == "deflate":
-            self.hooks.deflate(i)
+            self.hooks.deflate(i, self._s.planned[i])
 
     def _after_flip(self, due: list[int], t_flip: float) -> None:
         """The scale's onset, frame statistics once per trial, dropped frames, the console."""
@@ -249,6 +293,8 @@ class TrialLoop:
         if cur is not None:
             nxt = s.planned[cur + 1] - t_flip if cur + 1 < len(tl) else self.end_t - t_flip
             self.hooks.status(tl[cur].trial, tl[cur].phase, nxt)
+            if self.hooks.idle is not None and not due and s.waiting_reach is None:
+                self.hooks.idle(nxt, s.rating is None)
 
     def _scale_of(self, ev: PlannedEvent) -> RatingScale:
         if ev.scale is not None:
@@ -279,6 +325,8 @@ class TrialLoop:
         the protocol's choice is applied: end the run, or go on showing cues without
         stimulation.
         """
+        if self.scheduler is not None:
+            self.scheduler.cancel()   # nothing scheduled may follow the vent
         if source == "key":
             self.hooks.vent("participant stop key")
         if self.on_participant_stop == "end":

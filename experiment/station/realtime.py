@@ -1,0 +1,109 @@
+"""A real-time session's process settings: no garbage collection pauses at random, a higher priority.
+
+Python's cyclic garbage collector runs whenever enough objects were allocated, in whatever
+the frame loop is doing at that moment (a full collection of a PsychoPy process takes tens
+of milliseconds). `Realtime` collects and freezes everything allocated during set-up
+(`gc.freeze`: the collector never scans it again), turns automatic collection off, and
+collects only when `idle()` is told that the next event is far enough away (a fixation or
+rest phase with more than `min_slack_s` to go), at most every `min_interval_s`; each
+collection is logged (`gc` record) with its duration. It also asks the operating system
+for a higher priority (`os.nice`; what was obtained is logged in a `priority` record,
+failure included: without the privilege the run goes on at its normal priority).
+On exit both are put back (the process may be a test runner or the station). A real-time
+scheduling policy (`os.sched_setscheduler` with SCHED_FIFO/RR) is not asked for: the frame
+loop waits for flips partly by spinning, and at a real-time priority that spin could starve
+the X server, the serial readers and the cuff's heartbeat on a two-core stimulus computer.
+
+Only real-time modes use it; a headless run on a virtual clock has no frames to protect.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from types import TracebackType
+from typing import Callable, Union
+
+from experiment.log.records import GcRecord, PriorityRecord
+
+Record = Union[GcRecord, PriorityRecord]
+
+NICE_INCREMENT = -10          # asked for; an unprivileged process gets a PermissionError and stays
+MIN_SLACK_S = 0.5             # collect only when the next event is at least this far away
+MIN_INTERVAL_S = 5.0          # and not more often than this
+
+
+class Realtime:
+    """Context manager (see the module docstring); `log` receives the `gc` and `priority` records."""
+
+    def __init__(self, *, now: Callable[[], float], log: Callable[[Record], None],
+                 min_slack_s: float = MIN_SLACK_S, min_interval_s: float = MIN_INTERVAL_S,
+                 nice_increment: int = NICE_INCREMENT) -> None:
+        self._now = now
+        self._log = log
+        self.min_slack_s = min_slack_s
+        self.min_interval_s = min_interval_s
+        self._nice_increment = nice_increment
+        self._was_enabled = True
+        self._nice_before: int | None = None
+        self._nice_now: int | None = None
+        self._last_collect = -float("inf")
+        self.collections = 0
+        self._active = False
+
+    def __enter__(self) -> "Realtime":
+        self._was_enabled = gc.isenabled()
+        t_start = time.perf_counter()
+        collected = gc.collect()
+        gc.freeze()
+        gc.disable()
+        self._active = True
+        self._log({"kind": "gc", "t": self._now(), "action": "freeze", "collected": collected,
+                   "duration_s": time.perf_counter() - t_start, "frozen": gc.get_freeze_count()})
+        self._last_collect = self._now()
+        self._log(self._raise_priority())
+        return self
+
+    def _raise_priority(self) -> PriorityRecord:
+        t, asked = self._now(), f"nice {self._nice_increment:+d}"
+        if not hasattr(os, "nice"):
+            return {"kind": "priority", "t": t, "asked": asked, "obtained": False,
+                    "message": "os.nice is not available on this system"}
+        try:
+            self._nice_before = os.nice(0)
+            self._nice_now = os.nice(self._nice_increment)
+        except OSError as exc:
+            return {"kind": "priority", "t": t, "asked": asked, "obtained": False, "nice": self._nice_before,
+                    "message": f"priority not raised ({exc.strerror or exc}); the run goes on at nice "
+                               f"{self._nice_before}"}
+        return {"kind": "priority", "t": t, "asked": asked, "obtained": True, "nice_before": self._nice_before,
+                "nice": self._nice_now}
+
+    def idle(self, slack_s: float, *, quiet: bool = True) -> None:
+        """The loop has `slack_s` until its next event; `quiet`: nothing on screen moves (no
+        rating scale). Collect now if that is enough room and the last collection is old enough."""
+        if not self._active or not quiet or slack_s < self.min_slack_s:
+            return
+        now = self._now()
+        if now - self._last_collect < self.min_interval_s:
+            return
+        t_start = time.perf_counter()
+        collected = gc.collect()
+        duration_s = time.perf_counter() - t_start
+        self._last_collect = self._now()
+        self.collections += 1
+        self._log({"kind": "gc", "t": now, "action": "collect", "collected": collected, "duration_s": duration_s,
+                   "slack_s": slack_s})
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._active = False
+        gc.unfreeze()
+        if self._was_enabled:
+            gc.enable()
+        if self._nice_before is not None and self._nice_now is not None and self._nice_now != self._nice_before:
+            try:
+                os.nice(self._nice_before - self._nice_now)
+            except OSError:
+                pass   # lowering the priority again needs no privilege; raising it back might
