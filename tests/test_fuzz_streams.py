@@ -326,8 +326,8 @@ def test_button_bytes_never_move_the_cuff_in_a_run(box: ButtonPresetName, data: 
         return [(p.button, clock.now()) for p in fed.presses]
 
     hooks = LoopHooks(poll_pulses=lambda: None, poll_keys=poll_keys, check_safety=lambda now: None,
-                      stimulate=lambda i, kpa, rate: commands.append(("inflate", i)),
-                      deflate=lambda i: commands.append(("deflate", i)), status=lambda *a: None,
+                      stimulate=lambda i, kpa, rate, planned_t: commands.append(("inflate", i)),
+                      deflate=lambda i, planned_t: commands.append(("deflate", i)), status=lambda *a: None,
                       vent=vents.append)
     keys = protocol.keys
     loop = TrialLoop(timeline=timeline.events, t0=clock.now(), run_end_s=timeline.run_length_s, clock=clock,

@@ -547,7 +547,12 @@ class GatedCuff:
             if fault is None or gate not in ("0", "1"):
                 raise DeviceFault(f"gate board on {self.port}: malformed status {reply.text!r}")
             with self._lock:
-                self._gate = gate == "1"
+                if gate == "1" and not self._gate:
+                    # the host turned it off (or never on): a board that says otherwise is not trusted,
+                    # and the supervisor's trip sends the off byte again
+                    raise DeviceFault(f"gate board on {self.port}: reports the gate on although the host "
+                                      f"turned it off ({reply.text!r})")
+                self._gate = gate == "1"     # the board's own interlocks may have turned it off
                 if fault:
                     self._latched = self._latched or (CuffState.FAULT, Fault(fault))
         with self._lock:
