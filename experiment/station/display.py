@@ -182,8 +182,12 @@ class WindowDisplay:
         # PsychoPy's own console chatter (frame-drop warnings) would bury the operator
         # console; drops are measured and logged by FrameStats instead.
         pplogging.console.setLevel(pplogging.ERROR)
-        self._prepare_stimuli(cues, stimuli_dir, dry_run=dry_run, rating_scales=rating_scales)
-        self._init_patch(light_patch)
+        try:
+            self._prepare_stimuli(cues, stimuli_dir, dry_run=dry_run, rating_scales=rating_scales)
+            self._init_patch(light_patch)
+        except BaseException:   # a cue that cannot be built: no window is left open behind the error
+            self.close()
+            raise
         self._cue: str | None = None
         self.refresh_hz = refresh_hz
         self.frame_s = 1.0 / refresh_hz
