@@ -20,7 +20,8 @@ data/README.md):
 * **Other documents.** A Markdown file named anywhere (`devices.md`, `results.md`) must be
   one of the repository's, by its path from the file, from the root, or by its name.
 * **Nothing outside the checkout.** No absolute path into a machine (`/work/`, `/home/`,
-  `/Users/`) and no sibling checkout (`../shared`).
+  `/Users/`) and no sibling checkout: a `../NAME` path whose NAME is not a top-level folder
+  of this repository (`../stimuli` from a protocol is fine).
 
 The last two rules also hold for the comments and docstrings of the package and the
 shipped protocols (`experiment/**/*.py`, `protocols/*.yaml`).
@@ -41,7 +42,9 @@ SKIP_DIRS = {".git", ".venv", "venv", "build", "dist", "node_modules", ".pytest_
 PATH = re.compile(r"(?<![\w./~-])((?:%s)/[\w./*<>{}@+-]*)" % "|".join(FOLDERS))
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 MD_NAME = re.compile(r"(?<![\w/.-])((?:\.\./|[\w-]+/)*[\w.-]+\.md)\b")
-OUTSIDE = re.compile(r"(?<![\w.])(/work/|/home/|/Users/|\.\./shared\b|\bshared/reference\b)")
+OUTSIDE = re.compile(r"(?<![\w.])(/work/|/home/|/Users/)")
+SIBLING = re.compile(r"(?<![\w./])(?:\.\./)+([\w-]+)")     # ../NAME, ../../NAME, ...
+TOP_LEVEL = {p.name for p in ROOT.iterdir()}
 TEXT_BLOCK = re.compile(r"^```text\n.*?^```", flags=re.S | re.M)
 
 
@@ -99,6 +102,8 @@ def missing_in(doc: Path) -> list[str]:
 
 def _outside(text: str) -> list[str]:
     problems = [f"{m.group(1)} (outside the repository)" for m in OUTSIDE.finditer(text)]
+    problems += [f"{m.group(0)} (outside the repository)" for m in SIBLING.finditer(text)
+                 if m.group(1) not in TOP_LEVEL]
     for m in MD_NAME.finditer(text):
         name = m.group(1)
         if name.startswith("../") or Path(name).name not in MD_NAMES:
@@ -125,8 +130,7 @@ def test_the_rule_catches_what_it_is_for() -> None:
     assert repository_paths("`experiment/cuff/<name>.py`, experiment/DIR/x, github.com/a/b/docs/x.rst") == []
     assert repository_paths("```text\nprotocols/x.yaml:3:1: bad\n```\n") == []
     assert _exists("experiment/cuff/*_driver.py") and not _exists("experiment/cuff/*_nothing.py")
-    assert _outside("see /work/shared/reference/devices.md and ../shared/x") == [
-        "/work/ (outside the repository)", "shared/reference (outside the repository)",
-        "../shared (outside the repository)"]
+    assert _outside("see /home/someone/notes and ../sibling/x, not ../stimuli or ../../protocols") == [
+        "/home/ (outside the repository)", "../sibling (outside the repository)"]
     assert _outside("see paradigm.md section 2") == ["paradigm.md (not a document of this repository)"]
     assert _outside("docs/cuff-protocol.md and README.md") == []
