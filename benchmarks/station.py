@@ -1,6 +1,7 @@
 """Benchmark 8: does the operator station disturb the run it follows?
 
     python -m benchmarks.station [--pairs 2] [--protocol protocols/demo.yaml] [--out DIR]
+    python -m benchmarks.station --cpu-only [--blocks 1] [--protocol protocols/demo.yaml] [--out DIR]
 
 Real-time dry runs of the protocol in a window, in a balanced order of blocks (off, on |
 on, off | ...), in one command on one display:
@@ -18,6 +19,12 @@ Frame intervals are measured inside the run's process: the run is started as
 `end` record are kept. Reported per condition: median, p99, longest, count over 1.5
 frames; and on/off ratios of p99 (goal <= 1.01) and of the longest frame (goal: no growth).
 Results: DIR/station.json and DIR/station.md (default benchmarks/results/).
+
+CPU, which does not need a quiet machine: every 'on' block also reports the CPU seconds
+(utime + stime from /proc/PID/stat, all threads) per minute of run that the station's own
+process, the browser (chromium and every process under it) and the run itself used, from
+the Start button's POST to the end of the run. `--cpu-only` runs only 'on' blocks (default
+one) and writes DIR/station-cpu.json and DIR/station-cpu.md (Linux only).
 """
 
 from __future__ import annotations
@@ -75,6 +82,133 @@ def serve(data: Path, child_out: Path, protocols: Path) -> int:
     return _serve(config, sock, open_browser=False, remote=False, opener=None)
 
 
+GROUPS = ("station", "browser", "driver", "run", "display")
+
+
+class CpuMeter:
+    """CPU seconds used by the station, the browser and the run while it is followed (Linux /proc).
+
+    Samples every process under this one every `every_s`: the station's process itself
+    ('station'; not its children), chromium and everything under it ('browser'), the
+    station's children ('run': the step and its simulated devices), the benchmark's Xvfb
+    ('display': it draws the run's window, with or without the station), the rest ('driver':
+    Playwright's node process). A process's CPU is its last sample minus its value at
+    `start` (0 for a process begun later), so one that ends between two samples loses at most
+    `every_s` of CPU."""
+
+    def __init__(self, station_pid: int, every_s: float = 0.5) -> None:
+        self.station_pid, self.every_s = station_pid, every_s
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.first: dict[tuple[int, int], tuple[str, float]] = {}
+        self.last: dict[tuple[int, int], tuple[str, float]] = {}
+        self.names: dict[tuple[int, int], str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-cpu", daemon=True)
+        self.t_start = self.t_end = 0.0
+
+    @staticmethod
+    def _stat(pid: int) -> tuple[int, int, int] | None:
+        """(ppid, utime + stime ticks, start ticks) of a process, or None."""
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                f = fh.read().rsplit(b")", 1)[1].split()
+            return int(f[1]), int(f[11]) + int(f[12]), int(f[19])
+        except (OSError, IndexError, ValueError):
+            return None
+
+    @staticmethod
+    def _is_chromium(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                return b"chromium" in fh.read().split(b"\0", 1)[0]
+        except OSError:
+            return False
+
+    @staticmethod
+    def _comm(pid: int) -> str:
+        try:
+            with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as fh:
+                return fh.read().strip()
+        except OSError:
+            return "?"
+
+    @staticmethod
+    def _is_display(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/comm", "rb") as fh:
+                return fh.read().startswith(b"Xvfb")
+        except OSError:
+            return False
+
+    def sample(self) -> None:
+        stats: dict[int, tuple[int, int, int]] = {}
+        for name in os.listdir("/proc"):
+            if name.isdigit() and (st := self._stat(int(name))) is not None:
+                stats[int(name)] = st
+        me = os.getpid()
+        group: dict[int, str] = {}
+
+        def group_of(pid: int) -> str | None:
+            """'me' for this process, '-' for one not under it, else its group (memoized in `group`)."""
+            chain, p = [], pid
+            while p not in group and p in stats and p not in (me, 0, 1):
+                chain.append(p)
+                p = stats[p][0]
+            found = group.get(p, "me" if p == me else "-")
+            for q in reversed(chain):           # from the top of the chain down to pid
+                if found == "-":
+                    pass
+                elif q == self.station_pid:
+                    found = "station"
+                elif found == "station":
+                    found = "run"
+                elif found in ("me", "driver") and self._is_chromium(q):
+                    found = "browser"
+                elif found == "me" and self._is_display(q):
+                    found = "display"
+                elif found == "me":
+                    found = "driver"
+                group[q] = found
+            g = group.get(pid)
+            return g if g in GROUPS else None
+
+        for pid, (_, ticks, started) in stats.items():
+            g = group_of(pid)
+            if g:
+                key = (pid, started)
+                if key not in self.first:
+                    self.first[key] = (g, ticks / self.tick)
+                    self.names[key] = self._comm(pid)
+                self.last[key] = (g, ticks / self.tick)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.sample()
+
+    def start(self) -> None:
+        self.sample()
+        self.baseline = set(self.first)
+        self.t_start = time.monotonic()
+        self._thread.start()
+
+    def stop(self) -> dict[str, Any]:
+        """CPU seconds per group and per minute of the measured span."""
+        self._stop.set()
+        self._thread.join(5)
+        self.sample()
+        self.t_end = time.monotonic()
+        span = self.t_end - self.t_start
+        used: dict[str, float] = {}
+        top: list[tuple[float, str, str]] = []
+        for key, (g, cpu) in self.last.items():
+            before = self.first[key][1] if key in self.baseline else 0.0
+            used[g] = used.get(g, 0.0) + cpu - before
+            top.append((round(cpu - before, 2), g, self.names.get(key, "?")))
+        return {"span_s": round(span, 1), "top": [list(x) for x in sorted(top, reverse=True)[:8]],
+                "cpu_s": {g: round(used.get(g, 0.0), 2) for g in GROUPS},
+                "cpu_s_per_min": {g: round(60 * used.get(g, 0.0) / span, 2) for g in GROUPS}}
+
+
 def block_order(pairs: int) -> list[str]:
     order: list[str] = []
     for k in range(pairs):
@@ -110,8 +244,9 @@ def run_off(protocol: Path, participant: str, data: Path, out: Path, env: dict[s
 
 
 def run_on(protocol: Path, participant: str, data: Path, out: Path, env: dict[str, str], timeout_s: float,
-           work: Path) -> str:
-    """The run started from a station that follows it, its page open in a browser; who followed."""
+           work: Path) -> tuple[str, dict[str, Any]]:
+    """The run started from a station that follows it, its page open in a browser: who followed, and the
+    CPU the station, the browser and the run used from Start to the end of the run (CpuMeter)."""
     console = work / f"station-{participant}.txt"
     with open(console, "w") as fh:
         station = subprocess.Popen([sys.executable, "-m", "benchmarks.station", "--serve", str(data), str(out),
@@ -126,12 +261,15 @@ def run_on(protocol: Path, participant: str, data: Path, out: Path, env: dict[st
         base, token = url.split("/?token=")[0], url.split("token=")[1]
         _post(base, token, "/api/select", {"participant": participant, "session": "", "plan": str(protocol)})
         follower, stop = _follow(url, base, token)
+        meter = CpuMeter(station.pid)
         try:
+            meter.start()
             _post(base, token, "/api/start", {"key": "0-run-1"})
             _wait_file(out, timeout_s)
+            cpu = meter.stop()
         finally:
             stop()
-        return follower
+        return follower, cpu
     finally:
         station.terminate()
         station.wait(20)
@@ -156,7 +294,7 @@ def _follow(url: str, base: str, token: str) -> tuple[str, Any]:
             who.append("chromium on the station's page (live view drawn)")
             ready.set()
             done.wait()
-            who.append(f"{page.evaluate('window.cuedpain.chart.data[0].length')} points drawn")
+            who.append(f"{page.evaluate('window.cuedpain.chart.data[0].length')} points received")
             b.close()
 
     def stream() -> None:
@@ -210,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(Path(argv[1]), Path(argv[2]), Path(argv[3]))
     p = argparse.ArgumentParser(prog="python -m benchmarks.station", description=__doc__.split("\n")[0])
     p.add_argument("--pairs", type=int, default=2)
+    p.add_argument("--cpu-only", action="store_true", help="only 'on' blocks; report the CPU they cost")
+    p.add_argument("--blocks", type=int, default=1, help="with --cpu-only: how many 'on' blocks")
     p.add_argument("--protocol", type=Path, default=ROOT / "protocols" / "demo.yaml")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args(argv)
@@ -222,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"command": "python -m benchmarks.station " + " ".join(argv), "machine": machine_info(),
                                "protocol": str(args.protocol.resolve().relative_to(ROOT)), "blocks": [],
                                "load_average_at_start": load_average()}
+    order = ["on"] * args.blocks if args.cpu_only else block_order(args.pairs)
     start = clock.now()
     with tempfile.TemporaryDirectory(prefix="cuedpain-bench-station-") as tmp, virtual_display(clock) as display:
         work = Path(tmp)
@@ -229,28 +370,71 @@ def main(argv: list[str] | None = None) -> int:
         results["display"] = display
         pooled: dict[str, list[float]] = {"off": [], "on": []}
         frame_ms = 1000 / 60
-        for k, cond in enumerate(block_order(args.pairs)):
+        for k, cond in enumerate(order):
             participant, data, out = f"BENCH{k}", work / "data-dryrun", work / f"flips-{k}.json"
-            print(f"[bench] 7 station {cond}: block {k + 1} of {2 * args.pairs}", flush=True)
+            print(f"[bench] 8 station {cond}: block {k + 1} of {len(order)}", flush=True)
             load = load_average()
-            follower = (run_on(args.protocol, participant, data, out, env, timeout_s, work) if cond == "on" else
-                        run_off(args.protocol, participant, data, out, env, timeout_s))
+            follower, cpu = (run_on(args.protocol, participant, data, out, env, timeout_s, work) if cond == "on" else
+                             (run_off(args.protocol, participant, data, out, env, timeout_s), None))
             flips = json.loads(out.read_text())
             t0, t_end, facts = _log_span(data, participant)
             iv = intervals_ms(flips["flips"], t0, t_end)
             pooled[cond] += iv
             results["blocks"].append({"condition": cond, "exit_code": flips["exit_code"], "follower": follower,
-                                      "load_average_before": load, **facts, "frames": summarize(iv, frame_ms)})
-        results["off"] = summarize(pooled["off"], frame_ms)
-        results["on"] = summarize(pooled["on"], frame_ms)
-        results["p99_ratio"] = results["on"]["p99_ms"] / results["off"]["p99_ms"]
-        results["longest_ratio"] = results["on"]["max_ms"] / results["off"]["max_ms"]
+                                      "load_average_before": load, **facts, "frames": summarize(iv, frame_ms),
+                                      **({} if cpu is None else {"cpu": cpu})})
+        for cond in ("off", "on"):
+            if pooled[cond]:
+                results[cond] = summarize(pooled[cond], frame_ms)
+        if not args.cpu_only:
+            results["p99_ratio"] = results["on"]["p99_ms"] / results["off"]["p99_ms"]
+            results["longest_ratio"] = results["on"]["max_ms"] / results["off"]["max_ms"]
+        results["cpu_s_per_min"] = cpu_mean([b["cpu"] for b in results["blocks"] if "cpu" in b])
     results["wall_s"] = round(clock.now() - start, 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "station.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / "station.md").write_text(render(results))
-    print(render(results), flush=True)
+    name, text = ("station-cpu", render_cpu(results)) if args.cpu_only else ("station", render(results))
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / f"{name}.md").write_text(text)
+    print(text, flush=True)
     return 0
+
+
+def cpu_mean(blocks: list[dict[str, Any]]) -> dict[str, float]:
+    """CPU seconds per minute of run over all 'on' blocks (total CPU / total span). Pure."""
+    span = sum(b["span_s"] for b in blocks)
+    groups = GROUPS
+    return {g: round(60 * sum(b["cpu_s"][g] for b in blocks) / span, 2) if span else 0.0 for g in groups}
+
+
+def _cpu_lines(r: dict[str, Any]) -> list[str]:
+    c = r.get("cpu_s_per_min") or {}
+    if not c:
+        return []
+    lines = ["CPU seconds per minute of a followed run (from the Start button's POST to the end of the run; "
+             "utime + stime from /proc, all threads):", "",
+             "| | station process | browser (chromium, all processes) | Playwright driver | the run (station's children) "
+             "| Xvfb |", "|---|---|---|---|---|---|",
+             f"| mean | {c['station']:.2f} | {c['browser']:.2f} | {c['driver']:.2f} | {c['run']:.2f} | "
+             f"{c['display']:.2f} |"]
+    for k, b in enumerate(r["blocks"], start=1):
+        if "cpu" in b:
+            x = b["cpu"]["cpu_s_per_min"]
+            lines.append(f"| block {k} ({b['cpu']['span_s']:.0f} s) | {x['station']:.2f} | {x['browser']:.2f} | "
+                         f"{x['driver']:.2f} | {x['run']:.2f} | {x['display']:.2f} |")
+    return lines + [""]
+
+
+def render_cpu(r: dict[str, Any]) -> str:
+    """The --cpu-only results as markdown. Pure."""
+    followers = sorted({b["follower"] for b in r["blocks"]})
+    m = r["machine"]
+    return "\n".join(["# Benchmark 8, CPU only: what following a run costs the station and the browser", "",
+                      f"Command: `{r['command']}`; protocol `{r['protocol']}`; {len(r['blocks'])} real-time dry "
+                      f"run(s) started from `cuedpain station --dry-run`; total {r['wall_s'] / 60:.1f} min.",
+                      f"Followed by: {'; '.join(followers)}.", "", *_cpu_lines(r),
+                      f"Machine: {m.get('cpu_count')} CPUs ({m.get('cpu_model')}), {m.get('platform')}, "
+                      f"Python {m.get('python')}; display {r['display'].get('display')} "
+                      f"({r['display'].get('kind', 'Xvfb')})", ""])
 
 
 def render(r: dict[str, Any]) -> str:
@@ -275,7 +459,8 @@ def render(r: dict[str, Any]) -> str:
         lines.append(f"| {k} | {b['condition']} | {f['p99_ms']:.2f} | {f['max_ms']:.2f} | {f['over_1_5_frames']} | "
                      f"{b['frames_record'].get('dropped')} | {' / '.join(str(x) for x in b['load_average_before'])} |")
     m = r["machine"]
-    lines += ["", f"Machine: {m.get('cpu_count')} CPUs ({m.get('cpu_model')}), {m.get('platform')}, Python {m.get('python')}; "
+    lines += [""] + _cpu_lines(r)
+    lines += [f"Machine: {m.get('cpu_count')} CPUs ({m.get('cpu_model')}), {m.get('platform')}, Python {m.get('python')}; "
                   f"display {r['display'].get('display')} ({r['display'].get('kind', 'Xvfb')})", ""]
     return "\n".join(lines)
 
