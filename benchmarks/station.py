@@ -126,9 +126,14 @@ class CpuMeter:
 
     @staticmethod
     def _comm(pid: int) -> str:
+        """The process's name, and its --type= for chromium's processes (renderer, gpu-process, ...)."""
         try:
             with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as fh:
-                return fh.read().strip()
+                name = fh.read().strip()
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                kind = next((a[7:].decode() for a in fh.read().replace(b" ", b"\0").split(b"\0")
+                             if a.startswith(b"--type=")), "")
+            return f"{name} {kind}".strip()
         except OSError:
             return "?"
 
@@ -204,7 +209,7 @@ class CpuMeter:
             before = self.first[key][1] if key in self.baseline else 0.0
             used[g] = used.get(g, 0.0) + cpu - before
             top.append((round(cpu - before, 2), g, self.names.get(key, "?")))
-        return {"span_s": round(span, 1), "top": [list(x) for x in sorted(top, reverse=True)[:8]],
+        return {"span_s": round(span, 1), "top": [list(x) for x in sorted(top, reverse=True)[:12]],
                 "cpu_s": {g: round(used.get(g, 0.0), 2) for g in GROUPS},
                 "cpu_s_per_min": {g: round(60 * used.get(g, 0.0) / span, 2) for g in GROUPS}}
 
@@ -260,7 +265,7 @@ def run_on(protocol: Path, participant: str, data: Path, out: Path, env: dict[st
             time.sleep(0.1)
         base, token = url.split("/?token=")[0], url.split("token=")[1]
         _post(base, token, "/api/select", {"participant": participant, "session": "", "plan": str(protocol)})
-        follower, stop = _follow(url, base, token)
+        who, stop = _follow(url, base, token)
         meter = CpuMeter(station.pid)
         try:
             meter.start()
@@ -269,13 +274,13 @@ def run_on(protocol: Path, participant: str, data: Path, out: Path, env: dict[st
             cpu = meter.stop()
         finally:
             stop()
-        return follower, cpu
+        return "; ".join(who) if who else "?", cpu
     finally:
         station.terminate()
         station.wait(20)
 
 
-def _follow(url: str, base: str, token: str) -> tuple[str, Any]:
+def _follow(url: str, base: str, token: str) -> tuple[list[str], Any]:
     """Chromium on the station's page (or, without Playwright, an HTTP client on the stream)."""
     try:
         from playwright.sync_api import sync_playwright
@@ -313,7 +318,7 @@ def _follow(url: str, base: str, token: str) -> tuple[str, Any]:
         done.set()
         thread.join(30)
 
-    return ("; ".join(who) if who else "?"), stop
+    return who, stop
 
 
 def intervals_ms(flips: list[float], t0: float, t_end: float) -> list[float]:
@@ -337,7 +342,9 @@ def _log_span(data: Path, participant: str) -> tuple[float, float, dict[str, Any
     t0 = next(r["t"] for r in log.records if r["kind"] == "t0")
     end = next(r for r in log.records if r["kind"] == "end")
     frames = [r for r in log.records if r["kind"] == "frames"][-1]
-    return float(t0), float(end["t"]), {"end": end["status"], "frames_record": frames}
+    priority = next((r for r in log.records if r["kind"] == "priority"), {})   # by hand and from the station: the same
+    return float(t0), float(end["t"]), {"end": end["status"], "frames_record": frames,
+                                        "nice": {k: priority.get(k) for k in ("nice_before", "nice", "obtained")}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,7 +433,7 @@ def _cpu_lines(r: dict[str, Any]) -> list[str]:
 
 def render_cpu(r: dict[str, Any]) -> str:
     """The --cpu-only results as markdown. Pure."""
-    followers = sorted({b["follower"] for b in r["blocks"]})
+    followers = sorted({b["follower"].split(";")[0] for b in r["blocks"]})
     m = r["machine"]
     return "\n".join(["# Benchmark 8, CPU only: what following a run costs the station and the browser", "",
                       f"Command: `{r['command']}`; protocol `{r['protocol']}`; {len(r['blocks'])} real-time dry "

@@ -74,3 +74,17 @@ def test_a_calibration_view_and_the_trace() -> None:
     assert trace_points(step.samples, 5.0) == [[0.0, 1.0, 35.0], [0.04, 2.5, 35.0]]
     assert tr_estimate_s([0.0]) is None
     assert json.dumps(v)
+
+
+def test_the_cached_live_view_is_the_live_view() -> None:
+    """LiveViews recomputes over the records only when they grew; in between only the clock moves."""
+    from experiment.web.follow import LiveViews
+
+    step = _run([*PLAN, {"kind": "t0", "t": 100.0}])
+    views = LiveViews()
+    for now in (100.5, 103.0, 105.9):
+        assert views.view(step, now_t=now) == live_view(step, now_t=now)
+    step.add([{"kind": "onset", "t": 104.0, "i": 1, "trial": 1, "phase": "cue"},
+              {"kind": "reanchor", "t": 104.5, "i": 1, "shift_s": 0.5}], [])
+    assert views.view(step, now_t=106.0) == live_view(step, now_t=106.0)
+    assert views.view(step, now_t=106.0)["next_in_s"] == 0.5 and views.view(step, now_t=None)["next_in_s"] is None

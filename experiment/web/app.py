@@ -42,11 +42,12 @@ from experiment.protocol.visit import RunsStep, Visit, load_visit
 from experiment.web.blocks import Where, block
 from experiment.web.children import ActiveStep, Children, console_tail, find_logs, load_active, replace_file
 from experiment.web.config import StationConfig
-from experiment.web.follow import StepRecords, Tail, live_view, trace_points
+from experiment.web.follow import LiveViews, StepRecords, Tail, trace_points
 
 STATIC = Path(__file__).resolve().parent / "static"
 TOKEN_HEADER = "x-cuedpain-token"
 STATE_EVERY_S = 2.0      # how often a stream re-derives the checklist from disk
+LIVE_EVERY_S = 1.0       # a live event with only new samples and the clock's countdown: at most this often
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -134,6 +135,7 @@ class Station:
         self.config = config
         self.children = Children(config.data, command=config.child_command)
         self._visits: dict[tuple[str, float], tuple[Visit, tuple[Row, ...]]] = {}
+        self._offered: dict[tuple[Path, str], tuple[tuple[int, int], bool]] = {}
 
     # -- the chosen visit
     def selection(self) -> Selection | None:
@@ -156,17 +158,25 @@ class Station:
             {"participant": sel.participant, "session": sel.session, "plan": sel.plan}) + "\n")
 
     def choices(self) -> dict[str, list[str]]:
-        """The plans and protocols offered (YAML files of those folders with the format's own top-level key)."""
+        """The plans and protocols offered (YAML files of those folders with the format's own top-level key).
+
+        A file is read again only when its size or time changed (the live stream asks every 2 s)."""
         def having(d: Path, key: str) -> list[str]:
             if not d.is_dir():
                 return []
             out = []
             for p in sorted(d.glob("*.yaml")):
                 try:
-                    text = p.read_text(encoding="utf-8")
+                    st = p.stat()
+                    stamp = (st.st_size, st.st_mtime_ns)
+                    found = self._offered.get((p, key))
+                    if found is None or found[0] != stamp:
+                        text = p.read_text(encoding="utf-8")
+                        found = self._offered[(p, key)] = (stamp, any(line.startswith(key)
+                                                                      for line in text.splitlines()))
                 except (OSError, UnicodeDecodeError):
                     continue
-                if any(line.startswith(key) for line in text.splitlines()):
+                if found[1]:
                     out.append(str(p))
             return out
 
@@ -311,7 +321,13 @@ def _lower_this_thread(nice: int = 10) -> None:
 
 
 class Follower:
-    """One stream's view of the active step: its logs read as they grow, deltas out."""
+    """One stream's view of the active step: its logs read as they grow, deltas out.
+
+    Cheap, since it shares the computer with the run it follows: the logs are read from the
+    last offset (`Tail`), the live view is recomputed over all records only when the event log
+    grew (`LiveViews`), the console file is read again only when it changed, every event is
+    JSON-encoded once, and an event equal to the last one of its kind is not sent (a step
+    that ended sends nothing more until something changes)."""
 
     def __init__(self, station: Station) -> None:
         self.station = station
@@ -324,6 +340,22 @@ class Follower:
         self.last_state = ""
         self.last_state_t = 0.0
         self.last_alive: bool | None = None
+        self.last_live = ""
+        self.last_live_t = 0.0
+        self.last_news: tuple[Any, ...] = ()
+        self.views = LiveViews()
+        self.console: tuple[str, int, int, list[str]] | None = None   # (path, size, mtime_ns, its tail)
+
+    def _console(self, step: ActiveStep) -> list[str]:
+        """The step's console tail, read again only when the file changed."""
+        try:
+            st = os.stat(step.console)
+        except OSError:
+            return []
+        c = self.console
+        if c is None or (c[0], c[1], c[2]) != (step.console, st.st_size, st.st_mtime_ns):
+            c = self.console = (step.console, st.st_size, st.st_mtime_ns, console_tail(step))
+        return c[3]
 
     def _task(self, step: ActiveStep) -> str | None:
         sel = self.station.selection()
@@ -332,9 +364,10 @@ class Follower:
         _, rows = self.station.visit(sel.plan)
         return next((r.task for r in rows if r.key == step.key), None)
 
-    def poll(self, role: str) -> list[tuple[str, dict[str, Any]]]:
+    def poll(self, role: str) -> list[tuple[str, str]]:
+        """The events to send now: (name, JSON text)."""
         _lower_this_thread()
-        out: list[tuple[str, dict[str, Any]]] = []
+        out: list[tuple[str, str]] = []
         now = time.monotonic()
         current = self.station.active()
         alive = None if current is None else current.alive
@@ -344,7 +377,7 @@ class Follower:
             doc = json.dumps(self.station.state_doc(role), sort_keys=True)
             if doc != self.last_state:
                 self.last_state = doc
-                out.append(("state", json.loads(doc)))
+                out.append(("state", doc))
         step = current
         if step is None:
             return out
@@ -352,6 +385,7 @@ class Follower:
         if reset:
             self.step, self.records, self.tails, self.sent, self.origin, self.seen = step, StepRecords(), None, 0, \
                 None, None
+            self.views = LiveViews()
         if self.tails is None:
             try:
                 found = find_logs(self.station.config.data, step, task=self._task(step))
@@ -368,16 +402,25 @@ class Follower:
         if last_t is not None and (self.seen is None or last_t > self.seen[0]):
             self.seen = (last_t, now)
         now_t = None if self.seen is None else (self.seen[0] + (now - self.seen[1]) if alive else self.seen[0])
-        view = live_view(self.records, now_t=now_t)
+        view = self.views.view(self.records, now_t=now_t)
         if self.origin is None and (view.get("t0") is not None or self.records.samples):
             self.origin = view["t0"] if view.get("t0") is not None else float(self.records.samples[0]["t"])
         if view.get("t0") is not None and self.origin != view["t0"]:
             self.origin, self.sent, reset = view["t0"], 0, True
+        # news (a new step, its process ended, its logs found, a phase, a trial, a warning, the end) goes out
+        # at once; new samples, pulses and the countdown wait for LIVE_EVERY_S: the page draws at most once a second
+        news = (reset, alive, step.pid, step.started, self.tails is None, view.get("phase_label"), view.get("trial"),
+                view.get("stimulus"), len(view.get("warnings") or ()), view.get("end") is not None)
+        if news == self.last_news and now - self.last_live_t < LIVE_EVERY_S - 0.05:
+            return out
         points = trace_points(self.records.samples[self.sent:], self.origin or 0.0)
         self.sent = len(self.records.samples)
-        out.append(("live", {"reset": reset, "step": {**step.as_dict(), "alive": alive}, "view": view,
-                             "points": points, "console": console_tail(step),
-                             "log": None if self.tails is None else str(self.tails[0].path)}))
+        live = json.dumps({"reset": reset, "step": {**step.as_dict(), "alive": alive}, "view": view,
+                           "points": points, "console": self._console(step),
+                           "log": None if self.tails is None else str(self.tails[0].path)})
+        if live != self.last_live:
+            self.last_live, self.last_live_t, self.last_news = live, now, news
+            out.append(("live", live))
         return out
 
 
@@ -487,7 +530,7 @@ def create_app(config: StationConfig) -> ASGIApp:
         async def events() -> AsyncIterator[dict[str, str]]:
             while not await request.is_disconnected():
                 for name, data in await asyncio.to_thread(follower.poll, role):
-                    yield {"event": name, "data": json.dumps(data)}
+                    yield {"event": name, "data": data}
                 await asyncio.sleep(config.poll_s)
 
         return EventSourceResponse(events(), ping=10)

@@ -145,22 +145,50 @@ def _run_view(h: Mapping[str, Any], records: Sequence[Record], t0: float | None,
               and isinstance(r.get("t"), (int, float))]
     discarded = sum(1 for r in records if r.get("kind") == "pulse" and r.get("volume") is None)
     frames = [r for r in records if r.get("kind") == "frames"]
-    next_in = None
-    if t0 is not None and now_t is not None:
-        elapsed = now_t - t0
-        upcoming = [on for on, _, _, _ in planned if on > elapsed + 1e-3]
-        next_in = round(upcoming[0] - elapsed, 1) if upcoming else None
     return {"trial": int(last.get("trial") or 0) if last else 0, "n_trials": n_trials,
-            "phase": None if last is None else last.get("phase"), "next_in_s": next_in,
+            "phase": None if last is None else last.get("phase"),
+            **clock_fields([on for on, _, _, _ in planned], t0, now_t),
             "waiting": any(r.get("kind") == "waiting" for r in records) and t0 is None,
             "pulses": len(stored), "pulses_discarded": discarded, "pulses_expected": h.get("n_volumes"),
             "tr_s": h.get("tr_s"), "tr_est_s": None if (tr := tr_estimate_s(stored)) is None else round(tr, 4),
             "dropped_frames": sum(1 for r in records if r.get("kind") == "frame_drop"),
             "frames": None if not frames else {k: frames[-1].get(k) for k in ("n", "dropped", "p99_interval_s",
                                                                                 "max_interval_s")},
-            "elapsed_s": None if t0 is None or now_t is None else round(now_t - t0, 1),
             "run_length_s": h.get("run_length_s"), "participant": h.get("participant"), "run": h.get("run"),
             "task": h.get("task")}
+
+
+def clock_fields(onsets: Sequence[float], t0: float | None, now_t: float | None) -> dict[str, Any]:
+    """The fields of a run's view that change with the clock alone: the time to the next planned onset
+    (`onsets`: planned, from t0, sorted) and the time since t0. Pure."""
+    if t0 is None or now_t is None:
+        return {"next_in_s": None, "elapsed_s": None}
+    elapsed = now_t - t0
+    upcoming = next((on for on in onsets if on > elapsed + 1e-3), None)
+    return {"next_in_s": None if upcoming is None else round(upcoming - elapsed, 1), "elapsed_s": round(elapsed, 1)}
+
+
+class LiveViews:
+    """`live_view(step, now_t=...)` for a step followed as it grows, recomputed over all its records only
+    when records were added: in between (most polls: the pressure log grows, the event log does not)
+    only `clock_fields` change. Gives what `live_view` gives."""
+
+    def __init__(self) -> None:
+        self._key: tuple[int, int, int] | None = None
+        self._base: dict[str, Any] = {}
+        self._onsets: list[float] = []
+
+    def view(self, step: StepRecords, *, now_t: float | None) -> dict[str, Any]:
+        key = (id(step), id(step.header), len(step.records))
+        if key != self._key:
+            self._key = key
+            self._base = live_view(step, now_t=None)
+            self._onsets = ([on for on, _, _, _ in _planned(step.records)] if self._base["purpose"] == "run"
+                            else [])
+        view = dict(self._base)
+        if view["purpose"] == "run":
+            view.update(clock_fields(self._onsets, view["t0"], now_t))
+        return view
 
 
 def _stimulus_view(records: Sequence[Record]) -> dict[str, Any]:

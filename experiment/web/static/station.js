@@ -14,7 +14,14 @@
     return e;
   };
   let state = null, selectedKey = null, blockFor = null, live = null;
-  const chart = { plot: null, data: [[], [], [], []], ceiling: null, key: null };
+  // The page shares the stimulus computer with the run it follows, so it draws little: the chart is
+  // redrawn only when new samples arrived, at most every DRAW_EVERY_MS, never while the page is hidden;
+  // while a step runs it shows the last WINDOW_S seconds (the whole trace once it ended), thinned to
+  // about two points per pixel keeping each bucket's lowest and highest measured pressure (no peak is
+  // lost). chart.data keeps every sample received.
+  const WINDOW_S = 180, DRAW_EVERY_MS = 1000;
+  const chart = { plot: null, data: [[], [], [], []], ceiling: null, key: null, want: null, ended: false,
+    dirty: false, timer: null, lastDraw: 0, shown: 0 };
   window.cuedpain = { chart, get state() { return state; }, get live() { return live; } };
 
   async function api(path, body) {
@@ -162,8 +169,8 @@
   }
 
   // ------------------------------------------------------------ the live view
-  function ensureChart(ceiling) {
-    if (chart.plot && chart.ceiling === ceiling) return;
+  function ensureChart(ceiling, data) {
+    if (chart.plot && chart.ceiling === ceiling) return false;
     const box = $("chart");
     box.replaceChildren();
     chart.ceiling = ceiling;
@@ -171,11 +178,54 @@
       width: Math.max(400, box.clientWidth || 900), height: 260,
       scales: { x: { time: false }, y: { range: (u, lo, hi) => [0, Math.max(hi || 0, ceiling || 0) * 1.1 + 1] } },
       axes: [{ label: "seconds" }, { label: "kPa" }],
+      legend: { live: false },
       series: [{ label: "s" }, { label: "measured", stroke: "#222", width: 1.5, points: { show: false } },
         { label: "commanded", stroke: "#d55e00", width: 1.5, dash: [6, 4], points: { show: false } },
         { label: "ceiling", stroke: "#b00020", width: 1, dash: [2, 3], points: { show: false } }],
     };
-    chart.plot = new uPlot(opts, chart.data, box);
+    chart.plot = new uPlot(opts, data, box);
+    return true;
+  }
+
+  function firstAtOrAfter(a, x) {   // a sorted
+    let lo = 0, hi = a.length;
+    while (lo < hi) { const mid = (lo + hi) >> 1; if (a[mid] < x) lo = mid + 1; else hi = mid; }
+    return lo;
+  }
+
+  function shownData(width) {
+    const d = chart.data, t = d[0], n = t.length;
+    const lo = !chart.ended && n && t[n - 1] - t[0] > WINDOW_S ? firstAtOrAfter(t, t[n - 1] - WINDOW_S) : 0;
+    const buckets = Math.max(100, Math.round(width));
+    if (n - lo <= 2 * buckets) return lo === 0 ? d : d.map((a) => a.slice(lo));
+    const size = Math.ceil((n - lo) / buckets), p = d[1], keep = [];
+    for (let b = lo; b < n; b += size) {
+      let imin = b, imax = b;
+      for (let i = b + 1; i < Math.min(n, b + size); i++) {
+        if (p[i] !== null && (p[imin] === null || p[i] < p[imin])) imin = i;
+        if (p[i] !== null && (p[imax] === null || p[i] > p[imax])) imax = i;
+      }
+      keep.push(Math.min(imin, imax));
+      if (imax !== imin) keep.push(Math.max(imin, imax));
+    }
+    return d.map((a) => keep.map((i) => a[i]));
+  }
+
+  function draw() {   // in the same task as the live event's text changes when it can: one frame, not two
+    if (chart.timer !== null) { clearTimeout(chart.timer); chart.timer = null; }
+    if (!chart.dirty || document.visibilityState === "hidden") return;
+    const wait = chart.lastDraw + DRAW_EVERY_MS - 50 - performance.now();
+    if (wait > 0) { chart.timer = setTimeout(draw, wait + 50); return; }   // drawn by the next event, or then
+    chart.dirty = false;
+    chart.lastDraw = performance.now();
+    const box = $("chart"), data = shownData(chart.plot ? chart.plot.width : Math.max(400, box.clientWidth || 900));
+    chart.shown = data[0].length;
+    if (!ensureChart(chart.want, data)) chart.plot.setData(data);
+  }
+  document.addEventListener("visibilitychange", draw);
+
+  function setProp(e, k, v) {
+    if (e[k] !== v) e[k] = v;
   }
 
   function setText(id, text) {   // touch the page only when something changed: the run shares this computer
@@ -193,7 +243,7 @@
   function onLive(msg) {
     live = msg;
     const v = msg.view, step = msg.step;
-    $("live").hidden = false;
+    setProp($("live"), "hidden", false);
     if (msg.reset || chart.key !== step.key + step.started) {
       chart.data = [[], [], [], []];
       chart.key = step.key + step.started;
@@ -203,9 +253,12 @@
     for (const [t, p, tgt] of msg.points) {
       chart.data[0].push(t); chart.data[1].push(p); chart.data[2].push(tgt); chart.data[3].push(ceil);
     }
-    const fresh = !chart.plot || chart.ceiling !== ceil;
-    ensureChart(ceil);
-    if (fresh || msg.points.length) chart.plot.setData(chart.data);
+    const ended = !!v.end || !step.alive;
+    if (msg.points.length || !chart.plot || chart.ceiling !== ceil || chart.ended !== ended) {
+      chart.want = ceil;
+      chart.ended = ended;
+      chart.dirty = true;
+    }
     const how = v.end ? (step.alive ? " - ended, deriving its outputs" : " - ended") : (step.alive ? " - running" : " - process gone");
     setText("live-title", step.title + how + (v.dry_run ? " (DRY RUN)" : ""));
     setText("v-phase", v.phase_label || "-");
@@ -220,8 +273,8 @@
       $("warnings").replaceChildren(...warnings.map((w) => el("li", { class: w.kind,
         text: (w.at_s !== null ? w.at_s + " s: " : "") + w.kind.toUpperCase() + " " + (w.code || "") + ": " + w.message })));
     }
-    $("abort").disabled = !step.alive || !!v.end || state === null || state.station.role !== "control";
-    $("abort").hidden = !step.alive || !!v.end;
+    setProp($("abort"), "disabled", !step.alive || !!v.end || state === null || state.station.role !== "control");
+    setProp($("abort"), "hidden", !step.alive || !!v.end);
     if (v.end) {
       const good = v.end.status === "completed" || v.end.ok === true;
       const parts = ["Ended: " + (v.end.status || (v.end.ok ? "ok" : "problems")) + (v.end.reason ? " (" + v.end.reason + ")" : "") +
@@ -234,6 +287,7 @@
       summarize("bad", "The step's process ended without an end record (killed?). The checklist shows what counts.");
     } else summarize("", "");
     setText("console", (msg.console || []).join("\n"));
+    draw();
   }
 
   // ------------------------------------------------------------ actions
