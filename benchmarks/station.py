@@ -131,8 +131,9 @@ class CpuMeter:
             with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as fh:
                 name = fh.read().strip()
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                kind = next((a[7:].decode() for a in fh.read().replace(b" ", b"\0").split(b"\0")
-                             if a.startswith(b"--type=")), "")
+                args = fh.read().replace(b" ", b"\0").split(b"\0")
+            kind = next((a[7:].decode() for a in args if a.startswith(b"--type=")), "")
+            kind += " (chromium's own UI)" if b"--top-chrome-webui" in args else ""
             return f"{name} {kind}".strip()
         except OSError:
             return "?"
@@ -296,6 +297,8 @@ def _follow(url: str, base: str, token: str) -> tuple[list[str], Any]:
             b = pw.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
             page = b.new_page(viewport={"width": 1280, "height": 1000})
             page.goto(url)
+            page.wait_for_selector("#checklist li")
+            time.sleep(3)     # chromium starts its own UI's renderer after the page loads: not a cost of following
             who.append("chromium on the station's page (live view drawn)")
             ready.set()
             done.wait()
