@@ -242,7 +242,9 @@ class WindowDisplay:
         self.frame_s = 1.0 / refresh_hz
         self.vsync, lag_s = self._detect_vsync()
         self.stats = FrameStats(self.frame_s)
-        self.win.recordFrameIntervals = True
+        # FrameStats measures the intervals; PsychoPy's own record would grow a list and log a
+        # warning object per drop in the frame loop for nothing
+        self.win.recordFrameIntervals = False
         self._pacer = None if self.vsync else SoftwarePacer(self.frame_s, lag_s)
         self._finish_rendering = None if self.vsync else _gl_finish()
         self._last_flip: float | None = None
