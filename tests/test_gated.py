@@ -519,6 +519,38 @@ def test_simulate_cuff_serves_the_gate_board_and_the_driver_identifies_it() -> N
         assert server.close() == 0
 
 
+def test_a_real_time_sim_gated_board_is_served_from_a_child_process_with_its_panel_and_sensor() -> None:
+    """Dry runs' `sim:gated` on a real clock: the board's byte pump runs in a child process
+    (`simulate-cuff --protocol gated --parent-pid`), never in the run's own interpreter."""
+    import subprocess
+
+    from experiment.clock import RealClock
+    from experiment.cuff.factory import open_cuff
+    from experiment.protocol.specs import parse_cuff_spec
+
+    cuff = open_cuff(parse_cuff_spec("sim:gated:rts", what="--cuff"), clock=RealClock(), dry_run=True, panel_kpa=31.5)
+    try:
+        assert cuff.info is not None and cuff.info.simulated and not cuff.info.pressure_readback
+        children = subprocess.run(["ps", "-ww", "-o", "args=", "--ppid", str(os.getpid())], capture_output=True,
+                                  text=True, check=True).stdout
+        line = next(a for a in children.splitlines() if "simulate-cuff" in a)
+        assert "--protocol gated" in line and "--panel 31.5" in line and "--no-sensor" in line
+    finally:
+        cuff.close()   # the child is stopped and its exit checked
+
+
+def test_the_simulated_board_s_options_apply_to_the_gate_board_only() -> None:
+    from experiment.clock import RealClock
+    from experiment.cuff.simserver import make_device
+
+    board = make_device("gated", clock=RealClock(), panel_kpa=42.0, sensor=False)
+    assert isinstance(board, SimGateBoard) and board.panel_kpa == 42.0 and not board.sensor
+    with pytest.raises(InputError, match="--panel and --no-sensor apply to --protocol gated only"):
+        make_device("line", clock=RealClock(), panel_kpa=42.0)
+    with pytest.raises(InputError, match="--panel must be above 0 kPa"):
+        make_device("gated", clock=RealClock(), panel_kpa=0.0)
+
+
 def test_a_heartbeat_too_slow_for_the_board_watchdog_is_refused_at_start() -> None:
     cuff, board, clock = connected(wdt_ms=400)
     slow = SafetyLimits(ceiling_kpa=30.0, max_stimulus_s=5.0, max_run_inflated_s=8.0, watchdog_ms=1000)

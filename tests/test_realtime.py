@@ -116,12 +116,14 @@ def test_realtime_freezes_collects_only_with_room_and_restores() -> None:
     records: list[dict[str, object]] = []
     now = [0.0]
     assert gc.isenabled()
+    switch_before = sys.getswitchinterval()
     with Realtime(now=lambda: now[0], log=records.append, min_slack_s=0.5, min_interval_s=5.0) as rt:
         assert not gc.isenabled() and gc.get_freeze_count() > 0
         kinds = [r["kind"] for r in records]
         assert kinds == ["gc", "priority"] and records[0]["action"] == "freeze"
         prio = records[1]
         assert isinstance(prio["obtained"], bool) and ("nice" in prio or "message" in prio)
+        assert sys.getswitchinterval() == prio["switch_interval_s"] < switch_before   # threads get the lock sooner
         now[0] = 10.0
         rt.idle(0.2)                       # too little room before the next event
         rt.idle(2.0, quiet=False)          # a rating scale on screen
@@ -132,6 +134,6 @@ def test_realtime_freezes_collects_only_with_room_and_restores() -> None:
         now[0] = 12.0
         rt.idle(2.0)                       # too soon after the last one
         assert rt.collections == 1
-    assert gc.isenabled() and gc.get_freeze_count() == 0
+    assert gc.isenabled() and gc.get_freeze_count() == 0 and sys.getswitchinterval() == switch_before
     if prio["obtained"]:
         assert os.nice(0) == prio["nice_before"]   # the priority was put back

@@ -13,6 +13,10 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--protocol", choices=["line", "cpar", "gated"], default="line",
                    help="wire protocol (default: line = CUFF/1; gated: the GATE/1 gate board, its inflator's panel "
                         "at 20 kPa)")
+    p.add_argument("--panel", metavar="KPA", type=float, default=None,
+                   help="gated: the simulated inflator's panel setting (default 20 kPa)")
+    p.add_argument("--no-sensor", action="store_true",
+                   help="gated: a board without a pressure sensor (standing in for a relay: no read-back)")
     p.add_argument("--hard-limit", metavar="KPA", type=float, default=None, help="simulated firmware limit")
     p.add_argument("--leak", metavar="KPA_S", type=float, default=0.0, help="simulated leak rate")
     p.add_argument("--socket", metavar="PORT", type=int, nargs="?", const=0, default=None,

@@ -9,8 +9,9 @@ itself, is a HardwareError naming the port and the reason: there is never a quie
 switch to simulation. `sim` is allowed only for dry runs; it serves the simulated
 CUFF/1 firmware on a pseudo-terminal, or on a loopback TCP port (`sim_link="socket"`, the
 default where there are no pseudo-terminals), and drives it through the real serial
-driver (on a virtual clock, where threads and real ports make no sense, through an
-in-process loopback instead). Either way the device names itself `cuedpain-sim`, so
+driver, from a child process of its own (`cuedpain simulate-cuff --parent-pid`), so its
+byte pump never holds the run's interpreter lock (on a virtual clock, where threads and
+real ports make no sense, through an in-process loopback instead). Either way the device names itself `cuedpain-sim`, so
 `info.simulated` is True and every output says so. `sim:gated` does the same with the
 simulated GATE/1 gate board (`cuedpain-sim-gate`), its panel set to `panel_kpa`;
 `sim:gated:rts` and `sim:gated:dtr` the same board without its sensor, standing in for a
@@ -27,7 +28,7 @@ from experiment.clock import Clock, VirtualClock
 from experiment.cuff.base import Cuff
 from experiment.cuff.line_driver import LineCuff
 from experiment.cuff.simdevice import SimCuffDevice
-from experiment.cuff.simserver import SimLink, SimServer, default_sim_link, start_sim_process
+from experiment.cuff.simserver import SimLink, default_sim_link, start_sim_gate_process, start_sim_process
 from experiment.cuff.transport import LoopbackTransport, SerialTransport
 from experiment.errors import HardwareError, InputError
 from experiment.protocol.specs import CuffKind, CuffSpec, Gate
@@ -100,16 +101,20 @@ def _open_sim_gate(*, clock: Clock, reply_timeout_s: float, link: SimLink, panel
     from experiment.cuff.gate_sim import SimGateBoard
     from experiment.cuff.gated_driver import GatedCuff, board_transport
 
-    board = SimGateBoard(panel_kpa=panel_kpa, sensor=sensor)
     if isinstance(clock, VirtualClock):
+        board = SimGateBoard(panel_kpa=panel_kpa, sensor=sensor)
         cuff = GatedCuff(transport=LoopbackTransport(board, clock=clock, port="sim:loopback"), clock=clock,
                          reply_timeout_s=reply_timeout_s)
         _connect(cuff, "sim:loopback")
         return cuff
-    server = SimServer(board, clock=clock, link=link)
-    cuff = GatedCuff(transport=board_transport(server.path, clock=clock), clock=clock,
-                     reply_timeout_s=reply_timeout_s, on_close=[server.close])
-    _connect(cuff, server.path)
+    child = start_sim_gate_process(link=link, panel_kpa=panel_kpa, sensor=sensor)
+    try:
+        cuff = GatedCuff(transport=board_transport(child.path, clock=clock), clock=clock,
+                         reply_timeout_s=reply_timeout_s, on_close=[child.close_checked])
+    except BaseException:
+        child.close()
+        raise
+    _connect(cuff, child.path)
     return cuff
 
 

@@ -338,6 +338,17 @@ def start_sim_process(*, link: SimLink = "pty", hard_limit_kpa: float | None = N
     return SimServerProcess(argv)
 
 
+def start_sim_gate_process(*, link: SimLink = "pty", panel_kpa: float = 20.0, sensor: bool = True) -> SimServerProcess:
+    """Serve the simulated GATE/1 gate board from a child process of its own, as `start_sim_process`
+    does the CUFF/1 cuff (dry runs with `sim:gated`)."""
+    argv = ["--protocol", "gated", "--parent-pid", str(os.getpid()), "--panel", repr(panel_kpa)]
+    if not sensor:
+        argv += ["--no-sensor"]
+    if link == "socket":
+        argv += ["--socket"]
+    return SimServerProcess(argv)
+
+
 def _readline_with_timeout(proc: subprocess.Popen[str], timeout_s: float) -> str:
     """The child's first line, or "" after `timeout_s` (a thread reads it: pipes cannot be
     select()ed on Windows)."""
@@ -352,8 +363,12 @@ def _readline_with_timeout(proc: subprocess.Popen[str], timeout_s: float) -> str
 
 
 def make_device(protocol: str, *, clock: Clock, hard_limit_kpa: float | None = None,
-                leak_kpa_s: float = 0.0, seed: int = 0) -> ByteDevice:
-    """A fresh simulated device speaking `protocol` ('line' = CUFF/1, 'cpar', or 'gated' = the GATE/1 gate board)."""
+                leak_kpa_s: float = 0.0, seed: int = 0, panel_kpa: float | None = None,
+                sensor: bool = True) -> ByteDevice:
+    """A fresh simulated device speaking `protocol` ('line' = CUFF/1, 'cpar', or 'gated' = the GATE/1
+    gate board, its inflator's panel at `panel_kpa`, with or without its pressure `sensor`)."""
+    if protocol != "gated" and (panel_kpa is not None or not sensor):
+        raise InputError("simulate-cuff: --panel and --no-sensor apply to --protocol gated only")
     if protocol == "line":
         from experiment.cuff.simdevice import SimCuffDevice
         return SimCuffDevice(hard_limit_kpa=100.0 if hard_limit_kpa is None else hard_limit_kpa,
@@ -367,7 +382,9 @@ def make_device(protocol: str, *, clock: Clock, hard_limit_kpa: float | None = N
         if hard_limit_kpa is not None or leak_kpa_s:
             raise InputError("simulate-cuff: --hard-limit and --leak apply to --protocol line only")
         from experiment.cuff.gate_sim import SimGateBoard
-        return SimGateBoard()
+        if panel_kpa is not None and panel_kpa <= 0:
+            raise InputError(f"simulate-cuff: --panel must be above 0 kPa, got {panel_kpa}")
+        return SimGateBoard(panel_kpa=20.0 if panel_kpa is None else panel_kpa, sensor=sensor)
     raise InputError(f"simulate-cuff: unknown protocol {protocol!r}; allowed: line, cpar, gated")
 
 
@@ -384,7 +401,8 @@ def command(args: argparse.Namespace) -> int:
     link: SimLink = "socket" if tcp_port is not None else default_sim_link()
     clock = RealClock()
     device = make_device(args.protocol, clock=clock, hard_limit_kpa=args.hard_limit, leak_kpa_s=args.leak,
-                         seed=getattr(args, "seed", 0))
+                         seed=getattr(args, "seed", 0), panel_kpa=getattr(args, "panel", None),
+                         sensor=not getattr(args, "no_sensor", False))
     parent_pid: int | None = getattr(args, "parent_pid", None)
     stop = threading.Event()
 

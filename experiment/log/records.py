@@ -369,6 +369,7 @@ class PriorityRecord(TypedDict):
     nice_before: NotRequired[int | None]  # the niceness before
     nice: NotRequired[int | None]         # the niceness now (when obtained, or unchanged)
     message: NotRequired[str]    # why not (when not obtained)
+    switch_interval_s: NotRequired[float]  # Python's thread switch interval during the run
 
 
 class FrameDropRecord(TypedDict):

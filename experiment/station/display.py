@@ -5,10 +5,10 @@ Both give the runner the same three things: `show(cue)` to choose what the next 
 shows, `predict_next_flip()` to decide which flip a change belongs to, and `flip()`
 which returns the flip's time on the run's clock.
 
-Under Xvfb (and on any display without vertical sync) `win.flip()` returns at once.
-The window then paces its flips in software on a fixed grid at the rig's refresh rate
-and says so in the log (`vsync: false`): onsets stay frame-quantised as on a real
-monitor, and the log never pretends there was a vertical blank.
+Under Xvfb (and on any display without vertical sync) `win.flip()` returns as soon as
+the frame is rendered. The window then paces its flips in software on a fixed grid at the
+rig's refresh rate (`SoftwarePacer`) and says so in the log (`vsync: false`): onsets stay
+frame-quantised as on a real monitor, and the log never pretends there was a vertical blank.
 """
 
 from __future__ import annotations
@@ -27,6 +27,45 @@ from experiment.station.rating import RatingScale, RatingState
 
 
 PATCH_WHITE_S = 0.1   # how long the light patch stays white after a cue change
+LAG_WINDOW = 31       # flips over which a software-paced window's flip lag is estimated (median)
+
+
+class SoftwarePacer:
+    """Flip times on a fixed grid for a display without vertical sync.
+
+    `win.flip()` takes time to render and swap (a millisecond or more in software GL), so a
+    flip started at its grid time lands that much after it, and a phase put on the flip
+    predicted for its grid time would start late by that lag, past the half-frame bound.
+    The pacer wakes the flip early by the median lag of the last `LAG_WINDOW` flips, so
+    measured flip times lie on the grid that `next_flip()` predicts."""
+
+    def __init__(self, frame_s: float, lag_s: float = 0.0) -> None:
+        self.frame_s = frame_s
+        self.lag_s = min(max(lag_s, 0.0), 0.75 * frame_s)
+        self._grid: float | None = None
+        self._lags = [self.lag_s] * LAG_WINDOW
+        self._k = 0
+
+    def next_flip(self, now: float) -> float:
+        """The grid time of the next flip that can still be made from `now`."""
+        if self._grid is None:
+            self._grid = now + self.lag_s
+        while self._grid - self.lag_s < now:
+            self._grid += self.frame_s
+        return self._grid
+
+    def wake_time(self, now: float) -> float:
+        """When to call `win.flip()` for the next flip to land on its grid time."""
+        return self.next_flip(now) - self.lag_s
+
+    def flipped(self, t_flip: float, t_wake: float) -> None:
+        """A flip woken at `t_wake` was measured at `t_flip`: learn the lag, advance the grid."""
+        self._lags[self._k] = t_flip - t_wake
+        self._k += 1
+        if self._k == LAG_WINDOW:   # a new median once per window: no sorting in every frame
+            self._k = 0
+            self.lag_s = min(max(sorted(self._lags)[LAG_WINDOW // 2], 0.0), 0.75 * self.frame_s)
+        self._grid = (self._grid if self._grid is not None else t_flip) + self.frame_s
 
 
 @dataclass
@@ -153,6 +192,16 @@ def _open_window(*, size: tuple[int, int], fullscreen: bool, screen: int, units:
         raise HardwareError(f"cannot open the participant window: {exc}") from exc
 
 
+def _gl_finish() -> Callable[[], None] | None:
+    """OpenGL's glFinish (through pyglet, PsychoPy's window library), or None without it."""
+    try:
+        from pyglet import gl
+    except Exception:  # pragma: no cover - PsychoPy without pyglet
+        return None
+    finish: Callable[[], None] = gl.glFinish
+    return finish
+
+
 class WindowDisplay:
     """A PsychoPy window showing the protocol's cues, the rating scale and messages.
 
@@ -191,10 +240,13 @@ class WindowDisplay:
         self._cue: str | None = None
         self.refresh_hz = refresh_hz
         self.frame_s = 1.0 / refresh_hz
-        self.vsync = self._detect_vsync()
+        self.vsync, lag_s = self._detect_vsync()
         self.stats = FrameStats(self.frame_s)
-        self.win.recordFrameIntervals = True
-        self._next_grid: float | None = None
+        # FrameStats measures the intervals; PsychoPy's own record would grow a list and log a
+        # warning object per drop in the frame loop for nothing
+        self.win.recordFrameIntervals = False
+        self._pacer = None if self.vsync else SoftwarePacer(self.frame_s, lag_s)
+        self._finish_rendering = None if self.vsync else _gl_finish()
         self._last_flip: float | None = None
 
     # -- construction helpers --
@@ -304,20 +356,25 @@ class WindowDisplay:
         """PsychoPy's flip time is on logging.defaultClock; return it on the run's clock."""
         return t_flip + float(self._ppclock.getLastResetTime())
 
-    def _detect_vsync(self) -> bool:
+    def _detect_vsync(self) -> tuple[bool, float]:
         """Time 30 flips: with vertical sync they take about a frame each.
 
         With sync, the measured frame period replaces the rig's nominal one (and
-        `refresh_mismatch` says when they differ by more than 5 %)."""
-        ts = [self._abs(self.win.flip()) for _ in range(30)]
+        `refresh_mismatch` says when they differ by more than 5 %). Also returns the median
+        time a flip takes from its call (the software pacer's first lag estimate)."""
+        calls, ts = [], []
+        for _ in range(30):
+            calls.append(self._clock.now())
+            ts.append(self._abs(self.win.flip()))
         intervals = sorted(b - a for a, b in zip(ts, ts[1:]))
         median = intervals[len(intervals) // 2]
+        lag_s = sorted(t - c for c, t in zip(calls, ts))[len(ts) // 2]
         self.measured_refresh_hz = 1.0 / median if median > 0 else float("inf")
         vsync = median > 0.5 * self.frame_s
         self.refresh_mismatch = vsync and abs(self.measured_refresh_hz - self.refresh_hz) > 0.05 * self.refresh_hz
         if vsync:
             self.frame_s = median
-        return vsync
+        return vsync, lag_s
 
     # -- what the next flip shows --
     def info(self) -> DisplayInfo:
@@ -362,6 +419,11 @@ class WindowDisplay:
             self._patch.draw()
 
     # -- timing --
+    @property
+    def flip_lag_s(self) -> float | None:
+        """How long a software-paced flip takes from its call (None with vertical sync)."""
+        return None if self._pacer is None else self._pacer.lag_s
+
     def predict_next_flip(self) -> float:
         now = self._clock.now()
         if self.vsync:
@@ -371,11 +433,8 @@ class WindowDisplay:
             while t < now:
                 t += self.frame_s
             return t
-        if self._next_grid is None:
-            self._next_grid = now
-        while self._next_grid < now:
-            self._next_grid += self.frame_s
-        return self._next_grid
+        assert self._pacer is not None
+        return self._pacer.next_flip(now)
 
     def flip(self, *, on_flip: Callable[[], None] | None = None) -> float:
         """Draw, flip, return the flip time on the run's clock."""
@@ -386,11 +445,15 @@ class WindowDisplay:
                 self._set_patch(False)
                 self._flash_until = None
         self._draw()
-        if not self.vsync:
-            self._clock.sleep_until(self.predict_next_flip())
+        pacer = self._pacer
+        if pacer is not None:
+            if self._finish_rendering is not None:   # render now, before the wait: the flip then only swaps
+                self._finish_rendering()
+            t_wake = pacer.wake_time(self._clock.now())
+            self._clock.sleep_until(t_wake)
         t = self._abs(self.win.flip())
-        if not self.vsync:
-            self._next_grid = (self._next_grid or t) + self.frame_s
+        if pacer is not None:
+            pacer.flipped(t, t_wake)
         self._last_flip = t
         self.stats.add(t)
         if self._flash_pending:

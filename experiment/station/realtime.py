@@ -9,7 +9,11 @@ rest phase with more than `min_slack_s` to go), at most every `min_interval_s`; 
 collection is logged (`gc` record) with its duration. It also asks the operating system
 for a higher priority (`os.nice`; what was obtained is logged in a `priority` record,
 failure included: without the privilege the run goes on at its normal priority).
-On exit both are put back (the process may be a test runner or the station). A real-time
+It also shortens Python's thread switch interval (`sys.setswitchinterval`, default 5 ms)
+to `SWITCH_INTERVAL_S`: the cuff scheduler's and the serial readers' threads wake at their
+times but must take the interpreter lock from the frame loop, which otherwise keeps it for
+up to 5 ms while it runs Python code; the interval obtained is in the `priority` record.
+On exit all three are put back (the process may be a test runner or the station). A real-time
 scheduling policy (`os.sched_setscheduler` with SCHED_FIFO/RR) is not asked for: the frame
 loop waits for flips partly by spinning, and at a real-time priority that spin could starve
 the X server, the serial readers and the cuff's heartbeat on a two-core stimulus computer.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import time
 from types import TracebackType
 from typing import Callable, Union
@@ -32,6 +37,7 @@ Record = Union[GcRecord, PriorityRecord]
 NICE_INCREMENT = -10          # asked for; an unprivileged process gets a PermissionError and stays
 MIN_SLACK_S = 0.5             # collect only when the next event is at least this far away
 MIN_INTERVAL_S = 5.0          # and not more often than this
+SWITCH_INTERVAL_S = 0.0005    # a waiting thread gets the interpreter lock within about this long
 
 
 class Realtime:
@@ -46,6 +52,7 @@ class Realtime:
         self.min_interval_s = min_interval_s
         self._nice_increment = nice_increment
         self._was_enabled = True
+        self._switch_before = sys.getswitchinterval()
         self._nice_before: int | None = None
         self._nice_now: int | None = None
         self._last_collect = -float("inf")
@@ -62,7 +69,11 @@ class Realtime:
         self._log({"kind": "gc", "t": self._now(), "action": "freeze", "collected": collected,
                    "duration_s": time.perf_counter() - t_start, "frozen": gc.get_freeze_count()})
         self._last_collect = self._now()
-        self._log(self._raise_priority())
+        self._switch_before = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        record = self._raise_priority()
+        record["switch_interval_s"] = sys.getswitchinterval()
+        self._log(record)
         return self
 
     def _raise_priority(self) -> PriorityRecord:
@@ -99,6 +110,7 @@ class Realtime:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self._active = False
+        sys.setswitchinterval(self._switch_before)
         gc.unfreeze()
         if self._was_enabled:
             gc.enable()
