@@ -136,3 +136,42 @@ def test_cuff_at_flip_keeps_a_command_on_its_phases_flip(tmp_path: Path) -> None
                 and r.get("i") is not None]
     assert deflates and all(r["t_write"] >= onsets[r["i"]]["t"] for r in deflates)   # after its flip
     assert all(r["planned_t"] == pytest.approx(onsets[r["i"]]["planned_t"]) for r in deflates)
+
+
+def test_a_prepare_step_runs_on_the_schedulers_thread_before_the_commands() -> None:
+    clock = RealClock()
+    order: list[tuple[str, str]] = []
+    with CuffScheduler(clock) as sch:
+        now = clock.now()
+        sch.schedule(1, now + 0.05, lambda t: order.append(("set", threading.current_thread().name)))
+        sch.prepare(lambda: order.append(("rate", threading.current_thread().name)))
+        time.sleep(0.15)
+        sch.check()
+    assert order == [("rate", "cuff-scheduler"), ("set", "cuff-scheduler")]
+
+
+def test_the_ramp_rate_is_preset_while_idle_and_never_during_a_stimulus() -> None:
+    from experiment.errors import InputError
+
+    rig = Rig()
+    assert rig.sup.preset_rate(5.0, for_event=2) is True
+    rates = [r for r in rig.kinds("cuff_cmd") if r["command"].startswith("RATE")]
+    assert len(rates) == 1 and rates[0]["i"] is None and rates[0]["purpose"] == "preset rate for event 2"
+    assert rig.sup.preset_rate(5.0) is True                        # already set: nothing sent
+    rig.sup.stimulate(20.0, 5.0, tag=2, planned_t=rig.clock.now())
+    assert len([r for r in rig.kinds("cuff_cmd") if r["command"].startswith("RATE")]) == 1   # SET alone
+    assert rig.sup.preset_rate(10.0) is False                      # a ramp in progress keeps its rate
+    assert len([r for r in rig.kinds("cuff_cmd") if r["command"].startswith("RATE")]) == 1
+    with pytest.raises(InputError, match="ramp rate"):
+        rig.sup.preset_rate(-3.0)
+
+
+def test_a_runs_inflations_get_their_rate_ahead_and_their_set_on_time(tmp_path: Path) -> None:
+    records, onsets = _headless_run(tmp_path, DEMO)
+    cmds = [r for r in records if r.get("kind") == "cuff_cmd"]
+    sets = [r for r in cmds if str(r["command"]).startswith("SET") and r.get("i") is not None]
+    assert sets and not [r for r in cmds if str(r["command"]).startswith("RATE") and r.get("i") is not None]
+    first_set = sets[0]
+    rate = next(r for r in cmds if str(r["command"]).startswith("RATE"))
+    assert rate["purpose"] == f"preset rate for event {first_set['i']}"
+    assert rate["t_write"] < first_set["planned_t"] <= first_set["t_write"] < first_set["planned_t"] + 0.001

@@ -496,6 +496,27 @@ class CuffSupervisor:
         return self._command("SET", lambda: self.cuff.set_target(target_kpa), purpose="stimulate", tag=tag,
                              planned_t=planned_t)
 
+    def preset_rate(self, rate_kpa_s: float, *, for_event: int | None = None) -> bool:
+        """Send a ramp-rate change ahead of the SET that needs it (`for_event`: its plan index), so
+        that SET goes out at its planned time instead of after RATE's round trip. Only while no
+        stimulus is active and no release is awaited (a new rate could change a ramp in progress):
+        otherwise, or when a stop is queued, nothing is sent and False is returned; the SET then
+        sends the rate itself, as it always could."""
+        self._require_running("preset rate")
+        if rate_kpa_s == self._rate_kpa_s:
+            return True
+        if not (math.isfinite(rate_kpa_s) and rate_kpa_s in self._device_info().limits.rate_kpa_s):
+            raise InputError(f"cuff ramp rate must be {self._device_info().limits.rate_kpa_s.text('kPa/s')}, "
+                             f"got {rate_kpa_s!r}")
+        with self._lock:
+            idle = self._active is None and self._release_deadline is None
+        if not idle or self._vent_pending_or_tripped():
+            return False
+        what = "preset rate" + ("" if for_event is None else f" for event {for_event}")
+        self._command("RATE", lambda: self.cuff.set_rate(rate_kpa_s), purpose=what)
+        self._rate_kpa_s = rate_kpa_s
+        return True
+
     def deflate(self, *, tag: int | None = None, planned_t: float | None = None) -> DeflateAck:
         """Ramp down at the current rate; the release is then verified by read-back."""
         self._require_running("deflate")

@@ -6,7 +6,9 @@ planned time through the cuff supervisor, which checks it as every other command
 time limits, a queued emergency vent refuses it). A phase with `cuff_at: flip` is not handed
 over: its command stays on the flip that shows the phase.
 
-What a command raises (a refused stimulus, a device fault) is kept and raised in the frame
+`prepare(fn)` runs a step at once on the same thread, ahead of the commands (the ramp rate
+a SET needs, sent while the cuff is idle, so the SET itself is not delayed by RATE's round
+trip). What a command raises (a refused stimulus, a device fault) is kept and raised in the frame
 loop at its next `check()`; after an error nothing more is sent. `cancel()` (a participant
 stop, the end of the loop) waits for a command being written to finish, so a vent that
 follows it is always the last word. On a `VirtualClock` (headless runs) commands run from
@@ -34,6 +36,7 @@ class CuffScheduler:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._queue: list[tuple[float, int, Command]] = []
+        self._prepares: list[Callable[[], None]] = []
         self._cond = threading.Condition()
         self._writing = threading.Lock()          # held while a command is written
         self._closed = False
@@ -60,6 +63,15 @@ class CuffScheduler:
             heapq.heappush(self._queue, (planned_t, i, command))
             self._cond.notify()
 
+    def prepare(self, step: Callable[[], None]) -> None:
+        """Run `step` on the scheduler's thread now (on a virtual clock: at the current time)."""
+        if isinstance(self._clock, VirtualClock):
+            self._timers.append(self._clock.call_at(self._clock.now(), lambda: self._execute_prepare(step)))
+            return
+        with self._cond:
+            self._prepares.append(step)
+            self._cond.notify()
+
     def check(self) -> None:
         """Raise what a command raised (in the frame loop's thread)."""
         if self.error is not None:
@@ -69,6 +81,7 @@ class CuffScheduler:
         """Drop every command not yet written; returns once none is being written."""
         with self._cond:
             self._queue.clear()
+            self._prepares.clear()
         if isinstance(self._clock, VirtualClock):
             for handle in self._timers:
                 self._clock.cancel(handle)
@@ -81,16 +94,26 @@ class CuffScheduler:
             with self._cond:
                 if self._closed:
                     return
-                if not self._queue:
-                    self._cond.wait(0.1)
-                    continue
-                planned_t = self._queue[0][0]
-                wait_s = planned_t - self._clock.now()
-                if wait_s > 0:
-                    self._cond.wait(max(wait_s - SPIN_S, 0.0) if wait_s > SPIN_S else 0.0002)
-                    continue
-                _, i, command = heapq.heappop(self._queue)
-            self._execute(planned_t, i, command)
+                job = self._next_job()
+            if job is not None:
+                job()
+
+    def _next_job(self) -> Callable[[], None] | None:
+        """A prepare step, else the first command once its time has come, else None after a
+        wait (the caller holds the condition's lock)."""
+        if self._prepares:
+            step = self._prepares.pop(0)
+            return lambda: self._execute_prepare(step)
+        if not self._queue:
+            self._cond.wait(0.1)
+            return None
+        planned_t = self._queue[0][0]
+        wait_s = planned_t - self._clock.now()
+        if wait_s > 0:
+            self._cond.wait(max(wait_s - SPIN_S, 0.0) if wait_s > SPIN_S else 0.0002)
+            return None
+        _, i, command = heapq.heappop(self._queue)
+        return lambda: self._execute(planned_t, i, command)
 
     def _execute(self, planned_t: float, i: int, command: Command) -> None:
         with self._writing:
@@ -99,6 +122,15 @@ class CuffScheduler:
             self.written.add(i)
             try:
                 command(planned_t)
+            except BaseException as exc:  # noqa: BLE001 - handed to the frame loop, which raises it
+                self.error = exc
+
+    def _execute_prepare(self, step: Callable[[], None]) -> None:
+        with self._writing:
+            if self.error is not None or self._closed:
+                return
+            try:
+                step()
             except BaseException as exc:  # noqa: BLE001 - handed to the frame loop, which raises it
                 self.error = exc
 

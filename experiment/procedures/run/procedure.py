@@ -366,6 +366,7 @@ class RunProcedure:
         realtime = self._realtime
         hooks = LoopHooks(poll_pulses=self._poll_pulses, poll_keys=st.read_keys, check_safety=self._check,
                           stimulate=self._stimulate, deflate=self._deflate, status=self._show_status,
+                          preset_rate=self._preset_rate,
                           vent=lambda reason: make_safe(cuff, reason), scripted_keys=scripted,
                           idle=None if realtime is None else (lambda slack_s, quiet: realtime.idle(slack_s, quiet=quiet)))
         return TrialLoop(timeline=plan.timeline.events, t0=t0, run_end_s=run_end_s, clock=st.clock,
@@ -376,6 +377,10 @@ class RunProcedure:
     def _stimulate(self, i: int, target_kpa: float, rate_kpa_s: float, planned_t: float) -> None:
         assert self.st.cuff is not None
         self.st.cuff.stimulate(target_kpa, rate_kpa_s, tag=i, planned_t=planned_t)
+
+    def _preset_rate(self, i: int, rate_kpa_s: float) -> None:
+        assert self.st.cuff is not None
+        self.st.cuff.preset_rate(rate_kpa_s, for_event=i)
 
     def _deflate(self, i: int, planned_t: float) -> None:
         assert self.st.cuff is not None

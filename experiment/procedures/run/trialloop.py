@@ -73,6 +73,8 @@ class LoopHooks:
     # real-time runs: (time to the next event in s, nothing moves on screen) after each flip;
     # garbage is collected there when there is room (experiment.station.realtime)
     idle: Callable[[float, bool], None] | None = None
+    # (event index, rate kPa/s): set an inflation's ramp rate ahead of its SET if the cuff is idle
+    preset_rate: Callable[[int, float], None] | None = None
 
 
 @dataclass
@@ -242,6 +244,9 @@ class TrialLoop:
             if s.planned[j] - now > HORIZON_S:
                 return
             if ev.cuff in ("inflate", "deflate") and ev.cuff_at == "planned" and j not in sch.handed:
+                preset = self.hooks.preset_rate
+                if ev.cuff == "inflate" and ev.rate_kpa_s is not None and preset is not None:
+                    sch.prepare(partial(self._scheduled_preset, j, preset, ev.rate_kpa_s))
                 sch.schedule(j, s.planned[j], partial(self._scheduled_command, j))
             if ev.cuff == "inflate" and ev.timed_from == "target_reached":
                 return   # the phases after it move when the target is reached
@@ -263,6 +268,15 @@ class TrialLoop:
                 raise
             self.log({"kind": "warning", "t": planned_t, "code": "stimulation_off",
                       "message": f"cuff command for event {i} skipped: stimulation stopped ({exc.message})"})
+
+    def _scheduled_preset(self, i: int, preset: Callable[[int, float], None], rate_kpa_s: float) -> None:
+        """The scheduler's thread, at hand-over: the ramp rate of inflation `i`, ahead of its SET.
+        A participant's stop refuses it (nothing to prepare for); the SET then does not go either."""
+        try:
+            preset(i, rate_kpa_s)
+        except AbortError as exc:
+            if not (exc.reason or "").startswith("participant_stop"):
+                raise
 
     def _command_cuff(self, i: int, ev: PlannedEvent, t_flip: float) -> None:
         if ev.cuff not in ("inflate", "deflate"):
