@@ -68,8 +68,8 @@ def _serve(conn: Connection, parent_pid: int, payload: bytes) -> None:  # pragma
                 elif msg[0] == "exit":
                     return
                 continue
-            if due is None:
-                continue
+            if due is None or due - time.perf_counter() > SPIN_S:
+                continue   # the wait above was capped at 0.1 s: wait again, do not spin the rest
             while time.perf_counter() < due:
                 pass
             t_sent = time.perf_counter()
