@@ -103,6 +103,30 @@ def test_the_scanner_process_writes_pulses_on_plan_into_a_pty_read_by_the_serial
         scanner.close()   # joined; exit code 0 checked
 
 
+def test_the_scanner_process_sleeps_between_pulses_instead_of_spinning() -> None:
+    """Pulses 1 s apart: the child may spin only the last 2 ms before each one. (It once fell
+    through its capped 0.1 s wait into the busy-wait and spun most of every interval.)"""
+    clock = RealClock()
+    scanner = ProcessScanner([0.0, 1.0, 2.0], clock=clock, start_delay_s=0.2)
+    try:
+        pid = scanner._proc.pid
+        scanner.start()
+        cpu_before = _cpu_s(pid)
+        time.sleep(2.0)
+        used_s = _cpu_s(pid) - cpu_before
+        assert len(scanner.sent) >= 2
+        assert used_s < 0.3, f"the simulated scanner used {used_s:.2f} s of CPU in 2 s"
+        scanner.stop()
+    finally:
+        scanner.close()
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_a_scanner_process_that_died_is_said_at_poll_and_at_close() -> None:
     scanner = ProcessScanner([5.0], clock=RealClock(), start_delay_s=0.1)
     scanner._proc.kill()   # the test's stand-in for a crash of the child
