@@ -130,21 +130,6 @@ def onset_errors(records: Iterable[dict[str, Any]]) -> tuple[list[float], list[f
             [r["phase"] for r in onsets])
 
 
-def unmoved_onset_errors(records: Iterable[dict[str, Any]]) -> tuple[list[float], list[float]]:
-    """Planned onsets from t0 and errors of the trial onsets whose plan is still t0 + onset.
-
-    A phase re-anchored to a reached target lands at a random point of the frame grid, so
-    its error is spread over +-half a frame by frame quantisation alone; the onsets that
-    keep their place on t0's plan share one grid phase, and a slope through them is drift."""
-    onsets = sorted((r for r in records if r.get("kind") == "onset" and (r.get("trial") or 0) > 0),
-                    key=lambda r: r["i"])
-    t0 = next((r["t"] for r in records if r.get("kind") == "t0"), None)
-    if t0 is None:
-        return [], []
-    kept = [r for r in onsets if abs(r["planned_t"] - t0 - r["planned_onset_s"]) < 1e-6]
-    return [r["planned_onset_s"] for r in kept], [r["t"] - r["planned_t"] for r in kept]
-
-
 @dataclass(frozen=True)
 class CuffLatencies:
     """Per command the run tagged with a plan index: seconds."""

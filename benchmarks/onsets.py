@@ -81,12 +81,10 @@ def analyse(dry: dict[str, Any], naive: dict[str, Any]) -> dict[str, Any]:
     t_ours, e_ours, ph_ours = analysis.onset_errors(records)
     t_naive, e_naive, ph_naive = analysis.onset_errors([{"kind": "onset", **o} for o in naive["onsets"]])
     d_ours, d_naive = analysis.drift(t_ours, e_ours), analysis.drift(t_naive, e_naive)
-    t_fixed, e_fixed = analysis.unmoved_onset_errors(records)
     frames = analysis.first_of_kind(reversed(records), "frames")
     cuff = analysis.cuff_latencies(records)
     return {
         "cuedpain": {"errors": analysis.error_summary(e_ours).as_dict(), "drift": d_ours.as_dict(),
-                     "drift_unmoved": {**analysis.drift(t_fixed, e_fixed).as_dict(), "n": len(t_fixed)},
                      "per_cue_ms": per_cue(t_ours, e_ours, ph_ours),
                      "frames": frames, "drops_by_phase": analysis.drops_by_phase(records),
                      "display": analysis.first_of_kind(records, "display"),

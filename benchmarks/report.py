@@ -37,13 +37,7 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows += [
             ("1", f"Onset error, cuedpain (flip − planned; {c['errors']['n']} cues)",
              "median / p99 of abs / largest", _errors(c["errors"])),
-            ("1", "Drift, cuedpain (all cues)", "slope ± SE; last − first", _drift(c["drift"])),
-        ]
-        fixed = c.get("drift_unmoved")
-        if fixed:
-            rows.append(("1", f"Drift, cuedpain ({fixed['n']} cues still on t0's plan, not re-anchored)",
-                         "slope ± SE; last − first", _drift(fixed)))
-        rows += [
+            ("1", "Drift, cuedpain", "slope ± SE; last − first", _drift(c["drift"])),
             ("1", f"Onset error, relative waits ({n['errors']['n']} cues)",
              "median / p99 of abs / largest", _errors(n["errors"])),
             ("1", "Drift, relative waits", "slope ± SE; last − first", _drift(n["drift"])),
