@@ -11,9 +11,10 @@ CUFF/1 firmware on a pseudo-terminal, or on a loopback TCP port (`sim_link="sock
 default where there are no pseudo-terminals), and drives it through the real serial
 driver, from a child process of its own (`cuedpain simulate-cuff --parent-pid`), so its
 byte pump never holds the run's interpreter lock (on a virtual clock, where threads and
-real ports make no sense, through an in-process loopback instead). Either way the device names itself `cuedpain-sim`, so
-`info.simulated` is True and every output says so. `sim:gated` does the same with the
-simulated GATE/1 gate board (`cuedpain-sim-gate`), its panel set to `panel_kpa`;
+real ports make no sense, through an in-process loopback instead). Either way the device
+names itself `cuedpain-sim`, so `info.simulated` is True and every output says so.
+`sim:gated` does the same with the simulated GATE/1 gate board (`cuedpain-sim-gate`), its
+panel set to `panel_kpa`;
 `sim:gated:rts` and `sim:gated:dtr` the same board without its sensor, standing in for a
 relay (no read-back; a pseudo-terminal has no modem lines to switch a relay with).
 """

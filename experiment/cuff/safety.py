@@ -448,13 +448,17 @@ class CuffSupervisor:
         self._target_kpa = target_kpa
         return result
 
-    def _check_request(self, target_kpa: float, rate_kpa_s: float, tag: int | None) -> None:
-        """InputError for a target or rate the run must not send; over the ceiling is recorded."""
+    def _check_rate(self, rate_kpa_s: float) -> None:
+        """InputError for a ramp rate the device does not accept."""
         rates = self._device_info().limits.rate_kpa_s
-        if not (math.isfinite(target_kpa) and target_kpa > 0):
-            raise InputError(f"cuff target must be a pressure above 0 kPa, got {target_kpa!r}")
         if not (math.isfinite(rate_kpa_s) and rate_kpa_s in rates):
             raise InputError(f"cuff ramp rate must be {rates.text('kPa/s')}, got {rate_kpa_s!r}")
+
+    def _check_request(self, target_kpa: float, rate_kpa_s: float, tag: int | None) -> None:
+        """InputError for a target or rate the run must not send; over the ceiling is recorded."""
+        if not (math.isfinite(target_kpa) and target_kpa > 0):
+            raise InputError(f"cuff target must be a pressure above 0 kPa, got {target_kpa!r}")
+        self._check_rate(rate_kpa_s)
         panel = self.limits.panel_kpa
         if panel is not None and abs(target_kpa - panel) > PANEL_TOLERANCE_KPA + 1e-9:
             message = (f"target {target_kpa:g} kPa is not the {panel:g} kPa set on the inflator's panel; "
@@ -505,9 +509,7 @@ class CuffSupervisor:
         self._require_running("preset rate")
         if rate_kpa_s == self._rate_kpa_s:
             return True
-        if not (math.isfinite(rate_kpa_s) and rate_kpa_s in self._device_info().limits.rate_kpa_s):
-            raise InputError(f"cuff ramp rate must be {self._device_info().limits.rate_kpa_s.text('kPa/s')}, "
-                             f"got {rate_kpa_s!r}")
+        self._check_rate(rate_kpa_s)
         with self._lock:
             idle = self._active is None and self._release_deadline is None
         if not idle or self._vent_pending_or_tripped():

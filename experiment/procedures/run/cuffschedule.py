@@ -66,7 +66,7 @@ class CuffScheduler:
     def prepare(self, step: Callable[[], None]) -> None:
         """Run `step` on the scheduler's thread now (on a virtual clock: at the current time)."""
         if isinstance(self._clock, VirtualClock):
-            self._timers.append(self._clock.call_at(self._clock.now(), lambda: self._execute_prepare(step)))
+            self._timers.append(self._clock.call_at(self._clock.now(), lambda: self._guarded(step)))
             return
         with self._cond:
             self._prepares.append(step)
@@ -103,7 +103,7 @@ class CuffScheduler:
         wait (the caller holds the condition's lock)."""
         if self._prepares:
             step = self._prepares.pop(0)
-            return lambda: self._execute_prepare(step)
+            return lambda: self._guarded(step)
         if not self._queue:
             self._cond.wait(0.1)
             return None
@@ -116,21 +116,18 @@ class CuffScheduler:
         return lambda: self._execute(planned_t, i, command)
 
     def _execute(self, planned_t: float, i: int, command: Command) -> None:
-        with self._writing:
-            if self.error is not None or self._closed:
-                return
+        def write() -> None:
             self.written.add(i)
-            try:
-                command(planned_t)
-            except BaseException as exc:  # noqa: BLE001 - handed to the frame loop, which raises it
-                self.error = exc
+            command(planned_t)
+        self._guarded(write)
 
-    def _execute_prepare(self, step: Callable[[], None]) -> None:
+    def _guarded(self, fn: Callable[[], None]) -> None:
+        """Run `fn` unless an error or close came first; keep what it raises for `check()`."""
         with self._writing:
             if self.error is not None or self._closed:
                 return
             try:
-                step()
+                fn()
             except BaseException as exc:  # noqa: BLE001 - handed to the frame loop, which raises it
                 self.error = exc
 
