@@ -161,3 +161,33 @@ def test_realtime_freezes_collects_only_with_room_and_restores() -> None:
     assert gc.isenabled() and gc.get_freeze_count() == 0 and sys.getswitchinterval() == switch_before
     if prio["obtained"]:
         assert os.nice(0) == prio["nice_before"]   # the priority was put back
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="a niceness per thread is Linux's")
+def test_realtime_raises_every_thread_not_only_the_calling_one() -> None:
+    """On Linux os.nice changes only the calling thread: a reader thread started before the run
+    would stay behind and, holding the interpreter lock while preempted, stall the frame loop."""
+    started, stop = threading.Event(), threading.Event()
+    ids: list[int] = []
+
+    def reader() -> None:
+        ids.append(threading.get_native_id())
+        started.set()
+        stop.wait(10)
+
+    worker = threading.Thread(target=reader, name="reader-before-the-run", daemon=True)
+    worker.start()
+    started.wait(5)
+    before = os.getpriority(os.PRIO_PROCESS, ids[0])
+    records: list[dict[str, object]] = []
+    try:
+        with Realtime(now=lambda: 0.0, log=records.append):
+            prio = records[1]
+            if not prio["obtained"]:
+                pytest.skip(f"this process may not raise its priority: {prio['message']}")
+            assert os.getpriority(os.PRIO_PROCESS, ids[0]) == prio["nice"] < before
+            assert isinstance(prio["threads"], int) and prio["threads"] >= 2
+        assert os.getpriority(os.PRIO_PROCESS, ids[0]) == before   # put back
+    finally:
+        stop.set()
+        worker.join(5)

@@ -370,6 +370,7 @@ class PriorityRecord(TypedDict):
     nice: NotRequired[int | None]         # the niceness now (when obtained, or unchanged)
     message: NotRequired[str]    # why not (when not obtained)
     switch_interval_s: NotRequired[float]  # Python's thread switch interval during the run
+    threads: NotRequired[int]    # threads given the niceness (every thread of the process; Linux)
 
 
 class FrameDropRecord(TypedDict):

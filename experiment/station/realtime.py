@@ -7,8 +7,14 @@ of milliseconds). `Realtime` collects and freezes everything allocated during se
 collects only when `idle()` is told that the next event is far enough away (a fixation or
 rest phase with more than `min_slack_s` to go), at most every `min_interval_s`; each
 collection is logged (`gc` record) with its duration. It also asks the operating system
-for a higher priority (`os.nice`; what was obtained is logged in a `priority` record,
-failure included: without the privilege the run goes on at its normal priority).
+for a higher priority, what was obtained logged in a `priority` record, failure included:
+without the privilege the run goes on at its normal priority. On Linux a niceness belongs
+to a thread, not the process (`os.nice` changes only the calling thread), and the serial
+readers, the cuff's heartbeat and guard and the log writer start before the run does: left
+at their old niceness, any of them preempted while it holds the interpreter lock stalls the
+frame loop behind every higher-priority task on the machine (a priority inversion). So the
+niceness is set on every thread of the process (`/proc/self/task`; threads started later
+inherit it from the thread that starts them) and the record says how many.
 It also shortens Python's thread switch interval (`sys.setswitchinterval`, default 5 ms)
 to `SWITCH_INTERVAL_S`: the cuff scheduler's and the serial readers' threads wake at their
 times but must take the interpreter lock from the frame loop, which otherwise keeps it for
@@ -26,6 +32,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import threading
 import time
 from types import TracebackType
 from typing import Callable, Union
@@ -55,6 +62,7 @@ class Realtime:
         self._switch_before = sys.getswitchinterval()
         self._nice_before: int | None = None
         self._nice_now: int | None = None
+        self._other_threads: dict[int, int] = {}   # kernel thread id -> its niceness before the run
         self._last_collect = -float("inf")
         self.collections = 0
         self._active = False
@@ -88,8 +96,12 @@ class Realtime:
             return {"kind": "priority", "t": t, "asked": asked, "obtained": False, "nice": self._nice_before,
                     "message": f"priority not raised ({exc.strerror or exc}); the run goes on at nice "
                                f"{self._nice_before}"}
-        return {"kind": "priority", "t": t, "asked": asked, "obtained": True, "nice_before": self._nice_before,
-                "nice": self._nice_now}
+        record: PriorityRecord = {"kind": "priority", "t": t, "asked": asked, "obtained": True,
+                                  "nice_before": self._nice_before, "nice": self._nice_now}
+        if _thread_ids():   # Linux: a niceness per thread (elsewhere os.nice set the whole process's)
+            self._other_threads = _set_thread_nice(self._nice_now, skip=_this_thread_id())
+            record["threads"] = 1 + len(self._other_threads)
+        return record
 
     def idle(self, slack_s: float, *, quiet: bool = True) -> None:
         """The loop has `slack_s` until its next event; `quiet`: nothing on screen moves (no
@@ -119,3 +131,39 @@ class Realtime:
                 os.nice(self._nice_before - self._nice_now)
             except OSError:
                 pass   # lowering the priority again needs no privilege; raising it back might
+            # every other thread back to where it was; one started during the run inherited the
+            # run's niceness and goes to the process's old one
+            for tid in _thread_ids():
+                if tid != _this_thread_id():
+                    _set_nice(tid, self._other_threads.get(tid, self._nice_before))
+
+
+def _this_thread_id() -> int:
+    return threading.get_native_id()
+
+
+def _thread_ids() -> list[int]:
+    """The process's threads by kernel id; empty where the system does not list them (not Linux)."""
+    try:
+        return [int(name) for name in os.listdir("/proc/self/task")]
+    except OSError:
+        return []
+
+
+def _set_nice(tid: int, nice: int) -> int | None:
+    """Set thread `tid`'s niceness; its old niceness, or None if it ended or may not be changed."""
+    try:
+        old = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except OSError:
+        return None
+    return old
+
+
+def _set_thread_nice(nice: int, *, skip: int) -> dict[int, int]:
+    """Give every thread of the process but `skip` the niceness `nice` (Linux); their old values."""
+    old: dict[int, int] = {}
+    for tid in _thread_ids():
+        if tid != skip and (was := _set_nice(tid, nice)) is not None:
+            old[tid] = was
+    return old
