@@ -10,17 +10,22 @@ command latency), both from real-time dry runs in a window.
    `core.wait`; its onsets are measured against the absolute plan t0 + onset.
 3. Benchmark 3 from the same `log.jsonl`: every cuff command tagged with a plan index,
    against that event's planned time and flip, and its acknowledgement.
+4. While the dry run goes on, `benchmarks.stalls.StallProbe` samples the hypervisor's steal
+   time and the run's frame-loop thread's run-queue wait; each run's brief says how many
+   dropped frames held either (benchmarks/stalls.py).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from benchmarks import analysis
 from benchmarks.proc import StampedProcess
+from benchmarks.stalls import StallProbe, attribute_drops
 from experiment.clock import Clock
 from experiment.log.eventlog import read_log
 
@@ -39,7 +44,8 @@ def run_cuedpain(protocol: Path, *, data_dir: Path, env: dict[str, str], clock: 
     """The real-time dry run; its log records, start-up marks and exit code."""
     argv = cuedpain_argv(protocol, "--participant", PARTICIPANT, "--dry-run", "--data", str(data_dir))
     proc = StampedProcess(argv, clock=clock, env=env, stderr_path=work_dir / "cuedpain-dryrun.stderr")
-    code = proc.wait(timeout_s)
+    with StallProbe(proc.proc.pid, clock) as probe:
+        code = proc.wait(timeout_s)
     wall_s = clock.now() - proc.start_t
     logs = sorted(data_dir.glob("sourcedata/*/*/log.jsonl"))
     if code != 0 or not logs:
@@ -47,7 +53,7 @@ def run_cuedpain(protocol: Path, *, data_dir: Path, env: dict[str, str], clock: 
     log = read_log(logs[0])
     return {"exit_code": code, "wall_s": wall_s,
             "startup": analysis.marker_times(proc.lines, STARTUP_MARKERS, start_t=proc.start_t),
-            "records": log.records}
+            "records": log.records, "stall_samples": probe.samples}
 
 
 def run_naive(protocol: Path, *, env: dict[str, str], clock: Clock, timeout_s: float, work_dir: Path) -> dict[str, Any]:
@@ -114,4 +120,5 @@ def brief(dry: dict[str, Any]) -> dict[str, Any]:
             "frames_over_1_5": frames.get("dropped"), "n_frames": frames.get("n"),
             "over_half_frame": sum(1 for e in errors if abs(e) > (1 / 120)),
             "cuff_planned_to_write_p99_ms": analysis.summarize(cuff.planned_to_write).as_dict().get("p99_ms"),
-            "gc": analysis.gc_summary(records)}
+            "gc": analysis.gc_summary(records),
+            "stalls": attribute_drops(records, dry.get("stall_samples", []), n_cpus=os.cpu_count() or 1)}

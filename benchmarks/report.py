@@ -66,6 +66,11 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                           "from it)", "largest onset error; longest frame; onsets over half a frame",
                      f"{_num(worst['largest_onset_error_ms'])} ms; {_num(worst['longest_frame_ms'])} ms; "
                      f"{worst['over_half_frame']}"))
+    if dr and any((run.get("stalls") or {}).get("sampled") for run in dr["runs"]):
+        rows.append(("1", "Dropped frames and the host, per dry run (benchmarks/stalls.py)",
+                     "drops with hypervisor steal / with the frame loop waiting for a CPU / neither; "
+                     "share of CPU time stolen; share of random windows as long with steal",
+                     "; ".join(stall_cell(run.get("stalls") or {}) for run in dr["runs"])))
     t = r.get("trigger_latency")
     if t:
         rows.append(("2", f"Trigger stamp latency, pty, render loop on ({t['n']} pulses)", "median / p99 / max",
@@ -185,6 +190,14 @@ def notes(r: dict[str, Any]) -> list[str]:
     out.append("Serial latencies are over pseudo-terminals: a USB-serial adapter adds its own latency "
                "timer (FTDI default 16 ms; set it to 1 ms, see docs/scanner.md).")
     return out
+
+
+def stall_cell(st: dict[str, Any]) -> str:
+    if not st.get("sampled"):
+        return "not sampled"
+    base = st.get("baseline_with_steal")
+    return (f"{st['with_steal']} / {st['with_runq_wait_only']} / {st['with_neither']} of {st['n_drops']} "
+            f"({100 * st['steal_share']:.1f} % stolen; {'?' if base is None else f'{100 * base:.0f} %'})")
 
 
 def render(r: dict[str, Any]) -> str:

@@ -16,7 +16,8 @@ from scipy import stats
 from benchmarks import analysis
 from benchmarks.onsets import same_timeline
 from benchmarks.pacing import block_order, summarize_pacing
-from benchmarks.report import notes, render
+from benchmarks.report import notes, render, stall_cell
+from benchmarks.stalls import Sample, attribute_drops
 
 
 def test_summary_of_1_to_100_ms() -> None:
@@ -210,3 +211,24 @@ def test_cuff_latency_counts_from_the_commands_own_plan_and_gc_and_worst_run_are
     assert g["collections"] == 2 and g["duration"]["max_ms"] == pytest.approx(4.0) and g["freeze_s"] == 0.03
     assert g["priority"]["nice"] == -10
     assert analysis.worst_key(records) == (pytest.approx(0.010), pytest.approx(0.02))
+
+
+def test_dropped_frames_are_attributed_to_steal_to_a_cpu_wait_or_to_neither() -> None:
+    """Samples every 5 ms over 10 s: one 10 ms tick of steal at 2.0 s, 8 ms of run-queue wait at
+    5.0 s, nothing else; three drops, one in each place and one where nothing happened."""
+    samples = [Sample(t=k * 0.005, steal_s=0.01 if k * 0.005 >= 2.0 else 0.0,
+                      runq_s=0.008 if k * 0.005 >= 5.0 else 0.0) for k in range(2001)]
+    records = [{"kind": "frame_drop", "t": 2.02, "interval_s": 0.035},
+               {"kind": "frame_drop", "t": 5.02, "interval_s": 0.030},
+               {"kind": "frame_drop", "t": 8.00, "interval_s": 0.030},
+               {"kind": "onset", "t": 1.0}]
+    out = attribute_drops(records, samples, n_cpus=2)
+    assert (out["n_drops"], out["with_steal"], out["with_runq_wait_only"], out["with_neither"]) == (3, 1, 1, 1)
+    assert [d["steal_ms"] for d in out["drops"]] == [10.0, 0.0, 0.0]
+    assert [d["runq_ms"] for d in out["drops"]] == [0.0, 8.0, 0.0]
+    # one tick in 10 s of two CPUs; about one window of the 30 ms median in 330 holds it
+    assert out["steal_share"] == pytest.approx(0.01 / 10 / 2)
+    assert 0 < out["baseline_with_steal"] < 0.02 and out["baseline_window_ms"] == 30.0
+    assert attribute_drops(records, [], n_cpus=2)["sampled"] is False
+    line = stall_cell(out)
+    assert line.startswith("1 / 1 / 1 of 3 (0.1 % stolen;")
