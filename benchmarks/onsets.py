@@ -26,7 +26,7 @@ from typing import Any
 from benchmarks import analysis
 from benchmarks.proc import StampedProcess
 from benchmarks.stalls import StallProbe, attribute_drops
-from experiment.clock import Clock
+from experiment.clock import Clock, psychopy_clock
 from experiment.log.eventlog import read_log
 
 PARTICIPANT = "BENCH"
@@ -44,7 +44,7 @@ def run_cuedpain(protocol: Path, *, data_dir: Path, env: dict[str, str], clock: 
     """The real-time dry run; its log records, start-up marks and exit code."""
     argv = cuedpain_argv(protocol, "--participant", PARTICIPANT, "--dry-run", "--data", str(data_dir))
     proc = StampedProcess(argv, clock=clock, env=env, stderr_path=work_dir / "cuedpain-dryrun.stderr")
-    with StallProbe(proc.proc.pid, clock) as probe:
+    with StallProbe(proc.proc.pid, psychopy_clock()) as probe:   # stamped on the run's own clock
         code = proc.wait(timeout_s)
     wall_s = clock.now() - proc.start_t
     logs = sorted(data_dir.glob("sourcedata/*/*/log.jsonl"))

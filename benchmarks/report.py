@@ -197,7 +197,8 @@ def stall_cell(st: dict[str, Any]) -> str:
         return "not sampled"
     base = st.get("baseline_with_steal")
     return (f"{st['with_steal']} / {st['with_runq_wait_only']} / {st['with_neither']} of {st['n_drops']} "
-            f"({100 * st['steal_share']:.1f} % stolen; {'?' if base is None else f'{100 * base:.0f} %'})")
+            f"({100 * st['steal_share']:.1f} % stolen; {'?' if base is None else f'{100 * base:.0f} %'}"
+            + (f"; {st['outside_samples']} not sampled" if st.get("outside_samples") else "") + ")")
 
 
 def render(r: dict[str, Any]) -> str:

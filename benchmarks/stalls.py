@@ -4,7 +4,8 @@ On a virtual machine the hypervisor can take a virtual CPU away for tens of mill
 (Linux counts it as *steal* time in /proc/stat); inside the guest a runnable thread can
 wait for a CPU behind other tasks (its *run-queue wait*, field 2 of
 /proc/PID/task/TID/schedstat). Neither is visible in the run's own log. `StallProbe` samples
-both, every `period_s`, from the benchmark's process while a dry run goes on: the steal of
+both, every `period_s`, from the benchmark's process while a dry run goes on, stamped on the
+run's clock (PsychoPy's, which all processes share): the steal of
 all CPUs together and the run-queue wait of the run's frame-loop thread (its main thread).
 `attribute_drops` then says, for each `frame_drop` record, how much of each fell inside
 that frame, and, for comparison, how often windows of the same length anywhere in the run
@@ -102,17 +103,21 @@ def attribute_drops(records: Sequence[dict[str, Any]], samples: Sequence[Sample]
                     runq_threshold_s: float = 0.005, baseline_windows: int = 2000) -> dict[str, Any]:
     """Per dropped frame, the steal and the frame loop's run-queue wait inside it; counts of
     drops with any steal (at least a tick), with a run-queue wait of `runq_threshold_s` or
-    more, with neither; the share of all `n_cpus` CPUs' time stolen; and the share of `baseline_windows` windows spread evenly over the
-    sampled span, each as long as the median drop, that hold any steal. Pure."""
+    more, with neither, and outside the sampled span (not counted in the others); the share
+    of all `n_cpus` CPUs' time stolen; and the share of `baseline_windows` windows spread
+    evenly over the sampled span, each as long as the median drop, that hold any steal. Pure."""
     drops = [r for r in records if r.get("kind") == "frame_drop"]
     if len(samples) < 2:
         return {"sampled": False, "n_drops": len(drops),
                 "why": "no samples (the probe needs Linux's /proc)"}
     times = [s.t for s in samples]
     tick_s = 0.0095   # less than one 10 ms tick counts as none (float rounding of tick sums)
-    rows, with_steal, with_runq, neither = [], 0, 0, 0
+    rows, with_steal, with_runq, neither, outside = [], 0, 0, 0, 0
     for r in drops:
         end = float(r["t"])
+        if not times[0] <= end - float(r["interval_s"]) <= end <= times[-1]:
+            outside += 1   # not sampled (or not on the probe's clock): said, not guessed
+            continue
         steal_s, runq_s = _delta(samples, times, end - float(r["interval_s"]), end)
         stolen, waited = steal_s >= tick_s, runq_s >= runq_threshold_s
         with_steal += stolen
@@ -130,7 +135,8 @@ def attribute_drops(records: Sequence[dict[str, Any]], samples: Sequence[Sample]
         hits += _delta(samples, times, start, start + length)[0] >= tick_s
     total_steal_s = samples[-1].steal_s - samples[0].steal_s
     return {"sampled": True, "n_drops": len(drops), "with_steal": with_steal, "with_runq_wait_only": with_runq,
-            "with_neither": neither, "baseline_window_ms": round(length * MS, 1), "baseline_windows": n,
+            "with_neither": neither, "outside_samples": outside, "baseline_window_ms": round(length * MS, 1),
+            "baseline_windows": n,
             "baseline_with_steal": round(hits / n, 3) if n else None,
             "steal_s": round(total_steal_s, 2), "span_s": round(span_end - span_start, 1),
             "steal_share": round(total_steal_s / (span_end - span_start) / n_cpus, 4),

@@ -221,9 +221,11 @@ def test_dropped_frames_are_attributed_to_steal_to_a_cpu_wait_or_to_neither() ->
     records = [{"kind": "frame_drop", "t": 2.02, "interval_s": 0.035},
                {"kind": "frame_drop", "t": 5.02, "interval_s": 0.030},
                {"kind": "frame_drop", "t": 8.00, "interval_s": 0.030},
+               {"kind": "frame_drop", "t": 1.8e9, "interval_s": 0.030},   # on another clock: not attributed
                {"kind": "onset", "t": 1.0}]
     out = attribute_drops(records, samples, n_cpus=2)
-    assert (out["n_drops"], out["with_steal"], out["with_runq_wait_only"], out["with_neither"]) == (3, 1, 1, 1)
+    assert (out["n_drops"], out["with_steal"], out["with_runq_wait_only"], out["with_neither"]) == (4, 1, 1, 1)
+    assert out["outside_samples"] == 1
     assert [d["steal_ms"] for d in out["drops"]] == [10.0, 0.0, 0.0]
     assert [d["runq_ms"] for d in out["drops"]] == [0.0, 8.0, 0.0]
     # one tick in 10 s of two CPUs; about one window of the 30 ms median in 330 holds it
@@ -231,4 +233,4 @@ def test_dropped_frames_are_attributed_to_steal_to_a_cpu_wait_or_to_neither() ->
     assert 0 < out["baseline_with_steal"] < 0.02 and out["baseline_window_ms"] == 30.0
     assert attribute_drops(records, [], n_cpus=2)["sampled"] is False
     line = stall_cell(out)
-    assert line.startswith("1 / 1 / 1 of 3 (0.1 % stolen;")
+    assert line.startswith("1 / 1 / 1 of 4 (0.1 % stolen;") and line.endswith("; 1 not sampled)")
