@@ -3,6 +3,7 @@ frame loop is doing, through the supervisor's checks; a queued emergency vent wi
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -14,6 +15,7 @@ import pytest
 from experiment.clock import RealClock
 from experiment.errors import AbortError
 from experiment.procedures.run.cuffschedule import CuffScheduler
+from experiment.station.realtime import Realtime
 from tests.test_cuff_safety import Rig
 
 DEMO = Path(__file__).resolve().parents[1] / "protocols" / "demo.yaml"
@@ -175,3 +177,23 @@ def test_a_runs_inflations_get_their_rate_ahead_and_their_set_on_time(tmp_path: 
     rate = next(r for r in cmds if str(r["command"]).startswith("RATE"))
     assert rate["purpose"] == f"preset rate for event {first_set['i']}"
     assert rate["t_write"] < first_set["planned_t"] <= first_set["t_write"] < first_set["planned_t"] + 0.001
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setscheduler"), reason="real-time policies are POSIX")
+def test_in_a_real_time_run_the_scheduler_thread_alone_asks_for_a_real_time_policy() -> None:
+    """It sleeps until a command is due, then must run at once: SCHED_FIFO for that thread only
+    (when the process may), logged either way; the frame loop's thread keeps the normal policy."""
+    clock = RealClock()
+    records: list[dict[str, Any]] = []
+    policies: list[int] = []
+    with Realtime(now=clock.now, log=records.append) as rt:
+        with CuffScheduler(clock, on_start=lambda: rt.promote_thread("cuff-scheduler")) as sch:
+            sch.prepare(lambda: policies.append(os.sched_getscheduler(0)))
+            time.sleep(0.1)
+            sch.check()
+    mine = [r for r in records if r["kind"] == "priority" and r.get("thread") == "cuff-scheduler"]
+    assert len(mine) == 1 and mine[0]["asked"] == "SCHED_FIFO 1"
+    assert policies == [os.SCHED_FIFO if mine[0]["obtained"] else os.SCHED_OTHER]
+    if not mine[0]["obtained"]:
+        assert "not raised" in mine[0]["message"]
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER

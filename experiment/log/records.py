@@ -371,6 +371,7 @@ class PriorityRecord(TypedDict):
     message: NotRequired[str]    # why not (when not obtained)
     switch_interval_s: NotRequired[float]  # Python's thread switch interval during the run
     threads: NotRequired[int]    # threads given the niceness (every thread of the process; Linux)
+    thread: NotRequired[str]     # one thread's own policy (asked: SCHED_FIFO 1): which thread
 
 
 class FrameDropRecord(TypedDict):

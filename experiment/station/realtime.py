@@ -20,9 +20,11 @@ to `SWITCH_INTERVAL_S`: the cuff scheduler's and the serial readers' threads wak
 times but must take the interpreter lock from the frame loop, which otherwise keeps it for
 up to 5 ms while it runs Python code; the interval obtained is in the `priority` record.
 On exit all three are put back (the process may be a test runner or the station). A real-time
-scheduling policy (`os.sched_setscheduler` with SCHED_FIFO/RR) is not asked for: the frame
-loop waits for flips partly by spinning, and at a real-time priority that spin could starve
-the X server, the serial readers and the cuff's heartbeat on a two-core stimulus computer.
+scheduling policy (`os.sched_setscheduler` with SCHED_FIFO/RR) is not asked for the process:
+the frame loop waits for flips partly by spinning, and at a real-time priority that spin
+could starve the X server, the serial readers and the cuff's heartbeat on a two-core stimulus
+computer. Only the cuff scheduler's thread, which sleeps until a command is due, asks for one
+(`promote_thread`).
 
 Only real-time modes use it; a headless run on a virtual clock has no frames to protect.
 """
@@ -102,6 +104,28 @@ class Realtime:
             self._other_threads = _set_thread_nice(self._nice_now, skip=_this_thread_id())
             record["threads"] = 1 + len(self._other_threads)
         return record
+
+    def promote_thread(self, name: str) -> None:
+        """On the calling thread: the lowest real-time priority (SCHED_FIFO 1) for that thread
+        alone, logged as a `priority` record naming it. For a thread that sleeps until an
+        instant and then must run at once (the cuff scheduler, whose write is due at a planned
+        time): under the normal policy it waits its turn behind the frame loop, the X server and
+        the devices' processes, milliseconds on two busy cores. It runs for well under a
+        millisecond per command and sleeps otherwise, so it cannot starve the others (and Linux
+        keeps 5 % of every second for normal threads in any case). Without the privilege
+        (CAP_SYS_NICE, or an `rtprio` limit for the user) it stays as it was, and the record
+        says why."""
+        t, asked = self._now(), "SCHED_FIFO 1"
+        if not self._active or not hasattr(os, "sched_setscheduler"):
+            return
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))   # 0: the calling thread (Linux)
+        except OSError as exc:
+            self._log({"kind": "priority", "t": t, "asked": asked, "obtained": False, "thread": name,
+                       "message": f"{name} thread not raised ({exc.strerror or exc}); it runs at the "
+                                  "process's priority"})
+            return
+        self._log({"kind": "priority", "t": t, "asked": asked, "obtained": True, "thread": name})
 
     def idle(self, slack_s: float, *, quiet: bool = True) -> None:
         """The loop has `slack_s` until its next event; `quiet`: nothing on screen moves (no

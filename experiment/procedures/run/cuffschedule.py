@@ -11,7 +11,8 @@ a SET needs, sent while the cuff is idle, so the SET itself is not delayed by RA
 trip). What a command raises (a refused stimulus, a device fault) is kept and raised in the frame
 loop at its next `check()`; after an error nothing more is sent. `cancel()` (a participant
 stop, the end of the loop) waits for a command being written to finish, so a vent that
-follows it is always the last word. On a `VirtualClock` (headless runs) commands run from
+follows it is always the last word. `on_start` runs first on the thread (a real-time run
+gives the thread a real-time priority there: `Realtime.promote_thread`). On a `VirtualClock` (headless runs) commands run from
 clock timers instead of a thread, so a headless run stays single-threaded and reproducible.
 """
 
@@ -33,8 +34,9 @@ Command = Callable[[float], None]   # called with its planned time
 class CuffScheduler:
     """Context manager; `schedule(i, planned_t, command)` from the frame loop (see the module docstring)."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, *, on_start: Callable[[], None] | None = None) -> None:
         self._clock = clock
+        self._on_start = on_start                 # run first on the scheduler's thread (its priority)
         self._queue: list[tuple[float, int, Command]] = []
         self._prepares: list[Callable[[], None]] = []
         self._cond = threading.Condition()
@@ -90,6 +92,8 @@ class CuffScheduler:
             pass
 
     def _run(self) -> None:
+        if self._on_start is not None:
+            self._on_start()
         while True:
             with self._cond:
                 if self._closed:

@@ -248,7 +248,9 @@ class RunProcedure:
             t0 = self._wait_for_t0()
             loop = self._trial_loop(t0)
             # entered last, so it is closed (cancelled, joined) first, before the Station vents
-            loop.scheduler = realtime.enter_context(CuffScheduler(st.clock))
+            rt = self._realtime
+            loop.scheduler = realtime.enter_context(CuffScheduler(
+                st.clock, on_start=None if rt is None else lambda: rt.promote_thread("cuff-scheduler")))
             st.cuff.add_event_listener(loop.device_events.put)
             result = loop.run()
         assert st.display is not None
