@@ -51,6 +51,11 @@ def _read_steal_s(tick_s: float) -> float | None:
     return int(fields[8]) * tick_s if len(fields) > 8 and fields[0] == "cpu" else None
 
 
+def steal_now_s() -> float | None:
+    """All CPUs' steal time so far (s); None where /proc/stat does not say (not Linux)."""
+    return _read_steal_s(1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01)
+
+
 def _read_runq_s(pid: int) -> float | None:
     try:
         return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[1]) / 1e9
@@ -66,7 +71,6 @@ class StallProbe:
         self._pid = pid
         self._clock = clock
         self._period_s = period_s
-        self._tick_s = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
         self.samples: list[Sample] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stall-probe", daemon=True)
@@ -77,7 +81,7 @@ class StallProbe:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            steal, runq = _read_steal_s(self._tick_s), _read_runq_s(self._pid)
+            steal, runq = steal_now_s(), _read_runq_s(self._pid)
             if steal is None or runq is None:
                 if not self.samples:
                     self._stop.wait(self._period_s)

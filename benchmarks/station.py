@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.machine import ROOT, load_average, machine_info
+from benchmarks.stalls import steal_now_s
 from benchmarks.proc import virtual_display
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -405,15 +406,19 @@ def main(argv: list[str] | None = None) -> int:
         for k, cond in enumerate(order):
             participant, data, out = f"BENCH{k}", work / "data-dryrun", work / f"flips-{k}.json"
             print(f"[bench] 8 station {cond}: block {k + 1} of {len(order)}", flush=True)
-            load = load_average()
+            load, steal_before, t_before = load_average(), steal_now_s(), clock.now()
             follower, cpu = (run_on(args.protocol, participant, data, out, env, timeout_s, work) if cond == "on" else
                              (run_off(args.protocol, participant, data, out, env, timeout_s), None))
+            steal_after = steal_now_s()
+            stolen = (None if steal_before is None or steal_after is None else
+                      round((steal_after - steal_before) / ((clock.now() - t_before) * (os.cpu_count() or 1)), 4))
             flips = json.loads(out.read_text())
             t0, t_end, facts = _log_span(data, participant)
             iv = intervals_ms(flips["flips"], t0, t_end)
             pooled[cond] += iv
             results["blocks"].append({"condition": cond, "exit_code": flips["exit_code"], "follower": follower,
-                                      "load_average_before": load, **facts, "frames": summarize(iv, frame_ms),
+                                      "load_average_before": load, "steal_share": stolen, **facts,
+                                      "frames": summarize(iv, frame_ms),
                                       **({} if cpu is None else {"cpu": cpu})})
         for cond in ("off", "on"):
             if pooled[cond]:
@@ -484,12 +489,14 @@ def render(r: dict[str, Any]) -> str:
              row("without the station", r["off"]), row("with the station", r["on"]), "",
              f"p99 ratio (with / without): **{r['p99_ratio']:.3f}** (goal <= 1.01); longest frame ratio: "
              f"**{r['longest_ratio']:.2f}** (goal: no growth).", "", "Per block:", "",
-             "| # | condition | p99 ms | longest ms | over 1.5 frames | runner's dropped | load before |",
-             "|---|---|---|---|---|---|---|"]
+             "| # | condition | p99 ms | longest ms | over 1.5 frames | runner's dropped | load before "
+             "| CPU time stolen by the host |",
+             "|---|---|---|---|---|---|---|---|"]
     for k, b in enumerate(r["blocks"], start=1):
         f = b["frames"]
         lines.append(f"| {k} | {b['condition']} | {f['p99_ms']:.2f} | {f['max_ms']:.2f} | {f['over_1_5_frames']} | "
-                     f"{b['frames_record'].get('dropped')} | {' / '.join(str(x) for x in b['load_average_before'])} |")
+                     f"{b['frames_record'].get('dropped')} | {' / '.join(str(x) for x in b['load_average_before'])} | "
+                     + ("?" if b.get("steal_share") is None else f"{100 * b['steal_share']:.1f} %") + " |")
     m = r["machine"]
     lines += [""] + _cpu_lines(r)
     lines += [f"Machine: {m.get('cpu_count')} CPUs ({m.get('cpu_model')}), {m.get('platform')}, Python {m.get('python')}; "

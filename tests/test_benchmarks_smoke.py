@@ -8,6 +8,7 @@ regression, hand-worked values) so a wrong table cannot come from wrong arithmet
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -234,3 +235,22 @@ def test_dropped_frames_are_attributed_to_steal_to_a_cpu_wait_or_to_neither() ->
     assert attribute_drops(records, [], n_cpus=2)["sampled"] is False
     line = stall_cell(out)
     assert line.startswith("1 / 1 / 1 of 4 (0.1 % stolen;") and line.endswith("; 1 not sampled)")
+
+
+def test_benchmark_8_reports_each_blocks_stolen_cpu_time_next_to_its_frames() -> None:
+    from benchmarks import station
+
+    def block(cond: str, intervals: list[float], steal: float | None) -> dict[str, Any]:
+        return {"condition": cond, "follower": "chromium; page", "frames": station.summarize(intervals, 1000 / 60),
+                "frames_record": {"dropped": 0}, "load_average_before": [1.0, 1.0, 1.0], "steal_share": steal}
+
+    off, on = [16.7] * 99 + [30.0], [16.7] * 99 + [20.0]
+    r = {"command": "python -m benchmarks.station --pairs 1", "protocol": "protocols/demo.yaml", "wall_s": 120,
+         "blocks": [block("off", off, 0.052), block("on", on, None)],
+         "off": station.summarize(off, 1000 / 60), "on": station.summarize(on, 1000 / 60),
+         "machine": {"cpu_count": 2}, "display": {"display": ":1"}}
+    r["p99_ratio"] = r["on"]["p99_ms"] / r["off"]["p99_ms"]
+    r["longest_ratio"] = r["on"]["max_ms"] / r["off"]["max_ms"]
+    text = station.render(r)
+    assert "| CPU time stolen by the host |" in text
+    assert "| 1.0 / 1.0 / 1.0 | 5.2 % |" in text and "| 1.0 / 1.0 / 1.0 | ? |" in text
