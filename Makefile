@@ -28,7 +28,7 @@ demo: sysdeps $(STAMP)
 
 # two workers, a test file each at a time (a file's fixtures, such as a dataset of dry runs, are built once)
 test: sysdeps $(STAMP) typecheck
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 # strict typing of experiment/ (setup.cfg [mypy]): an untyped interface between layers fails the build
 typecheck: $(STAMP)

@@ -322,7 +322,7 @@ def _follow(url: str, base: str, token: str) -> tuple[list[str], Any]:
             page.goto(url)
             page.wait_for_selector("#checklist li")
             time.sleep(3)     # chromium starts its own UI's renderer after the page loads: not a cost of following
-            who.append(f"chromium on the station's page (live view drawn; started {how})")
+            who.append(f"chromium on the station's page (live view drawn, started {how})")
             ready.set()
             done.wait()
             who.append(f"{page.evaluate('window.cuedpain.chart.data[0].length')} points received")
