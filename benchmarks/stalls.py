@@ -4,9 +4,9 @@ On a virtual machine the hypervisor can take a virtual CPU away for tens of mill
 (Linux counts it as *steal* time in /proc/stat); inside the guest a runnable thread can
 wait for a CPU behind other tasks (its *run-queue wait*, field 2 of
 /proc/PID/task/TID/schedstat). Neither is visible in the run's own log. `StallProbe` samples
-both, every `period_s`, from the benchmark's process while a dry run goes on, stamped on the
-run's clock (PsychoPy's, which all processes share): the steal of
-all CPUs together and the run-queue wait of the run's frame-loop thread (its main thread).
+both every `period_s` from the benchmark's process while a dry run goes on, stamped on the
+run's clock (PsychoPy's, which all processes share): the steal of all CPUs together and the
+run-queue wait of the run's frame-loop thread (its main thread).
 `attribute_drops` then says, for each `frame_drop` record, how much of each fell inside
 that frame, and, for comparison, how often windows of the same length anywhere in the run
 hold as much steal: a drop that goes with steal far more often than a random window does

@@ -64,7 +64,8 @@ class Realtime:
         self._switch_before = sys.getswitchinterval()
         self._nice_before: int | None = None
         self._nice_now: int | None = None
-        self._other_threads: dict[int, int] = {}   # kernel thread id -> its niceness before the run
+        self._other_threads: dict[int, int] = {}   # kernel thread id -> its niceness before the run (raised ones)
+        self._threads_before: set[int] = set()     # every thread there was when the run began
         self._last_collect = -float("inf")
         self.collections = 0
         self._active = False
@@ -101,6 +102,7 @@ class Realtime:
         record: PriorityRecord = {"kind": "priority", "t": t, "asked": asked, "obtained": True,
                                   "nice_before": self._nice_before, "nice": self._nice_now}
         if _thread_ids():   # Linux: a niceness per thread (elsewhere os.nice set the whole process's)
+            self._threads_before = set(_thread_ids())
             self._other_threads = _set_thread_nice(self._nice_now, skip=_this_thread_id())
             record["threads"] = 1 + len(self._other_threads)
         return record
@@ -115,9 +117,9 @@ class Realtime:
         keeps 5 % of every second for normal threads in any case). Without the privilege
         (CAP_SYS_NICE, or an `rtprio` limit for the user) it stays as it was, and the record
         says why."""
-        t, asked = self._now(), "SCHED_FIFO 1"
         if not self._active or not hasattr(os, "sched_setscheduler"):
             return
+        t, asked = self._now(), "SCHED_FIFO 1"
         try:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))   # 0: the calling thread (Linux)
         except OSError as exc:
@@ -155,11 +157,13 @@ class Realtime:
                 os.nice(self._nice_before - self._nice_now)
             except OSError:
                 pass   # lowering the priority again needs no privilege; raising it back might
-            # every other thread back to where it was; one started during the run inherited the
-            # run's niceness and goes to the process's old one
+            # the threads raised back to where they were; one started during the run inherited
+            # the run's niceness and goes to the process's old one
             for tid in _thread_ids():
-                if tid != _this_thread_id():
-                    _set_nice(tid, self._other_threads.get(tid, self._nice_before))
+                if tid in self._other_threads:
+                    _set_nice(tid, self._other_threads[tid])
+                elif tid not in self._threads_before and _nice_of(tid) == self._nice_now:
+                    _set_nice(tid, self._nice_before)
 
 
 def _this_thread_id() -> int:
@@ -174,10 +178,20 @@ def _thread_ids() -> list[int]:
         return []
 
 
-def _set_nice(tid: int, nice: int) -> int | None:
-    """Set thread `tid`'s niceness; its old niceness, or None if it ended or may not be changed."""
+def _nice_of(tid: int) -> int | None:
+    try:
+        return os.getpriority(os.PRIO_PROCESS, tid)
+    except OSError:
+        return None
+
+
+def _set_nice(tid: int, nice: int, *, only_raise: bool = False) -> int | None:
+    """Set thread `tid`'s niceness (with `only_raise`, only if that raises its priority); its old
+    niceness, or None if it ended, may not be changed or was left as it was."""
     try:
         old = os.getpriority(os.PRIO_PROCESS, tid)
+        if only_raise and old <= nice:
+            return None
         os.setpriority(os.PRIO_PROCESS, tid, nice)
     except OSError:
         return None
@@ -185,9 +199,10 @@ def _set_nice(tid: int, nice: int) -> int | None:
 
 
 def _set_thread_nice(nice: int, *, skip: int) -> dict[int, int]:
-    """Give every thread of the process but `skip` the niceness `nice` (Linux); their old values."""
+    """Raise every thread of the process but `skip` to the niceness `nice` (Linux; a thread
+    already at that priority or above is left alone); the old values of those changed."""
     old: dict[int, int] = {}
     for tid in _thread_ids():
-        if tid != skip and (was := _set_nice(tid, nice)) is not None:
+        if tid != skip and (was := _set_nice(tid, nice, only_raise=True)) is not None:
             old[tid] = was
     return old

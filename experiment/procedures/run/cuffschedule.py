@@ -12,8 +12,9 @@ trip). What a command raises (a refused stimulus, a device fault) is kept and ra
 loop at its next `check()`; after an error nothing more is sent. `cancel()` (a participant
 stop, the end of the loop) waits for a command being written to finish, so a vent that
 follows it is always the last word. `on_start` runs first on the thread (a real-time run
-gives the thread a real-time priority there: `Realtime.promote_thread`). On a `VirtualClock` (headless runs) commands run from
-clock timers instead of a thread, so a headless run stays single-threaded and reproducible.
+gives the thread a real-time priority there: `Realtime.promote_thread`). On a `VirtualClock`
+(headless runs) commands run from clock timers instead of a thread, so a headless run stays
+single-threaded and reproducible.
 """
 
 from __future__ import annotations
