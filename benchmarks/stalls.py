@@ -65,9 +65,10 @@ def _read_runq_s(pid: int) -> float | None:
 
 class StallProbe:
     """Context manager: samples steal and the run-queue wait of process `pid`'s main thread
-    from a thread of this process until closed (see the module docstring)."""
+    from a thread of this process until closed (see the module docstring); with `pid` None,
+    steal alone (run-queue wait 0), until closed."""
 
-    def __init__(self, pid: int, clock: Clock, *, period_s: float = PERIOD_S) -> None:
+    def __init__(self, pid: int | None, clock: Clock, *, period_s: float = PERIOD_S) -> None:
         self._pid = pid
         self._clock = clock
         self._period_s = period_s
@@ -81,7 +82,7 @@ class StallProbe:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            steal, runq = steal_now_s(), _read_runq_s(self._pid)
+            steal, runq = steal_now_s(), 0.0 if self._pid is None else _read_runq_s(self._pid)
             if steal is None or runq is None:
                 if not self.samples:
                     self._stop.wait(self._period_s)
@@ -93,6 +94,13 @@ class StallProbe:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(2.0)
+
+
+def drops_from_flips(flips: Sequence[float], frame_s: float) -> list[dict[str, Any]]:
+    """`frame_drop` records (as a run logs them) for the intervals over 1.5 frames between
+    consecutive flip times. Pure."""
+    return [{"kind": "frame_drop", "t": b, "interval_s": b - a} for a, b in zip(flips, flips[1:])
+            if b - a > 1.5 * frame_s]
 
 
 def _delta(samples: Sequence[Sample], times: Sequence[float], start: float, end: float) -> tuple[float, float]:
@@ -145,3 +153,14 @@ def attribute_drops(records: Sequence[dict[str, Any]], samples: Sequence[Sample]
             "steal_s": round(total_steal_s, 2), "span_s": round(span_end - span_start, 1),
             "steal_share": round(total_steal_s / (span_end - span_start) / n_cpus, 4),
             "drops": rows}
+
+
+def longest_without_steal(flips: Sequence[float], samples: Sequence[Sample]) -> float | None:
+    """The longest interval between consecutive flips inside the sampled span that held no
+    steal (seconds); None without samples. Pure."""
+    if len(samples) < 2:
+        return None
+    times = [s.t for s in samples]
+    tick_s = 0.0095
+    return max((b - a for a, b in zip(flips, flips[1:])
+                if times[0] <= a and b <= times[-1] and _delta(samples, times, a, b)[0] < tick_s), default=None)

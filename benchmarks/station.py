@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.machine import ROOT, load_average, machine_info
-from benchmarks.stalls import steal_now_s
+from benchmarks.stalls import StallProbe, attribute_drops, drops_from_flips, longest_without_steal
 from benchmarks.proc import virtual_display
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -386,12 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocol", type=Path, default=ROOT / "protocols" / "demo.yaml")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args(argv)
-    from experiment.clock import RealClock
+    from experiment.clock import RealClock, psychopy_clock
     from experiment.protocol.model import load_protocol
 
     scan = load_protocol(args.protocol).scan
     timeout_s = (scan.n_volumes + scan.discard_pulses) * scan.tr_s + 120
-    clock = RealClock()
+    clock, run_clock = RealClock(), psychopy_clock()
     results: dict[str, Any] = {"command": "python -m benchmarks.station " + " ".join(argv), "machine": machine_info(),
                                "protocol": str(args.protocol.resolve().relative_to(ROOT)), "blocks": [],
                                "load_average_at_start": load_average()}
@@ -406,19 +406,21 @@ def main(argv: list[str] | None = None) -> int:
         for k, cond in enumerate(order):
             participant, data, out = f"BENCH{k}", work / "data-dryrun", work / f"flips-{k}.json"
             print(f"[bench] 8 station {cond}: block {k + 1} of {len(order)}", flush=True)
-            load, steal_before, t_before = load_average(), steal_now_s(), clock.now()
-            follower, cpu = (run_on(args.protocol, participant, data, out, env, timeout_s, work) if cond == "on" else
-                             (run_off(args.protocol, participant, data, out, env, timeout_s), None))
-            steal_after = steal_now_s()
-            stolen = (None if steal_before is None or steal_after is None else
-                      round((steal_after - steal_before) / ((clock.now() - t_before) * (os.cpu_count() or 1)), 4))
+            load = load_average()
+            with StallProbe(None, run_clock) as probe:   # the host's steal, on the flips' clock
+                follower, cpu = (run_on(args.protocol, participant, data, out, env, timeout_s, work) if cond == "on"
+                                 else (run_off(args.protocol, participant, data, out, env, timeout_s), None))
             flips = json.loads(out.read_text())
             t0, t_end, facts = _log_span(data, participant)
             iv = intervals_ms(flips["flips"], t0, t_end)
             pooled[cond] += iv
+            inside = [t for t in flips["flips"] if t0 <= t <= t_end]
+            stalls = attribute_drops(drops_from_flips(inside, frame_ms / 1000), probe.samples, n_cpus=os.cpu_count() or 1)
+            clean = longest_without_steal(inside, probe.samples)
             results["blocks"].append({"condition": cond, "exit_code": flips["exit_code"], "follower": follower,
-                                      "load_average_before": load, "steal_share": stolen, **facts,
-                                      "frames": summarize(iv, frame_ms),
+                                      "load_average_before": load, "steal_share": stalls.get("steal_share"),
+                                      "stalls": stalls, "longest_without_steal_ms": None if clean is None
+                                      else round(1000 * clean, 2), **facts, "frames": summarize(iv, frame_ms),
                                       **({} if cpu is None else {"cpu": cpu})})
         for cond in ("off", "on"):
             if pooled[cond]:
@@ -426,6 +428,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.cpu_only:
             results["p99_ratio"] = results["on"]["p99_ms"] / results["off"]["p99_ms"]
             results["longest_ratio"] = results["on"]["max_ms"] / results["off"]["max_ms"]
+            clean_by = {c: [b["longest_without_steal_ms"] for b in results["blocks"] if b["condition"] == c]
+                        for c in ("off", "on")}
+            if all(v and None not in v for v in clean_by.values()):
+                results["longest_without_steal_ratio"] = max(clean_by["on"]) / max(clean_by["off"])
         results["cpu_s_per_min"] = cpu_mean([b["cpu"] for b in results["blocks"] if "cpu" in b])
     results["wall_s"] = round(clock.now() - start, 1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -488,15 +494,22 @@ def render(r: dict[str, Any]) -> str:
              "| condition | intervals | median ms | p99 ms | longest ms | over 1.5 frames |", "|---|---|---|---|---|---|",
              row("without the station", r["off"]), row("with the station", r["on"]), "",
              f"p99 ratio (with / without): **{r['p99_ratio']:.3f}** (goal <= 1.01); longest frame ratio: "
-             f"**{r['longest_ratio']:.2f}** (goal: no growth).", "", "Per block:", "",
+             f"**{r['longest_ratio']:.2f}** (goal: no growth)."
+             + (f" Longest frame that held no steal by the host (benchmarks/stalls.py), ratio: "
+                f"{r['longest_without_steal_ratio']:.2f}." if r.get("longest_without_steal_ratio") else ""),
+             "", "Per block:", "",
              "| # | condition | p99 ms | longest ms | over 1.5 frames | runner's dropped | load before "
-             "| CPU time stolen by the host |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| CPU time stolen by the host | drops that held steal | longest frame without steal ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for k, b in enumerate(r["blocks"], start=1):
         f = b["frames"]
         lines.append(f"| {k} | {b['condition']} | {f['p99_ms']:.2f} | {f['max_ms']:.2f} | {f['over_1_5_frames']} | "
                      f"{b['frames_record'].get('dropped')} | {' / '.join(str(x) for x in b['load_average_before'])} | "
-                     + ("?" if b.get("steal_share") is None else f"{100 * b['steal_share']:.1f} %") + " |")
+                     + ("?" if b.get("steal_share") is None else f"{100 * b['steal_share']:.1f} %") + " | "
+                     + (f"{b['stalls']['with_steal']} of {b['stalls']['n_drops']}" if (b.get("stalls") or {}).get(
+                        "sampled") else "?") + " | "
+                     + ("?" if b.get("longest_without_steal_ms") is None else f"{b['longest_without_steal_ms']:.2f}")
+                     + " |")
     m = r["machine"]
     lines += [""] + _cpu_lines(r)
     lines += [f"Machine: {m.get('cpu_count')} CPUs ({m.get('cpu_model')}), {m.get('platform')}, Python {m.get('python')}; "

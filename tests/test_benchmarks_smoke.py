@@ -18,7 +18,7 @@ from benchmarks import analysis
 from benchmarks.onsets import same_timeline
 from benchmarks.pacing import block_order, summarize_pacing
 from benchmarks.report import notes, render, stall_cell
-from benchmarks.stalls import Sample, attribute_drops
+from benchmarks.stalls import Sample, attribute_drops, drops_from_flips, longest_without_steal
 
 
 def test_summary_of_1_to_100_ms() -> None:
@@ -241,8 +241,10 @@ def test_benchmark_8_reports_each_blocks_stolen_cpu_time_next_to_its_frames() ->
     from benchmarks import station
 
     def block(cond: str, intervals: list[float], steal: float | None) -> dict[str, Any]:
+        stalls = {"sampled": True, "with_steal": 1, "n_drops": 2} if steal is not None else {"sampled": False}
         return {"condition": cond, "follower": "chromium; page", "frames": station.summarize(intervals, 1000 / 60),
-                "frames_record": {"dropped": 0}, "load_average_before": [1.0, 1.0, 1.0], "steal_share": steal}
+                "frames_record": {"dropped": 0}, "load_average_before": [1.0, 1.0, 1.0], "steal_share": steal,
+                "stalls": stalls, "longest_without_steal_ms": 18.5 if steal is not None else None}
 
     off, on = [16.7] * 99 + [30.0], [16.7] * 99 + [20.0]
     r = {"command": "python -m benchmarks.station --pairs 1", "protocol": "protocols/demo.yaml", "wall_s": 120,
@@ -252,5 +254,18 @@ def test_benchmark_8_reports_each_blocks_stolen_cpu_time_next_to_its_frames() ->
     r["p99_ratio"] = r["on"]["p99_ms"] / r["off"]["p99_ms"]
     r["longest_ratio"] = r["on"]["max_ms"] / r["off"]["max_ms"]
     text = station.render(r)
-    assert "| CPU time stolen by the host |" in text
-    assert "| 1.0 / 1.0 / 1.0 | 5.2 % |" in text and "| 1.0 / 1.0 / 1.0 | ? |" in text
+    assert "| CPU time stolen by the host | drops that held steal | longest frame without steal ms |" in text
+    assert "| 1.0 / 1.0 / 1.0 | 5.2 % | 1 of 2 | 18.50 |" in text and "| 1.0 / 1.0 / 1.0 | ? | ? | ? |" in text
+    assert "Longest frame that held no steal" not in text
+    r["longest_without_steal_ratio"] = 1.02
+    assert "Longest frame that held no steal by the host (benchmarks/stalls.py), ratio: 1.02." in station.render(r)
+
+
+def test_drops_and_the_longest_frame_without_steal_come_from_flip_times() -> None:
+    flips = [k / 60 for k in range(60)] + [1.0 + 0.03, 1.0 + 0.03 + 1 / 60]   # one 46 ms interval at the end
+    drops = drops_from_flips(flips, 1 / 60)
+    assert len(drops) == 1 and drops[0]["t"] == pytest.approx(1.03) and drops[0]["interval_s"] == pytest.approx(0.03 + 1 / 60)
+    # a 10 ms tick of steal at 1.0 s: the long interval held it; the longest without steal is a plain frame
+    samples = [Sample(t=k * 0.005, steal_s=0.01 if k * 0.005 >= 1.0 else 0.0, runq_s=0.0) for k in range(300)]
+    assert longest_without_steal(flips, samples) == pytest.approx(1 / 60)
+    assert longest_without_steal(flips, []) is None
