@@ -135,7 +135,11 @@ def test_simulated_scanner_types_pulses_at_planned_times(window) -> None:
         start_t = source.driver.start_t
     finally:
         source.close()
-    assert len(pulses) == 39
+    # on a mismatch, say when each key came and each pulse was typed (relative to the driver's
+    # start), so a stray or doubled key can be told from a lost one
+    assert len(pulses) == 39, (f"{len(pulses)} pulses read for {len(sent)} typed; read at "
+                               f"{[round(p.t - start_t, 4) for p in pulses]}, typed at "
+                               f"{[round(t - start_t, 4) for t in sent]}")
     lag = np.array([p.t for p in pulses]) - np.array(sent)
     print(f"xdotool typing latency (pipe write -> PTB key stamp): median {np.median(lag) * 1e3:.3f} ms, "
           f"p99 {np.percentile(lag, 99) * 1e3:.3f} ms, max {lag.max() * 1e3:.3f} ms, n={len(lag)}")
