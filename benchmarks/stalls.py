@@ -31,6 +31,7 @@ from experiment.clock import Clock
 
 PERIOD_S = 0.005
 MS = 1000.0
+STOLEN_S = 0.0095   # a window holds steal from one 10 ms tick on (a little less: float sums of ticks)
 
 
 @dataclass(frozen=True)
@@ -42,18 +43,14 @@ class Sample:
     runq_s: float
 
 
-def _read_steal_s(tick_s: float) -> float | None:
+def steal_now_s() -> float | None:
+    """All CPUs' steal time so far (s); None where /proc/stat does not say (not Linux)."""
     try:
         with open("/proc/stat", encoding="ascii") as f:
             fields = f.readline().split()
     except OSError:
         return None
-    return int(fields[8]) * tick_s if len(fields) > 8 and fields[0] == "cpu" else None
-
-
-def steal_now_s() -> float | None:
-    """All CPUs' steal time so far (s); None where /proc/stat does not say (not Linux)."""
-    return _read_steal_s(1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01)
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 and fields[0] == "cpu" else None
 
 
 def _read_runq_s(pid: int) -> float | None:
@@ -123,7 +120,6 @@ def attribute_drops(records: Sequence[dict[str, Any]], samples: Sequence[Sample]
         return {"sampled": False, "n_drops": len(drops),
                 "why": "no samples (the probe needs Linux's /proc)"}
     times = [s.t for s in samples]
-    tick_s = 0.0095   # less than one 10 ms tick counts as none (float rounding of tick sums)
     rows, with_steal, with_runq, neither, outside = [], 0, 0, 0, 0
     for r in drops:
         end = float(r["t"])
@@ -131,7 +127,7 @@ def attribute_drops(records: Sequence[dict[str, Any]], samples: Sequence[Sample]
             outside += 1   # not sampled (or not on the probe's clock): said, not guessed
             continue
         steal_s, runq_s = _delta(samples, times, end - float(r["interval_s"]), end)
-        stolen, waited = steal_s >= tick_s, runq_s >= runq_threshold_s
+        stolen, waited = steal_s >= STOLEN_S, runq_s >= runq_threshold_s
         with_steal += stolen
         with_runq += waited and not stolen
         neither += not stolen and not waited
@@ -144,7 +140,7 @@ def attribute_drops(records: Sequence[dict[str, Any]], samples: Sequence[Sample]
     hits = 0
     for k in range(n):
         start = span_start + k * (span_end - span_start - length) / max(n - 1, 1)
-        hits += _delta(samples, times, start, start + length)[0] >= tick_s
+        hits += _delta(samples, times, start, start + length)[0] >= STOLEN_S
     total_steal_s = samples[-1].steal_s - samples[0].steal_s
     return {"sampled": True, "n_drops": len(drops), "with_steal": with_steal, "with_runq_wait_only": with_runq,
             "with_neither": neither, "outside_samples": outside, "baseline_window_ms": round(length * MS, 1),
@@ -161,6 +157,5 @@ def longest_without_steal(flips: Sequence[float], samples: Sequence[Sample]) -> 
     if len(samples) < 2:
         return None
     times = [s.t for s in samples]
-    tick_s = 0.0095
     return max((b - a for a, b in zip(flips, flips[1:])
-                if times[0] <= a and b <= times[-1] and _delta(samples, times, a, b)[0] < tick_s), default=None)
+                if times[0] <= a and b <= times[-1] and _delta(samples, times, a, b)[0] < STOLEN_S), default=None)

@@ -347,10 +347,9 @@ def _follow(url: str, base: str, token: str) -> tuple[list[str], Any]:
     return who, stop
 
 
-def intervals_ms(flips: list[float], t0: float, t_end: float) -> list[float]:
-    """Consecutive flip intervals (ms) between t0 and the end of the run."""
-    inside = [t for t in flips if t0 <= t <= t_end]
-    return [1000 * (b - a) for a, b in zip(inside, inside[1:])]
+def intervals_ms(flips: list[float]) -> list[float]:
+    """Consecutive flip intervals (ms)."""
+    return [1000 * (b - a) for a, b in zip(flips, flips[1:])]
 
 
 def summarize(intervals: list[float], frame_ms: float) -> dict[str, Any]:
@@ -412,14 +411,13 @@ def main(argv: list[str] | None = None) -> int:
                                  else (run_off(args.protocol, participant, data, out, env, timeout_s), None))
             flips = json.loads(out.read_text())
             t0, t_end, facts = _log_span(data, participant)
-            iv = intervals_ms(flips["flips"], t0, t_end)
+            inside = [t for t in flips["flips"] if t0 <= t <= t_end]   # from t0 to the end of the run
+            iv = intervals_ms(inside)
             pooled[cond] += iv
-            inside = [t for t in flips["flips"] if t0 <= t <= t_end]
             stalls = attribute_drops(drops_from_flips(inside, frame_ms / 1000), probe.samples, n_cpus=os.cpu_count() or 1)
             clean = longest_without_steal(inside, probe.samples)
             results["blocks"].append({"condition": cond, "exit_code": flips["exit_code"], "follower": follower,
-                                      "load_average_before": load, "steal_share": stalls.get("steal_share"),
-                                      "stalls": stalls, "longest_without_steal_ms": None if clean is None
+                                      "load_average_before": load, "stalls": stalls, "longest_without_steal_ms": None if clean is None
                                       else round(1000 * clean, 2), **facts, "frames": summarize(iv, frame_ms),
                                       **({} if cpu is None else {"cpu": cpu})})
         for cond in ("off", "on"):
@@ -505,9 +503,8 @@ def render(r: dict[str, Any]) -> str:
         f = b["frames"]
         lines.append(f"| {k} | {b['condition']} | {f['p99_ms']:.2f} | {f['max_ms']:.2f} | {f['over_1_5_frames']} | "
                      f"{b['frames_record'].get('dropped')} | {' / '.join(str(x) for x in b['load_average_before'])} | "
-                     + ("?" if b.get("steal_share") is None else f"{100 * b['steal_share']:.1f} %") + " | "
-                     + (f"{b['stalls']['with_steal']} of {b['stalls']['n_drops']}" if (b.get("stalls") or {}).get(
-                        "sampled") else "?") + " | "
+                     + (f"{100 * st['steal_share']:.1f} % | {st['with_steal']} of {st['n_drops']}"
+                        if (st := b.get("stalls") or {}).get("sampled") else "? | ?") + " | "
                      + ("?" if b.get("longest_without_steal_ms") is None else f"{b['longest_without_steal_ms']:.2f}")
                      + " |")
     m = r["machine"]

@@ -241,9 +241,10 @@ def test_benchmark_8_reports_each_blocks_stolen_cpu_time_next_to_its_frames() ->
     from benchmarks import station
 
     def block(cond: str, intervals: list[float], steal: float | None) -> dict[str, Any]:
-        stalls = {"sampled": True, "with_steal": 1, "n_drops": 2} if steal is not None else {"sampled": False}
+        stalls = ({"sampled": True, "with_steal": 1, "n_drops": 2, "steal_share": steal} if steal is not None
+                  else {"sampled": False})
         return {"condition": cond, "follower": "chromium; page", "frames": station.summarize(intervals, 1000 / 60),
-                "frames_record": {"dropped": 0}, "load_average_before": [1.0, 1.0, 1.0], "steal_share": steal,
+                "frames_record": {"dropped": 0}, "load_average_before": [1.0, 1.0, 1.0],
                 "stalls": stalls, "longest_without_steal_ms": 18.5 if steal is not None else None}
 
     off, on = [16.7] * 99 + [30.0], [16.7] * 99 + [20.0]

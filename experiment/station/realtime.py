@@ -101,9 +101,10 @@ class Realtime:
                                f"{self._nice_before}"}
         record: PriorityRecord = {"kind": "priority", "t": t, "asked": asked, "obtained": True,
                                   "nice_before": self._nice_before, "nice": self._nice_now}
-        if _thread_ids():   # Linux: a niceness per thread (elsewhere os.nice set the whole process's)
-            self._threads_before = set(_thread_ids())
-            self._other_threads = _set_thread_nice(self._nice_now, skip=_this_thread_id())
+        tids = _thread_ids()
+        if tids:   # Linux: a niceness per thread (elsewhere os.nice set the whole process's)
+            self._threads_before = set(tids)
+            self._other_threads = _raise_threads(tids, self._nice_now, skip=threading.get_native_id())
             record["threads"] = 1 + len(self._other_threads)
         return record
 
@@ -166,10 +167,6 @@ class Realtime:
                     _set_nice(tid, self._nice_before)
 
 
-def _this_thread_id() -> int:
-    return threading.get_native_id()
-
-
 def _thread_ids() -> list[int]:
     """The process's threads by kernel id; empty where the system does not list them (not Linux)."""
     try:
@@ -185,24 +182,21 @@ def _nice_of(tid: int) -> int | None:
         return None
 
 
-def _set_nice(tid: int, nice: int, *, only_raise: bool = False) -> int | None:
-    """Set thread `tid`'s niceness (with `only_raise`, only if that raises its priority); its old
-    niceness, or None if it ended, may not be changed or was left as it was."""
+def _set_nice(tid: int, nice: int) -> bool:
+    """Set thread `tid`'s niceness; False if it ended or may not be changed."""
     try:
-        old = os.getpriority(os.PRIO_PROCESS, tid)
-        if only_raise and old <= nice:
-            return None
         os.setpriority(os.PRIO_PROCESS, tid, nice)
     except OSError:
-        return None
-    return old
+        return False
+    return True
 
 
-def _set_thread_nice(nice: int, *, skip: int) -> dict[int, int]:
-    """Raise every thread of the process but `skip` to the niceness `nice` (Linux; a thread
-    already at that priority or above is left alone); the old values of those changed."""
+def _raise_threads(tids: list[int], nice: int, *, skip: int) -> dict[int, int]:
+    """Raise the threads `tids` but `skip` to the niceness `nice` (a thread already at that
+    priority or above is left alone); the old niceness of each one changed."""
     old: dict[int, int] = {}
-    for tid in _thread_ids():
-        if tid != skip and (was := _set_nice(tid, nice, only_raise=True)) is not None:
+    for tid in tids:
+        was = _nice_of(tid)
+        if tid != skip and was is not None and was > nice and _set_nice(tid, nice):
             old[tid] = was
     return old
